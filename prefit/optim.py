@@ -1,0 +1,74 @@
+"""Adam and ReduceLROnPlateau for a batch of independent members, each with its own learning rate.
+
+No library offers these for stacked parameters (torch's optimisers hold one learning rate per parameter group,
+and their schedulers read the loss on the host). Both follow torch's own arithmetic step for step, are tested
+against `torch.optim.Adam` and `torch.optim.lr_scheduler.ReduceLROnPlateau`, and keep every state on the
+parameters' device so an epoch needs no host synchronisation. Members never mix: a member whose loss is NaN
+only ever touches its own slice.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class BatchedAdam:
+    """Adam (Kingma & Ba 2015) over stacked tensors [M, ...], learning rate per member.
+
+    Matches torch's single-tensor Adam: m <- lerp(m, g, 1-b1); v <- b2 v + (1-b2) g^2;
+    p <- p - (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps). All members start at step 0 together.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = params
+        self.lr = lr  # [M] float64, shared with the scheduler
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.step_count = 0
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> None:
+        self.step_count += 1
+        t = self.step_count
+        bias1 = 1 - self.beta1**t
+        bias2_sqrt = (1 - self.beta2**t) ** 0.5
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - self.beta1)
+        torch._foreach_mul_(self.exp_avg_sq, self.beta2)
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - self.beta2)
+        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, self.eps)
+        update = torch._foreach_div(self.exp_avg, denom)
+        step_size = (self.lr / bias1).to(self.params[0].dtype)
+        for p, u in zip(self.params, update, strict=True):
+            p.addcmul_(u, step_size.view((-1,) + (1,) * (p.dim() - 1)), value=-1)
+
+
+class BatchedPlateau:
+    """ReduceLROnPlateau (mode min, relative threshold, no cooldown) with one state per member.
+
+    A loss counts as better when it is below best * (1 - threshold); after more than `patience` epochs
+    without one, the member's learning rate is multiplied by `factor` (unless that changes it by less than
+    `eps`). Comparisons run in float64 as torch's (which holds Python floats) do.
+    """
+
+    def __init__(self, lr: torch.Tensor, factor: float = 0.5, patience: int = 500, threshold: float = 1e-4,
+                 min_lr: float = 0.0, eps: float = 1e-8):
+        self.lr = lr
+        self.factor, self.patience, self.threshold = factor, patience, threshold
+        self.min_lr, self.eps = min_lr, eps
+        self.best = torch.full_like(lr, float("inf"))
+        self.bad_epochs = torch.zeros_like(lr, dtype=torch.int64)
+
+    @torch.no_grad()
+    def step(self, loss: torch.Tensor) -> None:
+        loss = loss.to(self.best.dtype)
+        better = loss < self.best * (1.0 - self.threshold)
+        self.best = torch.where(better, loss, self.best)
+        self.bad_epochs = torch.where(better, 0, self.bad_epochs + 1)
+        reduce = self.bad_epochs > self.patience
+        new_lr = torch.clamp(self.lr * self.factor, min=self.min_lr)
+        self.lr.copy_(torch.where(reduce & (self.lr - new_lr > self.eps), new_lr, self.lr))
+        self.bad_epochs = torch.where(reduce, 0, self.bad_epochs)
