@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ try:  # numpy >= 1.26 has numpy._core (numpy 2 pickles name it); older ones only
 except ImportError:  # pragma: no cover - numpy < 1.26
     from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
     from numpy.core import numeric as _numeric  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    from prefit.config import DatasetConfig
 
 SIDE = 32
 N_CLASSES = 10
@@ -291,7 +294,7 @@ def _download_reason(e: Exception) -> str:
     return type(e).__name__
 
 
-def _unpack(archive: Path, folder: Path, names: Iterable[str]) -> None:
+def _unpack(archive: Path, folder: Path, names: list[str]) -> None:
     """Extract `ciFAIR-10/<name>` for each name into `folder`, each through a temporary file and an atomic
     rename, so that a crash (or a parallel job) never sees a half-written batch. Other members are ignored."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -318,7 +321,7 @@ def fetch_cifair10(
     root: str | os.PathLike[str] | None,
     url: str,
     *,
-    archive_md5: str = ARCHIVE_MD5,
+    archive_md5: str | None = None,
     file_md5s: dict[str, str] | None = None,
 ) -> Path:
     """Make sure ciFAIR-10 is unpacked and md5-valid under `root` (None: default_data_root()); return the
@@ -327,8 +330,9 @@ def fetch_cifair10(
     Valid files present: no network at all. Else the archive `root/ciFAIR-10.zip` is used if present and
     md5-valid, downloaded with pooch if not (the download's md5 is checked before it is kept), and unpacked.
     Corrupt batches are removed before unpacking again. Everything that goes wrong is one DataError.
-    `archive_md5` and `file_md5s` exist so that tests can serve their own small archive.
+    `archive_md5` and `file_md5s` (None: the official ARCHIVE_MD5, FILE_MD5S) let tests serve a small archive.
     """
+    archive_md5 = ARCHIVE_MD5 if archive_md5 is None else archive_md5
     file_md5s = dict(FILE_MD5S if file_md5s is None else file_md5s)
     base = Path(root).expanduser() if root else default_data_root()
     folder = base / ARCHIVE_FOLDER
@@ -392,7 +396,7 @@ def fetch_cifair10(
     return folder
 
 
-def load_images(cfg: Any) -> ImageSet:
+def load_images(cfg: DatasetConfig) -> ImageSet:
     """The images the config names (a DatasetConfig or its DictConfig): the md5-checked ciFAIR-10 (fetched
     into cfg.root if need be) or any CIFAR-layout folder cfg.path; cfg.split picks the split."""
     if cfg.name == "cifair10":

@@ -136,7 +136,7 @@ Progress = Callable[[int], None]
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="member-epoch", unit_scale=True, disable=not enabled,
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=True, leave=False, mininterval=0.5)
 
 
 def _new_result(members: int, epochs: int, snapshots: int, pixels: int) -> FitResult:

@@ -1,0 +1,179 @@
+"""The Hydra app: one job fits one (hls, hfs) cell and writes its trajectories.
+
+    python -m prefit.train                                   # one cell (conf/config.yaml defaults)
+    python -m prefit.train -m model.hls=2,3 model.hfs=32,64  # a sweep, one job per cell (joblib launcher)
+
+A job draws the run's triples, builds the plan of fits for the selected schemes and protocol
+(`prefit.schemes`), runs it with the chosen engine, and writes `psnr.parquet`, `recon.npz` and `run.json`
+into its output folder, each atomically (docs/formats.md). A job whose results already exist for the same
+study config is skipped, so re-running an interrupted sweep with the same `hydra.sweep.dir` only runs the
+cells that have no complete result.
+
+Bad input ends in one line on stderr (`error: ...`) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import prefit
+from prefit.config import Config, ConfigError, register, validate
+from prefit.data import DataError, draw_triples, load_images
+from prefit.engine import auto_max_members, resolve_device
+from prefit.io import atomic_path, write_json
+from prefit.schemes import build_plan, run_plan
+
+log = logging.getLogger("prefit.train")
+register()
+
+# Settings that change how a job runs but not what it computes: ignored when deciding to skip a job.
+EXECUTION_KEYS = ("overwrite", "progress", "device", "threads", "max_members", "compile")
+
+
+def study_config(cfg: Config) -> dict[str, Any]:
+    """The part of the config that determines the results (compared when deciding to skip a job)."""
+    data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    data.pop("experiment", None)
+    for key in EXECUTION_KEYS:
+        data["train"].pop(key, None)
+    return data
+
+
+def is_complete(out: Path, cfg: Config) -> bool:
+    """True when `out` holds a complete result of the same study config."""
+    run_json, parquet = out / "run.json", out / "psnr.parquet"
+    if not (run_json.is_file() and parquet.is_file()):
+        return False
+    try:
+        record = json.loads(run_json.read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("status") == "complete" and record.get("study") == study_config(cfg)
+
+
+def set_threads(cfg: Config, parallel_jobs: int) -> int:
+    """Divide the cores among the jobs running side by side, unless train.threads says otherwise."""
+    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
+    """Run one cell into folder `out`; return what run.json records."""
+    validate(cfg)
+    cell = {"hls": cfg.model.hls, "hfs": cfg.model.hfs}
+    if not cfg.train.overwrite and is_complete(out, cfg):
+        log.info("%s: complete result already in %s, skipped (train.overwrite=true reruns it)", cell, out)
+        return {"status": "skipped", "cell": cell}
+    started = time.time()
+    threads = set_threads(cfg, parallel_jobs)
+    device = resolve_device(cfg.train.device)
+    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
+    data = load_images(cfg.dataset)
+    triples = draw_triples(data.labels, cfg.dataset.n_triples, cfg.seed)
+    plan = build_plan(cfg, data, triples)
+    max_members = cfg.train.max_members or auto_max_members(cfg.model.hls, cfg.model.hfs, device)
+    log.info("%s: %d members, %d triples, schemes %s, protocol %s, engine %s on %s (%d threads, %d at once)",
+             cell, len(plan.members), len(triples), cfg.scheme.selected(), cfg.protocol.name,
+             cfg.train.engine, device, threads, max_members)
+    result = run_plan(cfg, plan, device, max_members)
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "psnr.parquet") as tmp:
+        result.rows.to_parquet(tmp, engine="pyarrow", index=False)
+    with atomic_path(out / "recon.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **result.recon)
+    record = {
+        "status": "complete",
+        "cell": cell,
+        "members": result.members,
+        "fits": result.fits,
+        "triples": len(triples),
+        "wall_s": round(time.time() - started, 3),
+        "device": str(device),
+        "threads": threads,
+        "max_members": max_members,
+        "data": data.source,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "prefit": prefit.__version__},
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "study": study_config(cfg),
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+    }
+    write_json(out / "run.json", record)
+    log.info("%s: done in %.1f s -> %s", cell, record["wall_s"], out)
+    return record
+
+
+def _parallel_jobs() -> int:
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return 1
+    n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
+    cores = os.cpu_count() or 1
+    return min(cores, cores if n_jobs < 0 else n_jobs)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    hc = HydraConfig.get()
+    try:
+        return run(OmegaConf.to_object(cfg), Path(hc.runtime.output_dir), _parallel_jobs())
+    except USER_ERRORS as error:
+        if hc.mode == RunMode.MULTIRUN:  # the sweep reports which job failed; cli() prints one line
+            log.error("%s", one_line(error))
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+USER_ERRORS = (ConfigError, DataError, HydraException, OmegaConfBaseException)
+_NOISE = ("Config search path", "provider=", "full_key:", "reference_type=", "object_type=")
+
+
+def one_line(error: BaseException) -> str:
+    """An error and its cause on one line, without Hydra's search-path and OmegaConf's key-type details."""
+    parts: list[str] = []
+    causes = (error, error.__cause__) if isinstance(error, HydraException) else (error,)
+    for e in causes:
+        if e is None:
+            continue
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(_NOISE)]
+        text = " ".join(lines)
+        if text and not any(text in p for p in parts):
+            parts.append(text)
+    return ": ".join(parts) or type(error).__name__
+
+
+def cli() -> None:
+    """Entry point: Hydra errors and bad input end in one line and exit status 2, not a traceback."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
+    try:
+        main()
+    except USER_ERRORS as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: completed cells are kept; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,194 @@
+"""Writers of fake sweep folders in the exact formats of docs/formats.md, for the analysis tests.
+
+No training happens here: trajectories are made up (or passed in by a test), and every job folder gets the
+three files a real job writes: `psnr.parquet`, `recon.npz` and `run.json`. Pre-fit schemes also get `prefit`
+rows with wildly different PSNR values, so a test notices if the analysis forgets to keep only `fit` rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SCHEMES = ("random", "same_class", "other_class")
+PREFIT_SCHEMES = {"same_class", "other_class", "multi_same"}
+
+# docs/formats.md, `psnr.parquet`: column -> pandas dtype written.
+PSNR_DTYPES: dict[str, str] = {
+    "hls": "int64",
+    "hfs": "int64",
+    "protocol": "string",
+    "scheme": "string",
+    "phase": "string",
+    "stage": "int64",
+    "triple": "int64",
+    "epoch": "int64",
+    "psnr": "float64",
+    "loss": "float64",
+    "lr": "float64",
+    "target_index": "int64",
+    "target_label": "int64",
+    "prefit_index": "Int64",
+    "prefit_label": "Int64",
+    "seed": "int64",
+    "engine": "string",
+}
+
+Trajectories = Mapping[tuple[str, int], np.ndarray]
+
+
+def ramp_trajectories(
+    n_triples: int, epochs: int, schemes: Iterable[str] = SCHEMES, seed: int = 0
+) -> dict[tuple[str, int], np.ndarray]:
+    """Plausible PSNR curves: a noisy log ramp from ~10 dB, faster for the pre-fit schemes."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for rank, scheme in enumerate(schemes):
+        for triple in range(n_triples):
+            rate = 4.0 + 1.5 * rank + rng.uniform(0.0, 1.0)
+            curve = 10.0 + rate * np.log1p(np.arange(epochs)) + rng.normal(0.0, 0.3, epochs)
+            out[(scheme, triple)] = curve
+    return out
+
+
+def psnr_frame(
+    hls: int,
+    hfs: int,
+    trajectories: Trajectories,
+    protocol: str = "independent",
+    seed: int = 42,
+    with_prefit_rows: bool = True,
+) -> pd.DataFrame:
+    """The `psnr.parquet` rows of one cell: one `fit` trajectory per (scheme, triple), plus pre-fit rows."""
+    parts = []
+    for (scheme, triple), curve in trajectories.items():
+        curve = np.asarray(curve, dtype=np.float64)
+        epochs = np.arange(len(curve))
+        prefit = scheme in PREFIT_SCHEMES
+        target = 1000 * triple + 1
+        prefit_index = 1000 * triple + (2 if scheme == "same_class" else 3) if prefit else pd.NA
+        prefit_label = (triple % 10 if scheme == "same_class" else (triple + 1) % 10) if prefit else pd.NA
+        stage = 1 if prefit else 0
+
+        def rows(phase: str, stage: int, psnr: np.ndarray, target_index: int, target_label: int) -> pd.DataFrame:
+            with np.errstate(over="ignore"):
+                loss = 4.0 / np.power(10.0, psnr / 10.0)
+            return pd.DataFrame(
+                {
+                    "hls": hls,
+                    "hfs": hfs,
+                    "protocol": protocol,
+                    "scheme": scheme,
+                    "phase": phase,
+                    "stage": stage,
+                    "triple": triple,
+                    "epoch": epochs,
+                    "psnr": psnr,
+                    "loss": loss,
+                    "lr": 1e-4,
+                    "target_index": target_index,
+                    "target_label": target_label,
+                    "prefit_index": prefit_index if phase == "fit" else pd.NA,
+                    "prefit_label": prefit_label if phase == "fit" else pd.NA,
+                    "seed": seed,
+                    "engine": "batched",
+                }
+            )
+
+        if prefit and with_prefit_rows:
+            # Pre-fit rows: a different image, absurd PSNR values that would show up in any mean.
+            parts.append(rows("prefit", 0, np.full(len(curve), 500.0), int(prefit_index), int(prefit_label)))
+        parts.append(rows("fit", stage, curve, target, triple % 10))
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.astype(PSNR_DTYPES)
+
+
+def recon_arrays(hls: int, hfs: int, trajectories: Trajectories, snapshot_epochs: Iterable[int]) -> dict:
+    """The `recon.npz` arrays of one cell, with reconstructions made up and PSNR read off the trajectories."""
+    rng = np.random.default_rng(hls * 10_000 + hfs)
+    keys = sorted(trajectories, key=lambda k: (k[1], SCHEMES.index(k[0]) if k[0] in SCHEMES else 99))
+    n_epochs = min(len(v) for v in trajectories.values())
+    epochs = np.array([e if e >= 0 else n_epochs - 1 for e in snapshot_epochs], dtype=np.int64)
+    epochs = epochs[(epochs >= 0) & (epochs < n_epochs)]
+    triples = sorted({t for _, t in keys})
+    return {
+        "hls": np.int64(hls),
+        "hfs": np.int64(hfs),
+        "epochs": epochs,
+        "scheme": np.array([s for s, _ in keys]),
+        "triple": np.array([t for _, t in keys], dtype=np.int64),
+        "recon": rng.integers(0, 256, (len(keys), len(epochs), 32, 32, 3), dtype=np.uint8),
+        "psnr": np.array([np.asarray(trajectories[k], dtype=np.float64)[epochs] for k in keys]),
+        "triple_images": rng.integers(0, 256, (len(triples), 3, 32, 32, 3), dtype=np.uint8),
+        "triple_indices": np.array([[1000 * t + 1, 1000 * t + 2, 1000 * t + 3] for t in triples], dtype=np.int64),
+    }
+
+
+def write_cell(
+    folder: Path,
+    hls: int,
+    hfs: int,
+    trajectories: Trajectories,
+    protocol: str = "independent",
+    recon: bool = True,
+    snapshot_epochs: Iterable[int] = (0, 10, -1),
+) -> Path:
+    """One job folder: psnr.parquet, recon.npz (optional) and run.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = psnr_frame(hls, hfs, trajectories, protocol=protocol)
+    frame.to_parquet(folder / "psnr.parquet", index=False)
+    if recon:
+        np.savez_compressed(folder / "recon.npz", **recon_arrays(hls, hfs, trajectories, snapshot_epochs))
+    schemes = sorted({s for s, _ in trajectories})
+    n_triples = len({t for _, t in trajectories})
+    epochs = max(len(v) for v in trajectories.values())
+    run = {
+        "status": "complete",
+        "config": {
+            "model": {"hls": hls, "hfs": hfs, "w0": 30.0},
+            "dataset": {"name": "synthetic", "n_triples": n_triples},
+            "train": {"epochs": epochs, "seed": 42},
+            "protocol": {"name": protocol},
+            "schemes": schemes,
+        },
+        "cell": {"hls": hls, "hfs": hfs},
+        "members": len(trajectories),
+        "fits": len(trajectories) + sum(s in PREFIT_SCHEMES for s, _ in trajectories),
+        "wall_s": 1.5,
+        "device": "cpu",
+        "versions": {"python": "3.11", "torch": "2.3", "prefit": "0.1.0"},
+        "started": "2025-01-01T00:00:00",
+        "finished": "2025-01-01T00:00:01",
+    }
+    (folder / "run.json").write_text(json.dumps(run, indent=2))
+    return folder
+
+
+def write_synthetic_sweep(
+    root: Path,
+    cells: Iterable[tuple[int, int]] = ((2, 32), (3, 32), (2, 64)),
+    n_triples: int = 3,
+    epochs: int = 40,
+    schemes: Iterable[str] = SCHEMES,
+    protocol: str = "independent",
+    recon: bool = True,
+    nonfinite: bool = False,
+) -> Path:
+    """A small sweep folder laid out as a Hydra multirun (one numbered job folder per cell).
+
+    nonfinite: put a NaN (a diverged fit) and a +inf (a saturated one) into the first cell's trajectories.
+    """
+    root = Path(root)
+    schemes = tuple(schemes)
+    for job, (hls, hfs) in enumerate(cells):
+        traj = ramp_trajectories(n_triples, epochs, schemes, seed=hls * 1000 + hfs)
+        if nonfinite and job == 0:
+            traj[(schemes[-1], 0)][epochs // 2 :] = np.nan
+            traj[(schemes[0], n_triples - 1)][-3:] = np.inf
+        write_cell(root / str(job), hls, hfs, traj, protocol=protocol, recon=recon)
+    return root

@@ -1,0 +1,110 @@
+"""The batched engine equals the sequential reference; its hand-written backward equals autograd."""
+
+import math
+
+import pytest
+import torch
+
+from prefit.config import TrainConfig
+from prefit.data import coordinate_grid
+from prefit.engine import (
+    batched_forward,
+    fit_batched,
+    fit_sequential,
+    loss_and_grads,
+    psnr_from_loss,
+    snapshot_epochs_resolved,
+)
+from prefit.model import init_params, stack_params, triple_generator
+
+CPU = torch.device("cpu")
+
+
+def smooth_images(n: int, seed: int = 0) -> torch.Tensor:
+    """n smooth colour images as [-1, 1] signals [n, 1024, 3]: image-like, so fits make real progress."""
+    g = torch.Generator().manual_seed(seed)
+    grid = coordinate_grid()
+    freqs = torch.randn(n, 3, 2, generator=g) * 3
+    phase = torch.rand(n, 3, generator=g) * 2 * math.pi
+    return 0.8 * torch.sin(torch.einsum("pc,nkc->npk", grid, freqs) + phase[:, None, :])
+
+
+def members(n: int, hls: int = 2, hfs: int = 16):
+    return stack_params([init_params(hls, hfs, 30.0, triple_generator(7, i)) for i in range(n)])
+
+
+def test_hand_written_backward_equals_autograd():
+    params = members(3, hls=3, hfs=12)
+    target = smooth_images(3)
+    loss, pred, grads = loss_and_grads(params, coordinate_grid(), target, 30.0)
+    leaves = [(w.clone().requires_grad_(True), b.clone().requires_grad_(True)) for w, b in params]
+    ref_pred = batched_forward(leaves, coordinate_grid(), 30.0)
+    ref_loss = (ref_pred - target).square().mean(dim=(1, 2))
+    ref_loss.sum().backward()  # members are independent: the sum's gradient is each member's own
+    torch.testing.assert_close(loss, ref_loss.detach())
+    torch.testing.assert_close(pred, ref_pred.detach())
+    for (gw, gb), (w, b) in zip(grads, leaves):
+        torch.testing.assert_close(gw, w.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gb, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_engines_agree_on_psnr_trajectories():
+    train = TrainConfig(epochs=100, progress=False)
+    params, targets = members(6), smooth_images(6)
+    batched = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
+    sequential = fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
+    gap = (psnr_from_loss(batched.loss) - psnr_from_loss(sequential.loss)).abs().max()
+    assert gap < 1e-3, f"engines differ by {gap:.2e} dB"
+    assert (psnr_from_loss(batched.loss[:, -1]) > psnr_from_loss(batched.loss[:, 0]) + 0.5).all()  # they fit
+    assert torch.equal(batched.lr, sequential.lr)
+    torch.testing.assert_close(batched.snapshots, sequential.snapshots, rtol=0, atol=1e-3)
+    for (wb, bb), (ws, bs) in zip(batched.params, sequential.params):
+        torch.testing.assert_close(wb, ws, rtol=1e-3, atol=1e-5)
+
+
+def test_engines_agree_when_the_plateau_schedule_acts():
+    train = TrainConfig(epochs=100, progress=False, plateau_patience=3, lr=1e-2)  # forces lr reductions
+    params, targets = members(2), smooth_images(2)
+    batched = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=2)
+    sequential = fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
+    assert torch.equal(batched.lr, sequential.lr)
+    assert batched.lr[:, -1].max() < 1e-2
+
+
+def test_chunking_does_not_change_results():
+    train = TrainConfig(epochs=40, progress=False)
+    params, targets = members(5), smooth_images(5)
+    whole = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=5)
+    chunked = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=2)
+    torch.testing.assert_close(whole.loss, chunked.loss, rtol=1e-5, atol=0)
+    for (a, _), (b, _) in zip(whole.params, chunked.params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_diverging_member_does_not_poison_the_others():
+    train = TrainConfig(epochs=30, progress=False)
+    params, targets = members(4), smooth_images(4)
+    clean = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
+    poisoned_targets = targets.clone()
+    poisoned_targets[1, 0, 0] = float("nan")
+    poisoned = fit_batched(params, poisoned_targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
+    assert poisoned.loss[1].isnan().all()
+    keep = [0, 2, 3]
+    torch.testing.assert_close(poisoned.loss[keep], clean.loss[keep], rtol=1e-6, atol=0)
+    assert torch.isfinite(poisoned.params[0][0][keep]).all()
+
+
+def test_snapshots_are_the_predictions_behind_the_recorded_psnr():
+    train = TrainConfig(epochs=12, progress=False, snapshot_epochs=[0, 5, 99, -1])
+    assert snapshot_epochs_resolved(12, train.snapshot_epochs) == [0, 5, 11]  # 99 dropped, -1 = last
+    params, targets = members(2), smooth_images(2)
+    result = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=2)
+    assert result.snapshots.shape == (2, 3, 1024, 3)
+    for slot, epoch in enumerate([0, 5, 11]):
+        mse = (result.snapshots[:, slot] - targets).square().mean(dim=(1, 2))
+        torch.testing.assert_close(mse, result.loss[:, epoch])
+
+
+def test_psnr_from_loss():
+    loss = torch.tensor([4.0, 0.04, 0.0])  # [-1, 1] scale: 4 x the [0, 1] mse
+    assert psnr_from_loss(loss).tolist() == pytest.approx([0.0, 20.0, math.inf])
