@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import StrMethodFormatter
 from tqdm.auto import tqdm
 
 PSNR_FILE = "psnr.parquet"
@@ -68,6 +69,7 @@ READ_COLUMNS = [*MEMBER_KEYS, "phase", "stage", "epoch", "psnr", *MEMBER_INFO]
 THRESHOLDS_DB = (30.0, 40.0)
 CAP_THRESHOLD_DB = 59.0  # about where 8-bit quantisation error sits: a fit this good is exact once saved
 BASELINE = "random"
+PROTOCOL_ORDER = ("independent", "chained")
 
 # Known schemes in the order tables and legends list them, each with a fixed colour in every figure
 # (the first three are the original's colours).
@@ -89,6 +91,7 @@ SCHEME_LABELS = {
     "meta": "meta: start from a meta-learned initialisation",
 }
 DPI = 120
+DEFAULT_BOX_TITLE = "Area under each fit's PSNR-vs-epoch curve"
 METRIC_NAMES = {"auc": "AUC", "auc_capped": "capped AUC"}
 
 
@@ -254,6 +257,11 @@ def scheme_palette(schemes: Iterable[str]) -> dict[str, str]:
     return {s: SCHEME_COLOURS.get(s) or next(spare, "grey") for s in ordered}
 
 
+def protocol_order(protocols: Iterable[str]) -> list[str]:
+    """The protocol as stated first, the original's chained one next, any others after."""
+    return sorted(set(protocols), key=lambda p: (PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else 99, p))
+
+
 def cell_order(cells: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Cells (hls, hfs) by model size hls*hfs ascending, ties by hls: the x order of the original AUC plot."""
     return sorted(set(cells), key=lambda c: (c[0] * c[1], c[0], c[1]))
@@ -264,9 +272,13 @@ def cell_label(hls: int, hfs: int) -> str:
 
 
 def _sort_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Sort with schemes in study order rather than alphabetically."""
-    rank = {s: i for i, s in enumerate(scheme_order(frame["scheme"].unique()))}
-    return frame.sort_values(by, key=lambda s: s.map(rank) if s.name == "scheme" else s, ignore_index=True)
+    """Sort with schemes and protocols in study order rather than alphabetically."""
+    ranks = {
+        "scheme": {s: i for i, s in enumerate(scheme_order(frame["scheme"].unique()))},
+        "protocol": {p: i for i, p in enumerate(protocol_order(frame["protocol"].unique()))},
+    }
+    return frame.sort_values(by, key=lambda col: col.map(ranks[col.name]) if col.name in ranks else col,
+                             ignore_index=True)  # fmt: skip
 
 
 def curves_table(fits: pd.DataFrame) -> pd.DataFrame:
@@ -439,9 +451,9 @@ def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "
     cells = cell_order(zip(auc["hls"], auc["hfs"], strict=True))
     labels = [cell_label(*c) for c in cells]
     schemes = scheme_order(auc["scheme"].unique())
-    protocols = sorted(auc["protocol"].unique())
+    protocols = protocol_order(auc["protocol"])
     width = max(8.0, 0.12 * len(cells) * len(schemes) + 2.5)
-    fig = Figure(figsize=(width, 5.5 * len(protocols)), dpi=DPI)
+    fig = Figure(figsize=(width, 6.5 * len(protocols)), dpi=DPI)
     axes = np.atleast_1d(fig.subplots(len(protocols), 1, squeeze=False)[:, 0])
     for ax, protocol in zip(axes, protocols, strict=True):
         data = auc[auc["protocol"] == protocol]
@@ -453,7 +465,7 @@ def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "
                 data=finite, x="cell", y=metric, hue="scheme", order=labels, hue_order=schemes,
                 palette=palette, ax=ax, fliersize=2, linewidth=0.8, width=0.8,
             )  # fmt: skip
-            ax.legend(title="scheme", loc="upper left", fontsize=8, title_fontsize=8)
+            ax.legend(title="scheme", loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, title_fontsize=8)
         else:
             ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
         n_dropped = len(data) - len(finite)
@@ -468,9 +480,10 @@ def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "
             tick.set_rotation_mode("anchor")
         ax.set_xlabel("cell: hidden layers x hidden features, by size (hls·hfs)")
         ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} (dB·epoch)")
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.grid(axis="y", alpha=0.3)
-        heading = title or f"Area under each fit's PSNR-vs-epoch curve ({_span(data['n_epochs'])} epochs)"
-        ax.set_title(f"{heading} ({protocol} protocol)" if len(protocols) > 1 else heading)
+        details = f"{_span(data['n_epochs'])} epochs" + (f", {protocol} protocol" if len(protocols) > 1 else "")
+        ax.set_title(f"{title or DEFAULT_BOX_TITLE} ({details})")
     fig.tight_layout()
     return fig
 
@@ -550,7 +563,7 @@ def write_figures(
     keys = [
         (hls, hfs, protocol)
         for hls, hfs in cell_order(zip(auc["hls"], auc["hfs"], strict=True))
-        for protocol in sorted(auc["protocol"].unique())
+        for protocol in protocol_order(auc["protocol"])
         if (hls, hfs, protocol) in triples.index
     ]
     by_cell = dict(tuple(curves.groupby(CELL_KEYS, sort=False)))
@@ -607,7 +620,7 @@ def _span(values: Iterable[int]) -> str:
 def metric_table(auc: pd.DataFrame, metric: str) -> tuple[str, pd.Series]:
     """The per-cell markdown table of one metric, and how often each scheme was best."""
     schemes = scheme_order(auc["scheme"].unique())
-    protocols = sorted(auc["protocol"].unique())
+    protocols = protocol_order(auc["protocol"])
     finite = auc[np.isfinite(auc[metric].astype(float))]
     means = finite.groupby([*CELL_KEYS, "scheme"])[metric].mean()
     paired = paired_differences(auc, metric).set_index([*CELL_KEYS, "scheme"])
@@ -653,7 +666,7 @@ def summary_markdown(sweep: Sweep, auc: pd.DataFrame, psnr_cap: float | None = N
         f"- sweep folder: `{sweep.root.resolve()}`",
         f"- jobs: {len(sweep.files)} `{PSNR_FILE}` files ({complete} with `{RUN_FILE}` status complete)",
         f"- cells: {len(triples)} (hls {_span(auc['hls'])}, hfs {_span(auc['hfs'])}); "
-        f"protocol(s): {', '.join(sorted(auc['protocol'].unique()))}",
+        f"protocol(s): {', '.join(protocol_order(auc['protocol']))}",
         f"- triples per cell: {_span(triples)}",
         f"- epochs per fit: {_span(auc['n_epochs'])}",
         f"- schemes: {', '.join(schemes)}",

@@ -135,8 +135,16 @@ Progress = Callable[[int], None]
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="member-epoch", unit_scale=True, disable=not enabled,
-                dynamic_ncols=True, leave=False, mininterval=0.5)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="member-epoch",
+        unit_scale=True,
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=False,
+        mininterval=0.5,
+    )
 
 
 def _new_result(members: int, epochs: int, snapshots: int, pixels: int) -> FitResult:
@@ -167,11 +175,10 @@ def fit_batched(
     with _progress_bar(members * train.epochs, desc, train.progress) as bar:
         for start in range(0, members, max_members):
             chunk = slice(start, min(start + max_members, members))
-            final.append(
-                _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar)
-            )
-    result.params = [(torch.cat([p[k][0] for p in final]), torch.cat([p[k][1] for p in final]))
-                     for k in range(len(params))]
+            final.append(_fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar))
+    result.params = [
+        (torch.cat([p[k][0] for p in final]), torch.cat([p[k][1] for p in final])) for k in range(len(params))
+    ]
     return result
 
 
@@ -182,8 +189,9 @@ def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result,
     m = target.shape[0]
     lr = torch.full((m,), train.lr, dtype=torch.float64, device=device)
     adam = BatchedAdam(flat, lr, betas=tuple(train.betas), eps=train.eps)
-    plateau = BatchedPlateau(lr, factor=train.plateau_factor, patience=train.plateau_patience,
-                             threshold=train.plateau_threshold)
+    plateau = BatchedPlateau(
+        lr, factor=train.plateau_factor, patience=train.plateau_patience, threshold=train.plateau_threshold
+    )
     losses = torch.empty(train.epochs, m, device=device)
     lrs = torch.empty(train.epochs, m, dtype=torch.float64, device=device)
     snaps = torch.empty(m, len(slots), *target.shape[1:], device=device)
@@ -229,8 +237,15 @@ def fit_sequential(
             target = targets[i].to(device)
             opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas), eps=train.eps)
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="min", factor=train.plateau_factor, patience=train.plateau_patience,
-                threshold=train.plateau_threshold, threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8,
+                opt,
+                mode="min",
+                factor=train.plateau_factor,
+                patience=train.plateau_patience,
+                threshold=train.plateau_threshold,
+                threshold_mode="rel",
+                cooldown=0,
+                min_lr=0.0,
+                eps=1e-8,
             )
             losses = torch.empty(train.epochs, device=device)
             for epoch in range(train.epochs):
@@ -265,4 +280,3 @@ def fit(engine: str, *args, **kwargs) -> FitResult:
 def flops_per_member_epoch(hls: int, hfs: int, pixels: int = 1024) -> float:
     """The study's work unit: 6 x pixels x weights (forward 2, backward 4 flops per weight and pixel)."""
     return 6.0 * pixels * n_weights(hls, hfs)
-

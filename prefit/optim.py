@@ -54,8 +54,15 @@ class BatchedPlateau:
     `eps`). Comparisons run in float64 as torch's (which holds Python floats) do.
     """
 
-    def __init__(self, lr: torch.Tensor, factor: float = 0.5, patience: int = 500, threshold: float = 1e-4,
-                 min_lr: float = 0.0, eps: float = 1e-8):
+    def __init__(
+        self,
+        lr: torch.Tensor,
+        factor: float = 0.5,
+        patience: int = 500,
+        threshold: float = 1e-4,
+        min_lr: float = 0.0,
+        eps: float = 1e-8,
+    ):
         self.lr = lr
         self.factor, self.patience, self.threshold = factor, patience, threshold
         self.min_lr, self.eps = min_lr, eps

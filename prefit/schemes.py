@@ -83,8 +83,9 @@ def _independent(bank: _Bank, t: Triple, schemes: Sequence[str]) -> list[Member]
             members.append(Member(t.triple, [bank.fit(scheme, "fit", t.target)]))
         elif scheme in prefit_image:
             b = prefit_image[scheme]
-            members.append(Member(t.triple, [bank.fit(scheme, "prefit", b),
-                                             bank.fit(scheme, "fit", t.target, before=b)]))
+            members.append(
+                Member(t.triple, [bank.fit(scheme, "prefit", b), bank.fit(scheme, "fit", t.target, before=b)])
+            )
         else:
             raise ValueError(f"scheme {scheme!r} has no plan")
     return members
@@ -92,11 +93,13 @@ def _independent(bank: _Bank, t: Triple, schemes: Sequence[str]) -> list[Member]
 
 def _chained(bank: _Bank, t: Triple, schemes: Sequence[str]) -> list[Member]:
     """The original's chain A -> B -> A -> C -> A, cut after the last selected scheme."""
-    chain = [bank.fit("random", "fit", t.target),
-             bank.fit("same_class", "prefit", t.same),
-             bank.fit("same_class", "fit", t.target, before=t.same),
-             bank.fit("other_class", "prefit", t.other),
-             bank.fit("other_class", "fit", t.target, before=t.other)]
+    chain = [
+        bank.fit("random", "fit", t.target),
+        bank.fit("same_class", "prefit", t.same),
+        bank.fit("same_class", "fit", t.target, before=t.same),
+        bank.fit("other_class", "prefit", t.other),
+        bank.fit("other_class", "fit", t.target, before=t.other),
+    ]
     last = max({"random": 0, "same_class": 2, "other_class": 4}[s] for s in schemes)
     return [Member(t.triple, chain[: last + 1])]
 
@@ -126,8 +129,9 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
     """Run every stage of the plan; collect per-epoch rows and the snapshots of the fits on A."""
     hls, hfs, w0 = cfg.model.hls, cfg.model.hfs, cfg.model.w0
     coords = coordinate_grid()
-    inits: dict[int, Params] = {t.triple: init_params(hls, hfs, w0, triple_generator(cfg.seed, t.triple))
-                                for t in plan.triples}
+    inits: dict[int, Params] = {
+        t.triple: init_params(hls, hfs, w0, triple_generator(cfg.seed, t.triple)) for t in plan.triples
+    }
     current: list[Params] = [inits[m.triple] for m in plan.members]
     frames, recon_parts = [], []
     stages = max(len(m.fits) for m in plan.members)
@@ -136,8 +140,17 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
         specs = [plan.members[i].fits[stage] for i in active]
         targets = plan.signals[[s.image for s in specs]]
         desc = f"{hls}x{hfs} stage {stage + 1}/{stages}"
-        result = fit(cfg.train.engine, stack_params([current[i] for i in active]), targets, coords,
-                     cfg.train, w0, device, max_members=max_members, desc=desc)
+        result = fit(
+            cfg.train.engine,
+            stack_params([current[i] for i in active]),
+            targets,
+            coords,
+            cfg.train,
+            w0,
+            device,
+            max_members=max_members,
+            desc=desc,
+        )
         for j, i in enumerate(active):
             current[i] = member_params(result.params, j)
         triples = [plan.members[i].triple for i in active]
@@ -145,14 +158,16 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
         is_fit = [j for j, s in enumerate(specs) if s.phase == "fit"]
         if is_fit:
             snap_loss = result.loss[is_fit][:, snapshot_epochs_resolved(cfg.train.epochs, cfg.train.snapshot_epochs)]
-            recon_parts.append(([specs[j].scheme for j in is_fit], [triples[j] for j in is_fit],
-                                result.snapshots[is_fit], snap_loss))
+            recon_parts.append(
+                ([specs[j].scheme for j in is_fit], [triples[j] for j in is_fit], result.snapshots[is_fit], snap_loss)
+            )
     rows = pd.concat(frames, ignore_index=True)
     return CellResult(rows, _recon(cfg, plan, recon_parts), len(plan.members), len(rows) // cfg.train.epochs)
 
 
-def _rows(cfg: Config, stage: int, specs: list[FitSpec], triples: list[int],
-          loss: torch.Tensor, lr: torch.Tensor) -> pd.DataFrame:
+def _rows(
+    cfg: Config, stage: int, specs: list[FitSpec], triples: list[int], loss: torch.Tensor, lr: torch.Tensor
+) -> pd.DataFrame:
     """One row per (member, epoch) of a stage, in member-major order."""
     members, epochs = loss.shape
 
@@ -160,28 +175,31 @@ def _rows(cfg: Config, stage: int, specs: list[FitSpec], triples: list[int],
         return np.repeat(np.asarray(values, dtype=dtype), epochs)
 
     def nullable(values) -> pd.array:
-        return pd.array(np.repeat(np.array([pd.NA if v is None else v for v in values], dtype=object), epochs),
-                        dtype="Int64")
+        return pd.array(
+            np.repeat(np.array([pd.NA if v is None else v for v in values], dtype=object), epochs), dtype="Int64"
+        )
 
-    return pd.DataFrame({
-        "hls": np.int64(cfg.model.hls),
-        "hfs": np.int64(cfg.model.hfs),
-        "protocol": cfg.protocol.name,
-        "scheme": per_member([s.scheme for s in specs], object),
-        "phase": per_member([s.phase for s in specs], object),
-        "stage": np.int64(stage),
-        "triple": per_member(triples, np.int64),
-        "epoch": np.tile(np.arange(epochs, dtype=np.int64), members),
-        "psnr": psnr_from_loss(loss).reshape(-1).double().numpy(),
-        "loss": loss.reshape(-1).double().numpy(),
-        "lr": lr.reshape(-1).numpy(),
-        "target_index": per_member([s.target_index for s in specs], np.int64),
-        "target_label": per_member([s.target_label for s in specs], np.int64),
-        "prefit_index": nullable([s.prefit_index for s in specs]),
-        "prefit_label": nullable([s.prefit_label for s in specs]),
-        "seed": np.int64(cfg.seed),
-        "engine": cfg.train.engine,
-    })
+    return pd.DataFrame(
+        {
+            "hls": np.int64(cfg.model.hls),
+            "hfs": np.int64(cfg.model.hfs),
+            "protocol": cfg.protocol.name,
+            "scheme": per_member([s.scheme for s in specs], object),
+            "phase": per_member([s.phase for s in specs], object),
+            "stage": np.int64(stage),
+            "triple": per_member(triples, np.int64),
+            "epoch": np.tile(np.arange(epochs, dtype=np.int64), members),
+            "psnr": psnr_from_loss(loss).reshape(-1).double().numpy(),
+            "loss": loss.reshape(-1).double().numpy(),
+            "lr": lr.reshape(-1).numpy(),
+            "target_index": per_member([s.target_index for s in specs], np.int64),
+            "target_label": per_member([s.target_label for s in specs], np.int64),
+            "prefit_index": nullable([s.prefit_index for s in specs]),
+            "prefit_label": nullable([s.prefit_label for s in specs]),
+            "seed": np.int64(cfg.seed),
+            "engine": cfg.train.engine,
+        }
+    )
 
 
 def _recon(cfg: Config, plan: Plan, parts) -> dict[str, np.ndarray]:

@@ -90,9 +90,18 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     triples = draw_triples(data.labels, cfg.dataset.n_triples, cfg.seed)
     plan = build_plan(cfg, data, triples)
     max_members = cfg.train.max_members or auto_max_members(cfg.model.hls, cfg.model.hfs, device)
-    log.info("%s: %d members, %d triples, schemes %s, protocol %s, engine %s on %s (%d threads, %d at once)",
-             cell, len(plan.members), len(triples), cfg.scheme.selected(), cfg.protocol.name,
-             cfg.train.engine, device, threads, max_members)
+    log.info(
+        "%s: %d members, %d triples, schemes %s, protocol %s, engine %s on %s (%d threads, %d at once)",
+        cell,
+        len(plan.members),
+        len(triples),
+        cfg.scheme.selected(),
+        cfg.protocol.name,
+        cfg.train.engine,
+        device,
+        threads,
+        max_members,
+    )
     result = run_plan(cfg, plan, device, max_members)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -52,12 +52,14 @@ def test_batched_plateau_matches_torch_scheduler():
     torch.manual_seed(2)
     epochs = 80
     # member 0 improves steadily, 1 stalls, 2 stalls then improves a little, 3 goes NaN (diverged)
-    losses = torch.stack([
-        torch.linspace(1.0, 0.1, epochs),
-        torch.full((epochs,), 0.5),
-        torch.cat([torch.full((30,), 0.5), torch.linspace(0.49999, 0.49990, 50)]),
-        torch.cat([torch.linspace(1.0, 0.9, 10), torch.full((70,), float("nan"))]),
-    ]).float()
+    losses = torch.stack(
+        [
+            torch.linspace(1.0, 0.1, epochs),
+            torch.full((epochs,), 0.5),
+            torch.cat([torch.full((30,), 0.5), torch.linspace(0.49999, 0.49990, 50)]),
+            torch.cat([torch.linspace(1.0, 0.9, 10), torch.full((70,), float("nan"))]),
+        ]
+    ).float()
     lr = torch.full((4,), 1e-2, dtype=torch.float64)
     plateau = BatchedPlateau(lr, factor=0.5, patience=7, threshold=1e-4)
     history = []
@@ -68,8 +70,9 @@ def test_batched_plateau_matches_torch_scheduler():
 
     for i in range(4):
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-2)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=7,
-                                                           threshold=1e-4, threshold_mode="rel")
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=0.5, patience=7, threshold=1e-4, threshold_mode="rel"
+        )
         ref = []
         for e in range(epochs):
             ref.append(opt.param_groups[0]["lr"])
