@@ -5,14 +5,24 @@
 The module reads top to bottom as the pipeline runs: load every `psnr.parquet` below the sweep folder ->
 validate it against docs/formats.md -> reduce the `fit` rows to per-epoch curves and per-fit AUCs -> write
 the tables -> draw the figures -> write `summary.md`. Everything lands in one output folder (default
-`SWEEP_DIR/analysis`), each file written atomically (a temporary file in the same folder, then a rename).
+`SWEEP_DIR/analysis`), each file written atomically (a temporary file in the same folder, then a rename):
+
+    curves.parquet   hls, hfs, protocol, scheme, epoch, mean, std, count, n_nonfinite
+    auc.parquet/.csv hls, hfs, protocol, scheme, triple, target_index, target_label, prefit_index,
+                     prefit_label, n_epochs, auc, [auc_capped], final_psnr, epochs_to_30db, epochs_to_40db,
+                     [epochs_to_59db], n_nonfinite, diverged, saturated   ([..]: only with --psnr-cap)
+    figures/         auc_boxplot.png, [auc_capped_boxplot.png], psnr_{hls}hls_{hfs}hfs.png per cell,
+                     recon_{hls}hls_{hfs}hfs.png per cell with a recon.npz ("_{protocol}" is appended to
+                     the per-cell names only when the sweep holds more than one protocol)
+    summary.md       what was analysed; per cell the mean AUC per scheme, the best scheme, the paired
+                     difference of each pre-fit scheme from random, and the diverged fits
 
 Non-finite PSNR is kept, never silently dropped:
   * NaN (and -inf, a loss of inf) means the fit diverged: `diverged` in the AUC table, and its AUC is NaN.
   * +inf means the loss was exactly 0, a perfect fit rather than a failure: `saturated`, and its AUC is inf.
-  * Curves (mean and std over triples) are taken over the finite values only, `n_nonfinite` counts the rest;
-    mean AUCs and paired differences likewise use finite values only, and say how many they used.
-  Figures leave non-finite values out and print how many they left out.
+  * Curves (mean and std over triples) are taken over the finite values only, `count` says how many and
+    `n_nonfinite` how many were left out; mean AUCs and paired differences likewise use finite values only,
+    and say how many they used. Figures leave non-finite values out and print how many they left out.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import pyarrow.parquet as pq
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 PSNR_FILE = "psnr.parquet"
 RECON_FILE = "recon.npz"
@@ -231,13 +241,19 @@ def read_fit_rows(path: Path) -> pd.DataFrame:
     span = frame.groupby(MEMBER_KEYS)["epoch"].agg(["min", "max", "size"])
     gaps = span[(span["min"] != 0) | (span["max"] != span["size"] - 1)]
     if len(gaps):
-        raise AnalysisError(f"{path}: the epochs of {_member_name(gaps.index[0])} are not 0..n-1 without gaps")
+        raise AnalysisError(f"{path}: the epochs of {_member_name(gaps.index[0])} are not 0..n-1, each once")
     return frame.reset_index(drop=True)
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _span(values: Iterable[int]) -> str:
+    """`20` if all values are 20, else `min–max`."""
+    values = sorted({int(v) for v in values})
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
 
 
 # --------------------------------------------------------------------------------------------- reduce
@@ -358,7 +374,7 @@ def paired_differences(auc: pd.DataFrame, metric: str = "auc", baseline: str = B
                 "mean_diff": by_cell.mean(),
                 "std_diff": by_cell.std(),
                 "n_pairs": by_cell.size(),
-                "n_better": by_cell.apply(lambda d: int((d > 0).sum())),
+                "n_better": (diff > 0).groupby(level=CELL_KEYS).sum(),
             }
         )
         cells = wide.index.droplevel("triple").unique()
@@ -441,12 +457,14 @@ def plot_cell_curves(
     ax.set_xlabel("Epoch")
     ax.set_ylabel("PSNR (dB)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=9, framealpha=0.9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "auc", title: str = "") -> Figure:
+def plot_auc_boxplot(
+    auc: pd.DataFrame, palette: dict[str, str], metric: str = "auc", title: str = DEFAULT_BOX_TITLE
+) -> Figure:
     """Box plot of the AUC of every fit, per cell and scheme, cells ordered by hls*hfs then hls."""
     cells = cell_order(zip(auc["hls"], auc["hfs"], strict=True))
     labels = [cell_label(*c) for c in cells]
@@ -465,7 +483,7 @@ def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "
                 data=finite, x="cell", y=metric, hue="scheme", order=labels, hue_order=schemes,
                 palette=palette, ax=ax, fliersize=2, linewidth=0.8, width=0.8,
             )  # fmt: skip
-            ax.legend(title="scheme", loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, title_fontsize=8)
+            ax.legend(title="scheme", loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, title_fontsize=8)
         else:
             ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
         n_dropped = len(data) - len(finite)
@@ -482,8 +500,9 @@ def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "
         ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} (dB·epoch)")
         ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.grid(axis="y", alpha=0.3)
-        details = f"{_span(data['n_epochs'])} epochs" + (f", {protocol} protocol" if len(protocols) > 1 else "")
-        ax.set_title(f"{title or DEFAULT_BOX_TITLE} ({details})")
+        details = f"{_span(data['n_epochs'])} epochs"
+        details += f", {protocol} protocol" if len(protocols) > 1 else ""
+        ax.set_title(f"{title} ({details})")
     fig.tight_layout()
     return fig
 
@@ -512,7 +531,8 @@ def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triple
     schemes = scheme_order(str(s) for s in recon["scheme"])
     n_images = recon["triple_images"].shape[0]
     triples = sorted({int(t) for t in recon["triple"]} & set(range(n_images)))[:max_triples]
-    fit_of = {(str(s), int(t)): i for i, (s, t) in enumerate(zip(recon["scheme"], recon["triple"], strict=True))}
+    pairs = zip(recon["scheme"], recon["triple"], strict=True)
+    fit_of = {(str(s), int(t)): i for i, (s, t) in enumerate(pairs)}
     n_cols = 3 + len(schemes) * len(epochs)
     n_rows = max(len(triples), 1)
     height = 1.6 * n_rows + 0.5
@@ -543,7 +563,9 @@ def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triple
         ax.set_yticks([])
     fig.suptitle(
         f"Reconstructions of A, {int(recon['hls'])} hidden layers x {int(recon['hfs'])} hidden features",
-        fontsize=10, y=1 - 0.08 / height, va="top",
+        fontsize=10,
+        y=1 - 0.08 / height,
+        va="top",
     )
     return fig
 
@@ -551,7 +573,7 @@ def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triple
 def write_figures(
     sweep: Sweep, curves: pd.DataFrame, auc: pd.DataFrame, figures_dir: Path, psnr_cap: float | None
 ) -> list[Path]:
-    """All figures: one curve plot per cell, the AUC box plot(s), a reconstruction grid per cell with recon."""
+    """All figures: the AUC box plot(s), then per cell its curves and, given a recon.npz, its reconstructions."""
     palette = scheme_palette(auc["scheme"].unique())
     several = auc["protocol"].nunique() > 1
     written = [_write_figure(plot_auc_boxplot(auc, palette), figures_dir / "auc_boxplot.png")]
@@ -612,12 +634,7 @@ def _fmt(value: float, sign: bool = False) -> str:
     return format(value, spec)
 
 
-def _span(values: Iterable[int]) -> str:
-    values = sorted(set(int(v) for v in values))
-    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
-
-
-def metric_table(auc: pd.DataFrame, metric: str) -> tuple[str, pd.Series]:
+def _metric_table(auc: pd.DataFrame, metric: str) -> tuple[str, pd.Series]:
     """The per-cell markdown table of one metric, and how often each scheme was best."""
     schemes = scheme_order(auc["scheme"].unique())
     protocols = protocol_order(auc["protocol"])
@@ -679,10 +696,10 @@ def summary_markdown(sweep: Sweep, auc: pd.DataFrame, psnr_cap: float | None = N
     ]
     metrics = ["auc"] + (["auc_capped"] if psnr_cap is not None else [])
     for metric in metrics:
-        table, best = metric_table(auc, metric)
+        table, best = _metric_table(auc, metric)
         title = "AUC" if metric == "auc" else f"AUC with PSNR capped at {psnr_cap:g} dB"
         lines += ["", f"## {title} per cell", "", table, ""]
-        lines.append("Best scheme by mean: " + ", ".join(f"{s} in {n} cell(s)" for s, n in best.items()) + ".")
+        lines.append("Best scheme by mean: " + ", ".join(f"{s} in {n} cell(s)" for s, n in best.items()))
     return "\n".join(lines) + "\n"
 
 
@@ -692,7 +709,7 @@ def summary_markdown(sweep: Sweep, auc: pd.DataFrame, psnr_cap: float | None = N
 def analyze(
     sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None, psnr_cap: float | None = None
 ) -> dict[str, Path]:
-    """Run the whole analysis of a sweep folder; returns {path relative to out: absolute path} of every file."""
+    """Analyse a sweep folder end to end; returns {path relative to out: path} of every file written."""
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out is not None else sweep_dir / "analysis"
     if psnr_cap is not None and not np.isfinite(psnr_cap):
@@ -716,9 +733,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m prefit.analyze", description="Curves, AUCs, figures and a summary of a prefit sweep."
     )
-    parser.add_argument("sweep_dir", type=Path, help="folder holding the jobs' psnr.parquet files (searched recursively)")
+    parser.add_argument("sweep_dir", type=Path, help="folder searched recursively for psnr.parquet files")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/analysis)")
-    parser.add_argument("--psnr-cap", type=float, default=None, help="also report AUC with PSNR clipped at this dB")
+    parser.add_argument("--psnr-cap", type=float, default=None, help="also report AUC with PSNR clipped here (dB)")
     args = parser.parse_args(argv)
     try:
         outputs = analyze(args.sweep_dir, args.out, args.psnr_cap)

@@ -8,10 +8,12 @@ Value checks that a type cannot express (`model.hls >= 1`) live in `validate`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 class ConfigError(ValueError):
@@ -134,10 +136,23 @@ PROTOCOLS = ("independent", "chained")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def cell_dirname(hls: int, hfs: int, overrides: str = "") -> str:
+    """A sweep job's folder name: `2hls_32hfs`, then any other swept values (`,protocol=chained`).
+
+    Used as `hydra.sweep.subdir` so that folders are named by cell, are the same when an interrupted sweep
+    is started again, and never collide when a sweep varies more than hls and hfs.
+    """
+    others = [item for item in overrides.split(",") if item and not item.startswith(("model.hls=", "model.hfs="))]
+    name = ",".join([f"{hls}hls_{hfs}hfs", *others])
+    return name.replace("/", "_").replace(os.sep, "_")
+
+
 def register() -> None:
-    """Register the schema so that `conf/config.yaml` can extend it."""
+    """Register the schema so that `conf/config.yaml` can extend it, and the `prefit.cell` resolver."""
     cs = ConfigStore.instance()
     cs.store(name="prefit_schema", node=Config)
+    if not OmegaConf.has_resolver("prefit.cell"):
+        OmegaConf.register_new_resolver("prefit.cell", cell_dirname)
 
 
 def validate(cfg: Config) -> None:

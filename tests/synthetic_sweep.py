@@ -55,6 +55,19 @@ def ramp_trajectories(
     return out
 
 
+def _rows(hls: int, hfs: int, protocol: str, scheme: str, triple: int, seed: int, **columns) -> pd.DataFrame:
+    """One fit's rows; `columns` holds phase, stage, psnr and the target/prefit index and label."""
+    psnr = columns.pop("psnr")
+    with np.errstate(over="ignore", divide="ignore"):
+        loss = 4.0 / np.power(10.0, psnr / 10.0)
+    base = {"hls": hls, "hfs": hfs, "protocol": protocol, "scheme": scheme}
+    return pd.DataFrame(
+        {**base, "phase": columns.pop("phase"), "stage": columns.pop("stage"), "triple": triple,
+         "epoch": np.arange(len(psnr)), "psnr": psnr, "loss": loss, "lr": 1e-4, **columns,
+         "seed": seed, "engine": "batched"}
+    )  # fmt: skip
+
+
 def psnr_frame(
     hls: int,
     hfs: int,
@@ -67,44 +80,23 @@ def psnr_frame(
     parts = []
     for (scheme, triple), curve in trajectories.items():
         curve = np.asarray(curve, dtype=np.float64)
-        epochs = np.arange(len(curve))
-        prefit = scheme in PREFIT_SCHEMES
-        target = 1000 * triple + 1
-        prefit_index = 1000 * triple + (2 if scheme == "same_class" else 3) if prefit else pd.NA
-        prefit_label = (triple % 10 if scheme == "same_class" else (triple + 1) % 10) if prefit else pd.NA
-        stage = 1 if prefit else 0
-
-        def rows(phase: str, stage: int, psnr: np.ndarray, target_index: int, target_label: int) -> pd.DataFrame:
-            with np.errstate(over="ignore"):
-                loss = 4.0 / np.power(10.0, psnr / 10.0)
-            return pd.DataFrame(
-                {
-                    "hls": hls,
-                    "hfs": hfs,
-                    "protocol": protocol,
-                    "scheme": scheme,
-                    "phase": phase,
-                    "stage": stage,
-                    "triple": triple,
-                    "epoch": epochs,
-                    "psnr": psnr,
-                    "loss": loss,
-                    "lr": 1e-4,
-                    "target_index": target_index,
-                    "target_label": target_label,
-                    "prefit_index": prefit_index if phase == "fit" else pd.NA,
-                    "prefit_label": prefit_label if phase == "fit" else pd.NA,
-                    "seed": seed,
-                    "engine": "batched",
-                }
-            )
-
-        if prefit and with_prefit_rows:
-            # Pre-fit rows: a different image, absurd PSNR values that would show up in any mean.
-            parts.append(rows("prefit", 0, np.full(len(curve), 500.0), int(prefit_index), int(prefit_label)))
-        parts.append(rows("fit", stage, curve, target, triple % 10))
+        key = {"hls": hls, "hfs": hfs, "protocol": protocol, "scheme": scheme, "triple": triple, "seed": seed}
+        target, target_label = 1000 * triple + 1, triple % 10
+        if scheme in PREFIT_SCHEMES:
+            same = scheme == "same_class"
+            prefit, prefit_label = 1000 * triple + (2 if same else 3), (triple + (0 if same else 1)) % 10
+            if with_prefit_rows:
+                # Pre-fit rows: another image, absurd PSNR values that would show up in any mean.
+                parts.append(_rows(**key, phase="prefit", stage=0, psnr=np.full(len(curve), 500.0),
+                                   target_index=prefit, target_label=prefit_label,
+                                   prefit_index=pd.NA, prefit_label=pd.NA))  # fmt: skip
+            stage = 1
+        else:
+            prefit, prefit_label, stage = pd.NA, pd.NA, 0
+        parts.append(_rows(**key, phase="fit", stage=stage, psnr=curve, target_index=target,
+                           target_label=target_label, prefit_index=prefit, prefit_label=prefit_label))  # fmt: skip
     frame = pd.concat(parts, ignore_index=True)
-    return frame.astype(PSNR_DTYPES)
+    return frame[list(PSNR_DTYPES)].astype(PSNR_DTYPES)
 
 
 def recon_arrays(hls: int, hfs: int, trajectories: Trajectories, snapshot_epochs: Iterable[int]) -> dict:
@@ -124,7 +116,7 @@ def recon_arrays(hls: int, hfs: int, trajectories: Trajectories, snapshot_epochs
         "recon": rng.integers(0, 256, (len(keys), len(epochs), 32, 32, 3), dtype=np.uint8),
         "psnr": np.array([np.asarray(trajectories[k], dtype=np.float64)[epochs] for k in keys]),
         "triple_images": rng.integers(0, 256, (len(triples), 3, 32, 32, 3), dtype=np.uint8),
-        "triple_indices": np.array([[1000 * t + 1, 1000 * t + 2, 1000 * t + 3] for t in triples], dtype=np.int64),
+        "triple_indices": np.array([[1000 * t + k for k in (1, 2, 3)] for t in triples], dtype=np.int64),
     }
 
 

@@ -1,0 +1,69 @@
+# prefit: `make run` (the small study, then its analysis) and `make test`. Extra Hydra overrides: ARGS='...'.
+# Everything runs in a virtual environment that the first target creates (.venv; VENV=... to move it).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned so that this machine's CPU build is used; on a CUDA machine the same pin brings the usual
+# CUDA-enabled wheel. Override with TORCH='torch==X.Y.Z'.
+TORCH ?= torch==2.13.0
+ARGS ?=
+RUN_DIR ?= outputs/sweeps/run
+GRID_DIR ?= outputs/sweeps/grid
+REPRO_DIR ?= outputs/sweeps/repro
+SWEEP ?= $(RUN_DIR)
+PYTEST_ARGS ?=
+
+.PHONY: install run grid repro analyze notebook test lint bench clean help
+
+help:
+	@echo "make run       small study (hls 2,3 x hfs 32,64, 20 triples, 2000 epochs) + analysis -> $(RUN_DIR)"
+	@echo "make grid      the full 42-cell grid, independent protocol -> $(GRID_DIR)"
+	@echo "make repro     the full grid, chained protocol (reproduces the original figures) -> $(REPRO_DIR)"
+	@echo "make analyze SWEEP=DIR   curves, AUC, figures, summary of a sweep -> DIR/analysis"
+	@echo "make notebook  execute notebooks/analysis.ipynb on SWEEP's analysis"
+	@echo "make bench     time both engines -> bench.json"
+	@echo "make test | lint | install | clean.   Pass Hydra overrides with ARGS='...'"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m prefit.train -m model.hls=2,3 model.hfs=32,64 hydra.sweep.dir=$(RUN_DIR) $(ARGS)
+	$(PY) -m prefit.analyze $(RUN_DIR)
+	@echo "results: $(RUN_DIR)/ (per cell: psnr.parquet, recon.npz, run.json); analysis: $(RUN_DIR)/analysis/"
+
+grid: install
+	$(PY) -m prefit.train -m +experiment=grid hydra.sweep.dir=$(GRID_DIR) $(ARGS)
+	$(PY) -m prefit.analyze $(GRID_DIR)
+	@echo "results: $(GRID_DIR)/; analysis: $(GRID_DIR)/analysis/"
+
+repro: install
+	$(PY) -m prefit.train -m +experiment=repro hydra.sweep.dir=$(REPRO_DIR) $(ARGS)
+	$(PY) -m prefit.analyze $(REPRO_DIR)
+	@echo "results: $(REPRO_DIR)/; analysis: $(REPRO_DIR)/analysis/"
+
+analyze: install
+	$(PY) -m prefit.analyze $(SWEEP)
+	@echo "analysis: $(SWEEP)/analysis/"
+
+notebook: install
+	$(PY) -m prefit.notebook $(SWEEP)/analysis
+	@echo "executed notebook: $(SWEEP)/analysis/analysis.ipynb"
+
+bench: install
+	$(PY) -m prefit.bench $(ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check prefit tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
