@@ -1,0 +1,150 @@
+"""The app end to end: one cell, a sweep, skipping and resuming, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REQUIRED = [
+    "hls",
+    "hfs",
+    "protocol",
+    "scheme",
+    "phase",
+    "triple",
+    "epoch",
+    "psnr",
+    "loss",
+    "lr",
+    "target_index",
+    "target_label",
+    "prefit_index",
+    "prefit_label",
+    "seed",
+]
+
+
+def train(*overrides: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefit.train", *overrides, "train.progress=false"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"prefit.train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def tiny(data: Path, *extra: str) -> list[str]:
+    return [
+        "dataset=cifar_dir",
+        f"dataset.path={data}",
+        "model.hls=1",
+        "model.hfs=8",
+        "train.epochs=20",
+        "dataset.n_triples=3",
+        *extra,
+    ]
+
+
+def test_done_when_command_on_the_shared_sample(shared_sample, tmp_path):
+    out = tmp_path / "run"
+    train(
+        "dataset=cifar_dir",
+        f"dataset.path={shared_sample}",
+        "model.hls=2",
+        "model.hfs=32",
+        "train.epochs=100",
+        "dataset.n_triples=4",
+        f"hydra.run.dir={out}",
+    )
+    rows = pd.read_parquet(out / "psnr.parquet")
+    assert set(REQUIRED) <= set(rows.columns)
+    assert len(rows) == 4 * (3 + 2) * 100
+    fits = rows[rows.phase == "fit"]
+    assert fits.groupby(["scheme", "triple"]).size().eq(100).all()
+    assert np.isfinite(fits.psnr).all() and fits.psnr.between(5, 80).all()
+    last = fits[fits.epoch == 99].psnr.mean()
+    assert last > fits[fits.epoch == 0].psnr.mean() + 3  # real images fit
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["cell"] == {"hls": 2, "hfs": 32}
+    assert record["config"]["dataset"]["n_triples"] == 4 and record["versions"]["torch"]
+
+
+def test_single_cell_writes_skips_and_overwrites(cifar_dir, tmp_path):
+    out = tmp_path / "cell"
+    train(*tiny(cifar_dir), f"hydra.run.dir={out}")
+    files = {name: (out / name).stat().st_mtime_ns for name in ("psnr.parquet", "recon.npz", "run.json")}
+    assert not list(out.glob(".*.tmp"))  # no temporary file left behind
+    rows = pd.read_parquet(out / "psnr.parquet")
+    assert set(REQUIRED) <= set(rows.columns) and len(rows) == 3 * 5 * 20
+    recon = np.load(out / "recon.npz")
+    assert recon["recon"].shape == (9, 2, 32, 32, 3)  # 3 triples x 3 schemes; epochs 0 and 19 (100, 500 > last)
+
+    again = train(*tiny(cifar_dir), f"hydra.run.dir={out}")
+    assert "skipped" in again.stdout + again.stderr
+    assert all((out / n).stat().st_mtime_ns == t for n, t in files.items())
+
+    train(*tiny(cifar_dir, "train.overwrite=true"), f"hydra.run.dir={out}")
+    assert (out / "psnr.parquet").stat().st_mtime_ns != files["psnr.parquet"]
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "psnr.parquet"), rows)  # seeded: identical rerun
+
+    changed = train(*tiny(cifar_dir, "train.lr=2e-4"), f"hydra.run.dir={out}")  # another study config
+    assert "skipped" not in changed.stdout + changed.stderr
+
+
+def test_engines_and_protocols_through_the_app(cifar_dir, tmp_path):
+    train(*tiny(cifar_dir, "train.engine=sequential"), f"hydra.run.dir={tmp_path / 'seq'}")
+    train(*tiny(cifar_dir, "train.engine=batched"), f"hydra.run.dir={tmp_path / 'bat'}")
+    seq = pd.read_parquet(tmp_path / "seq" / "psnr.parquet")
+    bat = pd.read_parquet(tmp_path / "bat" / "psnr.parquet")
+    assert (seq.engine == "sequential").all() and (bat.engine == "batched").all()
+    assert np.abs(seq.psnr.to_numpy() - bat.psnr.to_numpy()).max() < 1e-3
+
+    train(*tiny(cifar_dir, "protocol=chained"), f"hydra.run.dir={tmp_path / 'chain'}")
+    chain = pd.read_parquet(tmp_path / "chain" / "psnr.parquet")
+    assert (chain.protocol == "chained").all() and sorted(chain.stage.unique()) == [0, 1, 2, 3, 4]
+    assert set(chain[chain.phase == "fit"].scheme) == {"random", "same_class", "other_class"}
+
+
+BAD_INPUTS = [
+    (["model.hls=0"], "model.hls"),
+    (["model.hfs=-5"], "model.hfs"),
+    (["model.hfs=2.5"], "model.hfs"),
+    (["'scheme=[random,nonsense]'"], "scheme/nonsense"),
+    (["train.epochs=0"], "train.epochs"),
+    (["dataset=cifar_dir"], "dataset.path"),
+    (["dataset=cifar_dir", "dataset.path=/no/such/folder"], "/no/such/folder"),
+    (["dataset=cifar_dir", "dataset.path=."], "CIFAR-10 python layout"),
+]
+
+
+@pytest.mark.parametrize("overrides,mentions", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_gets_one_line(overrides, mentions, tmp_path):
+    overrides = [o.strip("'") for o in overrides]
+    proc = train(*overrides, f"hydra.run.dir={tmp_path / 'bad'}", check=False, cwd=tmp_path)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("error: ") and mentions in lines[0], proc.stderr
+    assert not (tmp_path / "bad" / "psnr.parquet").exists()
+
+
+def test_offline_without_data_says_where_and_how(tmp_path):
+    env = dict(os.environ, PREFIT_DATA=str(tmp_path / "cache"))
+    proc = train(
+        "dataset.url=http://127.0.0.1:9/ciFAIR-10.zip", f"hydra.run.dir={tmp_path / 'x'}", check=False, env=env
+    )
+    error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert proc.returncode == 2 and len(error) == 1
+    assert str(tmp_path / "cache") in error[0] and "dataset=cifar_dir" in error[0]
