@@ -479,10 +479,12 @@ def plot_auc_boxplot(
             cell=lambda d: [cell_label(h, f) for h, f in zip(d["hls"], d["hfs"], strict=True)]
         )
         if len(finite):
-            sns.boxplot(
-                data=finite, x="cell", y=metric, hue="scheme", order=labels, hue_order=schemes,
-                palette=palette, ax=ax, fliersize=2, linewidth=0.8, width=0.8,
-            )  # fmt: skip
+            with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`
+                warnings.filterwarnings("ignore", message="vert: bool", category=DeprecationWarning)
+                sns.boxplot(
+                    data=finite, x="cell", y=metric, hue="scheme", order=labels, hue_order=schemes,
+                    palette=palette, ax=ax, fliersize=2, linewidth=0.8, width=0.8,
+                )  # fmt: skip
             ax.legend(title="scheme", loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, title_fontsize=8)
         else:
             ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")

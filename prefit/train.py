@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,8 @@ def one_line(error: BaseException) -> str:
 def cli() -> None:
     """Entry point: Hydra errors and bad input end in one line and exit status 2, not a traceback."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
+    # conf/hydra/launcher/submitit_*.yaml set defaults on the plugin's schema of the same name, on purpose
+    warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name")
     try:
         main()
     except USER_ERRORS as error:

@@ -1,0 +1,74 @@
+"""notebooks/analysis.ipynb runs top to bottom on the analysis of a small synthetic sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefit.analyze import analyze
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+try:
+    from tests.synthetic_sweep import write_synthetic_sweep
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
+    from synthetic_sweep import write_synthetic_sweep
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
+KERNEL = "prefit-test-python"
+
+
+@pytest.fixture
+def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A kernelspec that runs this very interpreter, whatever kernels the machine has (or lacks)."""
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"}))
+    paths = [str(tmp_path / "jupyter"), os.environ.get("JUPYTER_PATH", "")]
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(p for p in paths if p))
+    return KERNEL
+
+
+@pytest.fixture(scope="module")
+def analysis_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("nb")
+    sweep = write_synthetic_sweep(root / "sweep", cells=[(2, 32), (3, 32)], n_triples=3, epochs=25, nonfinite=True)
+    analyze(sweep, root / "analysis")
+    return root / "analysis"
+
+
+def test_notebook_structure() -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1
+    assert "ANALYSIS_DIR = " in params[0].source and "CELL = None" in params[0].source
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
+
+
+@pytest.mark.parametrize("cell", ["None", "'3x32'"])
+def test_notebook_executes(analysis_dir: Path, kernel_name: str, cell: str) -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source = f"ANALYSIS_DIR = {str(analysis_dir)!r}\nCELL = {cell}\n"
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name=kernel_name, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    )
+    client.execute()  # raises CellExecutionError on the first failing cell
+
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 2  # the saved box plot and at least one figure drawn in the notebook
+    assert any("text/markdown" in o.get("data", {}) for o in outputs)  # the summary
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "2 cells" in text

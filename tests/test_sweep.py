@@ -1,0 +1,75 @@
+"""Sweeps: the smoke preset over a 2 x 2 grid with joblib, a killed sweep resumed, and submitit's local path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+CELLS = ["1hls_8hfs", "1hls_16hfs", "2hls_8hfs", "2hls_16hfs"]
+
+
+def sweep_command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "prefit.train", "-m", "+experiment=smoke", "model.hls=1,2", "model.hfs=8,16",
+            "dataset=cifar_dir", f"dataset.path={data}", f"hydra.sweep.dir={out}", "train.progress=false", *extra]
+
+
+def results(out: Path) -> dict[str, pd.DataFrame]:
+    return {p.parent.name: pd.read_parquet(p) for p in sorted(out.glob("*/psnr.parquet"))}
+
+
+def test_smoke_sweep_runs_every_cell(cifar_dir, tmp_path):
+    out = tmp_path / "sweep"
+    subprocess.run(sweep_command(cifar_dir, out), check=True, capture_output=True, timeout=300)
+    found = results(out)
+    assert sorted(found) == sorted(CELLS)
+    for name, rows in found.items():
+        hls, hfs = (int(part[: -len(suffix)]) for part, suffix in zip(name.split("_"), ("hls", "hfs")))
+        assert (rows.hls == hls).all() and (rows.hfs == hfs).all()
+        assert len(rows) == 3 * 5 * 30  # smoke: 3 triples, 5 fits each, 30 epochs
+        assert (out / name / "run.json").is_file() and (out / name / "recon.npz").is_file()
+
+
+def test_killed_sweep_resumes_to_the_same_results(cifar_dir, tmp_path):
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(sweep_command(cifar_dir, reference, "hydra.launcher.n_jobs=1"), check=True,
+                   capture_output=True, timeout=300)
+
+    out = tmp_path / "killed"
+    command = sweep_command(cifar_dir, out, "hydra.launcher.n_jobs=1")
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not list(out.glob("*/run.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep, workers included, mid-way
+    proc.wait()
+    survivors = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("*/psnr.parquet")}
+    assert 0 < len(survivors) < len(CELLS), "the kill should land mid-sweep"
+    for p in out.glob("*/psnr.parquet"):
+        pd.read_parquet(p)  # every parquet present is complete
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "skipped" in resumed.stdout + resumed.stderr + "".join(
+        p.read_text() for p in out.glob("*/*.log"))
+    for name, mtime in survivors.items():  # finished cells were not run again
+        assert (out / name / "psnr.parquet").stat().st_mtime_ns == mtime
+    got, want = results(out), results(reference)
+    assert sorted(got) == sorted(want) == sorted(CELLS)
+    for name in CELLS:
+        pd.testing.assert_frame_equal(got[name], want[name])
+
+
+def test_submitit_local_launcher(cifar_dir, tmp_path):
+    out = tmp_path / "submitit"
+    command = sweep_command(cifar_dir, out, "hydra/launcher=submitit_local")
+    command[command.index("model.hls=1,2")] = "model.hls=1"
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(results(out)) == ["1hls_16hfs", "1hls_8hfs"]
+    assert (out / ".submitit").is_dir()
