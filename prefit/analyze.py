@@ -77,7 +77,7 @@ MEMBER_INFO = ["target_index", "target_label", "prefit_index", "prefit_label"]
 READ_COLUMNS = [*MEMBER_KEYS, "phase", "stage", "epoch", "psnr", *MEMBER_INFO]
 
 THRESHOLDS_DB = (30.0, 40.0)
-CAP_THRESHOLD_DB = 59.0  # about where 8-bit quantisation error sits: a fit this good is exact once saved
+CAP_THRESHOLD_DB = 59.0  # ~ the PSNR of 8-bit rounding noise (58.9 dB): as good as a saved image can be
 BASELINE = "random"
 PROTOCOL_ORDER = ("independent", "chained")
 
@@ -284,6 +284,7 @@ def cell_order(cells: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def cell_label(hls: int, hfs: int) -> str:
+    """`2x32`: hidden layers x hidden features, the box plot's tick label."""
     return f"{hls}x{hfs}"
 
 
@@ -526,7 +527,9 @@ def load_recon(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triples: int = 4) -> Figure:
+def plot_recon(
+    recon: dict[str, np.ndarray], palette: dict[str, str], max_triples: int = 4, protocol: str = ""
+) -> Figure:
     """Rows: a few triples. Columns: A, the same- and other-class images, then each scheme's
     reconstruction of A at each snapshot epoch, titled with its PSNR."""
     epochs = [int(e) for e in recon["epochs"]]
@@ -564,7 +567,8 @@ def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triple
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(
-        f"Reconstructions of A, {int(recon['hls'])} hidden layers x {int(recon['hfs'])} hidden features",
+        f"Reconstructions of A, {int(recon['hls'])} hidden layers x {int(recon['hfs'])} hidden features"
+        + (f", {protocol} protocol" if protocol else ""),
         fontsize=10,
         y=1 - 0.08 / height,
         va="top",
@@ -593,10 +597,9 @@ def write_figures(
     by_cell = dict(tuple(curves.groupby(CELL_KEYS, sort=False)))
     for hls, hfs, protocol in tqdm(keys, desc="figures", unit="cell", disable=None):
         stem = _cell_stem(hls, hfs, protocol, several)
-        fig = plot_cell_curves(
-            by_cell[(hls, hfs, protocol)], hls, hfs, int(triples[(hls, hfs, protocol)]), palette,
-            protocol if several or protocol != "independent" else "",
-        )  # fmt: skip
+        shown = protocol if several or protocol != "independent" else ""  # named in titles when not the default
+        n_triples = int(triples[(hls, hfs, protocol)])
+        fig = plot_cell_curves(by_cell[(hls, hfs, protocol)], hls, hfs, n_triples, palette, shown)
         written.append(_write_figure(fig, figures_dir / f"psnr_{stem}.png"))
         recon_path = sweep.recon_files.get((hls, hfs, protocol))
         if recon_path is None:
@@ -608,7 +611,8 @@ def write_figures(
         except AnalysisError as exc:  # a reconstruction grid is a nicety: skip it, keep the analysis
             warnings.warn(f"skipping reconstruction figure: {exc}", stacklevel=2)
             continue
-        written.append(_write_figure(plot_recon(recon, palette), figures_dir / f"recon_{stem}.png"))
+        fig = plot_recon(recon, palette, protocol=shown)
+        written.append(_write_figure(fig, figures_dir / f"recon_{stem}.png"))
     return written
 
 
@@ -728,10 +732,22 @@ def analyze(
     ]
     written += write_figures(sweep, curves, auc, out / "figures", psnr_cap)
     written.append(_write_text(summary_markdown(sweep, auc, psnr_cap), out / "summary.md"))
+    _remove_stale_figures(out / "figures", written)
     return {path.relative_to(out).as_posix(): path for path in written}
 
 
+def _remove_stale_figures(figures_dir: Path, written: list[Path]) -> None:
+    """Drop figures an earlier analysis into the same folder drew and this one did not (a cell no longer in
+    the sweep, a capped box plot without a cap), so the folder never mixes two analyses."""
+    keep = {path.resolve() for path in written}
+    for pattern in ("psnr_*.png", "recon_*.png", "auc_*boxplot.png"):
+        for path in figures_dir.glob(pattern):
+            if path.resolve() not in keep:
+                path.unlink()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: unusable input is one `error: ...` line on stderr and exit status 2, no traceback."""
     parser = argparse.ArgumentParser(
         prog="python -m prefit.analyze", description="Curves, AUCs, figures and a summary of a prefit sweep."
     )

@@ -93,38 +93,75 @@ def batched_forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Te
     return torch.baddbmm(b, x, w)
 
 
+class SirenStep:
+    """Forward and hand-written backward of stacked SIRENs, in buffers allocated once per chunk.
+
+    Forward: s_l = w0 (a_{l-1} W_l + b_l), a_l = sin(s_l) for the sine layers, y = a_L W + b.
+    Backward: dy = 2 (y - t) / (pixels * 3); for a sine layer g = da * cos(s_l), dz = w0 g;
+    dW = a_{l-1}^T dz, db = sum over pixels of dz, da_{l-1} = dz W^T.
+
+    Why a workspace: every epoch would otherwise allocate and free activations of M x 1024 x hfs floats,
+    and large CPU allocations come back from the OS as fresh pages that fault on first touch. The factor
+    w0 is applied inside the matrix products (baddbmm's alpha) and to the small weight gradients, never as
+    an extra pass over the activations.
+    """
+
+    def __init__(self, params: Params, coords: torch.Tensor, w0: float):
+        members, pixels = params[0][0].shape[0], coords.shape[0]
+        like = params[0][0]
+        self.w0 = w0
+        self.pixels = pixels
+        self.coords = coords.to(like).expand(members, pixels, coords.shape[1])
+        widths = [w.shape[2] for w, _ in params[:-1]]
+        self.sines = [like.new_empty(members, pixels, h) for h in widths]
+        self.cosines = [like.new_empty(members, pixels, h) for h in widths]
+        self.back = [like.new_empty(members, pixels, max(widths)) for _ in range(2)]
+        self.pred = like.new_empty(members, pixels, 3)
+        self.residual = like.new_empty(members, pixels, 3)
+        self.zero = like.new_zeros(1, 1, 1)
+        self.grads: Params = [(torch.empty_like(w), torch.empty_like(b)) for w, b in params]
+
+    def __call__(self, params: Params, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Params]:
+        """Per-member loss [M] and predictions [M, pixels, 3] before the update, and the gradients.
+
+        The returned predictions and gradients live in the workspace: they are overwritten by the next call.
+        """
+        w0 = self.w0
+        x = self.coords
+        for (w, b), s, c in zip(params[:-1], self.sines, self.cosines):
+            torch.baddbmm(b, x, w, beta=w0, alpha=w0, out=s)
+            torch.cos(s, out=c)
+            x = s.sin_()
+        w, b = params[-1]
+        torch.baddbmm(b, x, w, out=self.pred)
+        residual = torch.sub(self.pred, target, out=self.residual)
+        loss = residual.square().mean(dim=(1, 2))
+        grad = residual.mul_(2.0 / (self.pixels * target.shape[2]))
+        last = len(params) - 1
+        for layer in range(last, -1, -1):
+            w, _ = params[layer]
+            gw, gb = self.grads[layer]
+            inputs = self.coords if layer == 0 else self.sines[layer - 1]
+            scale = 1.0 if layer == last else w0
+            if layer < last:
+                grad.mul_(self.cosines[layer])
+            torch.bmm(inputs.transpose(1, 2), grad, out=gw)
+            torch.sum(grad, dim=1, keepdim=True, out=gb)
+            if scale != 1.0:
+                gw.mul_(scale)
+                gb.mul_(scale)
+            if layer > 0:
+                out = self.back[layer % 2][..., : w.shape[1]]
+                grad = torch.baddbmm(self.zero, grad, w.transpose(1, 2), beta=0, alpha=scale, out=out)
+        return loss, self.pred, self.grads
+
+
 def loss_and_grads(
     params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float
 ) -> tuple[torch.Tensor, torch.Tensor, Params]:
-    """Per-member MSE [M], predictions [M, pixels, 3] and gradients, with the backward pass written out.
-
-    Forward: z_l = a_{l-1} W_l + b_l, a_l = sin(w0 z_l) for the sine layers, y = a_L W + b.
-    Backward: dy = 2 (y - t) / (pixels * 3); for a sine layer dz = da * w0 cos(w0 z);
-    dW = a_{l-1}^T dz, db = sum over pixels of dz, da_{l-1} = dz W^T.
-    """
-    members, pixels = target.shape[0], target.shape[1]
-    inputs, cosines = [], []
-    x = coords.expand(members, *coords.shape)
-    for w, b in params[:-1]:
-        inputs.append(x)
-        s = torch.baddbmm(b, x, w).mul_(w0)
-        cosines.append(torch.cos(s))
-        x = s.sin_()
-    inputs.append(x)
-    w, b = params[-1]
-    pred = torch.baddbmm(b, x, w)
-    residual = pred - target
-    loss = residual.square().mean(dim=(1, 2))
-    grad = residual.mul_(2.0 / (pixels * target.shape[2]))
-    grads: Params = [None] * len(params)  # type: ignore[list-item]
-    for layer in range(len(params) - 1, -1, -1):
-        w, _ = params[layer]
-        if layer < len(params) - 1:
-            grad = grad.mul_(cosines[layer]).mul_(w0)
-        grads[layer] = (torch.bmm(inputs[layer].transpose(1, 2), grad), grad.sum(dim=1, keepdim=True))
-        if layer > 0:
-            grad = torch.bmm(grad, w.transpose(1, 2))
-    return loss, pred, grads
+    """One forward and backward pass (a fresh SirenStep; the engine keeps one per chunk)."""
+    loss, pred, grads = SirenStep(params, coords, w0)(params, target)
+    return loss, pred.clone(), [(gw.clone(), gb.clone()) for gw, gb in grads]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -196,8 +233,9 @@ def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result,
     lrs = torch.empty(train.epochs, m, dtype=torch.float64, device=device)
     snaps = torch.empty(m, len(slots), *target.shape[1:], device=device)
     report = max(1, train.epochs // 20)
+    step = SirenStep(work, coords, w0)
     for epoch in range(train.epochs):
-        loss, pred, grads = loss_and_grads(work, coords, target, w0)
+        loss, pred, grads = step(work, target)
         losses[epoch] = loss
         lrs[epoch] = lr
         slot = slots.get(epoch)
