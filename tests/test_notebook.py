@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from prefit.analyze import analyze
+from prefit.notebook import execute_notebook
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -55,16 +56,10 @@ def test_notebook_structure() -> None:
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
 
 
-@pytest.mark.parametrize("cell", ["None", "'3x32'"])
-def test_notebook_executes(analysis_dir: Path, kernel_name: str, cell: str) -> None:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params.source = f"ANALYSIS_DIR = {str(analysis_dir)!r}\nCELL = {cell}\n"
-    client = nbclient.NotebookClient(
-        nb, timeout=120, kernel_name=kernel_name, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-    )
-    client.execute()  # raises CellExecutionError on the first failing cell
-
+@pytest.mark.parametrize("cell", [None, "3x32"])
+def test_notebook_executes(analysis_dir: Path, kernel_name: str, cell: str | None, tmp_path: Path) -> None:
+    executed = execute_notebook(analysis_dir, tmp_path / "run.ipynb", cell=cell, kernel_name=kernel_name, timeout=120)
+    nb = nbformat.read(executed, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
