@@ -1,0 +1,136 @@
+"""`python -m prefit.bench`: the JSON other tools read keeps its shape, its figures agree with each other, and bad
+input is one line. Speeds are never asserted: they belong to the machine, not to the code."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prefit.bench import BenchError, fit_original, main, make_members, parse_args, parse_cells, plan, smooth_targets
+from prefit.config import TrainConfig
+from prefit.data import coordinate_grid
+from prefit.engine import flops_per_member_epoch
+from prefit.model import member_params
+
+ENGINES = ("batched", "sequential", "original")
+MACHINE = {"device": str, "threads": int, "torch": str, "ceiling_gflops": float}
+CELL = {
+    "hls": int,
+    "hfs": int,
+    "members": int,
+    "epochs": int,
+    "ms_per_member_epoch": dict,
+    "speedup_vs_sequential": float,
+    "speedup_vs_original": float,
+    "gflops": float,
+    "ceiling_fraction": float,
+    "peak_mem_mb": float,
+}
+
+
+def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "prefit.bench", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    """One tiny benchmark of two cells, shared by the tests that read its output."""
+    folder = tmp_path_factory.mktemp("bench")
+    proc = bench("--quick", "--device", "cpu", "--cells", "1x8,2x16", "--out", "tmp/bench.json", cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, json.loads((folder / "tmp" / "bench.json").read_text())
+
+
+def close(a: float, b: float, rel: float = 2e-3) -> bool:
+    """Equal up to the 4 significant digits the JSON keeps."""
+    return math.isclose(a, b, rel_tol=rel)
+
+
+def test_json_has_the_documented_fields_and_types(quick_run):
+    _, data = quick_run
+    for key, kind in MACHINE.items():
+        assert isinstance(data["machine"][key], kind), key
+    assert data["machine"]["device"] == "cpu"
+    assert data["machine"]["torch"] == torch.__version__
+    assert data["machine"]["threads"] >= 1 and data["machine"]["ceiling_gflops"] > 0
+    assert [(c["hls"], c["hfs"]) for c in data["cells"]] == [(1, 8), (2, 16)]
+    for cell in data["cells"]:
+        for key, kind in CELL.items():
+            assert isinstance(cell[key], kind), key
+        assert set(cell["ms_per_member_epoch"]) == set(ENGINES)
+        for engine in ENGINES:
+            assert isinstance(cell["ms_per_member_epoch"][engine], float)
+            assert 1 <= cell["members_timed"][engine] <= cell["members"]
+        assert cell["members_timed"]["batched"] >= min(cell["max_members"], cell["members"])
+
+
+def test_figures_are_positive_and_consistent(quick_run):
+    _, data = quick_run
+    ceiling = data["machine"]["ceiling_gflops"]
+    for cell in data["cells"]:
+        ms = cell["ms_per_member_epoch"]
+        assert all(v > 0 for v in ms.values())
+        assert cell["epochs"] >= 1 and cell["peak_mem_mb"] > 0
+        assert close(cell["speedup_vs_sequential"], ms["sequential"] / ms["batched"])
+        assert close(cell["speedup_vs_original"], ms["original"] / ms["batched"])
+        assert close(cell["ceiling_fraction"], cell["gflops"] / ceiling)
+        work = flops_per_member_epoch(cell["hls"], cell["hfs"])  # the study's work unit
+        assert close(cell["gflops"], work / (ms["batched"] * 1e-3) / 1e9)
+
+
+def test_table_is_printed(quick_run):
+    proc, data = quick_run
+    lines = proc.stdout.splitlines()
+    header = lines[0].split()
+    for column in ("cell", "members", "batched", "sequential", "original", "seq", "orig", "GFLOP/s", "peak"):
+        assert column in header
+    assert any(line.startswith("1x8 ") for line in lines) and any(line.startswith("2x16 ") for line in lines)
+    assert lines[-1].startswith("ceiling:")
+
+
+def test_bad_cells_is_one_line_and_exit_2(tmp_path, capsys):
+    proc = bench("--quick", "--cells", "2x", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --cells: '2x' is not HLSxHFS (e.g. 2x32,3x128)\n" and proc.stdout == ""
+    for bad in ("2x32,abc", "0x32", "2x32x4"):
+        assert main(["--quick", "--cells", bad, "--out", str(tmp_path / "bench.json")]) == 2
+        out, err = capsys.readouterr()
+        assert err.startswith("error: --cells: ") and err.count("\n") == 1 and out == "", err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_argument_parsing():
+    assert parse_cells("2x32, 3X128") == ((2, 32), (3, 128))
+    opts = parse_args(["--quick", "--epochs", "7", "--engines", "original,batched"])
+    assert opts.epochs == 7 and opts.repeats == 1 and opts.engines == ("batched", "original")
+    for argv in (["--epochs", "0"], ["--engines", "fast"], ["--nope"], ["--cells", ""]):
+        with pytest.raises(BenchError):
+            parse_args(argv)
+
+
+def test_plan_cuts_members_then_epochs_to_the_budget():
+    opts = parse_args(["--epochs", "30", "--repeats", "3", "--budget", "9"])
+    wanted, least = {"batched": 100, "sequential": 4}, {"batched": 10, "sequential": 1}
+    epochs, members = plan({"batched": 1e-3, "sequential": 1e-3}, wanted, least, chunk=10, opts=opts)
+    assert (epochs, members) == (30, {"batched": 100, "sequential": 4})  # everything fits
+    epochs, members = plan({"batched": 0.01, "sequential": 0.01}, wanted, least, chunk=10, opts=opts)
+    assert epochs == 30 and members == {"batched": 10, "sequential": 4}  # 30 member-epochs x 3: whole chunks
+    epochs, members = plan({"batched": 0.1, "sequential": 0.1}, wanted, least, chunk=10, opts=opts)
+    assert epochs == opts.min_epochs and members == {"batched": 10, "sequential": 4}  # never below one chunk
+
+
+def test_original_loop_fits_and_reports_host_psnr():
+    params, target = make_members(1, 16, 1), smooth_targets(1)
+    psnr = fit_original(
+        member_params(params, 0), target[0], coordinate_grid(), TrainConfig(epochs=60), torch.device("cpu")
+    )
+    assert len(psnr) == 60 and all(math.isfinite(p) for p in psnr)
+    assert psnr[-1] > psnr[0] + 0.5  # it fits
