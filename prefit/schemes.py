@@ -6,6 +6,9 @@ A *member* is one SIREN of a cell. It starts from its triple's random initialisa
     random        [A]
     same_class    [B, A]        B: another image of A's class
     other_class   [C, A]        C: an image of another class
+    class_mean    [mean, A]     mean: the mean image of A's class over a pool outside the triples
+    multi_same    [B1..Bk, A]   k images of A's class, none in any triple
+    meta          [A]           from a Reptile-learned initialisation (prefit.meta) instead of the random one
 
 Under `protocol=independent` each scheme is its own member, all three starting from the same initialisation.
 Under `protocol=chained` (the original code's aliasing defect) each triple is one member whose fits are
@@ -17,15 +20,16 @@ Under `protocol=chained` (the original code's aliasing defect) each triple is on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
 from prefit.config import Config
-from prefit.data import ImageSet, Triple, coordinate_grid, to_signal, to_uint8
+from prefit.data import DataError, ImageSet, Triple, coordinate_grid, draw_pool, to_signal, to_uint8
 from prefit.engine import fit, psnr_from_loss, snapshot_epochs_resolved
+from prefit.meta import learned_init
 from prefit.model import Params, init_params, member_params, stack_params, triple_generator
 
 
@@ -46,6 +50,7 @@ class FitSpec:
 class Member:
     triple: int
     fits: list[FitSpec]
+    start: str = "triple"  # "triple": the triple's random initialisation; "meta": the learned one
 
 
 @dataclass
@@ -56,42 +61,74 @@ class Plan:
     signals: torch.Tensor  # float32 [K, pixels, 3]
     images: np.ndarray  # uint8 [K, 32, 32, 3], the same images for pictures
     triples: list[Triple]
-    rows: dict[int, int] = field(default_factory=dict)  # split index -> row in signals
+    rows: dict = field(default_factory=dict)  # split index (or a synthetic image's key) -> row in signals
+    meta_pool: np.ndarray | None = None  # split indices the meta-initialisation learns on
+    meta_signals: torch.Tensor | None = None  # their signals
+    data_source: str = ""
 
 
 class _Bank:
-    """Collects the distinct images a plan needs and gives each a row."""
+    """Collects the distinct images a plan needs (split images and synthetic ones) and gives each a row."""
 
     def __init__(self, data: ImageSet):
         self.data = data
-        self.rows: dict[int, int] = {}
+        self.rows: dict = {}
+        self.pixels: list[np.ndarray] = []  # float32 [32, 32, 3] in 0..255
 
-    def row(self, index: int) -> int:
-        return self.rows.setdefault(index, len(self.rows))
+    def row(self, key, pixels: np.ndarray | None = None) -> int:
+        if key not in self.rows:
+            self.rows[key] = len(self.pixels)
+            self.pixels.append(np.asarray(self.data.images[key] if pixels is None else pixels, dtype=np.float32))
+        return self.rows[key]
 
     def fit(self, scheme: str, phase: str, index: int, before: int | None = None) -> FitSpec:
         label = int(self.data.labels[index])
         prefit_label = None if before is None else int(self.data.labels[before])
         return FitSpec(scheme, phase, self.row(index), index, label, before, prefit_label)
 
+    def class_mean(self, label: int, pool: np.ndarray) -> FitSpec:
+        """A pre-fit on the mean image of class `label` over the pool's images of that class."""
+        members = pool[self.data.labels[pool] == label]
+        if members.size == 0:
+            raise DataError(f"the class_mean pool has no image of class {label}; raise scheme.class_mean.pool_size")
+        mean = self.data.images[members].astype(np.float64).mean(axis=0)
+        return FitSpec("class_mean", "prefit", self.row(("class_mean", label), mean), -1, label)
 
-def _independent(bank: _Bank, t: Triple, schemes: Sequence[str]) -> list[Member]:
+
+@dataclass
+class _Extras:
+    """What the extra schemes draw from outside the triples."""
+
+    class_mean_pool: np.ndarray | None = None
+    multi_same: dict[int, list[int]] = field(default_factory=dict)  # triple -> its k same-class images
+
+
+def _independent(bank: _Bank, t: Triple, schemes: Sequence[str], extras: _Extras) -> list[Member]:
     prefit_image = {"same_class": t.same, "other_class": t.other}
+    label = int(bank.data.labels[t.target])
     members = []
     for scheme in schemes:
-        if scheme == "random":
-            members.append(Member(t.triple, [bank.fit(scheme, "fit", t.target)]))
+        if scheme in ("random", "meta"):
+            start = "meta" if scheme == "meta" else "triple"
+            members.append(Member(t.triple, [bank.fit(scheme, "fit", t.target)], start))
         elif scheme in prefit_image:
             b = prefit_image[scheme]
             members.append(
                 Member(t.triple, [bank.fit(scheme, "prefit", b), bank.fit(scheme, "fit", t.target, before=b)])
             )
+        elif scheme == "class_mean":
+            fit_a = replace(bank.fit(scheme, "fit", t.target), prefit_label=label)
+            members.append(Member(t.triple, [bank.class_mean(label, extras.class_mean_pool), fit_a]))
+        elif scheme == "multi_same":
+            images = extras.multi_same[t.triple]
+            fits = [bank.fit(scheme, "prefit", b) for b in images]
+            members.append(Member(t.triple, [*fits, bank.fit(scheme, "fit", t.target, before=images[-1])]))
         else:
             raise ValueError(f"scheme {scheme!r} has no plan")
     return members
 
 
-def _chained(bank: _Bank, t: Triple, schemes: Sequence[str]) -> list[Member]:
+def _chained(bank: _Bank, t: Triple, schemes: Sequence[str], extras: _Extras) -> list[Member]:
     """The original's chain A -> B -> A -> C -> A, cut after the last selected scheme."""
     chain = [
         bank.fit("random", "fit", t.target),
@@ -104,17 +141,41 @@ def _chained(bank: _Bank, t: Triple, schemes: Sequence[str]) -> list[Member]:
     return [Member(t.triple, chain[: last + 1])]
 
 
+def _multi_same_images(data: ImageSet, triples: list[Triple], k: int, seed: int, exclude: set[int]) -> dict:
+    """k images of each triple's class per triple, none in any triple and none shared between triples."""
+    rng = np.random.default_rng([seed, 2])
+    free = np.array(sorted(set(range(len(data))) - exclude), dtype=np.int64)
+    by_class = {int(c): list(rng.permutation(free[data.labels[free] == c])) for c in np.unique(data.labels)}
+    chosen = {}
+    for t in triples:
+        label = int(data.labels[t.target])
+        if len(by_class.get(label, [])) < k:
+            raise DataError(f"scheme multi_same needs {k} more images of class {label} outside the triples; "
+                            "lower scheme.multi_same.k or dataset.n_triples")
+        chosen[t.triple] = [int(by_class[label].pop()) for _ in range(k)]
+    return chosen
+
+
 def build_plan(cfg: Config, data: ImageSet, triples: list[Triple]) -> Plan:
     bank = _Bank(data)
     for t in triples:  # every triple's three images, for the pictures, whatever the schemes
         for index in (t.target, t.same, t.other):
             bank.row(index)
+    in_triples = {i for t in triples for i in (t.target, t.same, t.other)}
+    extras, meta_pool = _Extras(), None
+    if cfg.scheme.class_mean is not None:
+        extras.class_mean_pool = draw_pool(data.labels, cfg.scheme.class_mean.pool_size, cfg.seed, in_triples)
+    if cfg.scheme.multi_same is not None:
+        extras.multi_same = _multi_same_images(data, triples, cfg.scheme.multi_same.k, cfg.seed, in_triples)
+    if cfg.scheme.meta is not None:
+        meta_pool = draw_pool(data.labels, cfg.scheme.meta.pool_size, cfg.seed, in_triples)
     schemes = cfg.scheme.selected()
     build = _chained if cfg.protocol.name == "chained" else _independent
-    members = [m for t in triples for m in build(bank, t, schemes)]
-    order = np.array(sorted(bank.rows, key=bank.rows.get), dtype=np.int64)
-    images = data.images[order]
-    return Plan(members, to_signal(images), images, triples, dict(bank.rows))
+    members = [m for t in triples for m in build(bank, t, schemes, extras)]
+    pixels = np.stack(bank.pixels)
+    images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    meta_signals = None if meta_pool is None else to_signal(data.images[meta_pool])
+    return Plan(members, to_signal(pixels), images, triples, dict(bank.rows), meta_pool, meta_signals, data.source)
 
 
 @dataclass
@@ -123,6 +184,7 @@ class CellResult:
     recon: dict[str, np.ndarray]  # recon.npz
     members: int
     fits: int
+    info: dict = field(default_factory=dict)  # e.g. the meta-initialisation's cache hit or miss
 
 
 def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) -> CellResult:
@@ -132,7 +194,13 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
     inits: dict[int, Params] = {
         t.triple: init_params(hls, hfs, w0, triple_generator(cfg.seed, t.triple)) for t in plan.triples
     }
-    current: list[Params] = [inits[m.triple] for m in plan.members]
+    info: dict = {}
+    meta_init = None
+    if any(m.start == "meta" for m in plan.members):
+        meta_init, info["meta"] = learned_init(
+            cfg, plan.data_source, plan.meta_pool, plan.meta_signals, device, max_members
+        )
+    current: list[Params] = [meta_init if m.start == "meta" else inits[m.triple] for m in plan.members]
     frames, recon_parts = [], []
     stages = max(len(m.fits) for m in plan.members)
     for stage in range(stages):
@@ -162,7 +230,8 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
                 ([specs[j].scheme for j in is_fit], [triples[j] for j in is_fit], result.snapshots[is_fit], snap_loss)
             )
     rows = pd.concat(frames, ignore_index=True)
-    return CellResult(rows, _recon(cfg, plan, recon_parts), len(plan.members), len(rows) // cfg.train.epochs)
+    fits = len(rows) // cfg.train.epochs
+    return CellResult(rows, _recon(cfg, plan, recon_parts), len(plan.members), fits, info)
 
 
 def _rows(

@@ -121,6 +121,7 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         "threads": threads,
         "max_members": max_members,
         "data": data.source,
+        **result.info,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "prefit": prefit.__version__},
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
         "finished": datetime.now(timezone.utc).isoformat(),

@@ -1,0 +1,101 @@
+"""A meta-learned initialisation (Reptile) for the `meta` scheme, and its cache.
+
+Reptile (Nichol et al. 2018), as Tancik et al. (2021) used it for coordinate networks: from the current
+initialisation theta, fit a meta-batch of images for a few Adam steps each, then move theta towards the mean
+of the fitted weights, theta <- theta + eps_t (mean_i theta_i - theta), with eps_t annealed linearly to 0.
+The meta-batch runs as members of the batched engine, so a meta step costs what a stage of the study costs.
+
+The images come from a pool that excludes every image of the run's triples. The result is cached per cell and
+config under a content hash: a sweep or a rerun never learns it twice, and two jobs that race both write
+a complete file with an atomic rename, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import trange
+
+from prefit.config import Config, MetaConfig
+from prefit.data import coordinate_grid
+from prefit.engine import fit_batched
+from prefit.io import atomic_path
+from prefit.model import Params, init_params, stack_params, triple_generator
+
+log = logging.getLogger(__name__)
+
+ALGORITHM_VERSION = 1  # bump when the learning procedure changes, so old cache entries are not reused
+META_STREAM = 1_000_003  # the "triple number" of the meta-initialisation's own random start
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("PREFIT_CACHE"):
+        return Path(os.environ["PREFIT_CACHE"]).expanduser() / "meta"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("prefit")) / "meta"
+
+
+def cache_key(cfg: Config, meta: MetaConfig, data_source: str, pool: np.ndarray) -> str:
+    """A hash of everything the learned initialisation depends on (never of where it is cached)."""
+    content = {
+        "version": ALGORITHM_VERSION,
+        "model": asdict(cfg.model),
+        "meta": {k: v for k, v in asdict(meta).items() if k != "cache_dir"},
+        "adam": [list(cfg.train.betas), cfg.train.eps],
+        "seed": cfg.seed,
+        "data": data_source,
+        "pool": hashlib.sha256(np.ascontiguousarray(pool, dtype=np.int64).tobytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def reptile(cfg: Config, meta: MetaConfig, signals: torch.Tensor, device: torch.device, max_members: int) -> Params:
+    """Learn one SIREN initialisation on `signals` [pool, pixels, 3]; returns (W [in, out], b [out]) pairs."""
+    hls, hfs, w0 = cfg.model.hls, cfg.model.hfs, cfg.model.w0
+    theta = init_params(hls, hfs, w0, triple_generator(cfg.seed, META_STREAM))
+    rng = np.random.default_rng([cfg.seed, META_STREAM])
+    inner = replace(cfg.train, epochs=meta.inner_steps, lr=meta.inner_lr, snapshot_epochs=[], progress=False)
+    coords = coordinate_grid()
+    for step in trange(meta.outer_steps, desc=f"{hls}x{hfs} meta", disable=not cfg.train.progress, leave=False):
+        tasks = rng.choice(signals.shape[0], size=meta.meta_batch, replace=False)
+        start = stack_params([theta] * meta.meta_batch)
+        fitted = fit_batched(start, signals[tasks], coords, inner, w0, device, max_members).params
+        finite = torch.stack([torch.isfinite(w).all(dim=(1, 2)) for w, _ in fitted]).all(dim=0)
+        if not finite.any():
+            log.warning("meta step %d: every task diverged; step skipped", step)
+            continue
+        eps = meta.outer_lr * (1.0 - step / meta.outer_steps)
+        theta = [
+            (w + eps * (fw[finite].mean(0) - w), b + eps * (fb[finite].mean(0).reshape(-1) - b))
+            for (w, b), (fw, fb) in zip(theta, fitted)
+        ]
+    return theta
+
+
+def learned_init(
+    cfg: Config, data_source: str, pool: np.ndarray, signals: torch.Tensor, device: torch.device, max_members: int
+) -> tuple[Params, dict]:
+    """The cached initialisation for this cell and config, learned (and cached) on a miss."""
+    meta = cfg.scheme.meta
+    key = cache_key(cfg, meta, data_source, pool)
+    folder = Path(meta.cache_dir).expanduser() if meta.cache_dir else default_cache_dir()
+    path = folder / f"meta_{cfg.model.hls}hls_{cfg.model.hfs}hfs_{key}.pt"
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            params = [(w, b) for w, b in saved["params"]]
+            return params, {"cache": "hit", "path": str(path), "key": key}
+        except Exception as error:  # a damaged entry is relearned, never used
+            log.warning("meta cache entry %s is unreadable (%s): learning it again", path, error)
+    params = reptile(cfg, meta, signals, device, max_members)
+    with atomic_path(path) as tmp:
+        torch.save({"params": [(w.contiguous(), b.contiguous()) for w, b in params], "key": key}, tmp)
+    return params, {"cache": "miss", "path": str(path), "key": key}
