@@ -150,8 +150,10 @@ def _multi_same_images(data: ImageSet, triples: list[Triple], k: int, seed: int,
     for t in triples:
         label = int(data.labels[t.target])
         if len(by_class.get(label, [])) < k:
-            raise DataError(f"scheme multi_same needs {k} more images of class {label} outside the triples; "
-                            "lower scheme.multi_same.k or dataset.n_triples")
+            raise DataError(
+                f"scheme multi_same needs {k} more images of class {label} outside the triples; "
+                "lower scheme.multi_same.k or dataset.n_triples"
+            )
         chosen[t.triple] = [int(by_class[label].pop()) for _ in range(k)]
     return chosen
 
