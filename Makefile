@@ -14,7 +14,7 @@ REPRO_DIR ?= outputs/sweeps/repro
 SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
 
-.PHONY: install run grid repro analyze notebook test lint bench clean help
+.PHONY: install run grid repro analyze notebook test lint bench clean help report
 
 help:
 	@echo "make run       small study (hls 2,3 x hfs 32,64, 20 triples, 2000 epochs) + analysis -> $(RUN_DIR)"
@@ -67,3 +67,16 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# The protocol-finding report: a sweep run with protocol=chained beside one with protocol=independent (same cells
+# and triples) -> docs/findings.md and its figures in docs/findings/. E.g. after `make grid` and `make repro`:
+#   make report SWEEP_INDEPENDENT=outputs/sweeps/grid SWEEP_CHAINED=outputs/sweeps/repro
+# Extra options in REPORT_ARGS, e.g. REPORT_ARGS='analysis.psnr_cap=59'.
+SWEEP_INDEPENDENT ?= $(GRID_DIR)
+SWEEP_CHAINED ?= $(REPRO_DIR)
+FINDINGS ?= docs/findings.md
+REPORT_ARGS ?=
+
+report: install
+	$(PY) -m prefit.report --independent $(SWEEP_INDEPENDENT) --chained $(SWEEP_CHAINED) --out $(FINDINGS) $(REPORT_ARGS)
+	@echo "report: $(FINDINGS), figures in $(basename $(FINDINGS))/"

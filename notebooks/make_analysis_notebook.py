@@ -11,20 +11,22 @@ cells = [
         """# prefit: analysis of a sweep
 
 Does pre-fitting a SIREN on another image make fitting a target image A faster? Each cell of the grid
-(`hls` hidden layers x `hfs` hidden features) fits A for 20 triples under three schemes: from a
-**random** initialisation, after a pre-fit on an image of A's class (**same_class**), or after a pre-fit
-on an image of another class (**other_class**); within a triple every scheme starts from the same
-random initialisation.
+(`hls` hidden layers x `hfs` hidden features) fits A for 20 triples under several schemes: from a
+**random** initialisation, after a pre-fit on an image of A's class (**same_class**), after a pre-fit
+on an image of another class (**other_class**), and, where the sweep ran them, **class_mean**,
+**multi_same** and **meta**; within a triple every scheme starts from the same random initialisation.
 
 This notebook reads the folder written by
 
 ```
-python -m prefit.analyze SWEEP_DIR            # -> SWEEP_DIR/analysis
+python -m prefit.analyze SWEEP_DIR                        # -> SWEEP_DIR/analysis
+python -m prefit.analyze SWEEP_DIR analysis.psnr_cap=59   # also the AUC with PSNR capped at 59 dB
 ```
 
-(`curves.parquet`, `auc.parquet`, `summary.md`, `figures/`) and shows the AUC box plot over all
-cells, one cell's PSNR curves and AUCs, and the summary table. Set `ANALYSIS_DIR` and `CELL` in the
-next cell (it is tagged `parameters`, so a tool can inject other values)."""
+(`curves.parquet`, `auc.parquet`, `stats.parquet`, `summary.md`, `figures/`) and shows the AUC box plot
+over all cells, the paired statistics of each scheme against random, one cell's PSNR curves and AUCs,
+and the summary. Set `ANALYSIS_DIR` and `CELL` in the next cell (it is tagged `parameters`, so a tool
+can inject other values)."""
     ),
     new_code_cell(
         """ANALYSIS_DIR = "../outputs/sweeps/NAME/analysis"  # a folder written by `python -m prefit.analyze`
@@ -64,6 +66,34 @@ size `hls * hfs` (ties by `hls`), as in the original study's figure. Higher is f
     ),
     new_code_cell("""display(Image(filename=str(analysis / "figures" / "auc_boxplot.png")))"""),
     new_markdown_cell(
+        """## Paired statistics: each scheme against random (`stats.parquet`)
+
+Per cell and scheme, over the triples (pairs matched on the triple: same A, same initialisation):
+`mean_diff_auc`, the mean of AUC(scheme) − AUC(random); `ci_low`/`ci_high`, its 95% percentile-bootstrap
+interval (10,000 resamples, fixed seed); `p_wilcoxon`, the two-sided Wilcoxon signed-rank p; `n`, the
+pairs used; `n_diverged`, the pairs left out because a fit diverged. With a PSNR cap the same columns
+follow for the capped AUC (`_capped`). The p-values are not corrected for the number of tests."""
+    ),
+    new_code_cell(
+        """stats_path = analysis / "stats.parquet"
+if stats_path.is_file():
+    stats = pd.read_parquet(stats_path)
+    rank = {c: i for i, c in enumerate(cells)}
+    stats = stats.assign(cell=[cell_label(h, f) for h, f in zip(stats["hls"], stats["hfs"])],
+                         _rank=[rank[(h, f)] for h, f in zip(stats["hls"], stats["hfs"])])
+    stats = stats.sort_values(["_rank", "protocol"], kind="stable")
+    shown = ["cell", "protocol", "scheme", "n", "mean_diff_auc", "ci_low", "ci_high", "p_wilcoxon", "n_diverged"]
+    shown += [c for c in stats.columns if c.endswith("_capped")]
+    print(f"paired statistics: {len(stats)} rows, one per cell and scheme, each against random")
+    digits = {c: 4 if c.startswith("p_") else 1 for c in shown if c.startswith(("mean_", "ci_", "p_"))}
+    display(stats[shown].reset_index(drop=True).round(digits))
+    figure = analysis / "figures" / "paired_differences.png"
+    if figure.is_file():
+        display(Image(filename=str(figure)))
+else:
+    print("no stats.parquet in this analysis folder: rerun `python -m prefit.analyze` to get the paired statistics")"""
+    ),
+    new_markdown_cell(
         """## One cell
 
 Mean PSNR over triples with a band of one standard deviation (non-finite values are left out of
@@ -91,7 +121,8 @@ for ax, protocol in zip(axes[0], protocols):
         ax.plot(s["epoch"], s["mean"], color=palette[scheme], label=scheme)
         ax.fill_between(s["epoch"], s["mean"] - std, s["mean"] + std, color=palette[scheme], alpha=0.2, lw=0)
     n = cell_auc.loc[cell_auc["protocol"] == protocol, "triple"].nunique()
-    ax.set(xlabel="Epoch", ylabel="PSNR (dB)", title=f"{cell_label(hls, hfs)}, {protocol}: mean ± 1 std over {n} triples")
+    title = f"{cell_label(hls, hfs)}, {protocol}: mean ± 1 std over {n} triples"
+    ax.set(xlabel="Epoch", ylabel="PSNR (dB)", title=title)
     ax.legend()
 plt.show()"""
     ),

@@ -1,21 +1,42 @@
-"""Turn a sweep's trajectories into the study's curves, AUCs, figures and a summary.
+"""Turn a sweep's trajectories into the study's curves, AUCs, paired statistics, figures and a summary.
 
-    python -m prefit.analyze SWEEP_DIR [--out DIR] [--psnr-cap DB]
+    python -m prefit.analyze SWEEP_DIR [--out DIR] [--psnr-cap DB | analysis.psnr_cap=DB]
 
 The module reads top to bottom as the pipeline runs: load every `psnr.parquet` below the sweep folder ->
-validate it against docs/formats.md -> reduce the `fit` rows to per-epoch curves and per-fit AUCs -> write
-the tables -> draw the figures -> write `summary.md`. Everything lands in one output folder (default
-`SWEEP_DIR/analysis`), each file written atomically (a temporary file in the same folder, then a rename):
+validate it against docs/formats.md -> reduce the `fit` rows to per-epoch curves and per-fit AUCs -> pair
+each scheme with `random` on the triple and test the differences -> write the tables -> draw the figures ->
+write `summary.md`. Everything lands in one output folder (default `SWEEP_DIR/analysis`), each file written
+atomically (a temporary file in the same folder, then a rename):
 
     curves.parquet   hls, hfs, protocol, scheme, epoch, mean, std, count, n_nonfinite
     auc.parquet/.csv hls, hfs, protocol, scheme, triple, target_index, target_label, prefit_index,
                      prefit_label, n_epochs, auc, [auc_capped], final_psnr, epochs_to_30db, epochs_to_40db,
-                     [epochs_to_59db], n_nonfinite, diverged, saturated   ([..]: only with --psnr-cap)
-    figures/         auc_boxplot.png, [auc_capped_boxplot.png], psnr_{hls}hls_{hfs}hfs.png per cell,
+                     [epochs_to_59db], n_nonfinite, diverged, saturated   ([..]: only with a PSNR cap)
+    stats.parquet    hls, hfs, protocol, scheme, baseline, n, mean_diff_auc, ci_low, ci_high, p_wilcoxon,
+                     n_diverged, n_saturated, [n_capped, mean_diff_auc_capped, ci_low_capped, ci_high_capped,
+                     p_wilcoxon_capped]: one row per cell and scheme other than `random` (see `paired_stats`)
+    figures/         auc_boxplot.png, [auc_capped_boxplot.png], paired_differences.png,
+                     [paired_differences_capped.png], psnr_{hls}hls_{hfs}hfs.png per cell,
                      recon_{hls}hls_{hfs}hfs.png per cell with a recon.npz ("_{protocol}" is appended to
                      the per-cell names only when the sweep holds more than one protocol)
     summary.md       what was analysed; per cell the mean AUC per scheme, the best scheme, the paired
-                     difference of each pre-fit scheme from random, and the diverged fits
+                     difference of each pre-fit scheme from random with its bootstrap CI and Wilcoxon p, and
+                     the diverged fits; with a cap, the capped AUC beside the plain one and epochs to 30/40/59 dB
+
+Paired statistics (stats.parquet): for every cell and scheme, the per-triple difference AUC(scheme) -
+AUC(random) (same A, same initialisation), its mean, a percentile-bootstrap 95% CI of that mean (10,000
+resamples from a generator seeded by BOOTSTRAP_SEED and the cell and scheme, so a cell's numbers do not
+depend on which other cells are analysed with it) and the two-sided Wilcoxon signed-rank p (NaN when fewer
+than 2 pairs, or all differences are 0). Pairs with a diverged member are left out and counted in
+`n_diverged`, pairs with a saturated (+inf AUC) member likewise in `n_saturated`. No correction is made for
+the number of cells and schemes tested.
+
+PSNR cap (`--psnr-cap DB`, or `analysis.psnr_cap=DB` in the spelling of the project's Hydra keys; default
+off): the AUC is also computed with PSNR clipped at the cap (`auc_capped`), so that precision nobody can see
+stops dominating the area. 59 dB is the natural cap: it is the PSNR of 8-bit quantisation itself. Rounding
+to steps of 1/255 leaves an error uniform over one step, an mse of 1/(12 x 255^2), so
+PSNR = 10 log10(12 x 255^2) = 58.9 dB; a fit beyond that is better than any saved 8-bit image can show.
+With a cap the AUC table also holds `epochs_to_59db`.
 
 Non-finite PSNR is kept, never silently dropped:
   * NaN (and -inf, a loss of inf) means the fit diverged: `diverged` in the AUC table, and its AUC is NaN.
@@ -30,9 +51,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +65,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
+from scipy import stats as scipy_stats
 from tqdm import tqdm
 
 PSNR_FILE = "psnr.parquet"
@@ -77,7 +102,10 @@ MEMBER_INFO = ["target_index", "target_label", "prefit_index", "prefit_label"]
 READ_COLUMNS = [*MEMBER_KEYS, "phase", "stage", "epoch", "psnr", *MEMBER_INFO]
 
 THRESHOLDS_DB = (30.0, 40.0)
-CAP_THRESHOLD_DB = 59.0  # ~ the PSNR of 8-bit rounding noise (58.9 dB): as good as a saved image can be
+# The PSNR of 8-bit quantisation itself: rounding to steps of 1/255 leaves an mse of 1/(12 x 255^2), i.e.
+# 10 log10(12 x 255^2) = 58.9 dB. As good as a saved image can be; the natural value of analysis.psnr_cap.
+QUANTISATION_PSNR_DB = float(10 * np.log10(12 * 255**2))
+CAP_THRESHOLD_DB = 59.0
 BASELINE = "random"
 PROTOCOL_ORDER = ("independent", "chained")
 
@@ -101,6 +129,19 @@ SCHEME_LABELS = {
     "meta": "meta: start from a meta-learned initialisation",
 }
 DPI = 120
+
+# Paired statistics (stats.parquet): percentile bootstrap of the mean paired difference, Wilcoxon signed rank.
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+ALPHA = 0.05  # only for wording (report, summary): "beats random" needs the CI above 0 and p < ALPHA
+STATS_COLUMNS = [
+    "hls", "hfs", "protocol", "scheme", "baseline", "n", "mean_diff_auc", "ci_low", "ci_high", "p_wilcoxon",
+    "n_diverged", "n_saturated",
+]  # fmt: skip
+CAPPED_STATS_COLUMNS = ["n_capped", "mean_diff_auc_capped", "ci_low_capped", "ci_high_capped", "p_wilcoxon_capped"]
+OVERRIDE_PATTERN = re.compile(r"\+?[A-Za-z_]\w*(\.\w+)+=.*")  # a Hydra-style key=value, e.g. analysis.psnr_cap=59
+OVERRIDE_KEYS = ("analysis.psnr_cap",)
 DEFAULT_BOX_TITLE = "Area under each fit's PSNR-vs-epoch curve"
 METRIC_NAMES = {"auc": "AUC", "auc_capped": "capped AUC"}
 
@@ -122,6 +163,7 @@ class Sweep:
     members: pd.DataFrame  # MEMBER_KEYS + MEMBER_INFO, one row per member
     recon_files: dict[tuple[int, int, str], Path] = field(default_factory=dict)
     runs: dict[Path, dict | None] = field(default_factory=dict)  # job folder -> run.json (None: unreadable)
+    job_cells: dict[Path, tuple[int, int, str]] = field(default_factory=dict)  # job folder -> (hls, hfs, protocol)
 
 
 def find_psnr_files(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
@@ -144,7 +186,7 @@ def load_sweep(sweep_dir: str | os.PathLike, exclude: Path | None = None) -> Swe
     if not files:
         raise AnalysisError(f"{root}: no {PSNR_FILE} found below this folder")
 
-    fits, members, recon_files, runs = [], [], {}, {}
+    fits, members, recon_files, runs, job_cells = [], [], {}, {}, {}
     owner: dict[tuple, Path] = {}  # member -> file, to catch a member written by two jobs
     for path in files:
         frame = read_fit_rows(path)
@@ -157,14 +199,16 @@ def load_sweep(sweep_dir: str | os.PathLike, exclude: Path | None = None) -> Swe
             owner[key] = path
         fits.append(frame[[*MEMBER_KEYS, "epoch", "psnr"]])
         members.append(info)
-        cell = tuple(info[CELL_KEYS].iloc[0])
+        hls, hfs, protocol = tuple(info[CELL_KEYS].iloc[0])
+        cell = (int(hls), int(hfs), str(protocol))
+        job_cells[path.parent] = cell
         if (path.parent / RECON_FILE).is_file():
-            recon_files[(int(cell[0]), int(cell[1]), str(cell[2]))] = path.parent / RECON_FILE
+            recon_files[cell] = path.parent / RECON_FILE
         runs[path.parent] = _read_run(path.parent / RUN_FILE)
 
     all_fits = pd.concat(fits, ignore_index=True).sort_values([*MEMBER_KEYS, "epoch"], ignore_index=True)
     all_members = pd.concat(members, ignore_index=True)
-    return Sweep(root, files, all_fits, all_members, recon_files, runs)
+    return Sweep(root, files, all_fits, all_members, recon_files, runs, job_cells)
 
 
 def _read_run(path: Path) -> dict | None:
@@ -352,42 +396,173 @@ def auc_table(fits: pd.DataFrame, members: pd.DataFrame, psnr_cap: float | None 
     return _sort_rows(auc, MEMBER_KEYS)
 
 
+def mean_table(auc: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
+    """Per cell and scheme: mean and std (ddof 1) of the finite values of metric, n_finite and n_fits."""
+    value = auc[metric].astype(float)
+    grouped = auc.assign(**{metric: value.where(np.isfinite(value))}).groupby([*CELL_KEYS, "scheme"])[metric]
+    table = grouped.agg(["mean", "std", "count", "size"]).reset_index()
+    table = table.rename(columns={"count": "n_finite", "size": "n_fits"})
+    table[["n_finite", "n_fits"]] = table[["n_finite", "n_fits"]].astype("int64")
+    return _sort_rows(table, [*CELL_KEYS, "scheme"])
+
+
+def paired_frame(auc: pd.DataFrame, metric: str = "auc", baseline: str = BASELINE) -> pd.DataFrame:
+    """One row per pair (cell, scheme, triple): the fit of a scheme and the baseline's fit of the same triple.
+
+    A triple shares its target A and its random initialisation across schemes, so the paired difference
+    removes the spread between images that dominates the raw AUCs. `diff` is metric(scheme) -
+    metric(baseline), NaN when the pair is left out: `diverged` (either fit flagged diverged, or its metric NaN
+    or -inf) or else `saturated` (either metric +inf, a loss of exactly 0). Triples without a baseline fit
+    have no pair. An AUC table without a `diverged` column counts as having no flagged fit.
+    """
+    keys = [*CELL_KEYS, "triple"]
+    columns = [*CELL_KEYS, "scheme", "triple", "diff", "diverged", "saturated"]
+    table = auc if "diverged" in auc.columns else auc.assign(diverged=False)
+    base = table.loc[table["scheme"] == baseline, [*keys, metric, "diverged"]]
+    others = table.loc[table["scheme"] != baseline, [*keys, "scheme", metric, "diverged"]]
+    pairs = others.merge(base, on=keys, suffixes=("", "_base"), validate="many_to_one")
+    if pairs.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    value = pairs[metric].astype(float).to_numpy()
+    value_base = pairs[f"{metric}_base"].astype(float).to_numpy()
+    diverged = pairs["diverged"].astype(bool).to_numpy() | pairs["diverged_base"].astype(bool).to_numpy()
+    for v in (value, value_base):
+        diverged |= np.isnan(v) | np.isneginf(v)
+    saturated = ~diverged & ~(np.isfinite(value) & np.isfinite(value_base))
+    with np.errstate(invalid="ignore"):
+        diff = np.where(diverged | saturated, np.nan, value - value_base)
+    pairs = pairs.assign(diff=diff, diverged=diverged, saturated=saturated)
+    return _sort_rows(pairs[columns], [*CELL_KEYS, "scheme", "triple"])
+
+
 def paired_differences(auc: pd.DataFrame, metric: str = "auc", baseline: str = BASELINE) -> pd.DataFrame:
     """Per cell and scheme: the mean over triples of metric(scheme) - metric(baseline), matched on triple.
 
-    A triple shares its target A and its random initialisation across schemes, so the paired difference
-    removes the spread between images that dominates the raw AUCs. Pairs where either side is missing or
-    non-finite are left out; n_pairs says how many were used and n_better how many favour the scheme.
+    Pairs left out by `paired_frame` (a non-finite side) do not count; n_pairs says how many were used and
+    n_better how many favour the scheme. See `paired_stats` for the confidence interval and the test.
     """
     columns = [*CELL_KEYS, "scheme", "baseline", "mean_diff", "std_diff", "n_pairs", "n_better"]
-    wide = auc.set_index([*CELL_KEYS, "triple", "scheme"])[metric].unstack("scheme")
-    if baseline not in wide.columns:
+    pairs = paired_frame(auc, metric, baseline)
+    if pairs.empty:
         return pd.DataFrame(columns=columns)
+    grouped = pairs.groupby([*CELL_KEYS, "scheme"], sort=False)["diff"]
+    table = grouped.agg(mean_diff="mean", std_diff="std", n_pairs="count").reset_index()
+    table["n_better"] = grouped.agg(lambda d: int((d > 0).sum())).to_numpy()
+    table[["n_pairs", "n_better"]] = table[["n_pairs", "n_better"]].astype("int64")
+    table["baseline"] = baseline
+    return _sort_rows(table[columns], [*CELL_KEYS, "scheme"])
+
+
+def group_rng(seed: int, key: Sequence[object]) -> np.random.Generator:
+    """A generator for one (cell, scheme): seeded by the seed and the key itself (crc32 of its text), so a
+    cell's bootstrap does not depend on which other cells or schemes are analysed with it."""
+    return np.random.default_rng([int(seed), *(zlib.crc32(str(k).encode()) for k in key)])
+
+
+def bootstrap_ci(
+    diffs: Sequence[float] | np.ndarray,
+    rng: np.random.Generator,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean: resample the differences with replacement n_resamples times and
+    take the (1 - confidence)/2 and (1 + confidence)/2 quantiles of the resampled means. NaN if empty; a
+    single difference gives [d, d]. Clipped to [min, max] of the differences (rounding can step outside)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) == 0:
+        return np.nan, np.nan
+    block = max(1, 4_000_000 // len(d))  # bounded memory for any number of pairs
+    means = np.concatenate([
+        d[rng.integers(0, len(d), size=(min(block, n_resamples - start), len(d)))].mean(axis=1)
+        for start in range(0, n_resamples, block)
+    ])  # fmt: skip
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(np.clip(low, d.min(), d.max())), float(np.clip(high, d.min(), d.max()))
+
+
+def wilcoxon_p(diffs: Sequence[float] | np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p of the paired differences (scipy's defaults: zeros dropped, the exact
+    distribution for small samples without ties); NaN when fewer than 2 differences or all are 0."""
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) < 2 or not np.any(d != 0):
+        return np.nan
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            return float(scipy_stats.wilcoxon(d, alternative="two-sided").pvalue)
+        except ValueError:
+            return np.nan
+
+
+def paired_stats(
+    auc: pd.DataFrame,
+    metric: str = "auc",
+    baseline: str = BASELINE,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> pd.DataFrame:
+    """Per cell and scheme other than the baseline: the paired differences of metric from the baseline.
+
+    Columns: hls, hfs, protocol, scheme, baseline, n (pairs used), mean_diff, ci_low, ci_high (percentile
+    bootstrap of the mean), p_wilcoxon (two-sided signed rank), n_diverged and n_saturated (pairs left out,
+    see `paired_frame`). A cell without baseline fits has no rows.
+    """
+    columns = [*CELL_KEYS, "scheme", "baseline", "n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon",
+               "n_diverged", "n_saturated"]  # fmt: skip
+    pairs = paired_frame(auc, metric, baseline)
     rows = []
-    for scheme in scheme_order(wide.columns):
-        if scheme == baseline:
-            continue
-        diff = (wide[scheme] - wide[baseline]).astype(float)
-        diff = diff[np.isfinite(diff)]
-        by_cell = diff.groupby(level=CELL_KEYS)
-        stats = pd.DataFrame(
-            {
-                "mean_diff": by_cell.mean(),
-                "std_diff": by_cell.std(),
-                "n_pairs": by_cell.size(),
-                "n_better": (diff > 0).groupby(level=CELL_KEYS).sum(),
-            }
-        )
-        cells = wide.index.droplevel("triple").unique()
-        stats = stats.reindex(cells)
-        stats["n_pairs"] = stats["n_pairs"].fillna(0).astype("int64")
-        stats["n_better"] = stats["n_better"].fillna(0).astype("int64")
-        stats = stats.reset_index()
-        stats["scheme"], stats["baseline"] = scheme, baseline
-        rows.append(stats[columns])
-    if not rows:
-        return pd.DataFrame(columns=columns)
-    return _sort_rows(pd.concat(rows, ignore_index=True), [*CELL_KEYS, "scheme"])
+    for key, group in pairs.groupby([*CELL_KEYS, "scheme"], sort=False):
+        d = group["diff"].dropna().to_numpy(dtype=np.float64)
+        low, high = bootstrap_ci(d, group_rng(seed, key), n_resamples, confidence)
+        rows.append({
+            **dict(zip([*CELL_KEYS, "scheme"], key, strict=True)), "baseline": baseline, "n": len(d),
+            "mean_diff": float(d.mean()) if len(d) else np.nan, "ci_low": low, "ci_high": high,
+            "p_wilcoxon": wilcoxon_p(d), "n_diverged": int(group["diverged"].sum()),
+            "n_saturated": int(group["saturated"].sum()),
+        })  # fmt: skip
+    table = pd.DataFrame.from_records(rows, columns=columns)
+    ints = ["hls", "hfs", "n", "n_diverged", "n_saturated"]
+    floats = ["mean_diff", "ci_low", "ci_high", "p_wilcoxon"]
+    table = table.astype({**dict.fromkeys(ints, "int64"), **dict.fromkeys(floats, "float64")})
+    table[["protocol", "scheme", "baseline"]] = table[["protocol", "scheme", "baseline"]].astype(str)
+    return _sort_rows(table, [*CELL_KEYS, "scheme"]) if len(table) else table
+
+
+def stats_table(
+    auc: pd.DataFrame,
+    baseline: str = BASELINE,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> pd.DataFrame:
+    """stats.parquet: `paired_stats` of the AUC (columns STATS_COLUMNS) and, when the AUC table holds
+    `auc_capped`, of the capped AUC beside it (CAPPED_STATS_COLUMNS: n, mean_diff_auc, ci_low, ci_high and
+    p_wilcoxon suffixed `_capped`; a saturated pair counts there, its capped AUC being finite)."""
+    options = {"baseline": baseline, "n_resamples": n_resamples, "seed": seed, "confidence": confidence}
+    table = paired_stats(auc, "auc", **options).rename(columns={"mean_diff": "mean_diff_auc"})
+    if "auc_capped" not in auc.columns:
+        return table[STATS_COLUMNS]
+    capped = paired_stats(auc, "auc_capped", **options)
+    capped = capped.rename(columns={"n": "n_capped", "mean_diff": "mean_diff_auc_capped", "ci_low": "ci_low_capped",
+                                    "ci_high": "ci_high_capped", "p_wilcoxon": "p_wilcoxon_capped"})  # fmt: skip
+    table = table.merge(capped[[*CELL_KEYS, "scheme", *CAPPED_STATS_COLUMNS]], on=[*CELL_KEYS, "scheme"], how="left")
+    return table[STATS_COLUMNS + CAPPED_STATS_COLUMNS]
+
+
+def verdict(row: pd.Series | dict | None, suffix: str = "", alpha: float = ALPHA) -> str:
+    """How a stats row reads: "better" (CI above 0 and p < alpha), "worse" (CI below 0 and p < alpha),
+    "unclear" otherwise, "no data" without pairs. suffix "_capped" reads the capped columns."""
+    if row is None or not row[f"n{suffix}"] or pd.isna(row[f"mean_diff_auc{suffix}"]):
+        return "no data"
+    p = row[f"p_wilcoxon{suffix}"]
+    significant = pd.notna(p) and p < alpha
+    if significant and row[f"ci_low{suffix}"] > 0:
+        return "better"
+    if significant and row[f"ci_high{suffix}"] < 0:
+        return "worse"
+    return "unclear"
 
 
 # --------------------------------------------------------------------------------------- write tables
@@ -430,17 +605,17 @@ def _cell_stem(hls: int, hfs: int, protocol: str, several_protocols: bool) -> st
     return f"{stem}_{protocol}" if several_protocols else stem
 
 
-def plot_cell_curves(
-    curves: pd.DataFrame, hls: int, hfs: int, n_triples: int, palette: dict[str, str], protocol: str = ""
-) -> Figure:
-    """Mean PSNR per scheme over epochs with a +-1 std band, for one cell (the original's per-cell plot)."""
-    fig = Figure(figsize=(10, 6), dpi=DPI)
-    ax = fig.subplots()
+def draw_cell_curves(
+    ax: Axes, curves: pd.DataFrame, palette: dict[str, str], labels: dict[str, str] | None = None
+) -> None:
+    """Onto ax: mean PSNR per scheme over epochs with a +-1 std band, and a note of any non-finite values
+    left out. labels: the legend text per scheme (default SCHEME_LABELS)."""
+    labels = SCHEME_LABELS if labels is None else labels
     dropped = []
     for scheme in scheme_order(curves["scheme"].unique()):
         c = curves[curves["scheme"] == scheme]
         colour = palette[scheme]
-        ax.plot(c["epoch"], c["mean"], color=colour, lw=1.5, label=SCHEME_LABELS.get(scheme, scheme))
+        ax.plot(c["epoch"], c["mean"], color=colour, lw=1.5, label=labels.get(scheme, scheme))
         std = c["std"].fillna(0.0)
         ax.fill_between(c["epoch"], c["mean"] - std, c["mean"] + std, color=colour, alpha=0.2, lw=0)
         if c["n_nonfinite"].sum():
@@ -450,16 +625,81 @@ def plot_cell_curves(
             0.01, 0.01, "non-finite PSNR values left out: " + ", ".join(dropped),
             transform=ax.transAxes, fontsize=8, color="dimgrey", va="bottom",
         )  # fmt: skip
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(alpha=0.3)
+
+
+def plot_cell_curves(
+    curves: pd.DataFrame, hls: int, hfs: int, n_triples: int, palette: dict[str, str], protocol: str = ""
+) -> Figure:
+    """Mean PSNR per scheme over epochs with a +-1 std band, for one cell (the original's per-cell plot)."""
+    fig = Figure(figsize=(10, 6), dpi=DPI)
+    ax = fig.subplots()
+    draw_cell_curves(ax, curves, palette)
     suffix = f", {protocol} protocol" if protocol else ""
     ax.set_title(
         f"SIREN with {hls} hidden layers, {hfs} hidden features{suffix}\n"
         f"PSNR vs epoch: mean and ±1 std over {n_triples} triples"
     )
-    ax.set_xlabel("Epoch")
-    ax.set_ylabel("PSNR (dB)")
-    ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
+    return fig
+
+
+def plot_paired_stats(
+    stats: pd.DataFrame, palette: dict[str, str], suffix: str = "", protocols: Sequence[str] | None = None,
+    title: str = "Paired difference from random",
+) -> Figure:  # fmt: skip
+    """Per cell (x, by size) and scheme: the mean paired difference from random with its bootstrap CI as an
+    error bar, one panel per protocol with a shared y axis; a dashed line at 0. suffix "_capped" plots the
+    capped AUC's columns."""
+    mean, low, high = f"mean_diff_auc{suffix}", f"ci_low{suffix}", f"ci_high{suffix}"
+    protocols = list(protocols) if protocols is not None else protocol_order(stats["protocol"])
+    cells = cell_order(zip(stats["hls"], stats["hfs"], strict=True))
+    schemes = scheme_order(stats["scheme"].unique())
+    n_panels = max(len(protocols), 1)
+    panel_width = max(6.0, 0.3 * len(cells) * max(len(schemes), 1) + 2.0)
+    side_by_side = n_panels > 1 and len(cells) < 8  # few cells: panels side by side, else stacked
+    shape = (1, n_panels) if side_by_side else (n_panels, 1)
+    size = (panel_width * n_panels + 1.5, 4.8) if side_by_side else (panel_width + 1.5, 4.2 * n_panels)
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    axes = fig.subplots(*shape, squeeze=False, sharey=True).ravel()
+    spread = min(0.3, 0.12 * (len(schemes) - 1))  # each cell's schemes side by side around its tick
+    offsets = np.linspace(-spread, spread, len(schemes)) if len(schemes) > 1 else np.zeros(1)
+    for ax, protocol in zip(axes, protocols, strict=False):
+        data = stats[stats["protocol"] == protocol]
+        for offset, scheme in zip(offsets, schemes, strict=True):
+            rows = data[data["scheme"] == scheme].set_index(["hls", "hfs"])
+            xs, ys, errs = [], [], []
+            for x, cell in enumerate(cells):
+                if cell in rows.index and pd.notna(rows.loc[cell, mean]):
+                    r = rows.loc[cell]
+                    xs.append(x + offset)
+                    ys.append(r[mean])
+                    errs.append((max(r[mean] - r[low], 0.0), max(r[high] - r[mean], 0.0)))
+            if xs:
+                ax.errorbar(xs, ys, yerr=np.array(errs).T, fmt="o", ms=4, capsize=3, lw=1,
+                            color=palette.get(scheme, "grey"), label=scheme)  # fmt: skip
+        ax.axhline(0.0, color="black", lw=0.8, ls="--")
+        ax.set_xticks(range(len(cells)), [cell_label(*c) for c in cells], rotation=60 if len(cells) > 8 else 0)
+        ax.set_xlim(-0.6, len(cells) - 0.4)
+        ax.set_xlabel("cell: hidden layers x hidden features, by size")
+        ax.set_title(f"{protocol} protocol", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    metric = "capped AUC" if suffix else "AUC"
+    axes[0].set_ylabel(f"Δ {metric} vs random (dB·epoch)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}\n{metric}(scheme) − {metric}(random) per triple: mean, {CONFIDENCE:.0%} bootstrap CI",
+                 fontsize=10)  # fmt: skip
     return fig
 
 
@@ -524,6 +764,8 @@ def load_recon(path: Path) -> dict[str, np.ndarray]:
     n_fits, n_epochs = len(arrays["scheme"]), len(arrays["epochs"])
     if arrays["recon"].shape[:2] != (n_fits, n_epochs) or arrays["psnr"].shape != (n_fits, n_epochs):
         raise AnalysisError(f"{path}: recon/psnr shapes do not match scheme and epochs")
+    if len(arrays["triple"]) != n_fits or arrays["triple_images"].ndim != 5 or arrays["triple_indices"].ndim != 2:
+        raise AnalysisError(f"{path}: triple/triple_images/triple_indices shapes do not match docs/formats.md")
     return arrays
 
 
@@ -547,8 +789,9 @@ def plot_recon(
     fig.subplots_adjust(left=0.3 / (1.2 * n_cols + 0.3), right=0.995, bottom=0.02, top=1 - 0.75 / height,
                         wspace=0.08, hspace=0.42)  # fmt: skip
     names = ("A (target)", "same class", "other class")
+    n_shown = min(3, recon["triple_images"].shape[1], recon["triple_indices"].shape[1])
     for row, triple in enumerate(triples):
-        for col, name in enumerate(names):
+        for col, name in enumerate(names[:n_shown]):
             ax = axes[row, col]
             ax.imshow(recon["triple_images"][triple, col])
             ax.set_title(f"{name}\n#{int(recon['triple_indices'][triple, col])}", fontsize=7)
@@ -577,15 +820,26 @@ def plot_recon(
 
 
 def write_figures(
-    sweep: Sweep, curves: pd.DataFrame, auc: pd.DataFrame, figures_dir: Path, psnr_cap: float | None
+    sweep: Sweep,
+    curves: pd.DataFrame,
+    auc: pd.DataFrame,
+    figures_dir: Path,
+    psnr_cap: float | None,
+    stats: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """All figures: the AUC box plot(s), then per cell its curves and, given a recon.npz, its reconstructions."""
+    """All figures: the AUC box plot(s), the paired differences (given stats with rows), then per cell its
+    curves and, given a recon.npz, its reconstructions."""
     palette = scheme_palette(auc["scheme"].unique())
     several = auc["protocol"].nunique() > 1
     written = [_write_figure(plot_auc_boxplot(auc, palette), figures_dir / "auc_boxplot.png")]
     if psnr_cap is not None:
         fig = plot_auc_boxplot(auc, palette, "auc_capped", f"AUC with PSNR capped at {psnr_cap:g} dB")
         written.append(_write_figure(fig, figures_dir / "auc_capped_boxplot.png"))
+    if stats is not None and len(stats):
+        written.append(_write_figure(plot_paired_stats(stats, palette), figures_dir / "paired_differences.png"))
+        if psnr_cap is not None and "mean_diff_auc_capped" in stats.columns:
+            fig = plot_paired_stats(stats, palette, "_capped", title=f"PSNR capped at {psnr_cap:g} dB")
+            written.append(_write_figure(fig, figures_dir / "paired_differences_capped.png"))
 
     triples = auc.groupby(CELL_KEYS)["triple"].nunique()
     keys = [
@@ -644,8 +898,7 @@ def _metric_table(auc: pd.DataFrame, metric: str) -> tuple[str, pd.Series]:
     """The per-cell markdown table of one metric, and how often each scheme was best."""
     schemes = scheme_order(auc["scheme"].unique())
     protocols = protocol_order(auc["protocol"])
-    finite = auc[np.isfinite(auc[metric].astype(float))]
-    means = finite.groupby([*CELL_KEYS, "scheme"])[metric].mean()
+    means = mean_table(auc, metric).set_index([*CELL_KEYS, "scheme"])["mean"]
     paired = paired_differences(auc, metric).set_index([*CELL_KEYS, "scheme"])
     diverged = auc.groupby([*CELL_KEYS, "scheme"])["diverged"].sum()
     triples = auc.groupby(CELL_KEYS)["triple"].nunique()
@@ -678,8 +931,94 @@ def _metric_table(auc: pd.DataFrame, metric: str) -> tuple[str, pd.Series]:
     return markdown_table(header, rows), pd.Series(best_counts).value_counts()
 
 
-def summary_markdown(sweep: Sweep, auc: pd.DataFrame, psnr_cap: float | None = None) -> str:
-    """A short report: what was analysed, then per cell the mean AUC per scheme and paired differences."""
+def fmt_p(p: float) -> str:
+    """A p-value for a table: 3 decimals, `<0.001` below that, a dash when there is none."""
+    if p is None or pd.isna(p):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_diff_ci(row: pd.Series | dict, suffix: str = "") -> str:
+    """`+1,234 [+567, +2,000]`: the mean paired difference and its CI from a stats row."""
+    mean = row[f"mean_diff_auc{suffix}"]
+    if pd.isna(mean):
+        return "—"
+    low, high = _fmt(row[f"ci_low{suffix}"], sign=True), _fmt(row[f"ci_high{suffix}"], sign=True)
+    return f"{_fmt(mean, sign=True)} [{low}, {high}]"
+
+
+STATS_NOTE = (
+    "Δ is the mean over triples of AUC(scheme) − AUC(random), paired on the triple (same A, same "
+    f"initialisation); the {CONFIDENCE:.0%} CI is a percentile bootstrap of that mean ({BOOTSTRAP_RESAMPLES:,} "
+    "resamples, fixed seed); p is the two-sided Wilcoxon signed-rank test of the same differences (— with fewer "
+    "than 2 pairs or all differences 0); n counts the pairs used; diverged counts the pairs left out because "
+    "either fit diverged (NaN or -inf PSNR), saturated those left out because either AUC is +inf."
+)
+
+
+def stats_markdown(stats: pd.DataFrame, suffix: str = "", protocol_column: bool | None = None) -> str:
+    """The stats table of summary.md (and the report): per cell and scheme, Δ [CI], p, n, diverged."""
+    metric = "capped AUC" if suffix else "AUC"
+    if protocol_column is None:
+        protocol_column = stats["protocol"].nunique() > 1
+    saturated = suffix == "" and bool(stats["n_saturated"].sum()) if len(stats) else False
+    header = ["cell"] + (["protocol"] if protocol_column else []) + ["scheme"]
+    header += [f"Δ mean {metric} [{CONFIDENCE:.0%} CI]", "p (Wilcoxon)", "n", "diverged"]
+    header += ["saturated"] if saturated else []
+    rows = []
+    ranks = {c: i for i, c in enumerate(cell_order(zip(stats["hls"], stats["hfs"], strict=True)))}
+    ordered = stats.assign(_rank=[ranks[(h, f)] for h, f in zip(stats["hls"], stats["hfs"], strict=True)])
+    ordered = _sort_rows(ordered, ["_rank", "protocol", "scheme"]) if len(ordered) else ordered
+    for _, r in ordered.iterrows():
+        row = [cell_label(r["hls"], r["hfs"])] + ([r["protocol"]] if protocol_column else []) + [r["scheme"]]
+        row += [fmt_diff_ci(r, suffix), fmt_p(r[f"p_wilcoxon{suffix}"]), int(r[f"n{suffix}"]), int(r["n_diverged"])]
+        row += [int(r["n_saturated"])] if saturated else []
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def _multiplicity_note(stats: pd.DataFrame, suffix: str = "") -> str:
+    tested = int(stats[f"p_wilcoxon{suffix}"].notna().sum()) if len(stats) else 0
+    below = int((stats[f"p_wilcoxon{suffix}"] < ALPHA).sum()) if len(stats) else 0
+    return (f"{below} of {tested} tests have p < {ALPHA:g}; the p-values are not corrected for multiple "
+            f"comparisons (by chance alone about {ALPHA * tested:.1f} of {tested} would be).")  # fmt: skip
+
+
+def _threshold_cell(values: pd.Series) -> str:
+    """`412 (18/20)`: the median epoch over the fits that reached the threshold, and how many did."""
+    reached = values.dropna()
+    median = f"{reached.median():.0f}" if len(reached) else "—"
+    return f"{median} ({len(reached)}/{len(values)})"
+
+
+def threshold_markdown(auc: pd.DataFrame) -> str:
+    """Per cell and scheme: the mean AUC beside the mean capped AUC, and the epochs to 30, 40 and 59 dB."""
+    thresholds = [db for db in (*THRESHOLDS_DB, CAP_THRESHOLD_DB) if threshold_column(db) in auc.columns]
+    protocols = protocol_order(auc["protocol"])
+    plain = mean_table(auc, "auc").set_index([*CELL_KEYS, "scheme"])["mean"]
+    capped = mean_table(auc, "auc_capped").set_index([*CELL_KEYS, "scheme"])["mean"]
+    header = ["cell"] + (["protocol"] if len(protocols) > 1 else []) + ["scheme", "mean AUC", "mean capped AUC"]
+    header += [f"epochs to {db:g} dB" for db in thresholds]
+    groups = dict(tuple(auc.groupby([*CELL_KEYS, "scheme"], sort=False)))
+    rows = []
+    for hls, hfs in cell_order(zip(auc["hls"], auc["hfs"], strict=True)):
+        for protocol in protocols:
+            for scheme in scheme_order(auc["scheme"].unique()):
+                key = (hls, hfs, protocol, scheme)
+                if key not in groups:
+                    continue
+                row = [cell_label(hls, hfs)] + ([protocol] if len(protocols) > 1 else []) + [scheme]
+                row += [_fmt(plain.get(key, np.nan)), _fmt(capped.get(key, np.nan))]
+                row += [_threshold_cell(groups[key][threshold_column(db)]) for db in thresholds]
+                rows.append(row)
+    return markdown_table(header, rows)
+
+
+def summary_markdown(
+    sweep: Sweep, auc: pd.DataFrame, psnr_cap: float | None = None, stats: pd.DataFrame | None = None
+) -> str:
+    """A short report: what was analysed, then per cell the mean AUC per scheme and paired differences, the
+    paired statistics (given stats), and with a cap the capped AUC and the epochs to 30/40/59 dB."""
     complete = sum(1 for run in sweep.runs.values() if run and run.get("status") == "complete")
     triples = auc.groupby(CELL_KEYS)["triple"].nunique()
     schemes = scheme_order(auc["scheme"].unique())
@@ -695,6 +1034,7 @@ def summary_markdown(sweep: Sweep, auc: pd.DataFrame, psnr_cap: float | None = N
         f"- schemes: {', '.join(schemes)}",
         f"- fits of A: {len(auc)}; diverged (NaN or -inf PSNR): {int(auc['diverged'].sum())}; "
         f"saturated (+inf PSNR, loss exactly 0): {int(auc['saturated'].sum())}",
+        f"- PSNR cap: {'off' if psnr_cap is None else f'{psnr_cap:g} dB'}",
         "",
         "AUC is the trapezoid of PSNR (dB) over epoch index with unit spacing. Mean AUCs use the finite AUCs "
         "of a cell; Δ is the mean over triples of the per-triple difference from `random` (same A, same "
@@ -706,6 +1046,22 @@ def summary_markdown(sweep: Sweep, auc: pd.DataFrame, psnr_cap: float | None = N
         title = "AUC" if metric == "auc" else f"AUC with PSNR capped at {psnr_cap:g} dB"
         lines += ["", f"## {title} per cell", "", table, ""]
         lines.append("Best scheme by mean: " + ", ".join(f"{s} in {n} cell(s)" for s, n in best.items()))
+    if stats is not None and len(stats):
+        lines += ["", "## Paired statistics: each scheme against `random`", "", STATS_NOTE, ""]
+        lines += [stats_markdown(stats), "", _multiplicity_note(stats)]
+        if psnr_cap is not None and "mean_diff_auc_capped" in stats.columns:
+            lines += ["", f"### The same with PSNR capped at {psnr_cap:g} dB", "", stats_markdown(stats, "_capped")]
+            lines += ["", _multiplicity_note(stats, "_capped")]
+    if psnr_cap is not None:
+        lines += [
+            "", f"## Capped AUC and epochs to {', '.join(f'{db:g}' for db in (*THRESHOLDS_DB, CAP_THRESHOLD_DB))} dB",
+            "",
+            f"The capped AUC clips PSNR at {psnr_cap:g} dB before integrating. {CAP_THRESHOLD_DB:g} dB is the PSNR of "
+            f"8-bit quantisation itself: rounding to steps of 1/255 leaves an mse of 1/(12 x 255²), i.e. "
+            f"10 log10(12 x 255²) = {QUANTISATION_PSNR_DB:.1f} dB. Epochs to a threshold: the median first epoch "
+            "at or above it over the fits that reached it (how many did, of all fits, in parentheses).",
+            "", threshold_markdown(auc),
+        ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -724,43 +1080,98 @@ def analyze(
     sweep = load_sweep(sweep_dir, exclude=out)
     curves = curves_table(sweep.fits)
     auc = auc_table(sweep.fits, sweep.members, psnr_cap)
+    stats = stats_table(auc)
 
     written = [
         _write_parquet(curves, out / "curves.parquet"),
         _write_parquet(auc, out / "auc.parquet"),
         atomic_write(out / "auc.csv", lambda tmp: auc.to_csv(tmp, index=False)),
+        _write_parquet(stats, out / "stats.parquet"),
     ]
-    written += write_figures(sweep, curves, auc, out / "figures", psnr_cap)
-    written.append(_write_text(summary_markdown(sweep, auc, psnr_cap), out / "summary.md"))
+    written += write_figures(sweep, curves, auc, out / "figures", psnr_cap, stats)
+    written.append(_write_text(summary_markdown(sweep, auc, psnr_cap, stats), out / "summary.md"))
     _remove_stale_figures(out / "figures", written)
     return {path.relative_to(out).as_posix(): path for path in written}
 
 
-def _remove_stale_figures(figures_dir: Path, written: list[Path]) -> None:
+def _remove_stale_figures(
+    figures_dir: Path,
+    written: list[Path],
+    patterns: Sequence[str] = ("psnr_*.png", "recon_*.png", "auc_*boxplot.png", "paired_differences*.png"),
+) -> None:
     """Drop figures an earlier analysis into the same folder drew and this one did not (a cell no longer in
     the sweep, a capped box plot without a cap), so the folder never mixes two analyses."""
     keep = {path.resolve() for path in written}
-    for pattern in ("psnr_*.png", "recon_*.png", "auc_*boxplot.png"):
+    for pattern in patterns:
         for path in figures_dir.glob(pattern):
             if path.resolve() not in keep:
                 path.unlink()
 
 
+def split_overrides(tokens: Iterable[str]) -> tuple[list[str], dict[str, float | None]]:
+    """Separate Hydra-style `analysis.KEY=VALUE` overrides from the other positional arguments.
+
+    Known keys: analysis.psnr_cap (a number of dB, or null/none/off for no cap). Raises AnalysisError on an
+    unknown key or a bad value.
+    """
+    positional, overrides = [], {}
+    for token in tokens:
+        if not OVERRIDE_PATTERN.fullmatch(token):
+            positional.append(token)
+            continue
+        key, _, value = token.partition("=")
+        key = key.lstrip("+")
+        if key not in OVERRIDE_KEYS:
+            raise AnalysisError(f"unknown override {token!r} (known: {', '.join(k + '=...' for k in OVERRIDE_KEYS)})")
+        if value.strip().lower() in ("null", "none", "off", "~", ""):
+            overrides[key] = None
+            continue
+        try:
+            overrides[key] = float(value)
+        except ValueError:
+            raise AnalysisError(f"{key} must be a number of dB or null, got {value!r}") from None
+    return positional, overrides
+
+
+def resolve_psnr_cap(flag: float | None, overrides: dict[str, float | None]) -> float | None:
+    """The PSNR cap from --psnr-cap and/or analysis.psnr_cap=...; both given must agree."""
+    if "analysis.psnr_cap" not in overrides:
+        return flag
+    value = overrides["analysis.psnr_cap"]
+    if flag is not None and value != flag:
+        raise AnalysisError(f"--psnr-cap {flag:g} and analysis.psnr_cap={value} disagree: give one of them")
+    return value
+
+
+CAP_HELP = (
+    "also report the AUC with PSNR clipped at DB, and epochs to 30/40/59 dB (default: off). "
+    f"59 is the natural value: the PSNR of 8-bit quantisation, 10 log10(12 x 255^2) = {QUANTISATION_PSNR_DB:.1f} dB"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: unusable input is one `error: ...` line on stderr and exit status 2, no traceback."""
     parser = argparse.ArgumentParser(
-        prog="python -m prefit.analyze", description="Curves, AUCs, figures and a summary of a prefit sweep."
-    )
-    parser.add_argument("sweep_dir", type=Path, help="folder searched recursively for psnr.parquet files")
+        prog="python -m prefit.analyze", description="Curves, AUCs, paired statistics, figures and a summary of a "
+        "prefit sweep.", epilog="Example: python -m prefit.analyze outputs/sweeps/run analysis.psnr_cap=59",
+    )  # fmt: skip
+    parser.add_argument("sweep_dir", help="folder searched recursively for psnr.parquet files")
+    parser.add_argument("overrides", nargs="*", metavar="analysis.psnr_cap=DB",
+                        help="Hydra-style spelling of --psnr-cap (null: off)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/analysis)")
-    parser.add_argument("--psnr-cap", type=float, default=None, help="also report AUC with PSNR clipped here (dB)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--psnr-cap", type=float, default=None, metavar="DB", help=CAP_HELP)
+    args = parser.parse_intermixed_args(argv)
     try:
-        outputs = analyze(args.sweep_dir, args.out, args.psnr_cap)
+        positional, overrides = split_overrides([args.sweep_dir, *args.overrides])
+        if len(positional) != 1:
+            raise AnalysisError(f"expected one SWEEP_DIR, got {len(positional)}: {' '.join(positional)}")
+        sweep_dir = Path(positional[0])
+        psnr_cap = resolve_psnr_cap(args.psnr_cap, overrides)
+        outputs = analyze(sweep_dir, args.out, psnr_cap)
     except (AnalysisError, OSError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else args.sweep_dir / "analysis"
+    out = args.out if args.out is not None else sweep_dir / "analysis"
     print(f"wrote {len(outputs)} files to {out}")
     return 0
 

@@ -18,10 +18,13 @@ Both record the same things, so the tests can demand equal trajectories.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from prefit.config import TrainConfig
@@ -93,74 +96,110 @@ def batched_forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Te
     return torch.baddbmm(b, x, w)
 
 
+def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Batched matrix product into `out`. On the CPU through numpy's BLAS (OpenBLAS), which runs the study's
+    small products (1024 x hfs by hfs x hfs) 1.5-2x faster per core than torch's bmm on the machines measured
+    (docs/performance.md); strided views (transposes) go through without copies."""
+    if out.device.type == "cpu":
+        np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+        return out
+    return torch.bmm(a, b, out=out)
+
+
+def _sine_(s: torch.Tensor, bias: torch.Tensor, cosine: torch.Tensor) -> None:
+    """In place: s <- sin(s + bias), and cosine <- cos(s + bias), in one pass over s.
+
+    On the CPU this runs numpy's float32 sin and cos (SIMD, within an ulp of torch's; about twice as fast per
+    core as torch's on the machines measured, see docs/performance.md) on the same memory, with no copy.
+    """
+    if s.device.type == "cpu":
+        x = s.numpy()
+        np.add(x, bias.numpy(), out=x)
+        np.cos(x, out=cosine.numpy())
+        np.sin(x, out=x)
+    else:
+        s.add_(bias)
+        torch.cos(s, out=cosine)
+        s.sin_()
+
+
 class SirenStep:
     """Forward and hand-written backward of stacked SIRENs, in buffers allocated once per chunk.
 
-    Forward: s_l = w0 (a_{l-1} W_l + b_l), a_l = sin(s_l) for the sine layers, y = a_L W + b.
-    Backward: dy = 2 (y - t) / (pixels * 3); for a sine layer g = da * cos(s_l), dz = w0 g;
-    dW = a_{l-1}^T dz, db = sum over pixels of dz, da_{l-1} = dz W^T.
+    Forward: s_l = a_{l-1} (w0 W_l) + w0 b_l, a_l = sin(s_l) for the sine layers, y = a_L W + b.
+    Backward: dy = 2 (y - t) / (pixels * 3); for a sine layer g = da * cos(s_l);
+    dW_l = w0 a_{l-1}^T g, db_l = w0 sum over pixels of g, da_{l-1} = g (w0 W_l)^T.
 
-    Why a workspace: every epoch would otherwise allocate and free activations of M x 1024 x hfs floats,
-    and large CPU allocations come back from the OS as fresh pages that fault on first touch. The factor
-    w0 is applied inside the matrix products (baddbmm's alpha) and to the small weight gradients, never as
-    an extra pass over the activations.
+    Why this shape:
+    - buffers live as long as the chunk: fresh activations every epoch would come back from the OS as new
+      pages that fault on first touch;
+    - w0 multiplies the small weight matrices, never the activations;
+    - the last layer (3 outputs) is computed transposed, [3, pixels] per member: a matrix product with 3 columns
+      runs several times slower than the same product with 3 rows;
+    - the bias, sine and cosine of a layer are one pass (`_sine_`).
     """
 
-    def __init__(self, params: Params, coords: torch.Tensor, w0: float):
-        members, pixels = params[0][0].shape[0], coords.shape[0]
+    def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
+        members, pixels = target.shape[0], target.shape[1]
         like = params[0][0]
         self.w0 = w0
-        self.pixels = pixels
-        self.coords = coords.to(like).expand(members, pixels, coords.shape[1])
+        self.scale = 2.0 / (pixels * target.shape[2])
+        self.coords = coords.to(like).expand(members, pixels, coords.shape[1]).contiguous()
+        self.target_t = target.transpose(1, 2).contiguous()  # [M, 3, pixels]
         widths = [w.shape[2] for w, _ in params[:-1]]
+        self.scaled = [torch.empty_like(w) for w, _ in params[:-1]]  # w0 W
+        self.scaled_bias = [torch.empty_like(b) for _, b in params[:-1]]  # w0 b
         self.sines = [like.new_empty(members, pixels, h) for h in widths]
         self.cosines = [like.new_empty(members, pixels, h) for h in widths]
-        self.back = [like.new_empty(members, pixels, max(widths)) for _ in range(2)]
-        self.pred = like.new_empty(members, pixels, 3)
-        self.residual = like.new_empty(members, pixels, 3)
-        self.zero = like.new_zeros(1, 1, 1)
-        self.grads: Params = [(torch.empty_like(w), torch.empty_like(b)) for w, b in params]
+        self.back = [like.new_empty(members, pixels, widths[0]) for _ in range(2)]  # all sine layers are hfs wide
+        self.pred_t = like.new_empty(members, 3, pixels)
+        self.residual_t = like.new_empty(members, 3, pixels)
+        self.grads: Params = [(torch.empty_like(w), torch.empty_like(b)) for w, b in params[:-1]]
+        w, b = params[-1]
+        last_w = like.new_empty(members, w.shape[2], w.shape[1])  # stored transposed, like the product
+        self.grads.append((last_w.transpose(1, 2), torch.empty_like(b)))
 
-    def __call__(self, params: Params, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Params]:
+    def __call__(self, params: Params) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """Per-member loss [M] and predictions [M, pixels, 3] before the update, and the gradients.
 
         The returned predictions and gradients live in the workspace: they are overwritten by the next call.
         """
         w0 = self.w0
         x = self.coords
-        for (w, b), s, c in zip(params[:-1], self.sines, self.cosines):
-            torch.baddbmm(b, x, w, beta=w0, alpha=w0, out=s)
-            torch.cos(s, out=c)
-            x = s.sin_()
+        for (w, b), ws, bs, s, c in zip(params[:-1], self.scaled, self.scaled_bias, self.sines, self.cosines):
+            torch.mul(w, w0, out=ws)
+            torch.mul(b, w0, out=bs)
+            _bmm(x, ws, out=s)
+            _sine_(s, bs, c)
+            x = s
         w, b = params[-1]
-        torch.baddbmm(b, x, w, out=self.pred)
-        residual = torch.sub(self.pred, target, out=self.residual)
-        loss = residual.square().mean(dim=(1, 2))
-        grad = residual.mul_(2.0 / (self.pixels * target.shape[2]))
-        last = len(params) - 1
-        for layer in range(last, -1, -1):
-            w, _ = params[layer]
+        _bmm(w.transpose(1, 2), x.transpose(1, 2), out=self.pred_t).add_(b.transpose(1, 2))
+        residual = torch.sub(self.pred_t, self.target_t, out=self.residual_t)
+        flat = residual.view(residual.shape[0], -1)
+        loss = torch.linalg.vecdot(flat, flat) / flat.shape[1]
+        grad_t = residual.mul_(self.scale)  # dy, transposed [M, 3, pixels]
+        gw, gb = self.grads[-1]
+        _bmm(grad_t, x, out=gw.transpose(1, 2))
+        torch.sum(grad_t, dim=2, out=gb.view(gb.shape[0], -1))
+        grad = _bmm(grad_t.transpose(1, 2), w.transpose(1, 2), out=self.back[0])
+        for layer in range(len(params) - 2, -1, -1):
             gw, gb = self.grads[layer]
+            grad.mul_(self.cosines[layer])
             inputs = self.coords if layer == 0 else self.sines[layer - 1]
-            scale = 1.0 if layer == last else w0
-            if layer < last:
-                grad.mul_(self.cosines[layer])
-            torch.bmm(inputs.transpose(1, 2), grad, out=gw)
-            torch.sum(grad, dim=1, keepdim=True, out=gb)
-            if scale != 1.0:
-                gw.mul_(scale)
-                gb.mul_(scale)
+            _bmm(inputs.transpose(1, 2), grad, out=gw).mul_(w0)
+            torch.sum(grad, dim=1, keepdim=True, out=gb).mul_(w0)
             if layer > 0:
-                out = self.back[layer % 2][..., : w.shape[1]]
-                grad = torch.baddbmm(self.zero, grad, w.transpose(1, 2), beta=0, alpha=scale, out=out)
-        return loss, self.pred, self.grads
+                ws = self.scaled[layer]
+                free = self.back[1] if grad.data_ptr() == self.back[0].data_ptr() else self.back[0]
+                grad = _bmm(grad, ws.transpose(1, 2), out=free)
+        return loss, self.pred_t.transpose(1, 2), self.grads
 
 
 def loss_and_grads(
     params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float
 ) -> tuple[torch.Tensor, torch.Tensor, Params]:
     """One forward and backward pass (a fresh SirenStep; the engine keeps one per chunk)."""
-    loss, pred, grads = SirenStep(params, coords, w0)(params, target)
+    loss, pred, grads = SirenStep(params, coords, target, w0)(params)
     return loss, pred.clone(), [(gw.clone(), gb.clone()) for gw, gb in grads]
 
 
@@ -207,16 +246,37 @@ def fit_batched(
     members, pixels = targets.shape[0], targets.shape[1]
     slots = _snapshot_index(train.epochs, train.snapshot_epochs)
     result = _new_result(members, train.epochs, len(slots), pixels)
-    final: list[Params] = []
     coords = coords.to(device)
+    chunks = [slice(start, min(start + max_members, members)) for start in range(0, members, max_members)]
+    threads = torch.get_num_threads()
     with _progress_bar(members * train.epochs, desc, train.progress) as bar:
-        for start in range(0, members, max_members):
-            chunk = slice(start, min(start + max_members, members))
-            final.append(_fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar))
+
+        def run(chunk: slice) -> Params:
+            return _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar)
+
+        if device.type == "cpu" and threads > 1 and len(chunks) > 1:
+            final = _on_cores(run, chunks, threads)
+        else:
+            with threadpool_limits(threads, user_api="blas"):
+                final = [run(chunk) for chunk in chunks]
     result.params = [
         (torch.cat([p[k][0] for p in final]), torch.cat([p[k][1] for p in final])) for k in range(len(params))
     ]
     return result
+
+
+def _on_cores(run: Callable[[slice], Params], chunks: list[slice], threads: int) -> list[Params]:
+    """Run independent chunks side by side, one core each, with single-threaded ops.
+
+    Chunks never interact, so this parallelism needs no synchronisation inside an epoch, keeps each chunk's
+    activations in its own core's cache, and gives the same numbers as running the chunks one after another.
+    """
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+            return list(pool.map(run, chunks))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar) -> Params:
@@ -233,9 +293,9 @@ def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result,
     lrs = torch.empty(train.epochs, m, dtype=torch.float64, device=device)
     snaps = torch.empty(m, len(slots), *target.shape[1:], device=device)
     report = max(1, train.epochs // 20)
-    step = SirenStep(work, coords, w0)
+    step = SirenStep(work, coords, target, w0)
     for epoch in range(train.epochs):
-        loss, pred, grads = step(work, target)
+        loss, pred, grads = step(work)
         losses[epoch] = loss
         lrs[epoch] = lr
         slot = slots.get(epoch)

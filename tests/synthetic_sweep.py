@@ -3,6 +3,11 @@
 No training happens here: trajectories are made up (or passed in by a test), and every job folder gets the
 three files a real job writes: `psnr.parquet`, `recon.npz` and `run.json`. Pre-fit schemes also get `prefit`
 rows with wildly different PSNR values, so a test notices if the analysis forgets to keep only `fit` rows.
+
+Besides the original three schemes the writer knows the newer ones (`ALL_SCHEMES`, `new_schemes=True`), laid
+out as docs/formats.md describes them: `class_mean` pre-fits once on its class's mean image (no index, so its
+`prefit_index` is null and its `prefit_label` A's class), `multi_same` pre-fits on MULTI_SAME_STAGES images
+of A's class in turn before the fit, `meta` fits A straight from its (meta-learned) start, like `random`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 SCHEMES = ("random", "same_class", "other_class")
-PREFIT_SCHEMES = {"same_class", "other_class", "multi_same"}
+ALL_SCHEMES = (*SCHEMES, "class_mean", "multi_same", "meta")
+PREFIT_SCHEMES = {"same_class", "other_class", "class_mean", "multi_same"}
+MULTI_SAME_STAGES = 3  # pre-fits of a multi_same member before its fit of A
 
 # docs/formats.md, `psnr.parquet`: column -> pandas dtype written.
 PSNR_DTYPES: dict[str, str] = {
@@ -68,6 +75,25 @@ def _rows(hls: int, hfs: int, protocol: str, scheme: str, triple: int, seed: int
     )  # fmt: skip
 
 
+def _prefit_plan(scheme: str, triple: int) -> list[tuple[int, int | None, int]]:
+    """The pre-fits of a member before its fit of A: (target_index, prefit_index of the next fit, label).
+
+    Indices: A is 1000 t + 1, the same-class image 1000 t + 2, the other-class image 1000 t + 3, multi_same's
+    further images of A's class 1000 t + 4, 5, ...; a class mean image has no index (-1 in its pre-fit rows).
+    """
+    label = triple % 10
+    if scheme == "same_class":
+        return [(1000 * triple + 2, 1000 * triple + 2, label)]
+    if scheme == "other_class":
+        return [(1000 * triple + 3, 1000 * triple + 3, (label + 1) % 10)]
+    if scheme == "class_mean":
+        return [(-1, None, label)]
+    if scheme == "multi_same":
+        images = [1000 * triple + 2] + [1000 * triple + 4 + k for k in range(MULTI_SAME_STAGES - 1)]
+        return [(image, image, label) for image in images]
+    return []
+
+
 def psnr_frame(
     hls: int,
     hfs: int,
@@ -82,18 +108,19 @@ def psnr_frame(
         curve = np.asarray(curve, dtype=np.float64)
         key = {"hls": hls, "hfs": hfs, "protocol": protocol, "scheme": scheme, "triple": triple, "seed": seed}
         target, target_label = 1000 * triple + 1, triple % 10
-        if scheme in PREFIT_SCHEMES:
-            same = scheme == "same_class"
-            prefit, prefit_label = 1000 * triple + (2 if same else 3), (triple + (0 if same else 1)) % 10
+        plan = _prefit_plan(scheme, triple)
+        for stage, (image, _, label) in enumerate(plan):
             if with_prefit_rows:
                 # Pre-fit rows: another image, absurd PSNR values that would show up in any mean.
-                parts.append(_rows(**key, phase="prefit", stage=0, psnr=np.full(len(curve), 500.0),
-                                   target_index=prefit, target_label=prefit_label,
+                parts.append(_rows(**key, phase="prefit", stage=stage, psnr=np.full(len(curve), 500.0 + stage),
+                                   target_index=image, target_label=label,
                                    prefit_index=pd.NA, prefit_label=pd.NA))  # fmt: skip
-            stage = 1
+        if plan:
+            prefit = pd.NA if plan[-1][1] is None else plan[-1][1]
+            prefit_label = plan[-1][2]
         else:
-            prefit, prefit_label, stage = pd.NA, pd.NA, 0
-        parts.append(_rows(**key, phase="fit", stage=stage, psnr=curve, target_index=target,
+            prefit, prefit_label = pd.NA, pd.NA
+        parts.append(_rows(**key, phase="fit", stage=len(plan), psnr=curve, target_index=target,
                            target_label=target_label, prefit_index=prefit, prefit_label=prefit_label))  # fmt: skip
     frame = pd.concat(parts, ignore_index=True)
     return frame[list(PSNR_DTYPES)].astype(PSNR_DTYPES)
@@ -102,7 +129,7 @@ def psnr_frame(
 def recon_arrays(hls: int, hfs: int, trajectories: Trajectories, snapshot_epochs: Iterable[int]) -> dict:
     """The `recon.npz` arrays of one cell, with reconstructions made up and PSNR read off the trajectories."""
     rng = np.random.default_rng(hls * 10_000 + hfs)
-    keys = sorted(trajectories, key=lambda k: (k[1], SCHEMES.index(k[0]) if k[0] in SCHEMES else 99))
+    keys = sorted(trajectories, key=lambda k: (k[1], ALL_SCHEMES.index(k[0]) if k[0] in ALL_SCHEMES else 99))
     n_epochs = min(len(v) for v in trajectories.values())
     epochs = np.array([e if e >= 0 else n_epochs - 1 for e in snapshot_epochs], dtype=np.int64)
     epochs = epochs[(epochs >= 0) & (epochs < n_epochs)]
@@ -128,8 +155,9 @@ def write_cell(
     protocol: str = "independent",
     recon: bool = True,
     snapshot_epochs: Iterable[int] = (0, 10, -1),
+    wall_s: float = 1.5,
 ) -> Path:
-    """One job folder: psnr.parquet, recon.npz (optional) and run.json."""
+    """One job folder: psnr.parquet, recon.npz (optional) and run.json (`wall_s` its recorded run time)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     frame = psnr_frame(hls, hfs, trajectories, protocol=protocol)
@@ -150,8 +178,8 @@ def write_cell(
         },
         "cell": {"hls": hls, "hfs": hfs},
         "members": len(trajectories),
-        "fits": len(trajectories) + sum(s in PREFIT_SCHEMES for s, _ in trajectories),
-        "wall_s": 1.5,
+        "fits": len(trajectories) + sum(len(_prefit_plan(s, t)) for s, t in trajectories),
+        "wall_s": wall_s,
         "device": "cpu",
         "versions": {"python": "3.11", "torch": "2.3", "prefit": "0.1.0"},
         "started": "2025-01-01T00:00:00",
@@ -170,17 +198,23 @@ def write_synthetic_sweep(
     protocol: str = "independent",
     recon: bool = True,
     nonfinite: bool = False,
+    new_schemes: bool = False,
+    wall_s: float = 1.5,
 ) -> Path:
     """A small sweep folder laid out as a Hydra multirun (one numbered job folder per cell).
 
     nonfinite: put a NaN (a diverged fit) and a +inf (a saturated one) into the first cell's trajectories.
+    new_schemes: add class_mean, multi_same and meta to the schemes (ALL_SCHEMES when schemes is the default).
+    wall_s: each job's run time in its run.json.
     """
     root = Path(root)
     schemes = tuple(schemes)
+    if new_schemes:
+        schemes += tuple(s for s in ALL_SCHEMES if s not in schemes)
     for job, (hls, hfs) in enumerate(cells):
         traj = ramp_trajectories(n_triples, epochs, schemes, seed=hls * 1000 + hfs)
         if nonfinite and job == 0:
             traj[(schemes[-1], 0)][epochs // 2 :] = np.nan
             traj[(schemes[0], n_triples - 1)][-3:] = np.inf
-        write_cell(root / str(job), hls, hfs, traj, protocol=protocol, recon=recon)
+        write_cell(root / str(job), hls, hfs, traj, protocol=protocol, recon=recon, wall_s=wall_s)
     return root

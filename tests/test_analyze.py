@@ -11,26 +11,36 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from prefit.analyze import (
+    CAPPED_STATS_COLUMNS,
+    QUANTISATION_PSNR_DB,
     AnalysisError,
     analyze,
     atomic_write,
     auc_table,
+    bootstrap_ci,
     cell_label,
     cell_order,
     curves_table,
     load_sweep,
+    main,
     markdown_table,
     paired_differences,
+    paired_stats,
     plot_auc_boxplot,
+    scheme_order,
     scheme_palette,
+    stats_table,
+    verdict,
+    wilcoxon_p,
 )
 
 try:
-    from tests.synthetic_sweep import SCHEMES, psnr_frame, write_cell, write_synthetic_sweep
+    from tests.synthetic_sweep import ALL_SCHEMES, SCHEMES, psnr_frame, write_cell, write_synthetic_sweep
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import SCHEMES, psnr_frame, write_cell, write_synthetic_sweep
+    from synthetic_sweep import ALL_SCHEMES, SCHEMES, psnr_frame, write_cell, write_synthetic_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +162,166 @@ def test_paired_difference_matched_on_triple(tmp_path: Path) -> None:
     assert values["diverged (random/same_class/other_class)"] == "0/0/1"
 
 
+# ---------------------------------------------------------------------------------- paired statistics
+
+STATS_PARQUET_COLUMNS = [
+    "hls", "hfs", "protocol", "scheme", "baseline", "n", "mean_diff_auc", "ci_low", "ci_high", "p_wilcoxon",
+    "n_diverged", "n_saturated",
+]  # fmt: skip
+KNOWN_DIFFS = [10.0, -4.0, 6.0, 2.0, 1.0]  # AUC(other_class) - AUC(random) of triples 0..4: mean exactly 3
+
+
+def hand_computed_cell(tmp_path: Path) -> Path:
+    """Six triples; 3 epochs of a constant c have AUC 2c, so other_class = random + d/2 differs by exactly d.
+
+    other_class: triples 0..4 differ by KNOWN_DIFFS, triple 5 diverges (NaN). same_class: identical to random
+    (all differences 0). meta: run for triple 0 only (a single pair).
+    """
+    traj = {}
+    for t in range(6):
+        base = 10.0 + 3.0 * t
+        traj[("random", t)] = np.full(3, base)
+        traj[("same_class", t)] = np.full(3, base)
+        traj[("other_class", t)] = np.full(3, base + KNOWN_DIFFS[t] / 2) if t < 5 else np.array([base, np.nan, base])
+    traj[("meta", 0)] = np.full(3, 10.0 + 4.0)  # AUC 28 vs 20: +8
+    return one_cell(tmp_path, traj)
+
+
+def test_paired_stats_against_a_hand_computed_example(tmp_path: Path) -> None:
+    auc = auc_rows(hand_computed_cell(tmp_path))
+    stats = paired_stats(auc).set_index("scheme")
+    assert list(stats.index) == ["same_class", "other_class", "meta"]  # study order
+    other = stats.loc["other_class"]
+    assert other["mean_diff"] == 3.0  # exactly: (10 - 4 + 6 + 2 + 1) / 5
+    assert other["n"] == 5 and other["n_diverged"] == 1 and other["n_saturated"] == 0  # triple 5 out, counted
+    assert min(KNOWN_DIFFS) <= other["ci_low"] <= other["mean_diff"] <= other["ci_high"] <= max(KNOWN_DIFFS)
+    assert other["ci_low"] < other["ci_high"]
+    assert other["p_wilcoxon"] == scipy_stats.wilcoxon(KNOWN_DIFFS).pvalue
+    assert other["baseline"] == "random"
+    # All differences zero: no test, a degenerate interval; a single pair: no test, the interval is the pair.
+    same = stats.loc["same_class"]
+    assert same["n"] == 6 and same["mean_diff"] == 0.0 and np.isnan(same["p_wilcoxon"])
+    assert same["ci_low"] == same["ci_high"] == 0.0
+    meta = stats.loc["meta"]
+    assert meta["n"] == 1 and meta["mean_diff"] == 8.0 and np.isnan(meta["p_wilcoxon"])
+    assert meta["ci_low"] == meta["ci_high"] == 8.0
+    # The mean and pair count agree with the plain paired differences; reruns give the same interval.
+    plain = paired_differences(auc).set_index("scheme")
+    assert plain.loc["other_class", "mean_diff"] == 3.0 and plain.loc["other_class", "n_pairs"] == 5
+    pd.testing.assert_frame_equal(paired_stats(auc), paired_stats(auc))
+
+
+def test_wilcoxon_p_edge_cases_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning/UserWarning spam from scipy
+        assert np.isnan(wilcoxon_p([]))
+        assert np.isnan(wilcoxon_p([5.0]))
+        assert np.isnan(wilcoxon_p([0.0, 0.0, 0.0]))
+        assert wilcoxon_p([0.0, 0.0, 3.0]) == pytest.approx(scipy_stats.wilcoxon([0.0, 0.0, 3.0]).pvalue)
+        assert wilcoxon_p([1.0, 2.0, 3.0, -1.0, 5.0]) == scipy_stats.wilcoxon([1.0, 2.0, 3.0, -1.0, 5.0]).pvalue
+
+
+def test_bootstrap_ci_matches_the_normal_approximation_on_a_large_sample() -> None:
+    d = np.random.default_rng(1).normal(5.0, 2.0, 400)
+    low, high = bootstrap_ci(d, np.random.default_rng(0))
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    assert low == pytest.approx(d.mean() - half, abs=0.1 * half)
+    assert high == pytest.approx(d.mean() + half, abs=0.1 * half)
+    assert all(np.isnan(bootstrap_ci([], np.random.default_rng(0))))
+
+
+def test_a_cells_stats_do_not_depend_on_the_other_cells(tmp_path: Path) -> None:
+    sweep = write_synthetic_sweep(tmp_path / "sweep", cells=[(2, 32), (3, 32)], n_triples=5, epochs=6, recon=False)
+    auc = auc_rows(sweep)
+    both = stats_table(auc)
+    alone = stats_table(auc[auc["hls"] == 3].reset_index(drop=True))
+    pd.testing.assert_frame_equal(both[both["hls"] == 3].reset_index(drop=True), alone)
+
+
+def test_stats_parquet_columns_exact(tmp_path: Path) -> None:
+    sweep = write_synthetic_sweep(tmp_path / "sweep", cells=[(2, 32), (3, 32)], n_triples=4, epochs=10,
+                                  recon=False, nonfinite=True)  # fmt: skip
+    stats = pd.read_parquet(analyze(sweep, tmp_path / "plain")["stats.parquet"])
+    assert list(stats.columns) == STATS_PARQUET_COLUMNS
+    assert len(stats) == 2 * 2  # cells x schemes other than random
+    assert (stats["baseline"] == "random").all() and set(stats["scheme"]) == {"same_class", "other_class"}
+    for name in ("hls", "hfs", "n", "n_diverged", "n_saturated"):
+        assert stats[name].dtype == np.int64, name
+    # With a cap: the capped columns follow; a saturated pair (+inf AUC) is left out of the plain statistics
+    # but its capped AUC is finite, so it counts there.
+    capped = stats_table(auc_rows(sweep, psnr_cap=59.0))  # what analyze writes with the cap
+    assert list(capped.columns) == STATS_PARQUET_COLUMNS + CAPPED_STATS_COLUMNS
+    assert CAPPED_STATS_COLUMNS == ["n_capped", "mean_diff_auc_capped", "ci_low_capped", "ci_high_capped",
+                                    "p_wilcoxon_capped"]  # fmt: skip
+    first = capped[(capped["hls"] == 2) & (capped["hfs"] == 32)].set_index("scheme")
+    # nonfinite: other_class triple 0 diverged; random triple 3 saturated (it pairs with both schemes).
+    assert first.loc["other_class", "n_diverged"] == 1 and first.loc["other_class", "n_saturated"] == 1
+    assert first.loc["other_class", "n"] == 2 and first.loc["other_class", "n_capped"] == 3
+    assert first.loc["same_class", "n_diverged"] == 0 and first.loc["same_class", "n_saturated"] == 1
+    pd.testing.assert_frame_equal(capped[STATS_PARQUET_COLUMNS], stats)
+
+
+def test_stats_in_the_summary(tmp_path: Path) -> None:
+    outputs = analyze(hand_computed_cell(tmp_path), tmp_path / "out")
+    summary = outputs["summary.md"].read_text()
+    assert "## Paired statistics: each scheme against `random`" in summary
+    header = next(line for line in summary.splitlines() if line.startswith("| cell | scheme | Δ mean AUC"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["cell", "scheme", "Δ mean AUC [95% CI]", "p (Wilcoxon)", "n", "diverged"]
+    row = next(line for line in summary.splitlines() if line.startswith("| 2x32 | other_class | +3 ["))
+    values = [c.strip() for c in row.strip("|").split("|")]
+    assert values[3:] == [f"{scipy_stats.wilcoxon(KNOWN_DIFFS).pvalue:.3f}", "5", "1"]
+    assert "not corrected for multiple comparisons" in summary
+    stats = pd.read_parquet(outputs["stats.parquet"])
+    assert stats.set_index("scheme").loc["other_class", "mean_diff_auc"] == 3.0
+    check_png(outputs["figures/paired_differences.png"])
+
+
+def test_verdict_wording() -> None:
+    row = {"n": 20, "mean_diff_auc": 5.0, "ci_low": 1.0, "ci_high": 9.0, "p_wilcoxon": 0.01}
+    assert verdict(row) == "better"
+    assert verdict({**row, "p_wilcoxon": 0.2}) == "unclear"  # the CI alone is not enough
+    assert verdict({**row, "mean_diff_auc": -5.0, "ci_low": -9.0, "ci_high": -1.0}) == "worse"
+    assert verdict({**row, "ci_low": -1.0}) == "unclear"
+    assert verdict({**row, "n": 0, "mean_diff_auc": np.nan}) == "no data" and verdict(None) == "no data"
+
+
+# ----------------------------------------------------------------------------------------- PSNR cap CLI
+
+
+def test_quantisation_psnr_is_59_db() -> None:
+    # Rounding to steps of 1/255: error uniform over one step, mse (1/255)^2 / 12.
+    steps = np.random.default_rng(0).uniform(0, 1, 200_000)
+    mse = np.mean((np.round(steps * 255) / 255 - steps) ** 2)
+    assert 10 * np.log10(1 / mse) == pytest.approx(QUANTISATION_PSNR_DB, abs=0.05)
+    assert QUANTISATION_PSNR_DB == pytest.approx(58.92, abs=0.01)
+
+
+def test_psnr_cap_in_the_hydra_spelling(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sweep = write_synthetic_sweep(tmp_path / "sweep", cells=[(2, 32)], n_triples=2, epochs=8, recon=False)
+    # The override may come before the folder, and may agree with --psnr-cap.
+    assert main(["analysis.psnr_cap=59", str(sweep), "--out", str(tmp_path / "a"), "--psnr-cap", "59"]) == 0
+    auc = pd.read_parquet(tmp_path / "a" / "auc.parquet")
+    assert {"auc_capped", "epochs_to_59db"} <= set(auc.columns)
+    assert "mean_diff_auc_capped" in pd.read_parquet(tmp_path / "a" / "stats.parquet").columns
+    summary = (tmp_path / "a" / "summary.md").read_text()
+    assert "PSNR cap: 59 dB" in summary and "58.9 dB" in summary
+    header = "| cell | scheme | mean AUC | mean capped AUC | epochs to 30 dB | epochs to 40 dB | epochs to 59 dB |"
+    assert header in summary
+    assert main([str(sweep), "analysis.psnr_cap=null", "--out", str(tmp_path / "c")]) == 0
+    assert "auc_capped" not in pd.read_parquet(tmp_path / "c" / "auc.parquet").columns
+    capsys.readouterr()
+    for bad, message in [
+        (["analysis.psnr_cap=abc"], "analysis.psnr_cap must be a number"),
+        (["analysis.cap=59"], "unknown override 'analysis.cap=59'"),
+        (["analysis.psnr_cap=59", "--psnr-cap", "50"], "disagree"),
+        (["analysis.psnr_cap=inf"], "psnr_cap must be a finite number"),
+    ]:
+        assert main([str(sweep), *bad, "--out", str(tmp_path / "d")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
 # ------------------------------------------------------------------------------------- order and labels
 
 
@@ -177,6 +347,36 @@ def test_box_plot_uses_the_cell_order(tmp_path: Path) -> None:
     fig = plot_auc_boxplot(auc, scheme_palette(auc["scheme"].unique()))
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["2x32", "3x64", "2x128", "4x64", "8x32"]
+
+
+def test_new_schemes_order_and_colours() -> None:
+    mixed = ["meta", "zeta", "other_class", "random", "multi_same", "alpha", "class_mean", "same_class"]
+    assert scheme_order(mixed) == [*ALL_SCHEMES, "alpha", "zeta"]
+    palette = scheme_palette(mixed)
+    assert list(palette) == scheme_order(mixed) and len(set(palette.values())) == len(mixed)
+    assert scheme_palette(["meta"]) == {"meta": palette["meta"]}  # a scheme's colour never depends on the rest
+
+
+def test_new_schemes_just_work(tmp_path: Path) -> None:
+    sweep = write_synthetic_sweep(tmp_path / "sweep", cells=[(2, 32)], n_triples=2, epochs=12, new_schemes=True)
+    rows = pd.read_parquet(sweep / "0" / "psnr.parquet")
+    multi = rows[(rows["scheme"] == "multi_same") & (rows["triple"] == 0)]
+    assert sorted(multi.groupby("stage")["phase"].first().items()) == [
+        (0, "prefit"), (1, "prefit"), (2, "prefit"), (3, "fit")
+    ]  # fmt: skip
+    outputs = analyze(sweep, tmp_path / "out")
+    auc = pd.read_parquet(outputs["auc.parquet"])
+    assert auc["scheme"].drop_duplicates().tolist() == list(ALL_SCHEMES)
+    assert (auc["auc"] < 500.0 * 11).all()  # only the fit of A counts, not the 500 dB pre-fit rows
+    classes = auc.set_index(["scheme", "triple"])
+    assert pd.isna(classes.loc[("class_mean", 1), "prefit_index"])
+    assert classes.loc[("class_mean", 1), "prefit_label"] == 1  # A's class
+    stats = pd.read_parquet(outputs["stats.parquet"])
+    assert stats["scheme"].tolist() == list(ALL_SCHEMES[1:])
+    assert (stats["n"] == 2).all()
+    for name in ("figures/recon_2hls_32hfs.png", "figures/psnr_2hls_32hfs.png", "figures/paired_differences.png"):
+        check_png(outputs[name])
+    assert "diverged (random/same_class/other_class/class_mean/multi_same/meta)" in outputs["summary.md"].read_text()
 
 
 def test_palette_is_fixed_per_scheme() -> None:
@@ -205,8 +405,9 @@ def test_all_outputs_written(tmp_path: Path) -> None:
     sweep = write_synthetic_sweep(tmp_path / "sweep", cells=cells, n_triples=2, epochs=30, nonfinite=True)
     outputs = analyze(sweep, psnr_cap=45.0)
     out = sweep / "analysis"
-    expected = {"curves.parquet", "auc.parquet", "auc.csv", "summary.md"}
+    expected = {"curves.parquet", "auc.parquet", "auc.csv", "stats.parquet", "summary.md"}
     expected |= {"figures/auc_boxplot.png", "figures/auc_capped_boxplot.png"}
+    expected |= {"figures/paired_differences.png", "figures/paired_differences_capped.png"}
     expected |= {f"figures/{kind}_{h}hls_{f}hfs.png" for h, f in cells for kind in ("psnr", "recon")}
     assert set(outputs) == expected
     assert all(path == out / name and path.is_file() for name, path in outputs.items())
@@ -233,6 +434,7 @@ def test_all_outputs_written(tmp_path: Path) -> None:
         pd.read_parquet(again["auc.parquet"]), auc.drop(columns=["auc_capped", "epochs_to_59db"])
     )
     assert not (out / "figures" / "auc_capped_boxplot.png").exists()
+    assert not (out / "figures" / "paired_differences_capped.png").exists()
     assert (out / "figures" / "notes.png").exists()
     assert {p.relative_to(out).as_posix() for p in (out / "figures").iterdir()} == {
         name for name in again if name.startswith("figures/")
@@ -366,9 +568,8 @@ def test_unusable_input_raises_naming_the_file(tmp_path: Path, kind: str) -> Non
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("kind", ["empty", "corrupt", "missing_columns"])
-def test_cli_reports_one_line_and_exits_2(tmp_path: Path, kind: str) -> None:
-    named = make_broken(kind, tmp_path / "sweep")
+def test_cli_reports_one_line_and_exits_2(tmp_path: Path) -> None:
+    named = make_broken("corrupt", tmp_path / "sweep")
     result = subprocess.run(
         [sys.executable, "-m", "prefit.analyze", str(tmp_path / "sweep")],
         capture_output=True, text=True, cwd=REPO, timeout=120,
@@ -380,11 +581,19 @@ def test_cli_reports_one_line_and_exits_2(tmp_path: Path, kind: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["empty", "missing_columns", "no_fit_rows"])
+def test_main_reports_one_line_and_returns_2(tmp_path: Path, kind: str, capsys: pytest.CaptureFixture) -> None:
+    named = make_broken(kind, tmp_path / "sweep")
+    assert main([str(tmp_path / "sweep")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(named) in lines[0]
+
+
 def test_cli_success(tmp_path: Path) -> None:
     sweep = write_synthetic_sweep(tmp_path / "sweep", cells=[(2, 32)], n_triples=2, epochs=8, recon=False)
     out = tmp_path / "elsewhere"
     result = subprocess.run(
-        [sys.executable, "-m", "prefit.analyze", str(sweep), "--out", str(out), "--psnr-cap", "50"],
+        [sys.executable, "-m", "prefit.analyze", str(sweep), "--out", str(out), "analysis.psnr_cap=50"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

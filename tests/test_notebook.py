@@ -40,8 +40,9 @@ def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture(scope="module")
 def analysis_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("nb")
-    sweep = write_synthetic_sweep(root / "sweep", cells=[(2, 32), (3, 32)], n_triples=3, epochs=25, nonfinite=True)
-    analyze(sweep, root / "analysis")
+    sweep = write_synthetic_sweep(root / "sweep", cells=[(2, 32), (3, 32)], n_triples=3, epochs=25, nonfinite=True,
+                                  new_schemes=True)  # fmt: skip
+    analyze(sweep, root / "analysis", psnr_cap=59.0)
     return root / "analysis"
 
 
@@ -67,3 +68,8 @@ def test_notebook_executes(analysis_dir: Path, kernel_name: str, cell: str | Non
     assert any("text/markdown" in o.get("data", {}) for o in outputs)  # the summary
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "2 cells" in text
+    # The paired statistics table (stats.parquet), with the capped columns of this analysis.
+    assert "paired statistics: 10 rows" in text
+    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert any("mean_diff_auc" in t and "p_wilcoxon" in t and "ci_low_capped" in t and "multi_same" in t
+               for t in tables)  # fmt: skip
