@@ -247,8 +247,8 @@ def fit_batched(
     slots = _snapshot_index(train.epochs, train.snapshot_epochs)
     result = _new_result(members, train.epochs, len(slots), pixels)
     coords = coords.to(device)
-    chunks = [slice(start, min(start + max_members, members)) for start in range(0, members, max_members)]
     threads = torch.get_num_threads()
+    chunks = _chunks(members, max_members, threads if device.type == "cpu" else 1)
     with _progress_bar(members * train.epochs, desc, train.progress) as bar:
 
         def run(chunk: slice) -> Params:
@@ -263,6 +263,16 @@ def fit_batched(
         (torch.cat([p[k][0] for p in final]), torch.cat([p[k][1] for p in final])) for k in range(len(params))
     ]
     return result
+
+
+def _chunks(members: int, max_members: int, cores: int) -> list[slice]:
+    """Split members into equal chunks of at most max_members, as many as a multiple of the cores (when
+    there are enough members), so that chunks run side by side without a straggler."""
+    count = -(-members // max_members)
+    if count > 1 or members >= cores:
+        count = min(members, -(-count // cores) * cores)
+    bounds = [round(i * members / count) for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def _on_cores(run: Callable[[slice], Params], chunks: list[slice], threads: int) -> list[Params]:

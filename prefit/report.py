@@ -305,7 +305,8 @@ def conclusion_paragraph(stats: dict[str, pd.DataFrame], cells: Sequence[tuple[i
         parts.append(
             f"**What changes:** the direction of the conclusion survives the corrected protocol {in_smallest}: "
             f"{FOCUS} beats random under both protocols. The size of the gain does change: under independent it is "
-            + ", ".join(ratio) + " of the gain under chained."
+            + ", ".join(ratio)
+            + " of the gain under chained."
         )
     elif independent_yes:
         parts.append(

@@ -109,3 +109,16 @@ def test_snapshots_are_the_predictions_behind_the_recorded_psnr():
 def test_psnr_from_loss():
     loss = torch.tensor([4.0, 0.04, 0.0])  # [-1, 1] scale: 4 x the [0, 1] mse
     assert psnr_from_loss(loss).tolist() == pytest.approx([0.0, 20.0, math.inf])
+
+
+@pytest.mark.parametrize("members,max_members,cores", [(100, 30, 2), (100, 5, 2), (7, 100, 2), (3, 1, 2), (9, 4, 1)])
+def test_chunks_cover_members_once_and_balance_cores(members, max_members, cores):
+    from prefit.engine import _chunks
+
+    chunks = _chunks(members, max_members, cores)
+    covered = [i for c in chunks for i in range(c.start, c.stop)]
+    assert covered == list(range(members))
+    sizes = [c.stop - c.start for c in chunks]
+    assert max(sizes) <= max_members and max(sizes) - min(sizes) <= 1
+    if members >= cores:  # every core gets the same number of chunks, unless there are too few members
+        assert len(chunks) % cores == 0 or len(chunks) == members

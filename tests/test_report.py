@@ -84,7 +84,7 @@ def test_report_content(report: dict[str, Path], sweeps: dict[str, Path]) -> Non
     assert "holds only under the chained protocol" in text
     assert "With PSNR capped at 59 dB" in text
     # Runs: cells, triples, epochs and the sum of wall_s per sweep (the independent one has a third job).
-    runs = text[text.index("## Runs"):]
+    runs = text[text.index("## Runs") :]
     assert f"| chained | `{sweeps['chained']}` | 2 | {N_TRIPLES} | {EPOCHS} |" in runs
     assert "| 2 (2) | 1 min 15 s | cpu |" in runs  # 30 s + 45 s
     assert "| 3 (3) | 11 min 15 s | cpu |" in runs  # + 600 s
