@@ -154,6 +154,9 @@ if not recons:
     new_code_cell("display(Markdown(summary))"),
 ]
 
+for number, cell in enumerate(cells):  # fixed ids: regenerating the notebook gives the same file
+    cell["id"] = f"cell-{number:02d}"
+
 nb = new_notebook(
     cells=cells,
     metadata={

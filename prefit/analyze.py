@@ -981,7 +981,8 @@ def _multiplicity_note(stats: pd.DataFrame, suffix: str = "") -> str:
     tested = int(stats[f"p_wilcoxon{suffix}"].notna().sum()) if len(stats) else 0
     below = int((stats[f"p_wilcoxon{suffix}"] < ALPHA).sum()) if len(stats) else 0
     return (f"{below} of {tested} tests have p < {ALPHA:g}; the p-values are not corrected for multiple "
-            f"comparisons (by chance alone about {ALPHA * tested:.1f} of {tested} would be).")  # fmt: skip
+            f"comparisons (were no scheme to make any difference, about {ALPHA * tested:.1f} of {tested} would by "
+            "chance alone).")  # fmt: skip
 
 
 def _threshold_cell(values: pd.Series) -> str:

@@ -261,6 +261,13 @@ def conclusion_paragraph(stats: dict[str, pd.DataFrame], cells: Sequence[tuple[i
         which = "one of the smallest common cells" if plural else "the smallest common cell"
         parts.append(f"In {which}, {cell_label(*cell)}, " + "; ".join(descs) + ".")
 
+    n_used = [int(r["n"]) for p in PROTOCOLS for c in smallest if (r := by_key[p].get((*c, FOCUS))) is not None]
+    if n_used and min(n_used) >= 1 and 2.0 / 2 ** min(n_used) >= ALPHA:
+        parts[-1] += (
+            f" With {min(n_used)} pairs the smallest exact two-sided Wilcoxon p is 2/2^{min(n_used)} = "
+            f"{2.0 / 2 ** min(n_used):.3g}, not below {ALPHA:g}: no difference can count as clear with so few "
+            "triples (the criterion needs at least 6), whatever the CI."
+        )
     counts = verdict_counts(stats, cells).set_index("scheme")
     c = counts.loc[FOCUS]
     across = (

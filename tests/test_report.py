@@ -135,10 +135,12 @@ def test_mismatched_triples_are_reported(sweeps: dict[str, Path], tmp_path: Path
     assert "hold the same triples" in same and "differ by at most 0 dB·epoch" in same
 
 
-def stats_frame(rows: dict[tuple[int, int, str], tuple[float, float, float, float]], protocol: str) -> pd.DataFrame:
-    """A stats table from {(hls, hfs, scheme): (mean, ci_low, ci_high, p)}, 20 pairs each."""
+def stats_frame(
+    rows: dict[tuple[int, int, str], tuple[float, float, float, float]], protocol: str, n: int = 20
+) -> pd.DataFrame:
+    """A stats table from {(hls, hfs, scheme): (mean, ci_low, ci_high, p)}, n pairs each."""
     records = [
-        {"hls": h, "hfs": f, "protocol": protocol, "scheme": s, "baseline": "random", "n": 20, "mean_diff_auc": m,
+        {"hls": h, "hfs": f, "protocol": protocol, "scheme": s, "baseline": "random", "n": n, "mean_diff_auc": m,
          "ci_low": lo, "ci_high": hi, "p_wilcoxon": p, "n_diverged": 0, "n_saturated": 0}
         for (h, f, s), (m, lo, hi, p) in rows.items()
     ]  # fmt: skip
@@ -172,6 +174,13 @@ def test_conclusion_follows_the_numbers(chained: tuple, independent: tuple, expe
     assert "same_class 1 / 0, of 2" in text
     if chained == BETTER and independent == BETTER:
         assert "under independent it is 2x32: 100% of the gain under chained" in text
+
+
+def test_conclusion_warns_when_too_few_triples_for_the_test() -> None:
+    stats = {p: stats_frame({(2, 32, "other_class"): UNCLEAR}, p, n=5) for p in ("chained", "independent")}
+    assert "smallest exact two-sided Wilcoxon p is 2/2^5 = 0.0625" in conclusion_paragraph(stats, [(2, 32)])
+    stats = {p: stats_frame({(2, 32, "other_class"): UNCLEAR}, p, n=6) for p in ("chained", "independent")}
+    assert "smallest exact" not in conclusion_paragraph(stats, [(2, 32)])
 
 
 def test_conclusion_without_other_class() -> None:

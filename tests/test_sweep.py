@@ -73,3 +73,22 @@ def test_submitit_local_launcher(cifar_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(results(out)) == ["1hls_16hfs", "1hls_8hfs"]
     assert (out / ".submitit").is_dir()
+
+
+def test_new_schemes_run_in_a_sweep_beside_the_original_three(make_cifar_dir, tmp_path):
+    data = make_cifar_dir(per_batch=30)  # 150 images: room for pools outside the triples
+    out = tmp_path / "six"
+    command = sweep_command(data, out, "'scheme=[random,same_class,other_class,class_mean,multi_same,meta]'",
+                            "scheme.meta.pool_size=30", "scheme.meta.outer_steps=3", "scheme.class_mean.pool_size=30",
+                            f"scheme.meta.cache_dir={tmp_path / 'cache'}", "scheme.multi_same.k=2")
+    command = [c.strip("'") for c in command]
+    command[command.index("model.hls=1,2")] = "model.hls=1"
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = results(out)
+    assert sorted(name.split(",")[0] for name in found) == ["1hls_16hfs", "1hls_8hfs"]
+    for rows in found.values():
+        fits = rows[rows.phase == "fit"]
+        assert set(fits.scheme) == {"random", "same_class", "other_class", "class_mean", "multi_same", "meta"}
+        assert fits.groupby(["scheme", "triple"]).size().eq(30).all()
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # one learned initialisation per cell
