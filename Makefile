@@ -22,6 +22,7 @@ help:
 	@echo "make repro     the full grid, chained protocol (reproduces the original figures) -> $(REPRO_DIR)"
 	@echo "make analyze SWEEP=DIR   curves, AUC, figures, summary of a sweep -> DIR/analysis"
 	@echo "make notebook  execute notebooks/analysis.ipynb on SWEEP's analysis"
+	@echo "make report SWEEP_INDEPENDENT=DIR SWEEP_CHAINED=DIR   docs/findings.md: chained vs independent"
 	@echo "make bench     time both engines -> bench.json"
 	@echo "make test | lint | install | clean.   Pass Hydra overrides with ARGS='...'"
 

@@ -53,10 +53,9 @@ import json
 import os
 import re
 import sys
-import tempfile
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +69,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 from scipy import stats as scipy_stats
 from tqdm import tqdm
+
+from prefit.io import atomic_write
 
 PSNR_FILE = "psnr.parquet"
 RECON_FILE = "recon.npz"
@@ -566,22 +567,6 @@ def verdict(row: pd.Series | dict | None, suffix: str = "", alpha: float = ALPHA
 
 
 # --------------------------------------------------------------------------------------- write tables
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp) on a temporary file next to path, then rename it over path: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
