@@ -10,7 +10,8 @@ used, a few predictions (snapshots), and the final parameters.
   batched matrix product; the backward pass is written out by hand (a SIREN's is short: the cosine of each
   sine layer is kept from the forward pass) and checked against autograd in the tests; Adam and the
   plateau schedule keep one learning rate per member (`prefit.optim`). Nothing in the epoch loop reads a value
-  back to the host.
+  back to the host. On a CPU, chunks run side by side on separate cores, and the matrix products and sines go
+  through numpy (OpenBLAS, SIMD sin/cos) on the tensors' own memory: see docs/performance.md for why.
 
 Both record the same things, so the tests can demand equal trajectories.
 """
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from prefit.config import TrainConfig
+from prefit.config import ConfigError, TrainConfig
 from prefit.model import Params, Siren, member_params, n_weights, stack_params
 from prefit.optim import BatchedAdam, BatchedPlateau
 
@@ -52,7 +53,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but torch sees no CUDA device (use train.device=auto or cpu)")
+        raise ConfigError("train.device=cuda but torch sees no CUDA device (use train.device=auto or cpu)")
     return torch.device(name)
 
 
