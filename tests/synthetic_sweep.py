@@ -19,31 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prefit.analyze import PSNR_COLUMNS
+
 SCHEMES = ("random", "same_class", "other_class")
 ALL_SCHEMES = (*SCHEMES, "class_mean", "multi_same", "meta")
 PREFIT_SCHEMES = {"same_class", "other_class", "class_mean", "multi_same"}
 MULTI_SAME_STAGES = 3  # pre-fits of a multi_same member before its fit of A
 
-# docs/formats.md, `psnr.parquet`: column -> pandas dtype written.
-PSNR_DTYPES: dict[str, str] = {
-    "hls": "int64",
-    "hfs": "int64",
-    "protocol": "string",
-    "scheme": "string",
-    "phase": "string",
-    "stage": "int64",
-    "triple": "int64",
-    "epoch": "int64",
-    "psnr": "float64",
-    "loss": "float64",
-    "lr": "float64",
-    "target_index": "int64",
-    "target_label": "int64",
-    "prefit_index": "Int64",
-    "prefit_label": "Int64",
-    "seed": "int64",
-    "engine": "string",
-}
+PSNR_DTYPES = PSNR_COLUMNS  # docs/formats.md: the columns psnr.parquet has, as the analysis checks them
 
 Trajectories = Mapping[tuple[str, int], np.ndarray]
 

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+
+from prefit.analyze import check_schema
 
 REQUIRED = [
     "hls",
@@ -87,6 +90,7 @@ def test_single_cell_writes_skips_and_overwrites(cifar_dir, tmp_path):
     assert not list(out.glob(".*.tmp"))  # no temporary file left behind
     rows = pd.read_parquet(out / "psnr.parquet")
     assert set(REQUIRED) <= set(rows.columns) and len(rows) == 3 * 5 * 20
+    check_schema(out / "psnr.parquet", pq.read_schema(out / "psnr.parquet"))  # what the analysis will accept
     recon = np.load(out / "recon.npz")
     assert recon["recon"].shape == (9, 2, 32, 32, 3)  # 3 triples x 3 schemes; epochs 0 and 19 (100, 500 > last)
 
