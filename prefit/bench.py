@@ -432,9 +432,11 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
     chunk = min(opts.max_members or auto_max_members(hls, hfs, device), opts.members)
     wanted = {"batched": opts.members, "sequential": min(opts.subset, opts.members)}
     wanted["original"] = wanted["sequential"]
-    least = {"batched": chunk, "sequential": 1, "original": 1}
+    # on a CPU the engine runs chunks side by side, one per core: time at least one chunk per core
+    cores = torch.get_num_threads() if device.type == "cpu" else 1
+    least = {"batched": min(opts.members, chunk * cores), "sequential": 1, "original": 1}
     coords = coordinate_grid(SIDE)
-    params, targets = make_members(hls, hfs, chunk), smooth_targets(chunk)
+    params, targets = make_members(hls, hfs, least["batched"]), smooth_targets(least["batched"])
 
     rates: dict[str, float] = {}
     for engine in opts.engines:
@@ -445,7 +447,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
 
     epochs, members_timed = plan(rates, wanted, least, chunk, opts)
     largest = max(members_timed.values(), default=0)
-    if largest > chunk:
+    if largest > least["batched"]:
         params, targets = make_members(hls, hfs, largest), smooth_targets(largest)
 
     ms: dict[str, float | None] = dict.fromkeys(ENGINES)

@@ -98,10 +98,14 @@ def batched_forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Te
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Batched matrix product into `out`. On the CPU through numpy's BLAS (OpenBLAS), which runs the study's
-    small products (1024 x hfs by hfs x hfs) 1.5-2x faster per core than torch's bmm on the machines measured
-    (docs/performance.md); strided views (transposes) go through without copies."""
-    if out.device.type == "cpu":
+    """Batched matrix product into `out`.
+
+    On a CPU core of its own (chunks side by side, torch at one thread) through numpy's BLAS (OpenBLAS), which
+    runs the study's products 1.1-2x faster per core than torch's bmm on the machines measured
+    (docs/performance.md), strided views (transposes) included, without copies. With several threads for one
+    chunk, torch's bmm, which spreads one product over the threads (numpy's stacked matmul does not).
+    """
+    if out.device.type == "cpu" and torch.get_num_threads() == 1:
         np.matmul(a.numpy(), b.numpy(), out=out.numpy())
         return out
     return torch.bmm(a, b, out=out)
