@@ -347,9 +347,10 @@ def _duration(seconds: float) -> str:
         return "—"
     if seconds < 60:
         return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    whole = round(seconds)  # round once, so that 239.7 s reads 4 min 00 s, not 3 min 60 s
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def job_table(run: ProtocolRun) -> pd.DataFrame:

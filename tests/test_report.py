@@ -204,3 +204,11 @@ def test_stats_only_for_common_cells_are_used(report: dict[str, Path]) -> None:
     before_runs = text[: text.index("## Runs")]
     assert "2x64" not in before_runs.replace("only in the independent sweep (left out): 2x64", "")
     assert np.isfinite(float(re.search(r"differ by at most ([\d.]+) dB", text).group(1)))
+
+
+def test_durations_round_once():
+    from prefit.report import _duration
+
+    assert _duration(239.7) == "4 min 00 s"  # not "3 min 60 s"
+    assert _duration(3599.6) == "1 h 00 min"
+    assert _duration(75.2) == "1 min 15 s"
