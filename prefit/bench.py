@@ -79,7 +79,7 @@ class Options:
     max_members: int | None = None  # batched chunk; None: the engine's automatic choice
     epochs: int = 30
     min_epochs: int = 5  # the budget may cut epochs down to this, never below
-    repeats: int = 3
+    repeats: int = 5
     warmup: int = 3
     budget: float = 25.0  # seconds of timed runs per engine and cell, estimated from the warm-up
     ceiling_size: int | None = None  # None: 2048 on a CPU, 4096 on a GPU
@@ -148,7 +148,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--subset", type=_positive(int), help="members timed by sequential and original (default 4)")
     p.add_argument("--max-members", type=_positive(int), help="batched chunk (default: the engine's choice)")
     p.add_argument("--epochs", type=_positive(int), help="timed epochs per run (default 30; the budget may cut)")
-    p.add_argument("--repeats", type=_positive(int), help="timed runs per engine; the median counts (default 3)")
+    p.add_argument("--repeats", type=_positive(int), help="timed runs per engine; the median counts (default 5)")
     p.add_argument("--warmup", type=_positive(int), help="untimed epochs before timing (default 3)")
     p.add_argument("--budget", type=_positive(float), help="seconds of timed runs per engine and cell (default 25)")
     p.add_argument("--out", type=Path, help="where to write the JSON (default: ./bench.json)")
@@ -420,8 +420,8 @@ def plan(
     for e, rate in rates.items():
         n = math.floor(opts.budget / max(opts.repeats * epochs * rate, 1e-12))
         n = max(least[e], min(wanted[e], n))
-        if e == "batched" and n < wanted[e]:
-            n = max(least[e], n // chunk * chunk)
+        if e == "batched" and n < wanted[e]:  # whole rounds of chunks: one chunk per core, none idle
+            n = max(least[e], n // least[e] * least[e])
         members[e] = n
     return epochs, members
 
