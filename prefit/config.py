@@ -134,7 +134,6 @@ class TrainConfig:
     progress: bool = True
     snapshot_epochs: list[int] = field(default_factory=lambda: [0, 100, 500, -1])  # -1: the last epoch
     matmul_precision: str = "highest"  # highest (fp32) | high (TF32 on CUDA)
-    compile: bool = False
 
 
 @dataclass

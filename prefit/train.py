@@ -45,7 +45,7 @@ log = logging.getLogger("prefit.train")
 register()
 
 # Settings that change how a job runs but not what it computes: ignored when deciding to skip a job.
-EXECUTION_KEYS = ("overwrite", "progress", "device", "threads", "max_members", "compile")
+EXECUTION_KEYS = ("overwrite", "progress", "device", "threads", "max_members")
 
 
 def study_config(cfg: Config) -> dict[str, Any]:
