@@ -161,8 +161,8 @@ class SirenStep:
         self.residual_t = like.new_empty(members, 3, pixels)
         self.grads: Params = [(torch.empty_like(w), torch.empty_like(b)) for w, b in params[:-1]]
         w, b = params[-1]
-        last_w = like.new_empty(members, w.shape[2], w.shape[1])  # stored transposed, like the product
-        self.grads.append((last_w.transpose(1, 2), torch.empty_like(b)))
+        self.last_grad_t = like.new_empty(members, w.shape[2], w.shape[1])  # the product's layout, [M, 3, hfs]
+        self.grads.append((torch.empty_like(w), torch.empty_like(b)))
 
     def __call__(self, params: Params) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """Per-member loss [M] and predictions [M, pixels, 3] before the update, and the gradients.
@@ -184,7 +184,7 @@ class SirenStep:
         loss = torch.linalg.vecdot(flat, flat) / flat.shape[1]
         grad_t = residual.mul_(self.scale)  # dy, transposed [M, 3, pixels]
         gw, gb = self.grads[-1]
-        _bmm(grad_t, x, out=gw.transpose(1, 2))
+        gw.copy_(_bmm(grad_t, x, out=self.last_grad_t).transpose(1, 2))
         torch.sum(grad_t, dim=2, out=gb.view(gb.shape[0], -1))
         grad = _bmm(grad_t.transpose(1, 2), w.transpose(1, 2), out=self.back[0])
         for layer in range(len(params) - 2, -1, -1):

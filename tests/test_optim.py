@@ -1,11 +1,13 @@
 """The batched Adam and plateau schedule reproduce torch's own, member by member."""
 
+import pytest
 import torch
 
 from prefit.optim import BatchedAdam, BatchedPlateau
 
 
-def test_batched_adam_matches_torch_adam_per_member():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel (cpu)", "multi-tensor (cuda path)"])
+def test_batched_adam_matches_torch_adam_per_member(fused):
     torch.manual_seed(0)
     members, lrs = 3, [1e-4, 3e-3, 0.05]
     shapes = [(members, 5, 4), (members, 1, 4)]
@@ -14,6 +16,7 @@ def test_batched_adam_matches_torch_adam_per_member():
 
     stacked = [p.clone() for p in start]
     adam = BatchedAdam(stacked, torch.tensor(lrs, dtype=torch.float64))
+    adam.fused = fused
     for g in grads:
         adam.step(g)
 
