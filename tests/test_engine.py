@@ -122,3 +122,20 @@ def test_chunks_cover_members_once_and_balance_cores(members, max_members, cores
     assert max(sizes) <= max_members and max(sizes) - min(sizes) <= 1
     if members >= cores:  # every core gets the same number of chunks, unless there are too few members
         assert len(chunks) % cores == 0 or len(chunks) == members
+
+
+def test_cpu_paths_agree_numpy_per_core_and_torch_multithreaded():
+    """One chunk on several threads runs torch's bmm (the path CUDA takes too); chunks side by side run
+    numpy's BLAS on one core each. Both must give the same trajectories."""
+    train = TrainConfig(epochs=40, progress=False)
+    params, targets = members(4), smooth_images(4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        torch_path = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
+        torch.set_num_threads(1)
+        numpy_path = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
+    finally:
+        torch.set_num_threads(threads)
+    gap = (psnr_from_loss(torch_path.loss) - psnr_from_loss(numpy_path.loss)).abs().max()
+    assert gap < 1e-3, f"paths differ by {gap:.2e} dB"
