@@ -403,12 +403,12 @@ def warm_process(device: torch.device, engines: Sequence[str]) -> None:
 
 
 def plan(
-    rates: dict[str, float], wanted: dict[str, int], least: dict[str, int], chunk: int, opts: Options
+    rates: dict[str, float], wanted: dict[str, int], least: dict[str, int], opts: Options
 ) -> tuple[int, dict[str, int]]:
     """Epochs and members per engine so that each engine's timed runs take about `opts.budget` seconds.
 
     `rates`: seconds per member-epoch seen in the warm-up (an overestimate: it holds the one-time costs).
-    Members are cut first (the batched engine to whole chunks, never below `least`), then epochs, never below
+    Members are cut first (the batched engine to whole multiples of `least`: a chunk per core), then epochs, never below
     `opts.min_epochs`; a cell too big for the budget even then overruns it rather than time nothing.
     """
     per_epoch = {e: opts.repeats * least[e] * rates[e] for e in rates}
@@ -445,7 +445,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
         rates[engine] = seconds / (least[engine] * opts.warmup)
         log(f"[{name}] {engine}: warm-up {least[engine]} x {opts.warmup} epochs, {rates[engine] * 1e3:.3g} ms each")
 
-    epochs, members_timed = plan(rates, wanted, least, chunk, opts)
+    epochs, members_timed = plan(rates, wanted, least, opts)
     largest = max(members_timed.values(), default=0)
     if largest > least["batched"]:
         params, targets = make_members(hls, hfs, largest), smooth_targets(largest)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-
 FUSED_MIN_WEIGHTS = 20_000
 
 
@@ -21,10 +20,11 @@ class BatchedAdam:
     The update is torch's: m <- lerp(m, g, 1-b1); v <- b2 v + (1-b2) g^2;
     p <- p - (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps). All members start at step 0 together.
 
-    On a CPU, for SIRENs of at least FUSED_MIN_WEIGHTS weights, each member's slice goes through torch's fused Adam kernel (`torch._fused_adam_`, what
-    `torch.optim.Adam(fused=True)` runs) with that member's learning rate: one pass over the weights instead of
-    eight, ten times faster for wide SIRENs. Elsewhere (CUDA) the multi-tensor ops below run with the learning
-    rates as a tensor, so that reading them never waits for the device.
+    On a CPU, for SIRENs of at least FUSED_MIN_WEIGHTS weights, each member's slice goes through torch's fused
+    Adam kernel (`torch._fused_adam_`, what `torch.optim.Adam(fused=True)` runs) with that member's learning
+    rate: one pass over the weights instead of eight, ten times faster for wide SIRENs. Elsewhere (CUDA) the
+    multi-tensor ops below run with the learning rates as a tensor, so that reading them never waits for the
+    device.
     """
 
     def __init__(self, params: list[torch.Tensor], lr: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):

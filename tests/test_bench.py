@@ -119,11 +119,11 @@ def test_argument_parsing():
 def test_plan_cuts_members_then_epochs_to_the_budget():
     opts = parse_args(["--epochs", "30", "--repeats", "3", "--budget", "9"])
     wanted, least = {"batched": 100, "sequential": 4}, {"batched": 10, "sequential": 1}
-    epochs, members = plan({"batched": 1e-3, "sequential": 1e-3}, wanted, least, chunk=10, opts=opts)
+    epochs, members = plan({"batched": 1e-3, "sequential": 1e-3}, wanted, least, opts=opts)
     assert (epochs, members) == (30, {"batched": 100, "sequential": 4})  # everything fits
-    epochs, members = plan({"batched": 0.01, "sequential": 0.01}, wanted, least, chunk=10, opts=opts)
+    epochs, members = plan({"batched": 0.01, "sequential": 0.01}, wanted, least, opts=opts)
     assert epochs == 30 and members == {"batched": 10, "sequential": 4}  # 30 member-epochs x 3: whole chunks
-    epochs, members = plan({"batched": 0.1, "sequential": 0.1}, wanted, least, chunk=10, opts=opts)
+    epochs, members = plan({"batched": 0.1, "sequential": 0.1}, wanted, least, opts=opts)
     assert epochs == opts.min_epochs and members == {"batched": 10, "sequential": 4}  # never below one chunk
 
 

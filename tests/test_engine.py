@@ -139,3 +139,16 @@ def test_cpu_paths_agree_numpy_per_core_and_torch_multithreaded():
         torch.set_num_threads(threads)
     gap = (psnr_from_loss(torch_path.loss) - psnr_from_loss(numpy_path.loss)).abs().max()
     assert gap < 1e-3, f"paths differ by {gap:.2e} dB"
+
+
+def test_engines_agree_for_a_wide_siren_whose_adam_is_fused():
+    from prefit.model import n_weights
+    from prefit.optim import FUSED_MIN_WEIGHTS
+
+    assert n_weights(2, 100) >= FUSED_MIN_WEIGHTS  # the batched engine takes torch's fused Adam kernel here
+    train = TrainConfig(epochs=30, progress=False)
+    params, targets = members(2, hls=2, hfs=100), smooth_images(2)
+    batched = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=1)
+    sequential = fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
+    gap = (psnr_from_loss(batched.loss) - psnr_from_loss(sequential.loss)).abs().max()
+    assert gap < 1e-3, f"engines differ by {gap:.2e} dB"
