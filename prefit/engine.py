@@ -320,7 +320,9 @@ def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result,
         plateau.step(loss)
         bar.update(m)
         if bar.disable is False and (epoch % report == 0 or epoch == train.epochs - 1):
-            bar.set_postfix(members=m, psnr=f"{psnr_from_loss(loss).nanmean().item():.1f}")
+            bar.set_postfix(
+                epoch=f"{epoch + 1}/{train.epochs}", members=m, psnr=f"{psnr_from_loss(loss).nanmean().item():.1f}"
+            )
     result.loss[chunk] = losses.T.cpu()
     result.lr[chunk] = lrs.T.cpu()
     result.snapshots[chunk] = snaps.cpu()
