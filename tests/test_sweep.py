@@ -15,8 +15,20 @@ CELLS = ["1hls_8hfs", "1hls_16hfs", "2hls_8hfs", "2hls_16hfs"]
 
 
 def sweep_command(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "prefit.train", "-m", "+experiment=smoke", "model.hls=1,2", "model.hfs=8,16",
-            "dataset=cifar_dir", f"dataset.path={data}", f"hydra.sweep.dir={out}", "train.progress=false", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "prefit.train",
+        "-m",
+        "+experiment=smoke",
+        "model.hls=1,2",
+        "model.hfs=8,16",
+        "dataset=cifar_dir",
+        f"dataset.path={data}",
+        f"hydra.sweep.dir={out}",
+        "train.progress=false",
+        *extra,
+    ]
 
 
 def results(out: Path) -> dict[str, pd.DataFrame]:
@@ -37,8 +49,9 @@ def test_smoke_sweep_runs_every_cell(cifar_dir, tmp_path):
 
 def test_killed_sweep_resumes_to_the_same_results(cifar_dir, tmp_path):
     reference = tmp_path / "uninterrupted"
-    subprocess.run(sweep_command(cifar_dir, reference, "hydra.launcher.n_jobs=1"), check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        sweep_command(cifar_dir, reference, "hydra.launcher.n_jobs=1"), check=True, capture_output=True, timeout=300
+    )
 
     out = tmp_path / "killed"
     command = sweep_command(cifar_dir, out, "hydra.launcher.n_jobs=1")
@@ -55,8 +68,7 @@ def test_killed_sweep_resumes_to_the_same_results(cifar_dir, tmp_path):
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "skipped" in resumed.stdout + resumed.stderr + "".join(
-        p.read_text() for p in out.glob("*/*.log"))
+    assert "skipped" in resumed.stdout + resumed.stderr + "".join(p.read_text() for p in out.glob("*/*.log"))
     for name, mtime in survivors.items():  # finished cells were not run again
         assert (out / name / "psnr.parquet").stat().st_mtime_ns == mtime
     got, want = results(out), results(reference)
@@ -78,9 +90,16 @@ def test_submitit_local_launcher(cifar_dir, tmp_path):
 def test_new_schemes_run_in_a_sweep_beside_the_original_three(make_cifar_dir, tmp_path):
     data = make_cifar_dir(per_batch=30)  # 150 images: room for pools outside the triples
     out = tmp_path / "six"
-    command = sweep_command(data, out, "'scheme=[random,same_class,other_class,class_mean,multi_same,meta]'",
-                            "scheme.meta.pool_size=30", "scheme.meta.outer_steps=3", "scheme.class_mean.pool_size=30",
-                            f"scheme.meta.cache_dir={tmp_path / 'cache'}", "scheme.multi_same.k=2")
+    command = sweep_command(
+        data,
+        out,
+        "'scheme=[random,same_class,other_class,class_mean,multi_same,meta]'",
+        "scheme.meta.pool_size=30",
+        "scheme.meta.outer_steps=3",
+        "scheme.class_mean.pool_size=30",
+        f"scheme.meta.cache_dir={tmp_path / 'cache'}",
+        "scheme.multi_same.k=2",
+    )
     command = [c.strip("'") for c in command]
     command[command.index("model.hls=1,2")] = "model.hls=1"
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -92,3 +111,41 @@ def test_new_schemes_run_in_a_sweep_beside_the_original_three(make_cifar_dir, tm
         assert set(fits.scheme) == {"random", "same_class", "other_class", "class_mean", "multi_same", "meta"}
         assert fits.groupby(["scheme", "triple"]).size().eq(30).all()
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # one learned initialisation per cell
+
+
+def test_presets_expand_the_grid_and_command_line_overrides_win(tmp_path):
+    """+experiment=grid sweeps 7 x 6 = 42 cells; repro is the same grid under protocol=chained."""
+    import re
+
+    for preset, protocol in (("grid", "independent"), ("repro", "chained")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "prefit.train", f"+experiment={preset}", "--cfg", "all"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        hls = re.search(r"model\.hls: ([\d,]+)", proc.stdout).group(1).split(",")
+        hfs = re.search(r"model\.hfs: ([\d,]+)", proc.stdout).group(1).split(",")
+        assert len(hls) * len(hfs) == 42 and hls[0] == "2" and hfs[-1] == "1024"
+        assert re.search(rf"protocol:\s+name: {protocol}", proc.stdout)
+    narrowed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefit.train",
+            "-m",
+            "+experiment=grid",
+            "model.hls=2",
+            "model.hfs=32,64",
+            "dataset=cifar_dir",
+            "dataset.path=/no/such/folder",
+            f"hydra.sweep.dir={tmp_path}",
+            "train.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    launched = re.findall(r"#\d+ : ", narrowed.stdout + narrowed.stderr)
+    assert len(launched) == 2  # the command line's hls and hfs replace the preset's lists
