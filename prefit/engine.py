@@ -6,12 +6,13 @@ used, a few predictions (snapshots), and the final parameters.
 
 - `sequential`: the plain reference. One `nn.Module`, `torch.optim.Adam` and `ReduceLROnPlateau` per member,
   exactly like the original loop (minus its per-epoch host-side PSNR).
-- `batched`: all members of a chunk as one model. Weights are stacked [M, in, out] and every layer is one
-  batched matrix product; the backward pass is written out by hand (a SIREN's is short: the cosine of each
-  sine layer is kept from the forward pass) and checked against autograd in the tests; Adam and the
-  plateau schedule keep one learning rate per member (`prefit.optim`). Nothing in the epoch loop reads a value
-  back to the host. On a CPU, chunks run side by side on separate cores, and the matrix products and sines go
-  through numpy (OpenBLAS, SIMD sin/cos) on the tensors' own memory: see docs/performance.md for why.
+- `batched`: all members of a chunk as one model. Weights are stacked [M, in, out]; the backward pass is
+  written out by hand (a SIREN's is short: the cosine of each sine layer is kept from the forward pass) and
+  checked against autograd in the tests; Adam and the plateau schedule keep one learning rate per member
+  (`prefit.optim`). Nothing in the epoch loop reads a value back to the host. The step comes in two forms
+  with the same arithmetic: `SirenStep`, torch ops with one batched matrix product per layer (CUDA), and
+  `CpuStep`, a compiled step (`prefit.kernels`) that runs member after member in a core's cache, with chunks
+  side by side on the cores. docs/performance.md says why and what each part bought.
 
 Both record the same things, so the tests can demand equal trajectories.
 """
@@ -29,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from prefit.config import ConfigError, TrainConfig
+from prefit.kernels import siren_step
 from prefit.model import Params, Siren, member_params, n_weights, stack_params
 from prefit.optim import BatchedAdam, BatchedPlateau
 
@@ -97,37 +99,6 @@ def batched_forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Te
     return torch.baddbmm(b, x, w)
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Batched matrix product into `out`.
-
-    On a CPU core of its own (chunks side by side, torch at one thread) through numpy's BLAS (OpenBLAS), which
-    runs the study's products as fast as torch's bmm or up to 15 % faster per core on the machines measured
-    (docs/performance.md), strided views (transposes) included, without copies. With several threads for one
-    chunk, torch's bmm, which spreads one product over the threads (numpy's stacked matmul does not).
-    """
-    if out.device.type == "cpu" and torch.get_num_threads() == 1:
-        np.matmul(a.numpy(), b.numpy(), out=out.numpy())
-        return out
-    return torch.bmm(a, b, out=out)
-
-
-def _sine_(s: torch.Tensor, bias: torch.Tensor, cosine: torch.Tensor) -> None:
-    """In place: s <- sin(s + bias), and cosine <- cos(s + bias), in one pass over s.
-
-    On the CPU this runs numpy's float32 sin and cos (SIMD, within an ulp of torch's; about twice as fast per
-    core as torch's on the machines measured, see docs/performance.md) on the same memory, with no copy.
-    """
-    if s.device.type == "cpu":
-        x = s.numpy()
-        np.add(x, bias.numpy(), out=x)
-        np.cos(x, out=cosine.numpy())
-        np.sin(x, out=x)
-    else:
-        s.add_(bias)
-        torch.cos(s, out=cosine)
-        s.sin_()
-
-
 class SirenStep:
     """Forward and hand-written backward of stacked SIRENs, in buffers allocated once per chunk.
 
@@ -140,13 +111,13 @@ class SirenStep:
       pages that fault on first touch;
     - w0 multiplies the small weight matrices, never the activations;
     - the last layer (3 outputs) is computed transposed, [3, pixels] per member: a matrix product with 3 columns
-      runs several times slower than the same product with 3 rows;
-    - the bias, sine and cosine of a layer are one pass (`_sine_`).
+      runs several times slower than the same product with 3 rows.
     """
 
     def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
         members, pixels = target.shape[0], target.shape[1]
         like = params[0][0]
+        self.params = [(w.clone(), b.clone()) for w, b in params]  # its own copy, updated in place by the optimiser
         self.w0 = w0
         self.scale = 2.0 / (pixels * target.shape[2])
         self.coords = coords.to(like).expand(members, pixels, coords.shape[1]).contiguous()
@@ -164,47 +135,106 @@ class SirenStep:
         self.last_grad_t = like.new_empty(members, w.shape[2], w.shape[1])  # the product's layout, [M, 3, hfs]
         self.grads.append((torch.empty_like(w), torch.empty_like(b)))
 
-    def __call__(self, params: Params) -> tuple[torch.Tensor, torch.Tensor, Params]:
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """Per-member loss [M] and predictions [M, pixels, 3] before the update, and the gradients.
 
         The returned predictions and gradients live in the workspace: they are overwritten by the next call.
         """
-        w0 = self.w0
+        params, w0 = self.params, self.w0
         x = self.coords
         for (w, b), ws, bs, s, c in zip(params[:-1], self.scaled, self.scaled_bias, self.sines, self.cosines):
             torch.mul(w, w0, out=ws)
             torch.mul(b, w0, out=bs)
-            _bmm(x, ws, out=s)
-            _sine_(s, bs, c)
+            torch.bmm(x, ws, out=s)
+            s.add_(bs)
+            torch.cos(s, out=c)
+            s.sin_()
             x = s
         w, b = params[-1]
-        _bmm(w.transpose(1, 2), x.transpose(1, 2), out=self.pred_t).add_(b.transpose(1, 2))
+        torch.bmm(w.transpose(1, 2), x.transpose(1, 2), out=self.pred_t).add_(b.transpose(1, 2))
         residual = torch.sub(self.pred_t, self.target_t, out=self.residual_t)
         flat = residual.view(residual.shape[0], -1)
         loss = torch.linalg.vecdot(flat, flat) / flat.shape[1]
         grad_t = residual.mul_(self.scale)  # dy, transposed [M, 3, pixels]
         gw, gb = self.grads[-1]
-        gw.copy_(_bmm(grad_t, x, out=self.last_grad_t).transpose(1, 2))
+        gw.copy_(torch.bmm(grad_t, x, out=self.last_grad_t).transpose(1, 2))
         torch.sum(grad_t, dim=2, out=gb.view(gb.shape[0], -1))
-        grad = _bmm(grad_t.transpose(1, 2), w.transpose(1, 2), out=self.back[0])
+        grad = torch.bmm(grad_t.transpose(1, 2), w.transpose(1, 2), out=self.back[0])
         for layer in range(len(params) - 2, -1, -1):
             gw, gb = self.grads[layer]
             grad.mul_(self.cosines[layer])
             inputs = self.coords if layer == 0 else self.sines[layer - 1]
-            _bmm(inputs.transpose(1, 2), grad, out=gw).mul_(w0)
+            torch.bmm(inputs.transpose(1, 2), grad, out=gw).mul_(w0)
             torch.sum(grad, dim=1, keepdim=True, out=gb).mul_(w0)
             if layer > 0:
                 ws = self.scaled[layer]
                 free = self.back[1] if grad.data_ptr() == self.back[0].data_ptr() else self.back[0]
-                grad = _bmm(grad, ws.transpose(1, 2), out=free)
+                grad = torch.bmm(grad, ws.transpose(1, 2), out=free)
         return loss, self.pred_t.transpose(1, 2), self.grads
+
+
+class CpuStep:
+    """SirenStep's CPU twin: the same forward and backward, compiled (`prefit.kernels.siren_step`).
+
+    It owns its chunk's parameters, stored so that the compiled step can index them: the first layer
+    W [M, 2, hfs], the hidden layers stacked W [hls, M, hfs, hfs], the last layer W [M, hfs, 3] (biases alike);
+    `params` and the gradients are lists of (W, b) views into them, in the engine's usual layout, so the
+    optimiser never knows. One member's workspace (a few activations of [pixels, hfs]) stays in a core's cache.
+    """
+
+    def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
+        members, pixels, width = target.shape[0], target.shape[1], params[0][0].shape[2]
+        hls = len(params) - 2
+
+        hidden = [torch.stack([p[k] for p in params[1:-1]]) for k in (0, 1)]  # hls >= 1 (config.validate)
+        layers = [params[0][0], params[0][1], *hidden, params[-1][0], params[-1][1]]
+        self.store = [x.detach().clone(memory_format=torch.contiguous_format) for x in layers]
+        self.grad_store = [torch.empty_like(x) for x in self.store]
+        self.params = self._pairs(self.store)
+        self.grads = self._pairs(self.grad_store)
+        self.loss = torch.empty(members)
+        self.pred_t = torch.empty(members, 3, pixels)
+        f32 = np.float32
+        self.args = (
+            coords.detach().to(torch.float32).contiguous().numpy(),
+            *(x.numpy() for x in self.store),
+            target.transpose(1, 2).contiguous().numpy(),
+            float(w0),
+            2.0 / (pixels * target.shape[2]),
+            self.loss.numpy(),
+            self.pred_t.numpy(),
+            *(g.numpy() for g in self.grad_store),
+            np.empty((hls + 1, pixels, width), f32),  # sines
+            np.empty((hls + 1, pixels, width), f32),  # cosines
+            np.empty((2, pixels, width), f32),  # gradients flowing back
+            np.empty((hls, width, width), f32),  # w0 W of the hidden layers
+            np.empty((3, width), f32),  # rows: first-layer weights, dW^T of the last
+            np.empty(width, f32),  # a layer's w0 b, then its bias gradient
+            np.empty((3, pixels), f32),  # residual
+        )
+
+    @staticmethod
+    def _pairs(store: list[torch.Tensor]) -> Params:
+        first_w, first_b, hidden_w, hidden_b, last_w, last_b = store
+        return [(first_w, first_b), *zip(hidden_w, hidden_b), (last_w, last_b)]
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
+        """As SirenStep: loss [M], predictions [M, pixels, 3] (views into the workspace), gradients."""
+        siren_step(*self.args)
+        return self.loss, self.pred_t.transpose(1, 2), self.grads
+
+
+def make_step(params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float) -> SirenStep | CpuStep:
+    """The engine's step for the parameters' device: compiled on a CPU, torch ops elsewhere."""
+    kind = CpuStep if params[0][0].device.type == "cpu" else SirenStep
+    return kind(params, coords, target, w0)
 
 
 def loss_and_grads(
     params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float
 ) -> tuple[torch.Tensor, torch.Tensor, Params]:
-    """One forward and backward pass (a fresh SirenStep; the engine keeps one per chunk)."""
-    loss, pred, grads = SirenStep(params, coords, target, w0)(params)
+    """One forward and backward pass of the torch step (the engine keeps a step per chunk)."""
+    loss, pred, grads = SirenStep(params, coords, target, w0)()
     return loss, pred.clone(), [(gw.clone(), gb.clone()) for gw, gb in grads]
 
 
@@ -295,9 +325,10 @@ def _on_cores(run: Callable[[slice], Params], chunks: list[slice], threads: int)
 
 
 def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar) -> Params:
-    work = [(w[chunk].to(device, copy=True), b[chunk].to(device, copy=True)) for w, b in params]
-    flat = [t for pair in work for t in pair]
     target = targets[chunk].to(device)
+    step = make_step([(w[chunk].to(device), b[chunk].to(device)) for w, b in params], coords, target, w0)
+    work = step.params
+    flat = [t for pair in work for t in pair]
     m = target.shape[0]
     lr = torch.full((m,), train.lr, dtype=torch.float64, device=device)
     adam = BatchedAdam(flat, lr, betas=tuple(train.betas), eps=train.eps)
@@ -308,9 +339,8 @@ def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result,
     lrs = torch.empty(train.epochs, m, dtype=torch.float64, device=device)
     snaps = torch.empty(m, len(slots), *target.shape[1:], device=device)
     report = max(1, train.epochs // 20)
-    step = SirenStep(work, coords, target, w0)
     for epoch in range(train.epochs):
-        loss, pred, grads = step(work)
+        loss, pred, grads = step()
         losses[epoch] = loss
         lrs[epoch] = lr
         slot = slots.get(epoch)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from prefit import engine
 from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
 from prefit.engine import (
@@ -124,28 +125,36 @@ def test_chunks_cover_members_once_and_balance_cores(members, max_members, cores
         assert len(chunks) % cores == 0 or len(chunks) == members
 
 
-def test_cpu_paths_agree_numpy_per_core_and_torch_multithreaded():
-    """One chunk on several threads runs torch's bmm (the path CUDA takes too); chunks side by side run
-    numpy's BLAS on one core each. Both must give the same trajectories."""
+def test_cpu_paths_agree_chunks_side_by_side_and_one_chunk_on_two_threads():
+    """Chunks side by side run the compiled step on one core each; one chunk on two threads gives its BLAS
+    both. The trajectories must not depend on it."""
     train = TrainConfig(epochs=40, progress=False)
     params, targets = members(4), smooth_images(4)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        torch_path = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
-        torch.set_num_threads(1)
-        numpy_path = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
+        one_chunk = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
+        side_by_side = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=1)
     finally:
         torch.set_num_threads(threads)
-    gap = (psnr_from_loss(torch_path.loss) - psnr_from_loss(numpy_path.loss)).abs().max()
+    gap = (psnr_from_loss(one_chunk.loss) - psnr_from_loss(side_by_side.loss)).abs().max()
     assert gap < 1e-3, f"paths differ by {gap:.2e} dB"
 
 
-def test_engines_agree_for_a_wide_siren_whose_adam_is_fused():
-    from prefit.model import n_weights
-    from prefit.optim import FUSED_MIN_WEIGHTS
+def test_the_torch_step_cuda_runs_also_fits_like_the_sequential_engine(monkeypatch):
+    """On CUDA the engine runs SirenStep (torch ops); here it is forced onto the CPU, so that the GPU's code
+    path is checked end to end (Adam, schedule, snapshots) without a GPU."""
+    monkeypatch.setattr(engine, "make_step", lambda *args: engine.SirenStep(*args))
+    train = TrainConfig(epochs=60, progress=False)
+    params, targets = members(3), smooth_images(3)
+    torch_step = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=3)
+    sequential = fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
+    gap = (psnr_from_loss(torch_step.loss) - psnr_from_loss(sequential.loss)).abs().max()
+    assert gap < 1e-3, f"engines differ by {gap:.2e} dB"
+    assert torch.equal(torch_step.lr, sequential.lr)
 
-    assert n_weights(2, 100) >= FUSED_MIN_WEIGHTS  # the batched engine takes torch's fused Adam kernel here
+
+def test_engines_agree_for_a_wide_siren_one_member_per_chunk():
     train = TrainConfig(epochs=30, progress=False)
     params, targets = members(2, hls=2, hfs=100), smooth_images(2)
     batched = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=1)

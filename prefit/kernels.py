@@ -1,0 +1,210 @@
+"""The CPU engine's compiled step: forward and backward of a chunk of SIRENs, one member at a time (numba).
+
+Why compiled: on a CPU a narrow SIREN's epoch is a few dozen small operations per chunk. Done as separate
+array operations from Python, each streams a [members, pixels, hfs] array through memory (activations of a
+chunk do not fit a core's cache), the sine and the cosine each reduce their argument afresh, and two chunks
+running side by side on threads wait on the GIL between operations. `siren_step` instead runs the whole
+forward and backward pass of one member after another without the GIL, so a member's activations stay in the
+core's cache; its matrix products are BLAS calls (numba's `np.dot`), everything else is fused into the loops
+around them:
+
+- a sine layer's bias, sine and cosine are one pass, sharing one argument reduction (`_sincos`);
+- the first layer (2 inputs) and the last one's backward (3 outputs) are written out, not matrix products;
+- the backward's multiplication by the cosine also sums the bias gradient.
+
+The arithmetic is the torch engine's (`prefit.engine.SirenStep`): w0 scales the small weight matrices, the
+last layer is computed transposed. tests/test_kernels.py checks it against autograd and the sine against float64.
+
+The sine and cosine: the argument x is reduced to r = x - k pi/2 with |r| <= pi/4 (Cody-Waite: pi/2 split into
+three float32 parts whose products with k are exact), then sin r and cos r are Taylor polynomials (to r^9 and
+r^10, truncation below 3e-8 on |r| <= pi/4) and k mod 4 picks the quadrant: within 1.5 float32 ulp of the exact
+value (torch's sin: 0.6 ulp). The reduction is exact while |x| <= REDUCTION_LIMIT; a layer's pre-activations
+are bounded by its weights (|sin| <= 1), and a member whose bound is above the limit, or not finite (a diverging
+fit), has that layer computed with libm's float64 sin and cos instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  numba's np.dot calls this BLAS: load it before thread limits apply
+from numba import njit
+
+REDUCTION_LIMIT = 65536.0  # |x| up to this keeps k < 2^16, where k * _PIO2_A is exact
+
+_TWO_OVER_PI = np.float32(2 / np.pi)
+# pi/2 = _PIO2_A + _PIO2_B + _PIO2_C (Cody and Waite's split, as in Cephes, doubled from pi/4)
+_PIO2_A = np.float32(1.5703125)
+_PIO2_B = np.float32(4.837512969970703125e-4)
+_PIO2_C = np.float32(7.54978995489188216e-8)
+_S3, _S5, _S7, _S9 = (np.float32(c) for c in (-1 / 6, 1 / 120, -1 / 5040, 1 / 362880))
+_C2, _C4, _C6, _C8, _C10 = (np.float32(c) for c in (-1 / 2, 1 / 24, -1 / 720, 1 / 40320, -1 / 3628800))
+_ONE, _HALF = np.float32(1.0), np.float32(0.5)
+
+_JIT = {"nogil": True, "cache": True, "boundscheck": False, "error_model": "numpy", "fastmath": {"contract"}}
+
+
+@njit(inline="always", **_JIT)
+def _sincos(x):
+    """(sin x, cos x) in float32, branch-free so that the loops around it vectorise."""
+    k = np.floor(x * _TWO_OVER_PI + _HALF)
+    r = x - k * _PIO2_A
+    r = r - k * _PIO2_B
+    r = r - k * _PIO2_C
+    r2 = r * r
+    sin_r = r + r * r2 * (_S3 + r2 * (_S5 + r2 * (_S7 + r2 * _S9)))
+    cos_r = _ONE + r2 * (_C2 + r2 * (_C4 + r2 * (_C6 + r2 * (_C8 + r2 * _C10))))
+    quadrant = np.int32(k)
+    odd = (quadrant & 1) != 0
+    sin_x = (cos_r if odd else sin_r) * np.float32(1 - (quadrant & 2))
+    cos_x = (sin_r if odd else cos_r) * np.float32(1 - ((quadrant + 1) & 2))
+    return sin_x, cos_x
+
+
+@njit(**_JIT)
+def _sine_layer(s, bias, cosine, bound):
+    """s [pixels, width] <- sin(s + bias), cosine <- cos(s + bias); `bound` bounds |s + bias|."""
+    pixels, width = s.shape
+    if bound <= REDUCTION_LIMIT:  # False for NaN too
+        for p in range(pixels):
+            for h in range(width):
+                s[p, h], cosine[p, h] = _sincos(s[p, h] + bias[h])
+    else:
+        for p in range(pixels):
+            for h in range(width):
+                x = np.float64(s[p, h] + bias[h])
+                s[p, h], cosine[p, h] = np.sin(x), np.cos(x)
+
+
+@njit(**_JIT)
+def _cosine_grad(grad, cosine, bias_sum):
+    """grad [pixels, width] <- grad * cosine; bias_sum [width] <- sum over pixels of the new grad."""
+    pixels, width = grad.shape
+    bias_sum[:] = 0.0
+    for p in range(pixels):
+        for h in range(width):
+            g = grad[p, h] * cosine[p, h]
+            grad[p, h] = g
+            bias_sum[h] += g
+
+
+@njit(**_JIT)
+def _scale_into(out, a, scale):
+    """out <- scale * a (same shapes), returning the largest column sum of |scale * a| (the bound that
+    inputs in [-1, 1] put on a product's entries)."""
+    rows, cols = a.shape
+    column = np.zeros(cols, np.float32)
+    for i in range(rows):
+        for j in range(cols):
+            v = a[i, j] * scale
+            out[i, j] = v
+            column[j] += abs(v)
+    return column
+
+
+@njit(**_JIT)
+def siren_step(
+    coords, first_w, first_b, hidden_w, hidden_b, last_w, last_b, target_t, w0, scale,
+    loss, pred_t, grad_first_w, grad_first_b, grad_hidden_w, grad_hidden_b, grad_last_w, grad_last_b,
+    sines, cosines, back, scaled, rows, bias, resid,
+):  # fmt: skip
+    """Forward and backward of `members` SIRENs on shared coordinates; see `CpuStep` for the shapes.
+
+    Writes per member the loss (mean squared error, summed in float64), the prediction (transposed) and the
+    gradients of the loss; the last seven arguments are one member's workspace.
+    """
+    members, pixels, width = first_w.shape[0], coords.shape[0], first_w.shape[2]
+    hls = hidden_w.shape[0]
+    w0f = np.float32(w0)
+    reach = np.float32(np.abs(coords).max())
+    x0, x1 = coords[:, 0], coords[:, 1]
+    for m in range(members):
+        # forward, first layer: s = x (w0 W) + w0 b with 2 inputs, written out
+        s, bound = sines[0], np.float32(0.0)
+        for h in range(width):
+            rows[0, h] = w0f * first_w[m, 0, h]
+            rows[1, h] = w0f * first_w[m, 1, h]
+            bias[h] = w0f * first_b[m, 0, h]
+            bound = max(bound, (abs(rows[0, h]) + abs(rows[1, h])) * reach + abs(bias[h]))
+        for p in range(pixels):
+            for h in range(width):
+                s[p, h] = x0[p] * rows[0, h] + x1[p] * rows[1, h]
+        _sine_layer(s, bias, cosines[0], bound)
+        # hidden layers: s = a (w0 W) + w0 b, |s| <= column sums of |w0 W| + |w0 b| since |a| <= 1
+        for layer in range(hls):
+            column = _scale_into(scaled[layer], hidden_w[layer, m], w0f)
+            bound = np.float32(0.0)
+            for h in range(width):
+                bias[h] = w0f * hidden_b[layer, m, 0, h]
+                bound = max(bound, column[h] + abs(bias[h]))
+            np.dot(sines[layer], scaled[layer], sines[layer + 1])
+            _sine_layer(sines[layer + 1], bias, cosines[layer + 1], bound)
+        # last layer, transposed: y^T [3, pixels] = W^T a^T + b; residual, loss, dy = scale (y - t)
+        a = sines[hls]
+        y = pred_t[m]
+        np.dot(last_w[m].T, a.T, y)
+        total = 0.0
+        for j in range(3):
+            for p in range(pixels):
+                v = y[j, p] + last_b[m, 0, j]
+                y[j, p] = v
+                r = v - target_t[m, j, p]
+                total += r * r
+                resid[j, p] = r * scale
+        loss[m] = total / (3 * pixels)
+        np.dot(resid, a, rows)  # dW^T [3, width]
+        for j in range(3):
+            grad_last_b[m, 0, j] = resid[j].sum()
+            for h in range(width):
+                grad_last_w[m, h, j] = rows[j, h]
+                rows[j, h] = last_w[m, h, j]
+        # da = dy^T W^T (3 outputs, written out), then g = da * cos
+        g = back[0]
+        for p in range(pixels):
+            r0, r1, r2 = resid[0, p], resid[1, p], resid[2, p]
+            for h in range(width):
+                g[p, h] = r0 * rows[0, h] + r1 * rows[1, h] + r2 * rows[2, h]
+        # hidden layers, last to first: dW = w0 a^T g, db = w0 sum g, da = g (w0 W)^T
+        for layer in range(hls, 0, -1):
+            _cosine_grad(g, cosines[layer], bias)
+            dw = grad_hidden_w[layer - 1, m]
+            np.dot(sines[layer - 1].T, g, dw)
+            for i in range(width):
+                for h in range(width):
+                    dw[i, h] *= w0f
+                grad_hidden_b[layer - 1, m, 0, i] = w0f * bias[i]
+            free = back[1] if layer % 2 == hls % 2 else back[0]
+            np.dot(g, scaled[layer - 1].T, free)
+            g = free
+        # first layer: dW = w0 x^T g (2 inputs, written out), db = w0 sum g
+        _cosine_grad(g, cosines[0], bias)
+        rows[:2] = 0.0
+        for p in range(pixels):
+            for h in range(width):
+                rows[0, h] += x0[p] * g[p, h]
+                rows[1, h] += x1[p] * g[p, h]
+        for h in range(width):
+            grad_first_w[m, 0, h] = w0f * rows[0, h]
+            grad_first_w[m, 1, h] = w0f * rows[1, h]
+            grad_first_b[m, 0, h] = w0f * bias[h]
+
+
+@njit(**_JIT)
+def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
+    """One Adam step, in place, on [members, n] arrays with a learning rate per member (float64 [members]).
+
+    torch.optim.Adam's arithmetic (its single-tensor path) in one pass over the weights: m <- m + (1 - b1) (g - m);
+    v <- b2 v + (1 - b2) g g; p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+    """
+    members, n = param.shape
+    one_minus_b1, b2, one_minus_b2 = np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2)
+    bias2_sqrt = np.float32(np.sqrt(1 - beta2**step))
+    epsf = np.float32(eps)
+    for m in range(members):
+        step_size = np.float32(lr[m] / (1 - beta1**step))
+        for i in range(n):
+            g = grad[m, i]
+            avg = exp_avg[m, i] + one_minus_b1 * (g - exp_avg[m, i])
+            sq = exp_avg_sq[m, i] * b2 + one_minus_b2 * g * g
+            exp_avg[m, i] = avg
+            exp_avg_sq[m, i] = sq
+            param[m, i] -= step_size * (avg / (np.sqrt(sq) / bias2_sqrt + epsf))
