@@ -12,8 +12,9 @@ different numbers of members: the slow ones time a few members, and on a big cel
 a subset (at least one full chunk), to keep the default run within minutes. Each engine is first warmed up
 (a few untimed epochs, so that one-time costs such as lazy kernel set-up and allocator growth are excluded);
 that warm-up also calibrates how many members and epochs fit in `--budget` seconds. Then each engine runs
-`--repeats` times and the median counts. The machine's fp32 matrix-product rate (`ceiling_gflops`) is measured
-in the same run, so `ceiling_fraction` says how much of the hardware the batched engine uses.
+`--repeats` times, the engines taking turns, and the median counts. The machine's fp32 matrix-product rate
+(`ceiling_gflops`) is measured in the same run, so `ceiling_fraction` says how much of the hardware the batched
+engine uses.
 
 Output: a table on stdout, progress on stderr, and `bench.json` (`--out`), written atomically:
 
@@ -378,13 +379,26 @@ def timed(run: Run, members: int, epochs: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def repeat(run: Run, members: int, epochs: int, device: torch.device, opts: Options) -> list[float]:
-    """`opts.repeats` timings of one engine; stops early once they took twice the budget (a machine that got
-    slower than its warm-up promised, e.g. shared with other jobs), so the whole run still ends in time."""
-    times: list[float] = []
-    while len(times) < opts.repeats and sum(times) <= 2 * opts.budget:
-        times.append(timed(run, members, epochs, device))
-    return times
+def interleaved(
+    runs: dict[str, Run], members: dict[str, int], epochs: int, device: torch.device, opts: Options
+) -> tuple[dict[str, list[float]], list[PeakMemory]]:
+    """`opts.repeats` timings of every engine, taken in turns (batched, sequential, original, batched, ...), so
+    that a shared machine changing speed during the run (seen here: the same loop 1.1 or 2 ms for minutes at a
+    time) slows every engine alike instead of skewing their ratios. An engine stops early once its timings took
+    twice the budget, so that the whole run still ends in time. The batched runs also measure peak memory."""
+    times: dict[str, list[float]] = {engine: [] for engine in runs}
+    memories: list[PeakMemory] = []
+    for _ in range(opts.repeats):
+        for engine, run in runs.items():
+            if sum(times[engine]) > 2 * opts.budget:
+                continue
+            if engine == "batched":
+                with PeakMemory(device) as memory:
+                    times[engine].append(timed(run, members[engine], epochs, device))
+                memories.append(memory)
+            else:
+                times[engine].append(timed(run, members[engine], epochs, device))
+    return times, memories
 
 
 # ------------------------------------------------------------------------------------------------ a cell
@@ -452,17 +466,14 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
 
     ms: dict[str, float | None] = dict.fromkeys(ENGINES)
     repeats: dict[str, int | None] = dict.fromkeys(ENGINES)
-    memory = None
-    for engine in opts.engines:
-        run, n = _runner(engine, params, targets, coords, device, chunk), members_timed[engine]
-        log(f"[{name}] {engine}: timing {n} members x {epochs} epochs x {opts.repeats}")
-        if engine == "batched":
-            with PeakMemory(device) as memory:
-                times = repeat(run, n, epochs, device, opts)
-        else:
-            times = repeat(run, n, epochs, device, opts)
-        ms[engine] = statistics.median(times) / (n * epochs) * 1e3
-        repeats[engine] = len(times)
+    runs = {engine: _runner(engine, params, targets, coords, device, chunk) for engine in opts.engines}
+    timing = ", ".join(f"{engine} {members_timed[engine]} members" for engine in runs)
+    log(f"[{name}] timing {timing}, {epochs} epochs, {opts.repeats} turns")
+    times, memories = interleaved(runs, members_timed, epochs, device, opts)
+    for engine, seconds in times.items():
+        ms[engine] = statistics.median(seconds) / (members_timed[engine] * epochs) * 1e3
+        repeats[engine] = len(seconds)
+    memory = max(memories, key=lambda m: m.peak_mb if not math.isnan(m.peak_mb) else -1.0, default=None)
 
     flops = flops_per_member_epoch(hls, hfs)
     gflops = flops / (ms["batched"] * 1e-3) / 1e9 if ms["batched"] else None
@@ -486,7 +497,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
         "members_timed": {e: members_timed.get(e) for e in ENGINES},
         "repeats": repeats,
         "warmup_epochs": opts.warmup,
-        "mem_before_mb": _round(memory.before_mb) if memory else None,
+        "mem_before_mb": _round(memories[0].before_mb) if memories else None,
         "flops_per_member_epoch": flops,
     }
 
