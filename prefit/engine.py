@@ -62,17 +62,17 @@ def resolve_device(name: str) -> torch.device:
 def auto_max_members(hls: int, hfs: int, device: torch.device, pixels: int = 1024) -> int:
     """How many members to fit at once when train.max_members is null.
 
-    On a CPU the activations of a chunk should stay near the caches: every elementwise op of a chunk whose
-    activations spill to memory streams through it, so chunks of a few members beat one huge batch for wide
-    SIRENs, while narrow ones want many members per matrix product to amortise per-op overhead.
+    On a CPU the compiled step works member after member in a workspace of its own, so a chunk's size only
+    trades the per-epoch Python overhead (fewer, larger chunks) against memory: each member of a chunk holds
+    its weights four times (parameters, gradients, Adam's two moments), 64 MB at most per chunk.
     On CUDA the bound is memory: activations and cosines of every layer, with room to spare.
     """
-    per_member = pixels * hfs * (hls + 1) * 4  # bytes of one activation set
     if device.type == "cuda":
+        per_member = pixels * hfs * (hls + 1) * 4  # bytes of one activation set
         free, _ = torch.cuda.mem_get_info(device)
         weights = (hls * hfs * hfs + 6 * hfs) * 4 * 6  # params, grads, two Adam moments, temporaries
         return max(1, int(0.5 * free / (3 * per_member + weights)))
-    return max(1, int(12e6 // per_member))
+    return max(1, int(64 * 2**20 // (16 * n_weights(hls, hfs))))
 
 
 def _snapshot_index(epochs: int, snapshot_epochs: Sequence[int]) -> dict[int, int]:

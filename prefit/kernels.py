@@ -12,11 +12,12 @@ around them:
 - the first layer (2 inputs) and the last one (3 outputs) are written out, not matrix products;
 - the backward's multiplication by the cosine also sums the bias gradient.
 
-The arithmetic is the torch engine's (`prefit.engine.SirenStep`): w0 scales the small weight matrices, the
-last layer is computed transposed. tests/test_kernels.py checks it against autograd and the sine against float64.
+The arithmetic is the torch engine's (`prefit.engine.SirenStep`): w0 scales the small weight matrices, and the
+prediction is kept transposed, [3, pixels]. tests/test_kernels.py checks the step against autograd and the sine
+against float64.
 
 The sine and cosine: the argument x is reduced to r = x - k pi/2 with |r| <= pi/4 (Cody-Waite: pi/2 split into
-three float32 parts whose products with k are exact), then sin r and cos r are Taylor polynomials (to r^9 and
+three float32 parts, the first two exact when multiplied by k), then sin r and cos r are Taylor polynomials (to r^9 and
 r^10, truncation below 3e-8 on |r| <= pi/4) and k mod 4 picks the quadrant: within 1.5 float32 ulp of the exact
 value (torch's sin: 0.6 ulp). The reduction is exact while |x| <= REDUCTION_LIMIT; a layer's pre-activations
 are bounded by its weights (|sin| <= 1), and a member whose bound is above the limit, or not finite (a diverging
@@ -29,7 +30,7 @@ import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  numba's np.dot calls this BLAS: load it before thread limits apply
 from numba import njit
 
-REDUCTION_LIMIT = 65536.0  # |x| up to this keeps k < 2^16, where k * _PIO2_A is exact
+REDUCTION_LIMIT = 8192.0  # |x| up to this keeps k < 2^13, where k * _PIO2_A and k * _PIO2_B are exact
 
 _TWO_OVER_PI = np.float32(2 / np.pi)
 # pi/2 = _PIO2_A + _PIO2_B + _PIO2_C (Cody and Waite's split, as in Cephes, doubled from pi/4)
@@ -89,8 +90,8 @@ def _cosine_grad(grad, cosine, bias_sum):
 
 @njit(**_JIT)
 def _scale_into(out, a, scale):
-    """out <- scale * a (same shapes), returning the largest column sum of |scale * a| (the bound that
-    inputs in [-1, 1] put on a product's entries)."""
+    """out <- scale * a (same shapes); returns the column sums of |scale * a|, which bound the entries of
+    x (scale * a) for any x in [-1, 1]."""
     rows, cols = a.shape
     column = np.zeros(cols, np.float32)
     for i in range(rows):

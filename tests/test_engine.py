@@ -34,6 +34,18 @@ def members(n: int, hls: int = 2, hfs: int = 16):
     return stack_params([init_params(hls, hfs, 30.0, triple_generator(7, i)) for i in range(n)])
 
 
+def both_engines(n: int, train: TrainConfig, max_members: int, hls: int = 2, hfs: int = 16):
+    """The batched and the sequential engine's results on the same n members and targets."""
+    params, targets = members(n, hls, hfs), smooth_images(n)
+    batched = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=max_members)
+    return batched, fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
+
+
+def psnr_gap(a, b) -> float:
+    """Largest PSNR difference (dB) between two results, over members and epochs."""
+    return (psnr_from_loss(a.loss) - psnr_from_loss(b.loss)).abs().max().item()
+
+
 def test_hand_written_backward_equals_autograd():
     params = members(3, hls=3, hfs=12)
     target = smooth_images(3)
@@ -50,11 +62,8 @@ def test_hand_written_backward_equals_autograd():
 
 
 def test_engines_agree_on_psnr_trajectories():
-    train = TrainConfig(epochs=100, progress=False)
-    params, targets = members(6), smooth_images(6)
-    batched = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
-    sequential = fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
-    gap = (psnr_from_loss(batched.loss) - psnr_from_loss(sequential.loss)).abs().max()
+    batched, sequential = both_engines(6, TrainConfig(epochs=100, progress=False), max_members=4)
+    gap = psnr_gap(batched, sequential)
     assert gap < 1e-3, f"engines differ by {gap:.2e} dB"
     assert (psnr_from_loss(batched.loss[:, -1]) > psnr_from_loss(batched.loss[:, 0]) + 0.5).all()  # they fit
     assert torch.equal(batched.lr, sequential.lr)
@@ -65,12 +74,10 @@ def test_engines_agree_on_psnr_trajectories():
 
 def test_engines_agree_when_the_plateau_schedule_acts():
     train = TrainConfig(epochs=100, progress=False, plateau_patience=3, plateau_threshold=0.05, lr=1e-3)
-    params, targets = members(2), smooth_images(2)
-    batched = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=2)
-    sequential = fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
+    batched, sequential = both_engines(2, train, max_members=2)
     assert torch.equal(batched.lr, sequential.lr)
     assert batched.lr[:, -1].min() < 1e-3  # the schedule acted
-    assert (psnr_from_loss(batched.loss) - psnr_from_loss(sequential.loss)).abs().max() < 1e-3
+    assert psnr_gap(batched, sequential) < 1e-3
 
 
 def test_chunking_does_not_change_results():
@@ -137,7 +144,7 @@ def test_cpu_paths_agree_chunks_side_by_side_and_one_chunk_on_two_threads():
         side_by_side = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=1)
     finally:
         torch.set_num_threads(threads)
-    gap = (psnr_from_loss(one_chunk.loss) - psnr_from_loss(side_by_side.loss)).abs().max()
+    gap = psnr_gap(one_chunk, side_by_side)
     assert gap < 1e-3, f"paths differ by {gap:.2e} dB"
 
 
@@ -145,19 +152,13 @@ def test_the_torch_step_cuda_runs_also_fits_like_the_sequential_engine(monkeypat
     """On CUDA the engine runs SirenStep (torch ops); here it is forced onto the CPU, so that the GPU's code
     path is checked end to end (Adam, schedule, snapshots) without a GPU."""
     monkeypatch.setattr(engine, "make_step", lambda *args: engine.SirenStep(*args))
-    train = TrainConfig(epochs=60, progress=False)
-    params, targets = members(3), smooth_images(3)
-    torch_step = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=3)
-    sequential = fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
-    gap = (psnr_from_loss(torch_step.loss) - psnr_from_loss(sequential.loss)).abs().max()
+    torch_step, sequential = both_engines(3, TrainConfig(epochs=60, progress=False), max_members=3)
+    gap = psnr_gap(torch_step, sequential)
     assert gap < 1e-3, f"engines differ by {gap:.2e} dB"
     assert torch.equal(torch_step.lr, sequential.lr)
 
 
 def test_engines_agree_for_a_wide_siren_one_member_per_chunk():
-    train = TrainConfig(epochs=30, progress=False)
-    params, targets = members(2, hls=2, hfs=100), smooth_images(2)
-    batched = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=1)
-    sequential = fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
-    gap = (psnr_from_loss(batched.loss) - psnr_from_loss(sequential.loss)).abs().max()
+    batched, sequential = both_engines(2, TrainConfig(epochs=30, progress=False), max_members=1, hfs=100)
+    gap = psnr_gap(batched, sequential)
     assert gap < 1e-3, f"engines differ by {gap:.2e} dB"
