@@ -179,7 +179,8 @@ class CpuStep:
     It owns its chunk's parameters, stored so that the compiled step can index them: the first layer
     W [M, 2, hfs], the hidden layers stacked W [hls, M, hfs, hfs], the last layer W [M, hfs, 3] (biases alike);
     `params` and the gradients are lists of (W, b) views into them, in the engine's usual layout, so the
-    optimiser never knows. One member's workspace (a few activations of [pixels, hfs]) stays in a core's cache.
+    optimiser never knows. The step works member after member in a workspace of one member's activations
+    ([pixels, hfs] per layer, reused), which stays near the core: in its own cache at narrow widths.
     """
 
     def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
