@@ -21,7 +21,7 @@ Output: a table on stdout, progress on stderr, and `bench.json` (`--out`), writt
     {"machine": {"device", "threads", "torch", "ceiling_gflops", ...},
      "cells": [{"hls", "hfs", "members", "epochs", "ms_per_member_epoch": {"batched", "sequential", "original"},
                 "speedup_vs_sequential", "speedup_vs_original", "gflops", "ceiling_fraction", "peak_mem_mb",
-                "max_members", "members_timed": {...}, ...}, ...], ...}
+                "max_members", "members_timed": {...}, "ms_per_member_epoch_range": {...}, ...}, ...], ...}
 
 An engine left out with `--engines` has null figures. Bad input: one line `error: ...` on stderr, exit 2.
 """
@@ -470,8 +470,11 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
     timing = ", ".join(f"{engine} {members_timed[engine]} members" for engine in runs)
     log(f"[{name}] timing {timing}, {epochs} epochs, {opts.repeats} turns")
     times, memories = interleaved(runs, members_timed, epochs, device, opts)
+    spread: dict[str, list[float] | None] = dict.fromkeys(ENGINES)
     for engine, seconds in times.items():
-        ms[engine] = statistics.median(seconds) / (members_timed[engine] * epochs) * 1e3
+        per = 1e3 / (members_timed[engine] * epochs)
+        ms[engine] = statistics.median(seconds) * per
+        spread[engine] = [_round(min(seconds) * per), _round(max(seconds) * per)]
         repeats[engine] = len(seconds)
     memory = max(memories, key=lambda m: m.peak_mb if not math.isnan(m.peak_mb) else -1.0, default=None)
 
@@ -496,6 +499,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
         "max_members": chunk,
         "members_timed": {e: members_timed.get(e) for e in ENGINES},
         "repeats": repeats,
+        "ms_per_member_epoch_range": spread,  # fastest and slowest turn: how noisy the medians are
         "warmup_epochs": opts.warmup,
         "mem_before_mb": _round(memories[0].before_mb) if memories else None,
         "flops_per_member_epoch": flops,

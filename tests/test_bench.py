@@ -82,6 +82,8 @@ def test_figures_are_positive_and_consistent(quick_run):
         assert close(cell["speedup_vs_sequential"], ms["sequential"] / ms["batched"])
         assert close(cell["speedup_vs_original"], ms["original"] / ms["batched"])
         assert close(cell["ceiling_fraction"], cell["gflops"] / ceiling)
+        for engine, (fastest, slowest) in cell["ms_per_member_epoch_range"].items():
+            assert fastest <= ms[engine] <= slowest  # the median lies within its turns
         work = flops_per_member_epoch(cell["hls"], cell["hfs"])  # the study's work unit
         assert close(cell["gflops"], work / (ms["batched"] * 1e-3) / 1e9)
 
