@@ -208,7 +208,6 @@ class CpuStep:
             np.empty((hls + 1, pixels, width), f32),  # sines
             np.empty((hls + 1, pixels, width), f32),  # cosines
             np.empty((2, pixels, width), f32),  # gradients flowing back
-            np.empty((hls, width, width), f32),  # w0 W of the hidden layers
             np.empty((6, width), f32),  # rows: first-layer weights; the last layer's W^T and dW^T
             np.empty(width, f32),  # a layer's w0 b, then its bias gradient
             np.empty((3, pixels), f32),  # residual

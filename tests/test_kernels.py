@@ -1,12 +1,17 @@
 """The compiled CPU step: its sine and cosine against float64, its gradients against autograd."""
 
+import ctypes
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from prefit.data import coordinate_grid
 from prefit.engine import CpuStep, SirenStep, batched_forward
-from prefit.kernels import REDUCTION_LIMIT, _sine_layer
+from prefit.kernels import REDUCTION_LIMIT, _sgemm_fallback, _sine_layer
 from prefit.model import init_params, stack_params, triple_generator
 
 
@@ -90,3 +95,47 @@ def test_a_member_beyond_the_reduction_range_gets_libm_sines_and_leaves_the_othe
     alone = CpuStep([(w[:1], b[:1]) for w, b in params], coordinate_grid(), target[:1], 30.0)()
     assert torch.equal(alone[0][0], loss[0])
     assert all(torch.equal(a[0], b[0]) for pa, pb in zip(alone[2], grads) for a, b in zip(pa, pb))
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_fallback_products_equal_numpy(trans_a, trans_b):
+    """`_sgemm_fallback`, which the step calls where numpy has no OpenBLAS of its own, is cblas_sgemm."""
+    rng = np.random.default_rng(4)
+    m, n, k, alpha = 7, 5, 11, np.float32(30.0)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    c = np.full((m, n), np.nan, np.float32)
+    pointer = ctypes.POINTER(ctypes.c_float)
+    _sgemm_fallback.ctypes(
+        101, 112 if trans_a else 111, 112 if trans_b else 111, m, n, k, alpha,
+        a.ctypes.data_as(pointer), a.shape[1], b.ctypes.data_as(pointer), b.shape[1], 0.0,
+        c.ctypes.data_as(pointer), n,
+    )  # fmt: skip
+    want = alpha * ((a.T if trans_a else a) @ (b.T if trans_b else b))
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-4)
+
+
+def test_both_product_backends_give_the_same_step(tmp_path):
+    """The step's products run through numpy's OpenBLAS or, with PREFIT_SGEMM=fallback, through np.dot: a
+    fresh process with the fallback must give the step this process gives."""
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import sys, numpy as np, torch\n"
+        "from prefit import kernels\n"
+        "from prefit.data import coordinate_grid\n"
+        "from prefit.engine import CpuStep\n"
+        "params, target = torch.load(sys.argv[1])\n"
+        "loss, pred, grads = CpuStep(params, coordinate_grid(), target, 30.0)()\n"
+        "torch.save((kernels.SGEMM, loss, [g for pair in grads for g in pair]), sys.argv[2])\n"
+    )
+    params, target = members(2, 3, 24), targets(2)
+    torch.save((params, target), tmp_path / "in.pt")
+    env = dict(os.environ, PREFIT_SGEMM="fallback")
+    paths = [str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
+    subprocess.run([sys.executable, str(script), *paths], env=env, check=True)
+    backend, loss, grads = torch.load(tmp_path / "out.pt")
+    assert backend == "np.dot (scipy's BLAS)"
+    here_loss, _, here_grads = CpuStep(params, coordinate_grid(), target, 30.0)()
+    torch.testing.assert_close(loss, here_loss, rtol=1e-5, atol=0)
+    for a, b in zip(grads, [g for pair in here_grads for g in pair]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
