@@ -84,6 +84,9 @@ def test_figures_are_positive_and_consistent(quick_run):
         assert close(cell["ceiling_fraction"], cell["gflops"] / ceiling)
         for engine, (fastest, slowest) in cell["ms_per_member_epoch_range"].items():
             assert fastest <= ms[engine] <= slowest  # the median lies within its turns
+        best = cell["ms_per_member_epoch_range"]["sequential"][0]
+        assert close(cell["speedup_vs_sequential_best"], best / ms["batched"])
+        assert cell["speedup_vs_sequential_best"] <= cell["speedup_vs_sequential"] * (1 + 1e-3)
         work = flops_per_member_epoch(cell["hls"], cell["hfs"])  # the study's work unit
         assert close(cell["gflops"], work / (ms["batched"] * 1e-3) / 1e9)
 
@@ -92,7 +95,7 @@ def test_table_is_printed(quick_run):
     proc, data = quick_run
     lines = proc.stdout.splitlines()
     header = lines[0].split()
-    for column in ("cell", "members", "batched", "sequential", "original", "seq", "orig", "GFLOP/s", "peak"):
+    for column in ("cell", "members", "batched", "sequential", "original", "seq", "best", "orig", "GFLOP/s", "peak"):
         assert column in header
     assert any(line.startswith("1x8 ") for line in lines) and any(line.startswith("2x16 ") for line in lines)
     assert lines[-1].startswith("ceiling:")
