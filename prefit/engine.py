@@ -59,19 +59,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def auto_max_members(hls: int, hfs: int, device: torch.device, pixels: int = 1024) -> int:
+def cuda_bytes_per_member(hls: int, hfs: int, pixels: int = 1024) -> int:
+    """Device memory one member of a chunk holds on CUDA, in bytes.
+
+    Parameters, gradients and Adam's two moments (4 copies of the weights); the sine and cosine of every sine
+    layer, two back-propagated gradients and the split operands of `3xtf32` products (3 more activation sets);
+    prediction, residual and target ([3, pixels] each). A quarter more for the allocator's rounding.
+    """
+    weights = n_weights(hls, hfs)
+    activations = (2 * (hls + 1) + 5) * pixels * hfs
+    return int(1.25 * 4 * (4 * weights + activations + 3 * 3 * pixels))
+
+
+def auto_max_members(
+    hls: int, hfs: int, device: torch.device, pixels: int = 1024, budget_bytes: int | None = None
+) -> int:
     """How many members to fit at once when train.max_members is null.
 
     On a CPU the compiled step works member after member in a workspace of its own, so a chunk's size only
     trades the per-epoch Python overhead (fewer, larger chunks) against memory: each member of a chunk holds
     its weights four times (parameters, gradients, Adam's two moments), 64 MB at most per chunk.
-    On CUDA the bound is memory: activations and cosines of every layer, with room to spare.
+    On CUDA the bound is memory: `budget_bytes` (a job's share of a device that jobs share), else half of
+    what the device has free, divided by `cuda_bytes_per_member`.
     """
     if device.type == "cuda":
-        per_member = pixels * hfs * (hls + 1) * 4  # bytes of one activation set
-        free, _ = torch.cuda.mem_get_info(device)
-        weights = (hls * hfs * hfs + 6 * hfs) * 4 * 6  # params, grads, two Adam moments, temporaries
-        return max(1, int(0.5 * free / (3 * per_member + weights)))
+        if budget_bytes is None:
+            free, _ = torch.cuda.mem_get_info(device)
+            budget_bytes = free // 2
+        return max(1, int(budget_bytes // cuda_bytes_per_member(hls, hfs, pixels)))
     return max(1, int(64 * 2**20 // (16 * n_weights(hls, hfs))))
 
 
