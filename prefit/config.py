@@ -133,7 +133,9 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
     snapshot_epochs: list[int] = field(default_factory=lambda: [0, 100, 500, -1])  # -1: the last epoch
-    matmul_precision: str = "highest"  # highest (fp32) | high (TF32 on CUDA)
+    matmul_precision: str = "highest"  # highest (fp32) | 3xtf32 (fp32-accurate on tensor cores) | high (TF32)
+    kernels: str = "auto"  # auto | compiled (numba, CPU) | fused (Triton; CUDA) | torch (plain torch ops)
+    cuda_graphs: bool = True  # replay captured epochs on CUDA (same numbers as eager, fewer launches)
 
 
 @dataclass
@@ -150,6 +152,8 @@ class Config:
 ENGINES = ("batched", "sequential")
 PROTOCOLS = ("independent", "chained")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("highest", "3xtf32", "high")  # prefit.precision's modes
+KERNELS = ("auto", "compiled", "fused", "torch")  # prefit.engine.batched's steps
 
 
 def cell_dirname(hls: int, hfs: int, overrides: str = "") -> str:
@@ -192,9 +196,10 @@ def validate(cfg: Config) -> None:
         f"train.max_members must be >= 1 or null, got {cfg.train.max_members}",
     )
     need(
-        cfg.train.matmul_precision in ("highest", "high"),
-        f"train.matmul_precision must be 'highest' or 'high', got {cfg.train.matmul_precision!r}",
+        cfg.train.matmul_precision in PRECISIONS,
+        f"train.matmul_precision must be one of {PRECISIONS}, got {cfg.train.matmul_precision!r}",
     )
+    need(cfg.train.kernels in KERNELS, f"train.kernels must be one of {KERNELS}, got {cfg.train.kernels!r}")
     need(cfg.protocol.name in PROTOCOLS, f"protocol must be one of {PROTOCOLS}, got {cfg.protocol.name!r}")
     need(cfg.dataset.n_triples >= 1, f"dataset.n_triples must be >= 1, got {cfg.dataset.n_triples}")
     need(cfg.dataset.split in ("train", "test"), f"dataset.split must be train or test, got {cfg.dataset.split!r}")

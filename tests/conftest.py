@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from collections.abc import Callable
@@ -9,11 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 1.26
     from numpy.core.multiarray import _reconstruct
+
+# Without a GPU, Triton's kernels (prefit.fused) run under its interpreter on CPU tensors: set before any
+# test imports them. With a GPU they are compiled, and tests/test_cuda.py runs them for real.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO.parent / "shared" / "data" / "cifar10-jpeg-sample"

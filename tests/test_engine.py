@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from prefit import engine
 from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
 from prefit.engine import (
@@ -121,7 +120,7 @@ def test_psnr_from_loss():
 
 @pytest.mark.parametrize("members,max_members,cores", [(100, 30, 2), (100, 5, 2), (7, 100, 2), (3, 1, 2), (9, 4, 1)])
 def test_chunks_cover_members_once_and_balance_cores(members, max_members, cores):
-    from prefit.engine import _chunks
+    from prefit.engine.batched import _chunks
 
     chunks = _chunks(members, max_members, cores)
     covered = [i for c in chunks for i in range(c.start, c.stop)]
@@ -148,11 +147,10 @@ def test_cpu_paths_agree_chunks_side_by_side_and_one_chunk_on_two_threads():
     assert gap < 1e-3, f"paths differ by {gap:.2e} dB"
 
 
-def test_the_torch_step_cuda_runs_also_fits_like_the_sequential_engine(monkeypatch):
-    """On CUDA the engine runs SirenStep (torch ops); here it is forced onto the CPU, so that the GPU's code
-    path is checked end to end (Adam, schedule, snapshots) without a GPU."""
-    monkeypatch.setattr(engine, "make_step", lambda *args: engine.SirenStep(*args))
-    torch_step, sequential = both_engines(3, TrainConfig(epochs=60, progress=False), max_members=3)
+def test_the_plain_torch_step_also_fits_like_the_sequential_engine():
+    """train.kernels=torch (SirenStep, torch's multi-tensor Adam), the plain path on any device, checked end to
+    end (Adam, schedule, snapshots) on the CPU."""
+    torch_step, sequential = both_engines(3, TrainConfig(epochs=60, progress=False, kernels="torch"), max_members=3)
     gap = psnr_gap(torch_step, sequential)
     assert gap < 1e-3, f"engines differ by {gap:.2e} dB"
     assert torch.equal(torch_step.lr, sequential.lr)

@@ -1,0 +1,107 @@
+"""What both engines share: the result record, devices and chunk sizes, snapshots, progress, FLOP count."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from prefit.config import ConfigError
+from prefit.model import Params, n_weights
+
+
+@dataclass
+class FitResult:
+    """What a stage of fits leaves behind (all on the CPU)."""
+
+    loss: torch.Tensor  # float32 [M, epochs]
+    lr: torch.Tensor  # float64 [M, epochs]
+    snapshots: torch.Tensor  # float32 [M, len(snapshot_epochs), pixels, 3]
+    params: Params  # stacked final parameters
+
+
+def psnr_from_loss(loss: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of an image in [0, 1] (data range 1) from the MSE in the [-1, 1] scale: 10 log10(4 / loss)."""
+    return 10.0 * torch.log10(4.0 / loss)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu. Asking for cuda without one is an error, not a silent cpu run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but torch sees no CUDA device (use train.device=auto or cpu)")
+    return torch.device(name)
+
+
+def cuda_bytes_per_member(hls: int, hfs: int, pixels: int = 1024) -> int:
+    """Device memory one member of a chunk holds on CUDA, in bytes.
+
+    Parameters, gradients and Adam's two moments (4 copies of the weights); the sine and cosine of every sine
+    layer, two back-propagated gradients and the split operands of `3xtf32` products (3 more activation sets);
+    prediction, residual and target ([3, pixels] each). A quarter more for the allocator's rounding.
+    """
+    weights = n_weights(hls, hfs)
+    activations = (2 * (hls + 1) + 5) * pixels * hfs
+    return int(1.25 * 4 * (4 * weights + activations + 3 * 3 * pixels))
+
+
+def auto_max_members(
+    hls: int, hfs: int, device: torch.device, pixels: int = 1024, budget_bytes: int | None = None
+) -> int:
+    """How many members to fit at once when train.max_members is null.
+
+    On a CPU the compiled step works member after member in a workspace of its own, so a chunk's size only
+    trades the per-epoch Python overhead (fewer, larger chunks) against memory: each member of a chunk holds
+    its weights four times (parameters, gradients, Adam's two moments), 64 MB at most per chunk.
+    On CUDA the bound is memory: `budget_bytes` (a job's share of a device that jobs share), else half of
+    what the device has free, divided by `cuda_bytes_per_member`.
+    """
+    if device.type == "cuda":
+        if budget_bytes is None:
+            free, _ = torch.cuda.mem_get_info(device)
+            budget_bytes = free // 2
+        return max(1, int(budget_bytes // cuda_bytes_per_member(hls, hfs, pixels)))
+    return max(1, int(64 * 2**20 // (16 * n_weights(hls, hfs))))
+
+
+def snapshot_index(epochs: int, snapshot_epochs: Sequence[int]) -> dict[int, int]:
+    """Snapshot epoch -> its slot; -1 means the last epoch; out-of-range epochs are dropped."""
+    resolved = sorted({epochs - 1 if e == -1 else e for e in snapshot_epochs if -1 <= e < epochs})
+    return {e: k for k, e in enumerate(resolved)}
+
+
+def snapshot_epochs_resolved(epochs: int, snapshot_epochs: Sequence[int]) -> list[int]:
+    return list(snapshot_index(epochs, snapshot_epochs))
+
+
+
+def flops_per_member_epoch(hls: int, hfs: int, pixels: int = 1024) -> float:
+    """The study's work unit: 6 x pixels x weights (forward 2, backward 4 flops per weight and pixel)."""
+    return 6.0 * pixels * n_weights(hls, hfs)
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="member-epoch",
+        unit_scale=True,
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=False,
+        mininterval=0.5,
+    )
+
+
+
+def new_result(members: int, epochs: int, snapshots: int, pixels: int) -> FitResult:
+    return FitResult(
+        loss=torch.empty(members, epochs, dtype=torch.float32),
+        lr=torch.empty(members, epochs, dtype=torch.float64),
+        snapshots=torch.empty(members, snapshots, pixels, 3, dtype=torch.float32),
+        params=[],
+    )
+

@@ -1,0 +1,205 @@
+"""The CUDA engine: a fused step, the schedule on the device, epochs captured as CUDA graphs.
+
+A narrow cell's epoch is a few dozen small kernels, so on a GPU its cost is launching them, not running them.
+Here an epoch is: per sine layer one product and one fused bias+sine+cosine pass; the last layer's product and
+one fused epilogue (loss, output gradient, bias gradient, snapshot); per layer back one fused cosine
+product with its bias-gradient sum and one or two products; then one `schedule` program (recorded loss and
+learning rate, Adam's step size, the plateau schedule) and one Adam launch over the chunk's flat buffers
+(`prefit.fused`). The epoch counter lives on the device and every buffer is allocated once, so the epoch
+reads nothing back and the same launches can be captured once as a CUDA graph of several epochs and replayed.
+
+`FusedStep` is the step (the arithmetic of `prefit.engine.steps.SirenStep`, with w0 as the products'
+alpha); `FusedChunk` owns a chunk's whole state and runs its epochs, captured or eager (the same kernels, so
+the same numbers). On a CPU both run under Triton's interpreter, which is how the tests check them without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prefit import fused
+from prefit.config import TrainConfig
+from prefit.engine.common import FitResult, flops_per_member_epoch, psnr_from_loss
+from prefit.model import Params
+from prefit.precision import product
+
+# A captured graph holds enough epochs that one replay is about this many flops of work (a narrow cell's
+# epoch is tens of microseconds), and never more than MAX_EPOCHS_PER_GRAPH epochs.
+FLOPS_PER_REPLAY = 2e10
+MAX_EPOCHS_PER_GRAPH = 50
+# Progress (a read-back of the loss) at most every this many epochs.
+PROGRESS_EVERY = 250
+
+
+def _pairs(views: list[torch.Tensor]) -> Params:
+    return [(views[k], views[k + 1]) for k in range(0, len(views), 2)]
+
+
+class FusedStep:
+    """Forward and hand-written backward of a chunk's stacked SIRENs through the fused kernels.
+
+    Parameters and gradients live in flat buffers (`fused.FlatParams`) so that Adam is one launch; `params` and
+    `grads` are (W, b) views into them in the engine's usual layout. `epoch` is the device-side counter that
+    picks the snapshot slot (`slots[epoch]`, -1 for none); `snaps` [M, S, pixels, 3] receives them.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        coords: torch.Tensor,
+        target: torch.Tensor,
+        w0: float,
+        precision: str = "highest",
+        slots: torch.Tensor | None = None,
+        n_slots: int = 0,
+        epoch: torch.Tensor | None = None,
+    ):
+        members, pixels = target.shape[0], target.shape[1]
+        like = params[0][0]
+        device = like.device
+        self.w0, self.precision = w0, precision
+        self.scale = 2.0 / (pixels * target.shape[2])
+        self.layout = fused.FlatParams([t.shape for pair in params for t in pair], device)
+        self.flat, self.grad_flat = self.layout.buffer(like), self.layout.buffer(like)
+        for view, t in zip(self.layout.views(self.flat), (t for pair in params for t in pair)):
+            view.copy_(t)
+        self.params = _pairs(self.layout.views(self.flat))
+        self.grads = _pairs(self.layout.views(self.grad_flat))
+        self.coords = coords.to(like).expand(members, pixels, coords.shape[1]).contiguous()
+        self.target_t = target.transpose(1, 2).contiguous()
+        width = params[0][0].shape[2]
+        sine_layers = len(params) - 1
+        self.sines = [like.new_empty(members, pixels, width) for _ in range(sine_layers)]
+        self.cosines = [like.new_empty(members, pixels, width) for _ in range(sine_layers)]
+        self.back = [like.new_empty(members, pixels, width) for _ in range(2)]
+        self.pred_t = like.new_empty(members, 3, pixels)
+        self.grad_t = like.new_empty(members, 3, pixels)
+        self.last_grad_t = like.new_empty(members, 3, width)
+        self.loss = like.new_empty(members)
+        self.slots = slots if slots is not None else torch.full((1,), -1, dtype=torch.int32, device=device)
+        self.snaps = like.new_empty(members, max(1, n_slots), pixels, 3)
+        self.epoch = epoch if epoch is not None else torch.zeros(1, dtype=torch.int64, device=device)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
+        """Loss [M] and predictions [M, pixels, 3] before the update, and the gradients (workspace views)."""
+        params, grads, w0, precision = self.params, self.grads, self.w0, self.precision
+        x = self.coords
+        for (w, b), s, c in zip(params[:-1], self.sines, self.cosines):
+            product(s, x, w, w0, precision)
+            fused.sincos_bias_(s, c, b, w0)
+            x = s
+        w, b = params[-1]
+        product(self.pred_t, w.transpose(1, 2), x.transpose(1, 2), 1.0, precision)
+        gw, gb = grads[-1]
+        fused.head(
+            self.pred_t, b, self.target_t, self.grad_t, self.loss, gb, self.snaps, self.slots, self.epoch, self.scale
+        )
+        gw.copy_(product(self.last_grad_t, self.grad_t, x, 1.0, precision).transpose(1, 2))
+        grad = product(self.back[0], self.grad_t.transpose(1, 2), w.transpose(1, 2), 1.0, precision)
+        for layer in range(len(params) - 2, -1, -1):
+            gw, gb = grads[layer]
+            fused.cos_grad_(grad, self.cosines[layer], gb, w0)
+            inputs = self.coords if layer == 0 else self.sines[layer - 1]
+            product(gw, inputs.transpose(1, 2), grad, w0, precision)
+            if layer > 0:
+                free = self.back[1] if grad.data_ptr() == self.back[0].data_ptr() else self.back[0]
+                grad = product(free, grad, params[layer][0].transpose(1, 2), w0, precision)
+        return self.loss, self.pred_t.transpose(1, 2), grads
+
+
+class FusedChunk:
+    """A chunk's whole fit on the device: step, schedule, Adam, and the per-epoch records."""
+
+    def __init__(
+        self,
+        params: Params,
+        coords: torch.Tensor,
+        target: torch.Tensor,
+        train: TrainConfig,
+        w0: float,
+        slots: dict[int, int],
+    ):
+        members, device = target.shape[0], target.device
+        self.train = train
+        table = torch.full((train.epochs,), -1, dtype=torch.int32)
+        for epoch, slot in slots.items():
+            table[epoch] = slot
+        self.state = fused.Schedule.start(train.lr, members, device)
+        self.step = FusedStep(
+            params, coords, target, w0, train.matmul_precision, table.to(device), len(slots), self.state.epoch
+        )
+        self.exp_avg, self.exp_avg_sq = self.step.layout.buffer(target), self.step.layout.buffer(target)
+        self.losses = torch.empty(train.epochs, members, device=device)
+        self.lrs = torch.empty(train.epochs, members, dtype=torch.float64, device=device)
+        hls, hfs = len(params) - 2, params[0][0].shape[2]
+        work = flops_per_member_epoch(hls, hfs, target.shape[1]) * members
+        self.epochs_per_graph = int(max(1, min(MAX_EPOCHS_PER_GRAPH, FLOPS_PER_REPLAY // work)))
+
+    def epoch(self) -> None:
+        """One epoch's launches; nothing is read back."""
+        train = self.train
+        betas = tuple(train.betas)
+        loss, _, _ = self.step()
+        fused.schedule(
+            self.state, loss, self.losses, self.lrs, betas,
+            train.plateau_factor, train.plateau_patience, train.plateau_threshold,
+        )  # fmt: skip
+        fused.adam(
+            self.step.layout, self.step.flat, self.step.grad_flat, self.exp_avg, self.exp_avg_sq, self.state,
+            betas, train.eps,
+        )  # fmt: skip
+
+    def run(self, capture: bool, progress=None) -> None:
+        """All epochs: the first eagerly (it compiles the kernels), then graphs of `epochs_per_graph` epochs
+        replayed, then any remainder eagerly. `progress(done, loss)` is called every PROGRESS_EVERY epochs."""
+        epochs, done, reported = self.train.epochs, 0, 0
+
+        def advance(n: int) -> None:
+            nonlocal done, reported
+            done += n
+            if progress is not None and (done - reported >= PROGRESS_EVERY or done == epochs):
+                progress(done - reported, self.step.loss)
+                reported = done
+
+        if capture and epochs > 1:
+            current = torch.cuda.current_stream()
+            side = torch.cuda.Stream(device=self.losses.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                self.epoch()
+            current.wait_stream(side)
+            advance(1)
+            per_graph = min(self.epochs_per_graph, epochs - done)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(per_graph):
+                    self.epoch()
+            while epochs - done >= per_graph:
+                graph.replay()
+                advance(per_graph)
+        while done < epochs:
+            self.epoch()
+            advance(1)
+
+    def snapshots(self) -> torch.Tensor:
+        return self.step.snaps
+
+
+def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, result: FitResult, bar) -> Params:
+    """One chunk of `fit_batched` through `FusedChunk`; CUDA graphs when on CUDA and train.cuda_graphs."""
+    target = targets[chunk].to(device)
+    chunk_params = [(w[chunk].to(device), b[chunk].to(device)) for w, b in params]
+    runner = FusedChunk(chunk_params, coords, target, train, w0, slots)
+    members = target.shape[0]
+
+    def progress(epochs: int, loss: torch.Tensor) -> None:
+        bar.update(epochs * members)
+        if bar.disable is False:
+            bar.set_postfix(members=members, psnr=f"{psnr_from_loss(loss).nanmean().item():.1f}")
+
+    runner.run(capture=device.type == "cuda" and train.cuda_graphs, progress=progress)
+    result.loss[chunk] = runner.losses.T.cpu()
+    result.lr[chunk] = runner.lrs.T.cpu()
+    if slots:
+        result.snapshots[chunk] = runner.snapshots().cpu()
+    return [(w.cpu().clone(), b.cpu().clone()) for w, b in runner.step.params]

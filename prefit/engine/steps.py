@@ -1,0 +1,165 @@
+"""The batched SIREN's step: forward and hand-written backward of stacked members, in two forms.
+
+`SirenStep` runs torch ops (one batched product per layer) on any device; `CpuStep` runs the same
+arithmetic compiled (`prefit.kernels`), member after member in a core's cache. The CUDA engine's fused
+step (`prefit.engine.cuda.FusedStep`) is a third form of the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from prefit.kernels import siren_step
+from prefit.model import Params
+
+
+def batched_forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Tensor:
+    """Predictions [M, pixels, 3] of stacked SIRENs on shared coordinates [pixels, 2] (differentiable)."""
+    x = coords.expand(params[0][0].shape[0], *coords.shape)
+    for w, b in params[:-1]:
+        x = torch.sin(w0 * torch.baddbmm(b, x, w))
+    w, b = params[-1]
+    return torch.baddbmm(b, x, w)
+
+
+class SirenStep:
+    """Forward and hand-written backward of stacked SIRENs, in buffers allocated once per chunk.
+
+    Forward: s_l = a_{l-1} (w0 W_l) + w0 b_l, a_l = sin(s_l) for the sine layers, y = a_L W + b.
+    Backward: dy = 2 (y - t) / (pixels * 3); for a sine layer g = da * cos(s_l);
+    dW_l = w0 a_{l-1}^T g, db_l = w0 sum over pixels of g, da_{l-1} = g (w0 W_l)^T.
+
+    Why this shape:
+    - buffers live as long as the chunk: fresh activations every epoch would come back from the OS as new
+      pages that fault on first touch;
+    - w0 multiplies the small weight matrices, never the activations;
+    - the last layer (3 outputs) is computed transposed, [3, pixels] per member: a matrix product with 3 columns
+      runs several times slower than the same product with 3 rows.
+    """
+
+    def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
+        members, pixels = target.shape[0], target.shape[1]
+        like = params[0][0]
+        self.params = [(w.clone(), b.clone()) for w, b in params]  # its own copy, updated in place by the optimiser
+        self.w0 = w0
+        self.scale = 2.0 / (pixels * target.shape[2])
+        self.coords = coords.to(like).expand(members, pixels, coords.shape[1]).contiguous()
+        self.target_t = target.transpose(1, 2).contiguous()  # [M, 3, pixels]
+        widths = [w.shape[2] for w, _ in params[:-1]]
+        self.scaled = [torch.empty_like(w) for w, _ in params[:-1]]  # w0 W
+        self.scaled_bias = [torch.empty_like(b) for _, b in params[:-1]]  # w0 b
+        self.sines = [like.new_empty(members, pixels, h) for h in widths]
+        self.cosines = [like.new_empty(members, pixels, h) for h in widths]
+        self.back = [like.new_empty(members, pixels, widths[0]) for _ in range(2)]  # all sine layers are hfs wide
+        self.pred_t = like.new_empty(members, 3, pixels)
+        self.residual_t = like.new_empty(members, 3, pixels)
+        self.grads: Params = [(torch.empty_like(w), torch.empty_like(b)) for w, b in params[:-1]]
+        w, b = params[-1]
+        self.last_grad_t = like.new_empty(members, w.shape[2], w.shape[1])  # the product's layout, [M, 3, hfs]
+        self.grads.append((torch.empty_like(w), torch.empty_like(b)))
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
+        """Per-member loss [M] and predictions [M, pixels, 3] before the update, and the gradients.
+
+        The returned predictions and gradients live in the workspace: they are overwritten by the next call.
+        """
+        params, w0 = self.params, self.w0
+        x = self.coords
+        for (w, b), ws, bs, s, c in zip(params[:-1], self.scaled, self.scaled_bias, self.sines, self.cosines):
+            torch.mul(w, w0, out=ws)
+            torch.mul(b, w0, out=bs)
+            torch.bmm(x, ws, out=s)
+            s.add_(bs)
+            torch.cos(s, out=c)
+            s.sin_()
+            x = s
+        w, b = params[-1]
+        torch.bmm(w.transpose(1, 2), x.transpose(1, 2), out=self.pred_t).add_(b.transpose(1, 2))
+        residual = torch.sub(self.pred_t, self.target_t, out=self.residual_t)
+        flat = residual.view(residual.shape[0], -1)
+        loss = torch.linalg.vecdot(flat, flat) / flat.shape[1]
+        grad_t = residual.mul_(self.scale)  # dy, transposed [M, 3, pixels]
+        gw, gb = self.grads[-1]
+        gw.copy_(torch.bmm(grad_t, x, out=self.last_grad_t).transpose(1, 2))
+        torch.sum(grad_t, dim=2, out=gb.view(gb.shape[0], -1))
+        grad = torch.bmm(grad_t.transpose(1, 2), w.transpose(1, 2), out=self.back[0])
+        for layer in range(len(params) - 2, -1, -1):
+            gw, gb = self.grads[layer]
+            grad.mul_(self.cosines[layer])
+            inputs = self.coords if layer == 0 else self.sines[layer - 1]
+            torch.bmm(inputs.transpose(1, 2), grad, out=gw).mul_(w0)
+            torch.sum(grad, dim=1, keepdim=True, out=gb).mul_(w0)
+            if layer > 0:
+                ws = self.scaled[layer]
+                free = self.back[1] if grad.data_ptr() == self.back[0].data_ptr() else self.back[0]
+                grad = torch.bmm(grad, ws.transpose(1, 2), out=free)
+        return loss, self.pred_t.transpose(1, 2), self.grads
+
+
+class CpuStep:
+    """SirenStep's CPU twin: the same forward and backward, compiled (`prefit.kernels.siren_step`).
+
+    It owns its chunk's parameters, stored so that the compiled step can index them: the first layer
+    W [M, 2, hfs], the hidden layers stacked W [hls, M, hfs, hfs], the last layer W [M, hfs, 3] (biases alike);
+    `params` and the gradients are lists of (W, b) views into them, in the engine's usual layout, so the
+    optimiser never knows. The step works member after member in a workspace of one member's activations
+    ([pixels, hfs] per layer, reused), which stays near the core: in its own cache at narrow widths.
+    """
+
+    def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
+        members, pixels, width = target.shape[0], target.shape[1], params[0][0].shape[2]
+        hls = len(params) - 2
+
+        hidden = [torch.stack([p[k] for p in params[1:-1]]) for k in (0, 1)]  # hls >= 1 (config.validate)
+        layers = [params[0][0], params[0][1], *hidden, params[-1][0], params[-1][1]]
+        self.store = [x.detach().clone(memory_format=torch.contiguous_format) for x in layers]
+        self.grad_store = [torch.empty_like(x) for x in self.store]
+        self.params = self._pairs(self.store)
+        self.grads = self._pairs(self.grad_store)
+        self.loss = torch.empty(members)
+        self.pred_t = torch.empty(members, 3, pixels)
+        f32 = np.float32
+        self.args = (
+            coords.detach().to(torch.float32).contiguous().numpy(),
+            *(x.numpy() for x in self.store),
+            target.transpose(1, 2).contiguous().numpy(),
+            float(w0),
+            2.0 / (pixels * target.shape[2]),
+            self.loss.numpy(),
+            self.pred_t.numpy(),
+            *(g.numpy() for g in self.grad_store),
+            np.empty((hls + 1, pixels, width), f32),  # sines
+            np.empty((hls + 1, pixels, width), f32),  # cosines
+            np.empty((2, pixels, width), f32),  # gradients flowing back
+            np.empty((6, width), f32),  # rows: first-layer weights; the last layer's W^T and dW^T
+            np.empty(width, f32),  # a layer's w0 b, then its bias gradient
+            np.empty((3, pixels), f32),  # residual
+        )
+
+    @staticmethod
+    def _pairs(store: list[torch.Tensor]) -> Params:
+        first_w, first_b, hidden_w, hidden_b, last_w, last_b = store
+        return [(first_w, first_b), *zip(hidden_w, hidden_b), (last_w, last_b)]
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
+        """As SirenStep: loss [M], predictions [M, pixels, 3] (views into the workspace), gradients."""
+        siren_step(*self.args)
+        return self.loss, self.pred_t.transpose(1, 2), self.grads
+
+
+def make_step(
+    params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float, kernels: str = "compiled"
+) -> SirenStep | CpuStep:
+    """The host-driven loop's step: `compiled` (CPU only) or `torch` (any device)."""
+    kind = CpuStep if kernels == "compiled" and params[0][0].device.type == "cpu" else SirenStep
+    return kind(params, coords, target, w0)
+
+
+def loss_and_grads(
+    params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float
+) -> tuple[torch.Tensor, torch.Tensor, Params]:
+    """One forward and backward pass of the torch step (the engine keeps a step per chunk)."""
+    loss, pred, grads = SirenStep(params, coords, target, w0)()
+    return loss, pred.clone(), [(gw.clone(), gb.clone()) for gw, gb in grads]
+

@@ -1,0 +1,166 @@
+"""The fused CUDA kernels (prefit.fused) and the engine built on them (prefit.engine.cuda) against the plain path.
+
+Without a GPU these run under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), on small
+images (8 x 8 pixels) so that the interpreter's per-launch cost stays small. tests/test_cuda.py runs the
+compiled kernels on a GPU.
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="Triton is not installed (it is on Linux x86-64)")
+
+from prefit import fused  # noqa: E402
+from prefit.config import ConfigError, TrainConfig  # noqa: E402
+from prefit.engine import SirenStep, fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
+from prefit.engine.cuda import FusedStep  # noqa: E402
+from prefit.model import init_params, stack_params, triple_generator  # noqa: E402
+from prefit.optim import BatchedAdam, BatchedPlateau  # noqa: E402
+from prefit.precision import product, split_tf32  # noqa: E402
+
+if not fused.available(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
+    pytest.skip("the fused kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def small_grid(side: int = 8) -> torch.Tensor:
+    lin = torch.linspace(-1, 1, side)
+    return torch.stack(torch.meshgrid(lin, lin, indexing="ij"), -1).reshape(-1, 2)
+
+
+def targets(n: int, coords: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    freqs = torch.randn(n, 2, 3, generator=g) * 3
+    return 0.8 * torch.sin(torch.einsum("pc,nck->npk", coords, freqs))
+
+
+def members(n: int, hls: int, hfs: int):
+    return stack_params([init_params(hls, hfs, 30.0, triple_generator(3, i)) for i in range(n)])
+
+
+@pytest.mark.parametrize("hls,hfs", [(1, 5), (3, 12)])
+def test_fused_step_equals_the_torch_step(hls, hfs):
+    coords = small_grid()
+    params, target = members(3, hls, hfs), targets(3, coords)
+    plain = SirenStep(params, coords, target, 30.0)
+    loss, pred, grads = plain()
+    step = FusedStep([(w.to(DEVICE), b.to(DEVICE)) for w, b in params], coords.to(DEVICE), target.to(DEVICE), 30.0)
+    f_loss, f_pred, f_grads = step()
+    torch.testing.assert_close(f_loss.cpu(), loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(f_pred.cpu(), pred, rtol=1e-5, atol=1e-6)
+    for (gw, gb), (fw, fb) in zip(grads, f_grads):
+        torch.testing.assert_close(fw.cpu(), gw, rtol=1e-4, atol=1e-5 * gw.abs().max().item())
+        torch.testing.assert_close(fb.cpu(), gb, rtol=1e-4, atol=1e-5 * gb.abs().max().item())
+
+
+def test_sincos_bias_and_cos_grad_are_the_torch_ops():
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(3, 37, 20, generator=g) * 20
+    b = torch.randn(3, 1, 20, generator=g)
+    out_s, out_c = s.clone().to(DEVICE), torch.empty_like(s, device=DEVICE)
+    fused.sincos_bias_(out_s, out_c, b.to(DEVICE), 30.0)
+    x = s + 30.0 * b
+    torch.testing.assert_close(out_s.cpu(), torch.sin(x), rtol=0, atol=2e-6)
+    torch.testing.assert_close(out_c.cpu(), torch.cos(x), rtol=0, atol=2e-6)
+    grad = torch.randn(3, 37, 20, generator=g)
+    cos = torch.randn(3, 37, 20, generator=g)
+    out_g, gb = grad.clone().to(DEVICE), torch.empty(3, 1, 20, device=DEVICE)
+    fused.cos_grad_(out_g, cos.to(DEVICE), gb, 30.0)
+    torch.testing.assert_close(out_g.cpu(), grad * cos)
+    torch.testing.assert_close(gb.cpu(), 30.0 * (grad * cos).sum(dim=1, keepdim=True), rtol=1e-5, atol=1e-5)
+
+
+def test_schedule_and_adam_equal_the_batched_optimisers():
+    """Per-member learning rates, plateau reductions (patience 2, a loss that stops improving) and Adam's
+    bias corrections, step for step against prefit.optim (itself tested against torch's)."""
+    g = torch.Generator().manual_seed(2)
+    shapes = [(4, 2, 6), (4, 1, 6), (4, 6, 3), (4, 1, 3)]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    ref = [p.clone() for p in start]
+    lr = torch.tensor([1e-3, 2e-3, 5e-4, 1e-3], dtype=torch.float64)
+    adam = BatchedAdam(ref, lr, betas=(0.9, 0.999), eps=1e-8)
+    plateau = BatchedPlateau(lr, factor=0.5, patience=2, threshold=1e-4)
+
+    layout = fused.FlatParams([torch.Size(s) for s in shapes], DEVICE)
+    flat, grad_flat = layout.buffer(start[0].to(DEVICE)), layout.buffer(start[0].to(DEVICE))
+    for view, p in zip(layout.views(flat), start):
+        view.copy_(p)
+    m, v = layout.buffer(flat), layout.buffer(flat)
+    state = fused.Schedule.start(1e-3, 4, DEVICE)
+    state.lr.copy_(lr)
+    epochs = 12
+    losses = torch.empty(epochs, 4, device=DEVICE)
+    lrs = torch.empty(epochs, 4, dtype=torch.float64, device=DEVICE)
+    ref_lrs = []
+    for epoch in range(epochs):
+        loss = torch.tensor([1.0 / (epoch + 1), 1.0, 0.5 if epoch < 3 else 0.6, float("nan")])
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        ref_lrs.append(lr.clone())
+        adam.step(grads)
+        plateau.step(loss)
+        for view, grad in zip(layout.views(grad_flat), grads):
+            view.copy_(grad)
+        fused.schedule(state, loss.to(DEVICE), losses, lrs, (0.9, 0.999), 0.5, 2, 1e-4)
+        fused.adam(layout, flat, grad_flat, m, v, state, (0.9, 0.999), 1e-8)
+    assert state.epoch.item() == epochs
+    torch.testing.assert_close(lrs.cpu(), torch.stack(ref_lrs), rtol=0, atol=0)
+    assert lr[1] < 1e-3 and lr[0] == 1e-3  # the schedule did act, on the stuck members only
+    torch.testing.assert_close(state.lr.cpu(), lr, rtol=0, atol=0)
+    for view, p in zip(layout.views(flat), ref):
+        torch.testing.assert_close(view.cpu(), p, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_engine_equals_the_sequential_engine():
+    coords = small_grid()
+    params, target = members(3, 2, 8), targets(3, coords)
+    train = TrainConfig(
+        epochs=40, progress=False, kernels="fused", snapshot_epochs=[0, 7, -1], plateau_patience=2, plateau_threshold=0.2
+    )
+    a = fit_batched(params, target, coords, train, 30.0, DEVICE, max_members=2)
+    b = fit_sequential(params, target, coords, train, 30.0, torch.device("cpu"))
+    gap = (psnr_from_loss(a.loss) - psnr_from_loss(b.loss)).abs().max().item()
+    assert gap < 1e-3, f"fused and sequential engines differ by {gap:.2e} dB"
+    assert torch.equal(a.lr, b.lr)
+    assert (b.lr[:, -1] < train.lr).any()  # the plateau schedule acted within the run
+    torch.testing.assert_close(a.snapshots, b.snapshots, rtol=1e-4, atol=1e-4)
+    for (wa, ba), (wb, bb) in zip(a.params, b.params):
+        torch.testing.assert_close(wa, wb, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ba, bb, rtol=1e-4, atol=1e-5)
+
+
+def test_tf32_split_is_exact_and_rounds_to_ten_mantissa_bits():
+    x = torch.randn(5, 33, 17, generator=torch.Generator().manual_seed(4)) * 100
+    hi, lo = split_tf32(x)
+    assert torch.equal(hi + lo, x)
+    assert (hi.view(torch.int32) & 0x1FFF).eq(0).all()
+    assert (lo.abs() <= hi.abs() * 2.0**-11).all()
+    bits = (x.view(torch.int32) + 0x1000) & -0x2000  # the same rounding in torch ops
+    assert torch.equal(hi, bits.view(torch.float32))
+
+
+def test_3xtf32_products_are_fp32_accurate():
+    """On a CPU the three products run in fp32, so this checks the split and the sum; tests/test_cuda.py checks
+    the tensor-core version. Emulating TF32 operands shows why three products recover fp32 accuracy."""
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(4, 64, 48, generator=g), torch.randn(4, 48, 32, generator=g)
+    exact = torch.bmm(a.double(), b.double()) * 30.0
+    out = product(torch.empty(4, 64, 32), a.to(DEVICE), b.to(DEVICE), 30.0, "3xtf32").cpu()
+    assert ((out.double() - exact).abs().max() / exact.abs().max()) < 1e-6
+
+    def tf32(t):  # what a tensor core reads of an fp32 operand
+        return ((t.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32).double()
+
+    one = torch.bmm(tf32(a), tf32(b)) * 30.0
+    (a_hi, a_lo), (b_hi, b_lo) = split_tf32(a), split_tf32(b)
+    three = (torch.bmm(tf32(a_hi), tf32(b_lo)) + torch.bmm(tf32(a_lo), tf32(b_hi)) + torch.bmm(tf32(a_hi), tf32(b_hi)))
+    one_err = ((one - exact).abs().max() / exact.abs().max()).item()
+    three_err = ((three * 30.0 - exact).abs().max() / exact.abs().max()).item()
+    assert three_err < 1e-6 < 1e-4 < one_err
+
+
+def test_3xtf32_needs_the_fused_step():
+    coords = small_grid()
+    train = TrainConfig(epochs=2, progress=False, kernels="compiled", matmul_precision="3xtf32")
+    with pytest.raises(ConfigError, match="3xtf32"):
+        fit_batched(members(1, 1, 4), targets(1, coords), coords, train, 30.0, torch.device("cpu"), max_members=1)
