@@ -11,15 +11,18 @@ ARGS ?=
 RUN_DIR ?= outputs/sweeps/run
 GRID_DIR ?= outputs/sweeps/grid
 REPRO_DIR ?= outputs/sweeps/repro
+STUDY_DIR ?= outputs/sweeps/study
 SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
 
-.PHONY: install run grid repro analyze notebook test lint bench clean help report
+.PHONY: install run grid repro study analyze notebook test lint bench clean help report
 
 help:
 	@echo "make run       small study (hls 2,3 x hfs 32,64, 20 triples, 2000 epochs) + analysis -> $(RUN_DIR)"
 	@echo "make grid      the full 42-cell grid, independent protocol -> $(GRID_DIR)"
 	@echo "make repro     the full grid, chained protocol (reproduces the original figures) -> $(REPRO_DIR)"
+	@echo "make study     the full grid under both protocols, both analyses, the protocol report -> $(STUDY_DIR)"
+	@echo "               (resumable; ARGS narrow both sweeps, e.g. ARGS='model.hls=2 model.hfs=32,64 +experiment=smoke')"
 	@echo "make analyze SWEEP=DIR   curves, AUC, figures, summary of a sweep -> DIR/analysis"
 	@echo "make notebook  execute notebooks/analysis.ipynb on SWEEP's analysis"
 	@echo "make report SWEEP_INDEPENDENT=DIR SWEEP_CHAINED=DIR   docs/findings.md: chained vs independent"
@@ -48,6 +51,30 @@ repro: install
 	$(PY) -m prefit.train -m +experiment=repro hydra.sweep.dir=$(REPRO_DIR) $(ARGS)
 	$(PY) -m prefit.analyze $(REPRO_DIR)
 	@echo "results: $(REPRO_DIR)/; analysis: $(REPRO_DIR)/analysis/"
+
+# The whole study: the grid under the independent protocol (grid preset) and under the chained one (repro preset),
+# each in its own folder, then both analyses and the protocol report, all in STUDY_DIR. Rerunning it resumes: cells
+# with a complete result are skipped. ARGS go to both sweeps; a preset in ARGS (+experiment=NAME) is composed after
+# grid/repro (Hydra takes one +experiment, so it becomes '+experiment=[grid,NAME]'), e.g.
+#   make study ARGS='model.hls=2 model.hfs=32 +experiment=smoke dataset=cifar_dir dataset.path=DIR'
+# ANALYSIS_ARGS go to both analyses and the report, e.g. ANALYSIS_ARGS='analysis.psnr_cap=59'.
+ANALYSIS_ARGS ?=
+empty :=
+space := $(empty) $(empty)
+comma := ,
+STUDY_PRESETS := $(subst [,,$(subst ],,$(patsubst +experiment=%,%,$(filter +experiment=%,$(ARGS)))))
+STUDY_ARGS := $(filter-out +experiment=%,$(ARGS))
+study_experiment = '+experiment=[$(subst $(space),$(comma),$(strip $(1) $(STUDY_PRESETS)))]'
+
+study: install
+	$(PY) -m prefit.train -m $(call study_experiment,grid) hydra.sweep.dir=$(STUDY_DIR)/independent $(STUDY_ARGS)
+	$(PY) -m prefit.train -m $(call study_experiment,repro) hydra.sweep.dir=$(STUDY_DIR)/chained $(STUDY_ARGS)
+	$(PY) -m prefit.analyze $(STUDY_DIR)/independent $(ANALYSIS_ARGS)
+	$(PY) -m prefit.analyze $(STUDY_DIR)/chained $(ANALYSIS_ARGS)
+	$(PY) -m prefit.report --independent $(STUDY_DIR)/independent --chained $(STUDY_DIR)/chained \
+		--out $(STUDY_DIR)/findings.md $(ANALYSIS_ARGS)
+	@echo "results: $(STUDY_DIR)/independent/ and $(STUDY_DIR)/chained/ (analysis/ in each);" \
+		"protocol report: $(STUDY_DIR)/findings.md"
 
 analyze: install
 	$(PY) -m prefit.analyze $(SWEEP)

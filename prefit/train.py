@@ -21,6 +21,8 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ from omegaconf.errors import OmegaConfBaseException
 import prefit
 from prefit.config import Config, ConfigError, register, validate
 from prefit.data import DataError, draw_triples, load_images
-from prefit.engine import auto_max_members, resolve_device
+from prefit.devices import acquire, cuda_capacities
+from prefit.engine import auto_max_members, cuda_bytes_per_member, resolve_device
 from prefit.io import atomic_path, write_json
 from prefit.schemes import build_plan, run_plan
 
@@ -46,6 +49,11 @@ register()
 
 # Settings that change how a job runs but not what it computes: ignored when deciding to skip a job.
 EXECUTION_KEYS = ("overwrite", "progress", "device", "threads", "max_members")
+# What a job holds on a CUDA device besides its members (context, cuBLAS workspace), leased or not: reserved on
+# every device for every job of the sweep, since a worker keeps its context between jobs.
+CUDA_CONTEXT_BYTES = 512 * 2**20
+# A job sharing a device starts once this many of its members (or all, if fewer) fit beside the others.
+MIN_CHUNK = 8
 
 
 def study_config(cfg: Config) -> dict[str, Any]:
@@ -86,24 +94,25 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     started = time.time()
     threads = set_threads(cfg, parallel_jobs)
     device = resolve_device(cfg.train.device)
-    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
+    # torch knows highest and high; 3xtf32 is the engine's own products (prefit.precision), fp32 everywhere else
+    torch.set_float32_matmul_precision("high" if cfg.train.matmul_precision == "high" else "highest")
     data = load_images(cfg.dataset)
     triples = draw_triples(data.labels, cfg.dataset.n_triples, cfg.seed)
     plan = build_plan(cfg, data, triples)
-    max_members = cfg.train.max_members or auto_max_members(cfg.model.hls, cfg.model.hfs, device)
-    log.info(
-        "%s: %d members, %d triples, schemes %s, protocol %s, engine %s on %s (%d threads, %d at once)",
-        cell,
-        len(plan.members),
-        len(triples),
-        cfg.scheme.selected(),
-        cfg.protocol.name,
-        cfg.train.engine,
-        device,
-        threads,
-        max_members,
-    )
-    result = run_plan(cfg, plan, device, max_members)
+    with device_share(cfg, device, len(plan.members), parallel_jobs) as (device, max_members, lease):
+        log.info(
+            "%s: %d members, %d triples, schemes %s, protocol %s, engine %s on %s (%d threads, %d at once)",
+            cell,
+            len(plan.members),
+            len(triples),
+            cfg.scheme.selected(),
+            cfg.protocol.name,
+            cfg.train.engine,
+            device,
+            threads,
+            max_members,
+        )
+        result = run_plan(cfg, plan, device, max_members)
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "psnr.parquet") as tmp:
@@ -120,6 +129,7 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         "device": str(device),
         "threads": threads,
         "max_members": max_members,
+        "lease": lease,
         "data": data.source,
         **result.info,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "prefit": prefit.__version__},
@@ -131,6 +141,44 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     write_json(out / "run.json", record)
     log.info("%s: done in %.1f s -> %s", cell, record["wall_s"], out)
     return record
+
+
+@contextmanager
+def device_share(
+    cfg: Config, device: torch.device, members: int, parallel_jobs: int = 1
+) -> Iterator[tuple[torch.device, int, dict[str, Any] | None]]:
+    """The device, chunk size and lease (None on a CPU) a cell runs with, for as long as the block runs.
+
+    On CUDA the jobs of a sweep share the machine's devices through the ledger of `prefit.devices`: a job asks
+    for all its members' memory (`cuda_bytes_per_member`), or for `train.max_members` of them when that is set,
+    starts once MIN_CHUNK of them fit on some device, and sizes its chunks for what it was granted. So narrow
+    cells run side by side, and a wide one takes what the others leave or waits; none runs a device out.
+    """
+    hls, hfs = cfg.model.hls, cfg.model.hfs
+    if device.type != "cuda":
+        yield device, cfg.train.max_members or auto_max_members(hls, hfs, device), None
+        return
+    per_member = cuda_bytes_per_member(hls, hfs)
+    at_once = min(members, cfg.train.max_members or members)
+    need = at_once * per_member
+    least = need if cfg.train.max_members else min(at_once, MIN_CHUNK) * per_member
+    only = None if device.index is None else [device.index]
+    capacities = cuda_capacities(reserve_bytes=parallel_jobs * CUDA_CONTEXT_BYTES, only=only)
+    with acquire(need, least, capacities, label=f"{hls}x{hfs}") as lease:
+        device = torch.device("cuda", lease.device)
+        torch.cuda.set_device(device)  # work that names no device (streams, caches) lands there too
+        max_members = cfg.train.max_members or auto_max_members(hls, hfs, device, budget_bytes=lease.granted_bytes)
+        record = {
+            "device": lease.device,
+            "granted_bytes": lease.granted_bytes,
+            "need_bytes": need,
+            "capacity_bytes": capacities[lease.device],
+            "waited_s": lease.waited_s,
+        }
+        try:
+            yield device, max_members, record
+        finally:
+            torch.cuda.empty_cache()  # hand the allocator's cached blocks back before the lease, for the next job
 
 
 def _parallel_jobs() -> int:

@@ -12,8 +12,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+from prefit import train as app
 from prefit.analyze import check_schema
+from prefit.config import Config
+from prefit.devices import LEDGER_ENV, entries
+from prefit.engine import auto_max_members, cuda_bytes_per_member
 
 REQUIRED = [
     "hls",
@@ -93,6 +98,7 @@ def test_single_cell_writes_skips_and_overwrites(cifar_dir, tmp_path):
     check_schema(out / "psnr.parquet", pq.read_schema(out / "psnr.parquet"))  # what the analysis will accept
     recon = np.load(out / "recon.npz")
     assert recon["recon"].shape == (9, 2, 32, 32, 3)  # 3 triples x 3 schemes; epochs 0 and 19 (100, 500 > last)
+    assert json.loads((out / "run.json").read_text())["lease"] is None  # a CPU job takes no GPU lease
 
     again = train(*tiny(cifar_dir), f"hydra.run.dir={out}")
     assert "skipped" in again.stdout + again.stderr
@@ -118,6 +124,45 @@ def test_engines_and_protocols_through_the_app(cifar_dir, tmp_path):
     chain = pd.read_parquet(tmp_path / "chain" / "psnr.parquet")
     assert (chain.protocol == "chained").all() and sorted(chain.stage.unique()) == [0, 1, 2, 3, 4]
     assert set(chain[chain.phase == "fit"].scheme) == {"random", "same_class", "other_class"}
+
+
+def test_cuda_jobs_share_the_devices_through_the_ledger(tmp_path, monkeypatch):
+    """device_share without a GPU: capacities and set_device stand in for CUDA, the ledger is real."""
+    per = cuda_bytes_per_member(3, 64)
+    asked = []
+
+    def capacities(reserve_bytes: int = 0, only=None) -> dict[int, int]:
+        asked.append((reserve_bytes, only))
+        return {i: c for i, c in {0: 50 * per, 1: 120 * per}.items() if only is None or i in only}
+
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path))
+    monkeypatch.setattr(app, "cuda_capacities", capacities)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    cfg = Config()
+    cfg.model.hls, cfg.model.hfs = 3, 64
+    cuda = torch.device("cuda")
+    with app.device_share(cfg, cuda, 100, parallel_jobs=4) as (dev_a, chunk_a, lease_a):
+        assert asked == [(4 * app.CUDA_CONTEXT_BYTES, None)]
+        assert dev_a == torch.device("cuda", 1) and chunk_a == 100  # the most room; all members at once
+        assert lease_a["granted_bytes"] == lease_a["need_bytes"] == 100 * per
+        with app.device_share(cfg, cuda, 100) as (dev_b, chunk_b, lease_b):
+            assert dev_b == torch.device("cuda", 0) and chunk_b == 50  # what device 0 has room for
+            assert chunk_b == auto_max_members(3, 64, dev_b, budget_bytes=lease_b["granted_bytes"])
+            with app.device_share(cfg, cuda, 100) as (dev_c, chunk_c, _):
+                assert dev_c == torch.device("cuda", 1) and chunk_c == 20  # 20 >= MIN_CHUNK: starts narrow
+                assert len(entries(tmp_path)) == 3
+    assert entries(tmp_path) == []
+
+    cfg.train.max_members = 30  # set by the user: the lease is sized by it, the chunk is kept
+    with pytest.raises(RuntimeError):
+        with app.device_share(cfg, torch.device("cuda", 0), 100) as (dev, chunk, lease):
+            assert asked[-1] == (app.CUDA_CONTEXT_BYTES, [0])
+            assert dev == torch.device("cuda", 0) and chunk == 30 and lease["granted_bytes"] == 30 * per
+            raise RuntimeError("a failed fit gives its lease back")
+    assert entries(tmp_path) == []
+
+    with app.device_share(cfg, torch.device("cpu"), 100) as (dev, chunk, lease):
+        assert dev.type == "cpu" and chunk == 30 and lease is None and entries(tmp_path) == []
 
 
 BAD_INPUTS = [
