@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +48,13 @@ import torch
 import torch.nn.functional as F
 
 import prefit
+from prefit.bench_epoch import format_steady, steady_state_cell
 from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
 from prefit.engine import auto_max_members, fit_batched, fit_sequential, flops_per_member_epoch
 from prefit.io import write_json
 from prefit.model import Params, Siren, init_params, member_params, stack_params, triple_generator
+from prefit.precision import tf32
 
 ENGINES = ("batched", "sequential", "original")
 DEFAULT_CELLS = ((2, 32), (3, 128), (3, 512), (8, 1024))
@@ -85,7 +87,9 @@ class Options:
     warmup: int = 3
     budget: float = 25.0  # seconds of timed runs per engine and cell, estimated from the warm-up
     ceiling_size: int | None = None  # None: 2048 on a CPU, 4096 on a GPU
+    ceilings: dict[str, float] = field(default_factory=dict)  # measured by run_bench: fp32 (and tf32 on CUDA)
     out: Path = Path("bench.json")
+    steady: bool | None = None  # steady-state epoch times of one chunk (None: on CUDA only)
 
 
 QUICK = {
@@ -155,6 +159,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--budget", type=_positive(float), help="seconds of timed runs per engine and cell (default 25)")
     p.add_argument("--out", type=Path, help="where to write the JSON (default: ./bench.json)")
     p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
+    p.add_argument(
+        "--steady",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time one chunk's steady-state epochs (prefit.bench_epoch; default: on CUDA only)",
+    )
     args = p.parse_args(argv)
 
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
@@ -167,6 +177,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         values["engines"] = parse_engines(args.engines)
     if args.out is not None:
         values["out"] = args.out
+    if args.steady is not None:
+        values["steady"] = args.steady
     opts = Options(**values)
     opts.min_epochs = min(opts.min_epochs, opts.epochs)
     return opts
@@ -480,6 +492,18 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
     fastest = {engine: (s[0] if s else None) for engine, s in spread.items()}
     memory = max(memories, key=lambda m: m.peak_mb if not math.isnan(m.peak_mb) else -1.0, default=None)
 
+    steady = None
+    if opts.steady if opts.steady is not None else device.type == "cuda":
+        n = min(chunk, opts.members)
+        on_device = [(w[:n].to(device), b[:n].to(device)) for w, b in make_members(hls, hfs, n)]
+        seconds = min(2.0, opts.budget / 10)
+        steady = steady_state_cell(
+            on_device, coords.to(device), smooth_targets(n).to(device), W0, opts.ceilings, seconds_per_repeat=seconds
+        )
+        log(f"[{name}] steady state: " + format_steady([{"hls": hls, "hfs": hfs, "steady_state": steady}])[0])
+        if device.type == "cuda":  # the figure a study sees: captured epochs, transfers and set-up outside
+            ms["batched"] = steady["fused_graph"]["ms_per_member_epoch"]
+
     flops = flops_per_member_epoch(hls, hfs)
     gflops = flops / (ms["batched"] * 1e-3) / 1e9 if ms["batched"] else None
 
@@ -508,6 +532,8 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
         "warmup_epochs": opts.warmup,
         "mem_before_mb": _round(memories[0].before_mb) if memories else None,
         "flops_per_member_epoch": flops,
+        "batched_timing": "steady_state" if steady and device.type == "cuda" else "whole_fits",
+        "steady_state": steady,
     }
 
 
@@ -571,7 +597,7 @@ def format_table(result: dict[str, Any]) -> str:
         f" {result['settings']['repeats']} turns; x seq best: the sequential engine's fastest turn over the batched"
         " median"
     )
-    return "\n".join(lines)
+    return "\n".join(lines + format_steady(result["cells"]))
 
 
 def run_bench(opts: Options) -> dict[str, Any]:
@@ -583,11 +609,16 @@ def run_bench(opts: Options) -> dict[str, Any]:
     opts.ceiling_size = opts.ceiling_size or (4096 if device.type == "cuda" else 2048)
     log(f"bench: measuring the fp32 ceiling ({opts.ceiling_size}^2 torch.mm) on {device}")
     ceiling = measure_ceiling(device, opts.ceiling_size)
+    opts.ceilings = {"fp32": ceiling}
+    if device.type == "cuda":
+        with tf32(True):
+            opts.ceilings["tf32"] = measure_ceiling(device, opts.ceiling_size)
     machine = {
         "device": device.type,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "ceiling_gflops": _round(ceiling),
+        "ceiling_tf32_gflops": _round(opts.ceilings.get("tf32")),
         # extra fields
         "device_name": device_name(device),
         "cpu_count": os.cpu_count(),

@@ -48,7 +48,7 @@ log = logging.getLogger("prefit.train")
 register()
 
 # Settings that change how a job runs but not what it computes: ignored when deciding to skip a job.
-EXECUTION_KEYS = ("overwrite", "progress", "device", "threads", "max_members")
+EXECUTION_KEYS = ("overwrite", "progress", "device", "threads", "max_members", "kernels", "cuda_graphs")
 # What a job holds on a CUDA device besides its members (context, cuBLAS workspace), leased or not: reserved on
 # every device for every job of the sweep, since a worker keeps its context between jobs.
 CUDA_CONTEXT_BYTES = 512 * 2**20

@@ -139,3 +139,36 @@ def test_original_loop_fits_and_reports_host_psnr():
     )
     assert len(psnr) == 60 and all(math.isfinite(p) for p in psnr)
     assert psnr[-1] > psnr[0] + 0.5  # it fits
+
+
+def test_steady_state_epochs_are_timed_per_form_and_recorded(tmp_path):
+    """`--steady` times one chunk's epochs after a warm-up (prefit.bench_epoch): on a CPU the torch form only
+    (graphs need CUDA); the record has each form's ms, range and its share of the ceiling, and the table shows it."""
+    proc = bench("--quick", "--device", "cpu", "--cells", "1x8", "--steady", "--out", "b.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cell = json.loads((tmp_path / "b.json").read_text())["cells"][0]
+    steady = cell["steady_state"]
+    assert steady["members"] >= 1 and steady["epochs"] >= 10
+    torch_form = steady["torch_eager"]
+    low, high = torch_form["ms_range"]
+    assert 0 < low <= torch_form["ms_per_epoch"] <= high
+    assert close(torch_form["ms_per_member_epoch"] * steady["members"], torch_form["ms_per_epoch"])
+    flops = flops_per_member_epoch(1, 8) * steady["members"]
+    assert close(torch_form["gflops"], flops / torch_form["ms_per_epoch"] / 1e6, rel=1e-6)
+    assert "fused_graph" not in steady and cell["batched_timing"] == "whole_fits"
+    assert "steady 1x8" in proc.stdout
+
+
+def test_epoch_times_of_the_fused_loop_without_capture():
+    """The fused form runs under Triton's interpreter here; its timing restarts the records, not the fit."""
+    pytest.importorskip("triton")
+    from prefit import fused
+    from prefit.bench_epoch import epoch_times
+
+    if not fused.available(torch.device("cpu")):
+        pytest.skip("fused kernels need TRITON_INTERPRET=1 on a CPU")
+    coords = coordinate_grid(4)
+    params, targets = make_members(1, 4, 2), smooth_targets(2)[:, :16]
+    times = epoch_times(params, coords, targets, 30.0, epochs=3, repeats=2, forms=("fused_eager", "fused_graph"))
+    assert set(times) == {"fused_eager"}  # no CUDA, no graph
+    assert times["fused_eager"]["ms_per_epoch"] > 0

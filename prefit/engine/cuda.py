@@ -134,6 +134,8 @@ class FusedChunk:
         hls, hfs = len(params) - 2, params[0][0].shape[2]
         work = flops_per_member_epoch(hls, hfs, target.shape[1]) * members
         self.epochs_per_graph = int(max(1, min(MAX_EPOCHS_PER_GRAPH, FLOPS_PER_REPLAY // work)))
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_epochs = 0
 
     def epoch(self) -> None:
         """One epoch's launches; nothing is read back."""
@@ -150,8 +152,9 @@ class FusedChunk:
         )  # fmt: skip
 
     def run(self, capture: bool, progress=None) -> None:
-        """All epochs: the first eagerly (it compiles the kernels), then graphs of `epochs_per_graph` epochs
-        replayed, then any remainder eagerly. `progress(done, loss)` is called every PROGRESS_EVERY epochs."""
+        """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The graph is captured on
+        the first call, after one eager epoch (which compiles the kernels); later calls replay it.
+        `progress(epochs, loss)` is called every PROGRESS_EVERY epochs and at the end."""
         epochs, done, reported = self.train.epochs, 0, 0
 
         def advance(n: int) -> None:
@@ -161,7 +164,7 @@ class FusedChunk:
                 progress(done - reported, self.step.loss)
                 reported = done
 
-        if capture and epochs > 1:
+        if capture and self.graph is None and epochs > 1:
             current = torch.cuda.current_stream()
             side = torch.cuda.Stream(device=self.losses.device)
             side.wait_stream(current)
@@ -169,14 +172,15 @@ class FusedChunk:
                 self.epoch()
             current.wait_stream(side)
             advance(1)
-            per_graph = min(self.epochs_per_graph, epochs - done)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(per_graph):
+            self.graph_epochs = min(self.epochs_per_graph, epochs - done)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                for _ in range(self.graph_epochs):
                     self.epoch()
-            while epochs - done >= per_graph:
-                graph.replay()
-                advance(per_graph)
+        if capture and self.graph is not None:
+            while epochs - done >= self.graph_epochs:
+                self.graph.replay()
+                advance(self.graph_epochs)
         while done < epochs:
             self.epoch()
             advance(1)

@@ -1,0 +1,158 @@
+"""Steady-state epoch times of one chunk on a device: what `prefit.bench` reports on CUDA.
+
+A fit's first epochs pay for things a study pays once: Triton's compilation, cuBLAS's set-up, the graph's
+capture, and the weights' trip to the device and back. Timing whole short fits counts them per epoch
+(an 8 x 1024 cell cut to 5 epochs read 12 % of the ceiling this way, against about 60 % in a real run).
+Here a chunk is built and warmed up outside the clock, then `repeats` runs of `epochs` epochs are timed
+with CUDA events around the loop alone, and the median counts. Three forms of the epoch:
+
+- `fused_graph`: the CUDA engine as `prefit.train` runs it (fused kernels, captured epochs replayed);
+- `fused_eager`: the same launches, not captured (what capture buys);
+- `torch_eager`: the plain torch step with `prefit.optim`'s Adam and plateau (`train.kernels=torch`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from prefit.config import TrainConfig
+from prefit.engine.common import flops_per_member_epoch
+from prefit.engine.cuda import FusedChunk
+from prefit.engine.steps import SirenStep
+from prefit.model import Params
+from prefit.optim import BatchedAdam, BatchedPlateau
+
+FORMS = ("fused_graph", "fused_eager", "torch_eager")
+
+
+def _clock(device: torch.device) -> Callable[[Callable[[], None]], float]:
+    """Seconds one call takes on the device: CUDA events around it (no host gap counted), else perf_counter."""
+
+    def measure(work: Callable[[], None]) -> float:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            work()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        begin = time.perf_counter()
+        work()
+        return time.perf_counter() - begin
+
+    return measure
+
+
+def _torch_epochs(params: Params, coords: torch.Tensor, target: torch.Tensor, train: TrainConfig, w0: float):
+    """The plain path's epoch loop, as the host-driven engine runs it (losses and lrs recorded)."""
+    step = SirenStep(params, coords, target, w0)
+    members = target.shape[0]
+    lr = torch.full((members,), train.lr, dtype=torch.float64, device=target.device)
+    adam = BatchedAdam([t for pair in step.params for t in pair], lr, betas=tuple(train.betas), eps=train.eps)
+    plateau = BatchedPlateau(lr, train.plateau_factor, train.plateau_patience, train.plateau_threshold)
+    losses = torch.empty(train.epochs, members, device=target.device)
+
+    def run() -> None:
+        for epoch in range(train.epochs):
+            loss, _, grads = step()
+            losses[epoch] = loss
+            adam.step([g for pair in grads for g in pair])
+            plateau.step(loss)
+
+    return run
+
+
+def epoch_times(
+    params: Params,
+    coords: torch.Tensor,
+    target: torch.Tensor,
+    w0: float,
+    epochs: int = 200,
+    repeats: int = 5,
+    forms: tuple[str, ...] = FORMS,
+    precision: str = "highest",
+) -> dict[str, dict[str, float]]:
+    """Median and range of ms per epoch (the whole chunk) for each form, and its GFLOP/s.
+
+    `params` and `target` should already be on the device: their transfer is not part of an epoch.
+    """
+    device, members = target.device, target.shape[0]
+    hls, hfs = len(params) - 2, params[0][0].shape[2]
+    flops = flops_per_member_epoch(hls, hfs, target.shape[1]) * members
+    train = TrainConfig(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
+    measure = _clock(device)
+    out: dict[str, dict[str, float]] = {}
+    for form in forms:
+        if form == "torch_eager":
+            run = _torch_epochs(params, coords, target, train, w0)
+            run()  # warm-up: the allocator's pages, cuBLAS's handles
+        else:
+            capture = form == "fused_graph"
+            if capture and device.type != "cuda":
+                continue
+            chunk = FusedChunk(params, coords, target, train, w0, {})
+            chunk.run(capture=capture)  # warm-up: compiles the kernels (and captures the graph)
+
+            def run(chunk: FusedChunk = chunk, capture: bool = capture) -> None:
+                chunk.state.epoch.zero_()  # the records are rewritten from row 0; the schedule goes on
+                chunk.run(capture=capture)
+
+        seconds = [measure(run) for _ in range(repeats)]
+        ms = [1e3 * s / epochs for s in seconds]
+        median = statistics.median(ms)
+        out[form] = {"ms_per_epoch": median, "ms_range": [min(ms), max(ms)], "gflops": flops / (median * 1e-3) / 1e9}
+    return out
+
+
+def steady_state_cell(
+    params: Params,
+    coords: torch.Tensor,
+    target: torch.Tensor,
+    w0: float,
+    ceilings: dict[str, float],
+    seconds_per_repeat: float = 2.0,
+    repeats: int = 3,
+) -> dict:
+    """`epoch_times` for a cell's chunk, with epochs per repeat chosen from its flops (about
+    `seconds_per_repeat` at 60 % of the fp32 ceiling, 10 to 500 epochs), and each form's share of the fp32 and
+    TF32 ceilings. What bench.json records under a cell's `steady_state`."""
+    members = target.shape[0]
+    hls, hfs = len(params) - 2, params[0][0].shape[2]
+    per_member = flops_per_member_epoch(hls, hfs, target.shape[1])
+    rate = 0.6 * ceilings["fp32"] * 1e9
+    epochs = int(min(500, max(10, seconds_per_repeat * rate / (per_member * members))))
+    forms = FORMS if target.device.type == "cuda" else ("torch_eager",)
+    times = epoch_times(params, coords, target, w0, epochs=epochs, repeats=repeats, forms=forms)
+    record: dict = {"members": members, "epochs": epochs, "repeats": repeats}
+    for form, t in times.items():
+        record[form] = {
+            "ms_per_epoch": t["ms_per_epoch"],
+            "ms_per_member_epoch": t["ms_per_epoch"] / members,
+            "ms_range": t["ms_range"],
+            "gflops": t["gflops"],
+            **{f"fraction_{name}": t["gflops"] / c for name, c in ceilings.items() if c},
+        }
+    return record
+
+
+def format_steady(cells: list[dict]) -> list[str]:
+    """Table lines for the cells that have a steady-state record."""
+    lines = []
+    for c in cells:
+        steady = c.get("steady_state")
+        if not steady:
+            continue
+        parts = [
+            f"{form} {s['ms_per_epoch']:.3g} ms ({s['gflops']:.3g} GFLOP/s"
+            + "".join(f", {100 * v:.0f} % {k[9:]}" for k, v in s.items() if k.startswith("fraction_"))
+            + ")"
+            for form, s in steady.items()
+            if isinstance(s, dict)
+        ]
+        lines.append(f"steady {c['hls']}x{c['hfs']}, {steady['members']} members, one epoch: " + "; ".join(parts))
+    return lines
