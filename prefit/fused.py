@@ -111,9 +111,13 @@ if triton is not None:
 
     @triton.jit
     def _schedule_kernel(
-        loss_ptr, lr_ptr, best_ptr, bad_ptr, losses_ptr, lrs_ptr, step_size_ptr, powers_ptr, t_ptr,
-        members, epochs, beta1, beta2, factor, patience, threshold, min_lr, eps, BLOCK: tl.constexpr,
+        loss_ptr, lr_ptr, best_ptr, bad_ptr, losses_ptr, lrs_ptr, step_size_ptr, powers_ptr, t_ptr, consts_ptr,
+        members, epochs, patience, BLOCK: tl.constexpr,
     ):  # fmt: skip
+        # float64 constants from memory: Triton passes Python floats as float32 (1e-4 would not be 1e-4)
+        beta1, beta2 = tl.load(consts_ptr), tl.load(consts_ptr + 1)
+        factor, threshold = tl.load(consts_ptr + 2), tl.load(consts_ptr + 3)
+        min_lr, eps = tl.load(consts_ptr + 4), tl.load(consts_ptr + 5)
         t = tl.load(t_ptr)
         power1 = tl.load(powers_ptr) * beta1
         power2 = tl.load(powers_ptr + 1) * beta2
@@ -235,6 +239,15 @@ class Schedule:
     step_size: torch.Tensor  # float32 [M]: lr / (1 - beta1^t) for this epoch's update
     powers: torch.Tensor  # float64 [3]: beta1^t, beta2^t, sqrt(1 - beta2^t)
     epoch: torch.Tensor  # int64 [1]: epochs done
+    consts: torch.Tensor | None = None  # float64 [6]: the schedule's constants, made once (capture allocates none)
+    consts_values: tuple = ()
+
+    def constants(self, betas, factor, threshold, min_lr, eps) -> torch.Tensor:
+        values = (*betas, factor, threshold, min_lr, eps)
+        if self.consts_values != values:
+            self.consts = torch.tensor(values, dtype=torch.float64, device=self.lr.device)
+            self.consts_values = values
+        return self.consts
 
     @classmethod
     def start(cls, lr: float, members: int, device: torch.device) -> Schedule:
@@ -265,10 +278,10 @@ def schedule(
     bias correction; the plateau schedule's update of lr; epoch += 1. One program: the counter is read and
     advanced by the same one, and a chunk has at most a few thousand members."""
     members = loss.shape[0]
+    consts = state.constants(betas, factor, threshold, min_lr, eps)
     _schedule_kernel[(1,)](
         loss, state.lr, state.best, state.bad_epochs, losses, lrs, state.step_size, state.powers, state.epoch,
-        members, losses.shape[0], betas[0], betas[1], factor, patience, threshold, min_lr, eps,
-        BLOCK=min(1024, triton.next_power_of_2(members)),
+        consts, members, losses.shape[0], patience, BLOCK=min(1024, triton.next_power_of_2(members)),
     )  # fmt: skip
 
 
