@@ -22,7 +22,13 @@ Output: a table on stdout, progress on stderr, and `bench.json` (`--out`), writt
      "cells": [{"hls", "hfs", "members", "epochs", "ms_per_member_epoch": {"batched", "sequential", "original"},
                 "speedup_vs_sequential", "speedup_vs_original", "gflops", "ceiling_fraction", "peak_mem_mb",
                 "speedup_vs_sequential_best", "max_members", "members_timed": {...},
-                "ms_per_member_epoch_range": {...}, ...}, ...], ...}
+                "ms_per_member_epoch_range": {...}, "batched_timing", "steady_state": {...} | null, ...}, ...], ...}
+
+On CUDA (or with `--steady`) each cell also gets `steady_state` (`prefit.bench_epoch`): one chunk's epochs timed
+after a warm-up, per form (`fused_graph`, `fused_eager`, `torch_eager`): `ms_per_epoch`, `ms_per_member_epoch`,
+`ms_range`, `gflops`, `fraction_fp32` and `fraction_tf32` (the machine's `ceiling_tf32_gflops`, CUDA only). On
+CUDA the batched figure is `fused_graph`'s (`batched_timing: "steady_state"`): transfers and set-up are not an
+epoch's cost.
 
 An engine left out with `--engines` has null figures. Bad input: one line `error: ...` on stderr, exit 2.
 """
