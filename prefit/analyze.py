@@ -71,34 +71,20 @@ from scipy import stats as scipy_stats
 from tqdm import tqdm
 
 from prefit.io import atomic_write
+from prefit.schema import (
+    BASELINE,
+    CELL_KEYS,
+    MEMBER_KEYS,
+    PROTOCOL_ORDER,
+    PSNR_COLUMNS,
+    PSNR_FILE,
+    RECON_FILE,
+    RUN_FILE,
+    SCHEME_ORDER,
+    cell_label,
+    cell_stem,
+)
 
-PSNR_FILE = "psnr.parquet"
-RECON_FILE = "recon.npz"
-RUN_FILE = "run.json"
-
-# docs/formats.md: every column of psnr.parquet and its type. "Int64" is a nullable integer. Integer and
-# float widths are not enforced (an int32 column reads the same), the kind is.
-PSNR_COLUMNS: dict[str, str] = {
-    "hls": "int64",
-    "hfs": "int64",
-    "protocol": "string",
-    "scheme": "string",
-    "phase": "string",
-    "stage": "int64",
-    "triple": "int64",
-    "epoch": "int64",
-    "psnr": "float64",
-    "loss": "float64",
-    "lr": "float64",
-    "target_index": "int64",
-    "target_label": "int64",
-    "prefit_index": "Int64",
-    "prefit_label": "Int64",
-    "seed": "int64",
-    "engine": "string",
-}
-CELL_KEYS = ["hls", "hfs", "protocol"]
-MEMBER_KEYS = [*CELL_KEYS, "scheme", "triple"]
 MEMBER_INFO = ["target_index", "target_label", "prefit_index", "prefit_label"]
 READ_COLUMNS = [*MEMBER_KEYS, "phase", "stage", "epoch", "psnr", *MEMBER_INFO]
 
@@ -107,12 +93,9 @@ THRESHOLDS_DB = (30.0, 40.0)
 # 10 log10(12 x 255^2) = 58.9 dB. As good as a saved image can be; the natural value of analysis.psnr_cap.
 QUANTISATION_PSNR_DB = float(10 * np.log10(12 * 255**2))
 CAP_THRESHOLD_DB = 59.0
-BASELINE = "random"
-PROTOCOL_ORDER = ("independent", "chained")
 
 # Known schemes in the order tables and legends list them, each with a fixed colour in every figure
 # (the first three are the original's colours).
-SCHEME_ORDER = ("random", "same_class", "other_class", "class_mean", "multi_same", "meta")
 SCHEME_COLOURS = {
     "random": "cornflowerblue",
     "same_class": "orange",
@@ -231,7 +214,7 @@ def _member_name(key: tuple) -> str:
 def _type_ok(dtype: pa.DataType, kind: str) -> bool:
     if kind in ("int64", "Int64"):
         return pa.types.is_integer(dtype) or (kind == "Int64" and pa.types.is_null(dtype))
-    if kind == "float64":
+    if kind == "float":
         return pa.types.is_floating(dtype)
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
@@ -264,7 +247,7 @@ def read_fit_rows(path: Path) -> pd.DataFrame:
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise AnalysisError(f"{path}: cannot read ({_one_line(exc)})") from None
     for name in READ_COLUMNS:  # a NaN float is stored as a null by pandas: only keys must be non-null
-        if PSNR_COLUMNS[name] not in ("Int64", "float64") and table.column(name).null_count:
+        if PSNR_COLUMNS[name] not in ("Int64", "float") and table.column(name).null_count:
             raise AnalysisError(f"{path}: column {name!r} has null values")
 
     frame = table.to_pandas()
@@ -275,6 +258,7 @@ def read_fit_rows(path: Path) -> pd.DataFrame:
         frame[name] = frame[name].astype("Int64")
     for name in ("protocol", "scheme"):
         frame[name] = frame[name].astype(str)
+    frame["psnr"] = frame["psnr"].astype("float64")  # stored as float32 (computed so); sums in float64
     last = frame.groupby(MEMBER_KEYS)["stage"].transform("max")
     frame = frame[frame["stage"] == last].drop(columns=["phase", "stage"])
 
@@ -326,11 +310,6 @@ def protocol_order(protocols: Iterable[str]) -> list[str]:
 def cell_order(cells: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Cells (hls, hfs) by model size hls*hfs ascending, ties by hls: the x order of the original AUC plot."""
     return sorted(set(cells), key=lambda c: (c[0] * c[1], c[0], c[1]))
-
-
-def cell_label(hls: int, hfs: int) -> str:
-    """`2x32`: hidden layers x hidden features, the box plot's tick label."""
-    return f"{hls}x{hfs}"
 
 
 def _sort_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -586,7 +565,7 @@ def _write_figure(fig: Figure, path: Path) -> Path:
 
 def _cell_stem(hls: int, hfs: int, protocol: str, several_protocols: bool) -> str:
     """`{hls}hls_{hfs}hfs`, as the original named its plots; the protocol is added only when needed."""
-    stem = f"{hls}hls_{hfs}hfs"
+    stem = cell_stem(hls, hfs)
     return f"{stem}_{protocol}" if several_protocols else stem
 
 

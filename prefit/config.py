@@ -8,12 +8,13 @@ Value checks that a type cannot express (`model.hls >= 1`) live in `validate`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
+
+from prefit.schema import PROTOCOL_ORDER, SCHEME_ORDER, cell_dirname
 
 
 class ConfigError(ValueError):
@@ -102,7 +103,6 @@ class SchemesConfig:
         return [name for name in SCHEME_ORDER if getattr(self, name) is not None]
 
 
-SCHEME_ORDER = ("random", "same_class", "other_class", "class_mean", "multi_same", "meta")
 
 
 @dataclass
@@ -150,21 +150,10 @@ class Config:
 
 
 ENGINES = ("batched", "sequential")
-PROTOCOLS = ("independent", "chained")
+PROTOCOLS = PROTOCOL_ORDER
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("highest", "3xtf32", "high")  # prefit.precision's modes
 KERNELS = ("auto", "compiled", "fused", "torch")  # prefit.engine.batched's steps
-
-
-def cell_dirname(hls: int, hfs: int, overrides: str = "") -> str:
-    """A sweep job's folder name: `2hls_32hfs`, then any other swept values (`,protocol=chained`).
-
-    Used as `hydra.sweep.subdir` so that folders are named by cell, are the same when an interrupted sweep
-    is started again, and never collide when a sweep varies more than hls and hfs.
-    """
-    others = [item for item in overrides.split(",") if item and not item.startswith(("model.hls=", "model.hfs="))]
-    name = ",".join([f"{hls}hls_{hfs}hfs", *others])
-    return name.replace("/", "_").replace(os.sep, "_")
 
 
 def register() -> None:

@@ -28,6 +28,7 @@ from prefit.data import coordinate_grid
 from prefit.engine import fit_batched
 from prefit.io import atomic_path
 from prefit.model import Params, init_params, stack_params, triple_generator
+from prefit.schema import cell_stem
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def learned_init(
     meta = cfg.scheme.meta
     key = cache_key(cfg, meta, data_source, pool)
     folder = Path(meta.cache_dir).expanduser() if meta.cache_dir else default_cache_dir()
-    path = folder / f"meta_{cfg.model.hls}hls_{cfg.model.hfs}hfs_{key}.pt"
+    path = folder / f"meta_{cell_stem(cfg.model.hls, cfg.model.hfs)}_{key}.pt"
     if path.is_file():
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -42,6 +42,7 @@ from prefit.data import DataError, draw_triples, load_images
 from prefit.devices import acquire, cuda_capacities
 from prefit.engine import auto_max_members, cuda_bytes_per_member, resolve_device
 from prefit.io import atomic_path, write_json
+from prefit.schema import PSNR_FILE, write_psnr
 from prefit.schemes import build_plan, run_plan
 
 log = logging.getLogger("prefit.train")
@@ -115,8 +116,8 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         result = run_plan(cfg, plan, device, max_members)
 
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "psnr.parquet") as tmp:
-        result.rows.to_parquet(tmp, engine="pyarrow", index=False)
+    with atomic_path(out / PSNR_FILE) as tmp:
+        write_psnr(result.rows, tmp)
     with atomic_path(out / "recon.npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **result.recon)
     record = {

@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefit.analyze import PSNR_COLUMNS
+from prefit.schema import PSNR_COLUMNS
 
 SCHEMES = ("random", "same_class", "other_class")
 ALL_SCHEMES = (*SCHEMES, "class_mean", "multi_same", "meta")
 PREFIT_SCHEMES = {"same_class", "other_class", "class_mean", "multi_same"}
 MULTI_SAME_STAGES = 3  # pre-fits of a multi_same member before its fit of A
 
-PSNR_DTYPES = PSNR_COLUMNS  # docs/formats.md: the columns psnr.parquet has, as the analysis checks them
+# docs/formats.md: the columns psnr.parquet has, written here as files were before the compact format (float64,
+# plain strings), so that the analysis' tests also check that old files still read
+PSNR_DTYPES = {name: "float64" if kind == "float" else kind for name, kind in PSNR_COLUMNS.items()}
 
 Trajectories = Mapping[tuple[str, int], np.ndarray]
 
