@@ -107,7 +107,7 @@ if triton is not None:
                 if slot >= 0:
                     tl.store(snaps_ptr + ((member * n_slots + slot) * pixels + p) * 3 + c, pred, mask=mask)
             tl.store(gb_ptr + member * 3 + c, tl.sum(gsum, axis=0))
-        tl.store(loss_ptr + member, tl.sum(total, axis=0) / (3 * pixels))
+        tl.store(loss_ptr + member, tl.div_rn(tl.sum(total, axis=0), (3 * pixels) * 1.0))
 
     @triton.jit
     def _schedule_kernel(
@@ -168,8 +168,8 @@ if triton is not None:
         v = tl.load(v_ptr + offs, mask=mask, other=0.0)
         m = m + (1.0 - beta1) * (g - m)
         v = v * beta2 + (1.0 - beta2) * g * g
-        denom = tl.sqrt(v) / bias2_sqrt + eps
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0) - step_size * (m / denom)
+        denom = tl.div_rn(tl.sqrt_rn(v), bias2_sqrt) + eps  # IEEE sqrt and division, as torch's (Triton's
+        p = tl.load(p_ptr + offs, mask=mask, other=0.0) - step_size * tl.div_rn(m, denom)  # defaults are approximate)
         tl.store(m_ptr + offs, m, mask=mask)
         tl.store(v_ptr + offs, v, mask=mask)
         tl.store(p_ptr + offs, p, mask=mask)
