@@ -8,7 +8,6 @@ interpreter on any machine.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
@@ -18,6 +17,8 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("torch sees no CUDA device", allow_module_level=True)
 
+from images import smooth_images  # noqa: E402
+
 from prefit.config import TrainConfig  # noqa: E402
 from prefit.data import coordinate_grid  # noqa: E402
 from prefit.engine import fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
@@ -25,14 +26,6 @@ from prefit.model import init_params, stack_params, triple_generator  # noqa: E4
 from prefit.precision import product  # noqa: E402
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
-
-
-def smooth_images(n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    grid = coordinate_grid()
-    freqs = torch.randn(n, 3, 2, generator=g) * 3
-    phase = torch.rand(n, 3, generator=g) * 2 * math.pi
-    return 0.8 * torch.sin(torch.einsum("pc,nkc->npk", grid, freqs) + phase[:, None, :])
 
 
 def members(n: int, hls: int, hfs: int):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from images import smooth_images
 
 from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
@@ -18,15 +19,6 @@ from prefit.engine import (
 from prefit.model import init_params, stack_params, triple_generator
 
 CPU = torch.device("cpu")
-
-
-def smooth_images(n: int, seed: int = 0) -> torch.Tensor:
-    """n smooth colour images as [-1, 1] signals [n, 1024, 3]: image-like, so fits make real progress."""
-    g = torch.Generator().manual_seed(seed)
-    grid = coordinate_grid()
-    freqs = torch.randn(n, 3, 2, generator=g) * 3
-    phase = torch.rand(n, 3, generator=g) * 2 * math.pi
-    return 0.8 * torch.sin(torch.einsum("pc,nkc->npk", grid, freqs) + phase[:, None, :])
 
 
 def members(n: int, hls: int = 2, hfs: int = 16):
