@@ -55,9 +55,9 @@ import torch.nn.functional as F
 
 import prefit
 from prefit.bench_epoch import format_steady, steady_state_cell
-from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
 from prefit.engine import auto_max_members, fit_batched, fit_sequential, flops_per_member_epoch
+from prefit.engine.options import FitOptions
 from prefit.io import write_json
 from prefit.model import Params, Siren, init_params, member_params, stack_params, triple_generator
 from prefit.precision import tf32
@@ -337,7 +337,7 @@ def make_members(hls: int, hfs: int, n: int, seed: int = SEED) -> Params:
 
 
 def fit_original(
-    params: Params, target: torch.Tensor, coords: torch.Tensor, train: TrainConfig, device: torch.device
+    params: Params, target: torch.Tensor, coords: torch.Tensor, train: FitOptions, device: torch.device
 ) -> list[float]:
     """One fit written the way the original study wrote it, the baseline the engines are measured against.
 
@@ -376,7 +376,7 @@ def _runner(
     """A call `run(members, epochs)` that fits the first `members` members with `engine` for `epochs` epochs."""
 
     def run(members: int, epochs: int) -> None:
-        train = TrainConfig(epochs=epochs, progress=False)
+        train = FitOptions(epochs=epochs, progress=False)
         sub = [(w[:members], b[:members]) for w, b in params]
         if engine == "batched":
             fit_batched(sub, targets[:members], coords, train, W0, device, max_members=chunk)

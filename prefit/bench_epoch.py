@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from prefit.config import TrainConfig
 from prefit.engine.common import flops_per_member_epoch
 from prefit.engine.cuda import FusedChunk
+from prefit.engine.options import FitOptions
 from prefit.engine.steps import SirenStep
 from prefit.model import Params
 from prefit.optim import BatchedAdam, BatchedPlateau
@@ -48,7 +48,7 @@ def _clock(device: torch.device) -> Callable[[Callable[[], None]], float]:
     return measure
 
 
-def _torch_epochs(params: Params, coords: torch.Tensor, target: torch.Tensor, train: TrainConfig, w0: float):
+def _torch_epochs(params: Params, coords: torch.Tensor, target: torch.Tensor, train: FitOptions, w0: float):
     """The plain path's epoch loop, as the host-driven engine runs it (losses and lrs recorded)."""
     step = SirenStep(params, coords, target, w0)
     members = target.shape[0]
@@ -84,7 +84,7 @@ def epoch_times(
     device, members = target.device, target.shape[0]
     hls, hfs = len(params) - 2, params[0][0].shape[2]
     flops = flops_per_member_epoch(hls, hfs, target.shape[1]) * members
-    train = TrainConfig(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
+    train = FitOptions(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
     measure = _clock(device)
     out: dict[str, dict[str, float]] = {}
     for form in forms:

@@ -14,11 +14,11 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from prefit.engine.options import FitOptions
+from prefit.errors import ConfigError
 from prefit.schema import PROTOCOL_ORDER, SCHEME_ORDER, cell_dirname
 
-
-class ConfigError(ValueError):
-    """A config value that is well-typed but unusable; reported to the user as one line."""
+__all__ = ["Config", "ConfigError", "TrainConfig", "validate", "register"]
 
 
 @dataclass
@@ -116,26 +116,14 @@ class ProtocolConfig:
 
 
 @dataclass
-class TrainConfig:
-    """How each fit runs (identical for pre-fits and fits) and how the job executes."""
+class TrainConfig(FitOptions):
+    """How each fit runs (`FitOptions`: the engine's own options) and how the job executes."""
 
     engine: str = "batched"  # batched | sequential
-    epochs: int = 2000
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    plateau_patience: int = 500
-    plateau_factor: float = 0.5
-    plateau_threshold: float = 1e-4
     device: str = "auto"  # auto | cpu | cuda
     max_members: int | None = None  # members fitted at once; None: chosen from the device's memory
     threads: int | None = None  # torch intra-op threads; None: cores divided among parallel jobs
     overwrite: bool = False
-    progress: bool = True
-    snapshot_epochs: list[int] = field(default_factory=lambda: [0, 100, 500, -1])  # -1: the last epoch
-    matmul_precision: str = "highest"  # highest (fp32) | 3xtf32 (fp32-accurate on tensor cores) | high (TF32)
-    kernels: str = "auto"  # auto | compiled (numba, CPU) | fused (Triton; CUDA) | torch (plain torch ops)
-    cuda_graphs: bool = True  # replay captured epochs on CUDA (same numbers as eager, fewer launches)
 
 
 @dataclass

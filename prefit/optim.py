@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from prefit.kernels import adam_step
-
 
 class BatchedAdam:
     """Adam (Kingma & Ba 2015) over stacked tensors [M, ...], learning rate per member.
@@ -36,6 +34,9 @@ class BatchedAdam:
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self.compiled = all(p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous() for p in params)
         if self.compiled:
+            from prefit.kernels import adam_step  # numba loads with the first CPU optimiser
+
+            self.kernel = adam_step
             self.arrays = [
                 tuple(x.view(x.shape[0], -1).numpy() for x in group)
                 for group in zip(params, self.exp_avg, self.exp_avg_sq)
@@ -53,7 +54,7 @@ class BatchedAdam:
         lr = self.lr.numpy()
         for (p, m, v), g in zip(self.arrays, grads, strict=True):
             g = g.view(g.shape[0], -1).numpy()
-            adam_step(p, g, m, v, lr, self.beta1, self.beta2, self.eps, self.step_count)
+            self.kernel(p, g, m, v, lr, self.beta1, self.beta2, self.eps, self.step_count)
 
     def _foreach_step(self, grads: list[torch.Tensor]) -> None:
         t = self.step_count

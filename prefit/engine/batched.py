@@ -15,10 +15,11 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from prefit import fused
-from prefit.config import ConfigError, TrainConfig
 from prefit.engine.common import FitResult, new_result, progress_bar, psnr_from_loss, snapshot_index
 from prefit.engine.cuda import fit_chunk_fused
+from prefit.engine.options import FitOptions
 from prefit.engine.steps import make_step
+from prefit.errors import ConfigError
 from prefit.model import Params
 from prefit.optim import BatchedAdam, BatchedPlateau
 
@@ -41,7 +42,7 @@ def fit_batched(
     params: Params,
     targets: torch.Tensor,
     coords: torch.Tensor,
-    train: TrainConfig,
+    train: FitOptions,
     w0: float,
     device: torch.device,
     max_members: int,

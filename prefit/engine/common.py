@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from prefit.config import ConfigError
+from prefit.errors import ConfigError
 from prefit.model import Params, n_weights
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from prefit import fused
-from prefit.config import TrainConfig
 from prefit.engine.common import FitResult, flops_per_member_epoch, psnr_from_loss
+from prefit.engine.options import FitOptions
 from prefit.model import Params
 from prefit.precision import product
 
@@ -115,7 +115,7 @@ class FusedChunk:
         params: Params,
         coords: torch.Tensor,
         target: torch.Tensor,
-        train: TrainConfig,
+        train: FitOptions,
         w0: float,
         slots: dict[int, int],
     ):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prefit.config import TrainConfig
 from prefit.engine.common import FitResult, new_result, progress_bar, psnr_from_loss, snapshot_index
+from prefit.engine.options import FitOptions
 from prefit.model import Params, Siren, member_params, stack_params
 
 
@@ -14,7 +14,7 @@ def fit_sequential(
     params: Params,
     targets: torch.Tensor,
     coords: torch.Tensor,
-    train: TrainConfig,
+    train: FitOptions,
     w0: float,
     device: torch.device,
     max_members: int | None = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prefit.kernels import siren_step
 from prefit.model import Params
 
 
@@ -108,6 +107,9 @@ class CpuStep:
     """
 
     def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
+        from prefit.kernels import siren_step  # numba loads when a CPU step is built, not on `import prefit.engine`
+
+        self.kernel = siren_step
         members, pixels, width = target.shape[0], target.shape[1], params[0][0].shape[2]
         hls = len(params) - 2
 
@@ -144,7 +146,7 @@ class CpuStep:
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """As SirenStep: loss [M], predictions [M, pixels, 3] (views into the workspace), gradients."""
-        siren_step(*self.args)
+        self.kernel(*self.args)
         return self.loss, self.pred_t.transpose(1, 2), self.grads
 
 

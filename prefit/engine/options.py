@@ -1,0 +1,27 @@
+"""What the engines need to know about a fit: the engine's own options, free of Hydra.
+
+`prefit.config.TrainConfig` extends this dataclass with how a job runs (engine, device, chunking, threads), so
+a composed config can be passed as it is; tests and tools build a `FitOptions` directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FitOptions:
+    """How each fit runs (identical for pre-fits and fits)."""
+
+    epochs: int = 2000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    plateau_patience: int = 500
+    plateau_factor: float = 0.5
+    plateau_threshold: float = 1e-4
+    progress: bool = True
+    snapshot_epochs: list[int] = field(default_factory=lambda: [0, 100, 500, -1])  # -1: the last epoch
+    matmul_precision: str = "highest"  # highest (fp32) | 3xtf32 (fp32-accurate on tensor cores) | high (TF32)
+    kernels: str = "auto"  # auto | compiled (numba, CPU) | fused (Triton; CUDA) | torch (plain torch ops)
+    cuda_graphs: bool = True  # replay captured epochs on CUDA (same numbers as eager, fewer launches)
