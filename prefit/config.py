@@ -14,8 +14,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from prefit.engine.options import FitOptions
+from prefit.engine.options import RUNTIME, FitOptions
 from prefit.errors import ConfigError
+from prefit.records import runtime_keys
 from prefit.schema import PROTOCOL_ORDER, SCHEME_ORDER, cell_dirname
 
 __all__ = ["Config", "ConfigError", "TrainConfig", "validate", "register"]
@@ -26,7 +27,7 @@ class DatasetConfig:
     """Where the images come from and how many triples to draw from them."""
 
     name: str = "cifair10"  # cifair10 (downloaded, md5-checked) or cifar_dir (any CIFAR-layout folder)
-    root: str | None = None  # cache folder for cifair10; None: $PREFIT_DATA or the user cache dir
+    root: str | None = field(default=None, metadata=RUNTIME)  # cifair10's cache; None: $PREFIT_DATA or user cache
     path: str | None = None  # the folder for cifar_dir
     split: str = "train"  # train (as the original) or test
     n_triples: int = 20
@@ -85,7 +86,7 @@ class MetaConfig(SchemeConfig):
     outer_lr: float = 1.0
     meta_batch: int = 10
     pool_size: int = 1000
-    cache_dir: str | None = None  # None: $PREFIT_CACHE, else the user cache dir
+    cache_dir: str | None = field(default=None, metadata=RUNTIME)  # None: $PREFIT_CACHE, else the user cache
 
 
 @dataclass
@@ -120,10 +121,10 @@ class TrainConfig(FitOptions):
     """How each fit runs (`FitOptions`: the engine's own options) and how the job executes."""
 
     engine: str = "batched"  # batched | sequential
-    device: str = "auto"  # auto | cpu | cuda
-    max_members: int | None = None  # members fitted at once; None: chosen from the device's memory
-    threads: int | None = None  # torch intra-op threads; None: cores divided among parallel jobs
-    overwrite: bool = False
+    device: str = field(default="auto", metadata=RUNTIME)  # auto | cpu | cuda
+    max_members: int | None = field(default=None, metadata=RUNTIME)  # at once; None: from the device's memory
+    threads: int | None = field(default=None, metadata=RUNTIME)  # torch threads; None: cores / parallel jobs
+    overwrite: bool = field(default=False, metadata=RUNTIME)
 
 
 @dataclass
@@ -149,7 +150,12 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="prefit_schema", node=Config)
     if not OmegaConf.has_resolver("prefit.cell"):
-        OmegaConf.register_new_resolver("prefit.cell", cell_dirname)
+        OmegaConf.register_new_resolver("prefit.cell", cell_folder)
+
+
+def cell_folder(hls: int, hfs: int, overrides: str = "") -> str:
+    """`hydra.sweep.subdir`: the cell's folder, named by what the job computes (runtime keys left out)."""
+    return cell_dirname(hls, hfs, overrides, exclude=tuple(runtime_keys(Config)))
 
 
 def validate(cfg: Config) -> None:

@@ -14,7 +14,6 @@ Bad input ends in one line on stderr (`error: ...`) and exit status 2.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -37,45 +36,24 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import prefit
+from prefit import records
 from prefit.config import Config, ConfigError, register, validate
 from prefit.data import DataError, draw_triples, load_images
 from prefit.devices import acquire, cuda_capacities
 from prefit.engine import auto_max_members, cuda_bytes_per_member, resolve_device
-from prefit.io import atomic_path, write_json
-from prefit.schema import PSNR_FILE, write_psnr
+from prefit.io import atomic_path
+from prefit.records import study_config
+from prefit.schema import PSNR_FILE, RECON_FILE, write_psnr
 from prefit.schemes import build_plan, run_plan
 
 log = logging.getLogger("prefit.train")
 register()
 
-# Settings that change how a job runs but not what it computes: ignored when deciding to skip a job.
-EXECUTION_KEYS = ("overwrite", "progress", "device", "threads", "max_members", "kernels", "cuda_graphs")
 # What a job holds on a CUDA device besides its members (context, cuBLAS workspace), leased or not: reserved on
 # every device for every job of the sweep, since a worker keeps its context between jobs.
 CUDA_CONTEXT_BYTES = 512 * 2**20
 # A job sharing a device starts once this many of its members (or all, if fewer) fit beside the others.
 MIN_CHUNK = 8
-
-
-def study_config(cfg: Config) -> dict[str, Any]:
-    """The part of the config that determines the results (compared when deciding to skip a job)."""
-    data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    data.pop("experiment", None)
-    for key in EXECUTION_KEYS:
-        data["train"].pop(key, None)
-    return data
-
-
-def is_complete(out: Path, cfg: Config) -> bool:
-    """True when `out` holds a complete result of the same study config."""
-    run_json, parquet = out / "run.json", out / "psnr.parquet"
-    if not (run_json.is_file() and parquet.is_file()):
-        return False
-    try:
-        record = json.loads(run_json.read_text())
-    except (OSError, ValueError):
-        return False
-    return record.get("status") == "complete" and record.get("study") == study_config(cfg)
 
 
 def set_threads(cfg: Config, parallel_jobs: int) -> int:
@@ -89,10 +67,12 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     """Run one cell into folder `out`; return what run.json records."""
     validate(cfg)
     cell = {"hls": cfg.model.hls, "hfs": cfg.model.hfs}
-    if not cfg.train.overwrite and is_complete(out, cfg):
+    study = study_config(cfg)
+    if records.decide(out, study, cfg.train.overwrite, records.runtime_keys(type(cfg))) == "skip":
         log.info("%s: complete result already in %s, skipped (train.overwrite=true reruns it)", cell, out)
         return {"status": "skipped", "cell": cell}
     started = time.time()
+    started_at = datetime.fromtimestamp(started, timezone.utc).isoformat()
     threads = set_threads(cfg, parallel_jobs)
     device = resolve_device(cfg.train.device)
     # torch knows highest and high; 3xtf32 is the engine's own products (prefit.precision), fp32 everywhere else
@@ -116,12 +96,12 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         result = run_plan(cfg, plan, device, max_members)
 
     out.mkdir(parents=True, exist_ok=True)
+    records.claim(out, study, started_at)  # from here on, the folder is this study's
     with atomic_path(out / PSNR_FILE) as tmp:
         write_psnr(result.rows, tmp)
-    with atomic_path(out / "recon.npz") as tmp, open(tmp, "wb") as f:
+    with atomic_path(out / RECON_FILE) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **result.recon)
     record = {
-        "status": "complete",
         "cell": cell,
         "members": result.members,
         "fits": result.fits,
@@ -134,12 +114,12 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         "data": data.source,
         **result.info,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "prefit": prefit.__version__},
-        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "started": started_at,
         "finished": datetime.now(timezone.utc).isoformat(),
-        "study": study_config(cfg),
+        "study": study,
         "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
     }
-    write_json(out / "run.json", record)
+    record = records.complete(out, record)  # run.json last: it vouches for the files above
     log.info("%s: done in %.1f s -> %s", cell, record["wall_s"], out)
     return record
 

@@ -108,8 +108,30 @@ def test_single_cell_writes_skips_and_overwrites(cifar_dir, tmp_path):
     assert (out / "psnr.parquet").stat().st_mtime_ns != files["psnr.parquet"]
     pd.testing.assert_frame_equal(pd.read_parquet(out / "psnr.parquet"), rows)  # seeded: identical rerun
 
-    changed = train(*tiny(cifar_dir, "train.lr=2e-4"), f"hydra.run.dir={out}")  # another study config
-    assert "skipped" not in changed.stdout + changed.stderr
+    before = {name: (out / name).read_bytes() for name in ("psnr.parquet", "recon.npz", "run.json")}
+    changed = train(*tiny(cifar_dir, "train.lr=2e-4"), f"hydra.run.dir={out}", check=False)  # another study
+    error = [line for line in changed.stderr.splitlines() if line.strip()]
+    assert changed.returncode == 2 and len(error) == 1 and error[0].startswith("error: ")
+    assert "train.lr" in error[0] and "hydra.sweep.dir" in error[0] and "train.overwrite=true" in error[0]
+    assert all((out / name).read_bytes() == data for name, data in before.items())  # nothing overwritten
+
+
+def test_a_damaged_result_is_computed_again_and_a_moved_cache_is_not(cifar_dir, tmp_path, monkeypatch):
+    """run.json vouches for its files: a truncated psnr.parquet (or a leftover temporary file) makes the job run
+    again; the same folder given by a relative path, or with the ciFAIR cache moved, is the same study."""
+    out = tmp_path / "cell"
+    train(*tiny(cifar_dir), f"hydra.run.dir={out}")
+    parquet = out / "psnr.parquet"
+    whole = parquet.read_bytes()
+    parquet.write_bytes(whole[: len(whole) // 2])
+    (out / ".recon.npz.abc.tmp").write_bytes(b"half")
+    rerun = train(*tiny(cifar_dir), f"hydra.run.dir={out}")
+    assert "skipped" not in rerun.stdout + rerun.stderr
+    assert parquet.read_bytes() == whole and not list(out.glob(".*.tmp"))
+
+    monkeypatch.chdir(cifar_dir.parent)
+    relative = train(*tiny(Path(cifar_dir.name), "dataset.root=/elsewhere"), f"hydra.run.dir={out}")
+    assert "skipped" in relative.stdout + relative.stderr
 
 
 def test_engines_and_protocols_through_the_app(cifar_dir, tmp_path):

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Marks a field that changes how a job runs, not what it computes (prefit.records.runtime_keys).
+RUNTIME = {"runtime": True}
+
 
 @dataclass
 class FitOptions:
@@ -20,8 +23,10 @@ class FitOptions:
     plateau_patience: int = 500
     plateau_factor: float = 0.5
     plateau_threshold: float = 1e-4
-    progress: bool = True
+    progress: bool = field(default=True, metadata=RUNTIME)
     snapshot_epochs: list[int] = field(default_factory=lambda: [0, 100, 500, -1])  # -1: the last epoch
     matmul_precision: str = "highest"  # highest (fp32) | 3xtf32 (fp32-accurate on tensor cores) | high (TF32)
-    kernels: str = "auto"  # auto | compiled (numba, CPU) | fused (Triton; CUDA) | torch (plain torch ops)
-    cuda_graphs: bool = True  # replay captured epochs on CUDA (same numbers as eager, fewer launches)
+    # the batched step: auto | compiled (numba, CPU) | fused (Triton; CUDA) | torch (plain torch ops)
+    kernels: str = field(default="auto", metadata=RUNTIME)
+    # replay captured epochs on CUDA (the same numbers as eager, fewer launches)
+    cuda_graphs: bool = field(default=True, metadata=RUNTIME)
