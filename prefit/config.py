@@ -8,6 +8,7 @@ Value checks that a type cannot express (`model.hls >= 1`) live in `validate`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +166,23 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
 
+    finite = {
+        "model.w0": cfg.model.w0,
+        "train.lr": cfg.train.lr,
+        "train.eps": cfg.train.eps,
+        "train.plateau_factor": cfg.train.plateau_factor,
+        "train.plateau_threshold": cfg.train.plateau_threshold,
+        **{f"train.betas[{i}]": b for i, b in enumerate(cfg.train.betas)},
+    }
+    if cfg.scheme.meta is not None:
+        finite.update({f"scheme.meta.{k}": getattr(cfg.scheme.meta, k) for k in ("inner_lr", "outer_lr")})
+    for key, value in finite.items():
+        need(math.isfinite(value), f"{key} must be a finite number, got {value}")
+    need(0 <= cfg.seed < 2**63, f"seed must be an integer in [0, 2^63), got {cfg.seed}")
+    threads = cfg.train.threads
+    need(threads is None or threads >= 1, f"train.threads must be >= 1 or null, got {threads}")
+    need(all(0 <= b < 1 for b in cfg.train.betas), f"train.betas must lie in [0, 1), got {list(cfg.train.betas)}")
+    need(cfg.train.eps > 0, f"train.eps must be > 0, got {cfg.train.eps}")
     need(cfg.model.hls >= 1, f"model.hls must be an integer >= 1, got {cfg.model.hls}")
     need(cfg.model.hfs >= 1, f"model.hfs must be an integer >= 1, got {cfg.model.hfs}")
     need(cfg.model.w0 > 0, f"model.w0 must be > 0, got {cfg.model.w0}")

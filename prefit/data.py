@@ -108,6 +108,8 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
+    ("__builtin__", "bytes"): bytes,  # b"" under protocol 2 (an empty array's data)
+    ("builtins", "bytes"): bytes,
 }
 for _ns in ("numpy.core", "numpy._core"):
     _ALLOWED_GLOBALS.update(
@@ -193,6 +195,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         labels = np.asarray(batch["labels"])
     except Exception as e:  # ragged or odd objects
         raise DataError(f"{path}: 'labels' is not a list of integers ({e})") from e
+    if data.shape[0] == 0 or (labels.ndim == 1 and labels.size == 0):
+        raise DataError(f"{path} holds no images ({data.shape[0]} rows of 'data', {labels.size} labels)")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise DataError(f"{path}: 'labels' must be a list of integers, got {labels.dtype} {labels.shape}")
     if labels.shape[0] != data.shape[0]:

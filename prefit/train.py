@@ -42,6 +42,7 @@ from prefit.data import DataError, draw_triples, load_images
 from prefit.devices import acquire, cuda_capacities
 from prefit.engine import auto_max_members, cuda_bytes_per_member, resolve_device
 from prefit.io import atomic_path
+from prefit.model import n_weights
 from prefit.records import study_config
 from prefit.schema import PSNR_FILE, RECON_FILE, write_psnr
 from prefit.schemes import build_plan, run_plan
@@ -77,6 +78,7 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     device = resolve_device(cfg.train.device)
     # torch knows highest and high; 3xtf32 is the engine's own products (prefit.precision), fp32 everywhere else
     torch.set_float32_matmul_precision("high" if cfg.train.matmul_precision == "high" else "highest")
+    check_memory(cfg, device)
     data = load_images(cfg.dataset)
     triples = draw_triples(data.labels, cfg.dataset.n_triples, cfg.seed)
     plan = build_plan(cfg, data, triples)
@@ -122,6 +124,44 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     record = records.complete(out, record)  # run.json last: it vouches for the files above
     log.info("%s: done in %.1f s -> %s", cell, record["wall_s"], out)
     return record
+
+
+def check_memory(cfg: Config, device: torch.device) -> None:
+    """Refuse, before allocating anything, a cell whose members cannot fit: one line with the numbers.
+
+    At least the start and the fitted weights of every member stay in host memory (two copies), and one
+    member at a time is fitted with its gradients and Adam's moments (four more); on CUDA one member's
+    `cuda_bytes_per_member` must fit on the device.
+    """
+    hls, hfs = cfg.model.hls, cfg.model.hfs
+    members = cfg.dataset.n_triples * len(cfg.scheme.selected())
+    weight_bytes = 4 * n_weights(hls, hfs)
+    need = weight_bytes * (2 * members + 4)
+    available = _available_memory()
+    cell = f"model.hls={hls} model.hfs={hfs}"
+    if available is not None and need > available:
+        raise ConfigError(
+            f"{cell}: {members} members need at least {need / 2**30:.1f} GiB of memory "
+            f"({weight_bytes / 2**30:.2f} GiB of weights each), this machine has {available / 2**30:.1f} GiB free"
+        )
+    if device.type == "cuda":
+        per_member = cuda_bytes_per_member(hls, hfs)
+        total = torch.cuda.get_device_properties(device.index or 0).total_memory
+        if per_member > total:
+            raise ConfigError(
+                f"{cell}: one member needs {per_member / 2**30:.1f} GiB on the GPU, which has {total / 2**30:.1f} GiB"
+            )
+
+
+def _available_memory() -> int | None:
+    """Bytes of host memory available now (Linux: MemAvailable), None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @contextmanager
@@ -202,12 +242,21 @@ def one_line(error: BaseException) -> str:
     return ": ".join(parts) or type(error).__name__
 
 
+def _check_launcher_overrides(args: list[str]) -> None:
+    """Launcher values that would fail inside the launcher with a traceback, refused first in one line."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "hydra.launcher.n_jobs" and value.strip().lstrip("-").isdigit() and int(value) == 0:
+            raise ConfigError("hydra.launcher.n_jobs must be a number of jobs (>= 1, or -1 for one per core), not 0")
+
+
 def cli() -> None:
     """Entry point: Hydra errors and bad input end in one line and exit status 2, not a traceback."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     # conf/hydra/launcher/submitit_*.yaml set defaults on the plugin's schema of the same name, on purpose
     warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name")
     try:
+        _check_launcher_overrides(sys.argv[1:])
         main()
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)

@@ -124,6 +124,8 @@ def _rewrite(folder: Path, name: str, **changes) -> None:
         ({"labels": [0, 1, -1, 3, 4, 5, 6, 7, 8, 9]}, r"labels must be in 0\.\.9"),
         ({"labels": [0, 1, 2]}, "3 labels for 10 images"),
         ({"labels": ["a"] * 10}, "list of integers"),
+        ({"data": np.zeros((0, 3072), np.uint8), "labels": []}, "holds no images"),
+        ({"labels": []}, "holds no images"),
     ],
 )
 def test_bad_batch(cifar_dir, changes, message):
