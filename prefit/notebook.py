@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from prefit.io import atomic_path
+from prefit.schema import AUC_FILE
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
 
@@ -24,8 +25,8 @@ def execute_notebook(analysis_dir: str | Path, out: str | Path | None = None, ce
     import nbformat
 
     analysis_dir = Path(analysis_dir).resolve()
-    if not (analysis_dir / "auc.parquet").is_file():
-        raise FileNotFoundError(f"{analysis_dir} is not an analysis folder (no auc.parquet): "
+    if not (analysis_dir / AUC_FILE).is_file():
+        raise FileNotFoundError(f"{analysis_dir} is not an analysis folder (no {AUC_FILE}): "
                                 "run `python -m prefit.analyze SWEEP_DIR` first")
     nb = nbformat.read(notebook, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))

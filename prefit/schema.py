@@ -92,3 +92,18 @@ def write_psnr(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     table = pa.Table.from_pandas(frame[list(PSNR_COLUMNS)], preserve_index=False)
     table = table.cast(PSNR_SCHEMA)
     pq.write_table(table, Path(path), compression=PARQUET_COMPRESSION)
+
+
+# The full grid of conf/experiment/grid.yaml (hidden layers x hidden features): reports say which of its cells
+# they cover.
+GRID_HLS = (2, 3, 4, 5, 6, 7, 8)
+GRID_HFS = (32, 64, 128, 256, 512, 1024)
+
+# Files of an analysis folder (`python -m prefit.analyze SWEEP` -> SWEEP/ANALYSIS_DIR), docs/formats.md.
+ANALYSIS_DIR = "analysis"
+CURVES_FILE = "curves.parquet"
+AUC_FILE = "auc.parquet"
+AUC_CSV_FILE = "auc.csv"
+STATS_FILE = "stats.parquet"
+SUMMARY_FILE = "summary.md"
+FIGURES_DIR = "figures"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from prefit.analyze import analyze
+from prefit.analysis import analyze
 from prefit.notebook import execute_notebook
 
 nbformat = pytest.importorskip("nbformat")
@@ -42,7 +42,7 @@ def analysis_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("nb")
     sweep = write_synthetic_sweep(root / "sweep", cells=[(2, 32), (3, 32)], n_triples=3, epochs=25, nonfinite=True,
                                   new_schemes=True)  # fmt: skip
-    analyze(sweep, root / "analysis", psnr_cap=59.0)
+    analyze(sweep, root / "analysis")  # the default cap, 59 dB
     return root / "analysis"
 
 
@@ -68,8 +68,12 @@ def test_notebook_executes(analysis_dir: Path, kernel_name: str, cell: str | Non
     assert any("text/markdown" in o.get("data", {}) for o in outputs)  # the summary
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "2 cells" in text
-    # The paired statistics table (stats.parquet), with the capped columns of this analysis.
-    assert "paired statistics: 10 rows" in text
-    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
-    assert any("mean_diff_auc" in t and "p_wilcoxon" in t and "ci_low_capped" in t and "multi_same" in t
-               for t in tables)  # fmt: skip
+    assert "measures, in the order they are read: capped AUC, epochs to 30 dB, epochs to 40 dB, raw AUC" in text
+    assert "verdicts: 10 cells x schemes, 40 comparisons over 4 measures" in text  # 2 cells x 5 schemes x 4
+    markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    verdicts = markdown[0]  # the first table the notebook shows: the verdicts, capped AUC and time first
+    assert verdicts.startswith("| cell | scheme | capped AUC | epochs to 30 dB | epochs to 40 dB | raw AUC |")
+    assert "multi_same" in verdicts and "†" in verdicts  # the nonfinite cell's +inf fit passes 100 dB
+    raw = next(i for i, m in enumerate(markdown) if m.startswith("| cell | scheme | Δ raw AUC"))
+    assert raw > 0 and markdown.index(verdicts) < raw  # the raw AUC comes after, for comparison
+    assert "raw AUC flagged in 1 cell(s)" in text

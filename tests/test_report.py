@@ -1,18 +1,22 @@
-"""prefit.report on two synthetic sweeps, one per protocol: the files, the checks and the written conclusion."""
+"""The protocol report (prefit.analysis.protocol) on two synthetic sweeps, one per protocol: files, coverage,
+verdicts, the written conclusion, the robustness section, and `python -m prefit.report`."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from prefit.analyze import STATS_COLUMNS
-from prefit.report import analyse_protocol, compare_triples, conclusion_paragraph, main, triples_sentence, write_report
+from prefit.analysis.cli import report_main as main
+from prefit.analysis.load import AnalysisError
+from prefit.analysis.protocol import conclusion_markdown, coverage, duration, presentation, write_report
+from prefit.analysis.reduce import MEASURES
+from prefit.schema import PROTOCOL_ORDER
 
 try:
     from tests.synthetic_sweep import ramp_trajectories, write_cell
@@ -27,8 +31,8 @@ WALL_S = {(2, 32): 30.0, (3, 32): 45.0, (2, 64): 600.0}
 
 
 def write_protocol_sweep(root: Path, protocol: str, cells: list[tuple[int, int]]) -> Path:
-    """A sweep in which other_class is 5 dB above random at every epoch under chained (as the original's figures
-    suggest), and under independent differs from it by alternating small amounts (no clear difference)."""
+    """other_class is 5 dB above random at every epoch under chained (as the original's figures suggest), and under
+    independent differs from it by alternating small amounts (no clear difference)."""
     for job, (hls, hfs) in enumerate(cells):
         traj = ramp_trajectories(N_TRIPLES, EPOCHS, seed=hls * 1000 + hfs)
         for t in range(N_TRIPLES):
@@ -49,105 +53,93 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def report(sweeps: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The report with a robustness rerun: the independent sweep itself (the same arithmetic)."""
     out = tmp_path_factory.mktemp("docs") / "findings.md"
-    return write_report(sweeps["independent"], sweeps["chained"], out, psnr_cap=59.0)
+    return write_report(sweeps["independent"], sweeps["chained"], out, robust=sweeps["independent"])
 
 
-def test_report_files(report: dict[str, Path]) -> None:
+def test_report_files_and_links(report: dict[str, Path]) -> None:
     out = report["findings.md"]
     figures = {f"findings/psnr_{h}hls_{f}hfs.png" for h, f in COMMON}
-    figures |= {"findings/paired_differences.png", "findings/paired_differences_capped.png"}
-    assert set(report) == {"findings.md"} | figures
+    figures |= {f"findings/{n}.png" for n in ("auc_boxplot", "auc_capped_boxplot", "paired_differences",
+                "paired_differences_capped", "paired_differences_epochs_to_30db", "paired_differences_epochs_to_40db",
+                "robustness_independent")}  # fmt: skip
+    assert set(report) == {"findings.md", "findings/robustness_independent.md"} | figures
     for name in figures:
         data = report[name].read_bytes()
         assert report[name] == out.parent / name and data[:8] == PNG_SIGNATURE and len(data) > 1024, name
     text = out.read_text()
-    # Every image link is relative to the report and points at a file that exists; every figure is linked.
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert set(links) == figures
-    assert all(not Path(link).is_absolute() and (out.parent / link).is_file() for link in links)
+    images = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
+    curves = {f"findings/psnr_{h}hls_{f}hfs.png" for h, f in COMMON}
+    assert images == figures - curves  # the curves are linked, not inlined
+    assert all(f"]({c})" in text for c in curves) and "](findings/robustness_independent.md)" in text
     assert not [p for p in out.parent.rglob("*.tmp")]
 
 
-def test_report_content(report: dict[str, Path], sweeps: dict[str, Path]) -> None:
+def test_report_states_what_it_covers(report: dict[str, Path]) -> None:
     text = report["findings.md"].read_text()
-    for heading in ("## What changes in the conclusion", "## Paired differences from random",
-                    "## Mean AUC per scheme", "## PSNR curves per cell", "## Runs"):  # fmt: skip
-        assert heading in text
-    assert "### 2x32" in text and "### 3x32" in text
-    assert "compared: the 2 cell(s) in both sweeps: 2x32, 3x32" in text
+    assert "**cells covered**: 2 of the 42 cells of the full grid (hls 2–8 x hfs 32–1024), those both sweeps ran: " \
+           "2x32, 3x32" in text  # fmt: skip
+    assert "- not covered (40 cells, not run under both protocols yet" in text and "8x1024" in text
     assert "only in the independent sweep (left out): 2x64" in text
     assert "the two sweeps hold the same triples" in text and "`target_index` matches" in text
-    # The conclusion, from the numbers: other_class beats random under chained, not under independent.
-    assert "In the smallest common cell, 2x32, under chained, Δ = +" in text
+    before_runs = text[: text.index("## Runs")].replace("only in the independent sweep (left out): 2x64", "")
+    assert "2x64" not in before_runs.split("- not covered")[0]  # no statistics of the cell not in both
+    info = coverage([(2, 32), (1, 8)])
+    assert info["in_grid"] == [(2, 32)] and info["outside"] == [(1, 8)] and len(info["missing"]) == 41
+
+
+def test_verdict_table_over_every_cell_and_measure(report: dict[str, Path]) -> None:
+    text = report["findings.md"].read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| cell | scheme | capped AUC (chained)"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["cell", "scheme"] + [f"{m.label} ({p})" for m in MEASURES for p in ("chained", "independent")]
+    rows = [line for line in text.splitlines() if re.match(r"\| [23]x32 \| (same|other)_class \| (\*\*|unclear)", line)]
+    assert len(rows) == 4
+    other = next(r for r in rows if r.startswith("| 2x32 | other_class"))
+    cells = [c.strip() for c in other.strip("|").split("|")]
+    assert cells[2].startswith("**beats**") and cells[3].startswith("unclear")  # capped AUC: chained, independent
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings[:3] == ["## Verdicts: each scheme against random, in every covered cell",
+                            "## What changes in the conclusion", "## Paired differences from random"]  # fmt: skip
+    assert {"## AUC of every fit", "## PSNR curves per cell", "## Robustness", "## Runs"} <= set(headings)
+
+
+def test_conclusion_and_runs(report: dict[str, Path], sweeps: dict[str, Path]) -> None:
+    text = report["findings.md"].read_text()
+    assert "In the smallest common cell, 2x32, by the capped AUC: under chained, Δ = +" in text
     assert "other_class beats random in 2 under chained and in 0 under independent" in text
     assert "holds only under the chained protocol" in text
-    assert "With PSNR capped at 59 dB" in text
-    # Runs: cells, triples, epochs and the sum of wall_s per sweep (the independent one has a third job).
+    assert "- raw AUC: other_class beats random in 2 cell(s) under chained and 0 cell(s) under independent" in text
     runs = text[text.index("## Runs") :]
     assert f"| chained | `{sweeps['chained']}` | 2 | {N_TRIPLES} | {EPOCHS} |" in runs
-    assert "| 2 (2) | 1 min 15 s | cpu |" in runs  # 30 s + 45 s
-    assert "| 3 (3) | 11 min 15 s | cpu |" in runs  # + 600 s
+    assert "| 2 (2) | 1 min 15 s | cpu |" in runs and "| 3 (3) | 11 min 15 s | cpu |" in runs
     assert "| 2x32 | 8 | 8 | 20 | 20 | 30.0 s | 30.0 s |" in runs
-    # The stats tables give each protocol's Δ with its CI and p.
-    row = next(line for line in text.splitlines() if line.startswith("| 2x32 | other_class | +"))
-    assert row.count("[") == 2 and row.count("|") == 11
+    robust = text[text.index("## Robustness") : text.index("## Runs")]
+    assert "The verdicts agree in 24 of 24 comparisons" in robust and "No verdict changes between the sweeps." in robust
 
 
-def test_cli_with_the_hydra_spelling(sweeps: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "notes" / "protocols.md"
-    argv = ["--independent", str(sweeps["independent"]), "--chained", str(sweeps["chained"]), "--out", str(out)]
-    assert main(argv) == 0
-    assert out.is_file() and (tmp_path / "notes" / "protocols" / "psnr_2hls_32hfs.png").is_file()
-    assert "PSNR cap: off" in out.read_text()
-    assert not (tmp_path / "notes" / "protocols" / "paired_differences_capped.png").exists()
-    capsys.readouterr()
-    # The chained sweep passed as independent: no fits of that protocol, one line, status 2.
-    bad = ["--independent", str(sweeps["chained"]), "--chained", str(sweeps["chained"]), "--out", str(out)]
-    assert main(bad) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no fits with protocol 'independent'" in err[0]
-    assert main([*argv, "analysis.psnr_cap=oops"]) == 2
-    assert "analysis.psnr_cap must be a number" in capsys.readouterr().err
+def test_presentation_is_a_choice_over_the_one_order() -> None:
+    assert presentation() == ["chained", "independent"] and presentation(False) == list(PROTOCOL_ORDER)
 
 
-def test_no_common_cell_is_an_error(tmp_path: Path) -> None:
-    chained = write_protocol_sweep(tmp_path / "c", "chained", [(2, 32)])
-    independent = write_protocol_sweep(tmp_path / "i", "independent", [(2, 64)])
-    with pytest.raises(Exception, match="no cell is in both sweeps"):
-        write_report(independent, chained, tmp_path / "findings.md")
+def long_frame(rows: dict[tuple[str, int, int, str], tuple[float, float, float, float]], n: int = 20) -> pd.DataFrame:
+    """A long stats table from {(protocol, hls, hfs, scheme): (mean, ci_low, ci_high, p)} for the capped AUC and
+    (the same numbers) the raw AUC."""
+    from prefit.analysis.stats import decide
 
-
-def test_mismatched_triples_are_reported(sweeps: dict[str, Path], tmp_path: Path) -> None:
-    other = tmp_path / "independent"
-    shutil.copytree(sweeps["independent"], other)
-    path = other / "0" / "psnr.parquet"  # cell 2x32: triple 1 fits another A
-    frame = pd.read_parquet(path)
-    frame.loc[(frame["triple"] == 1) & (frame["phase"] == "fit"), "target_index"] += 7
-    frame.to_parquet(path, index=False)
-    runs = [analyse_protocol(sweeps["chained"], "chained"), analyse_protocol(other, "independent")]
-    check = compare_triples(*runs, COMMON).set_index(["hls", "hfs"])
-    assert check.loc[(2, 32), "target_mismatch"] == 1 and check.loc[(3, 32), "target_mismatch"] == 0
-    sentence = triples_sentence(check.reset_index(), ("chained", "independent"))
-    assert sentence.startswith("**The triples differ** in 1 of 2 common cell(s): 2x32")
-    same = triples_sentence(compare_triples(runs[0], analyse_protocol(sweeps["independent"], "independent"), COMMON),
-                            ("chained", "independent"))  # fmt: skip
-    assert "hold the same triples" in same and "differ by at most 0 dB·epoch" in same
-
-
-def stats_frame(
-    rows: dict[tuple[int, int, str], tuple[float, float, float, float]], protocol: str, n: int = 20
-) -> pd.DataFrame:
-    """A stats table from {(hls, hfs, scheme): (mean, ci_low, ci_high, p)}, n pairs each."""
-    records = [
-        {"hls": h, "hfs": f, "protocol": protocol, "scheme": s, "baseline": "random", "n": n, "mean_diff_auc": m,
-         "ci_low": lo, "ci_high": hi, "p_wilcoxon": p, "n_diverged": 0, "n_saturated": 0}
-        for (h, f, s), (m, lo, hi, p) in rows.items()
-    ]  # fmt: skip
-    return pd.DataFrame.from_records(records, columns=STATS_COLUMNS)
+    records = [{"hls": h, "hfs": f, "protocol": p, "scheme": s, "measure": m, "n": n, "mean_diff": mean, "ci_low": lo,
+                "ci_high": hi, "p_wilcoxon": pv, "verdict": decide(n, lo, hi, pv)}
+               for (p, h, f, s), (mean, lo, hi, pv) in rows.items() for m in ("auc_capped", "auc")]  # fmt: skip
+    return pd.DataFrame.from_records(records)
 
 
 BETTER, UNCLEAR, WORSE = (500.0, 200.0, 800.0, 0.001), (20.0, -50.0, 90.0, 0.6), (-300.0, -500.0, -100.0, 0.002)
+LEAD = [m for m in MEASURES if m.name in ("auc_capped", "auc")]
+
+
+def conclusion_text(long: pd.DataFrame, cells: list[tuple[int, int]]) -> str:
+    return conclusion_markdown(long, cells, LEAD, presentation())
 
 
 @pytest.mark.parametrize(
@@ -162,13 +154,11 @@ BETTER, UNCLEAR, WORSE = (500.0, 200.0, 800.0, 0.001), (20.0, -50.0, 90.0, 0.6),
 )
 def test_conclusion_follows_the_numbers(chained: tuple, independent: tuple, expected: str) -> None:
     cells = [(2, 32), (2, 64)]
-    stats = {
-        "chained": stats_frame({(2, 32, "other_class"): chained, (2, 64, "other_class"): UNCLEAR,
-                                (2, 32, "same_class"): BETTER}, "chained"),
-        "independent": stats_frame({(2, 32, "other_class"): independent, (2, 64, "other_class"): UNCLEAR,
-                                    (2, 32, "same_class"): UNCLEAR}, "independent"),
-    }  # fmt: skip
-    text = conclusion_paragraph(stats, cells)
+    long = long_frame({("chained", 2, 32, "other_class"): chained, ("chained", 2, 64, "other_class"): UNCLEAR,
+                       ("chained", 2, 32, "same_class"): BETTER, ("independent", 2, 32, "other_class"): independent,
+                       ("independent", 2, 64, "other_class"): UNCLEAR,
+                       ("independent", 2, 32, "same_class"): UNCLEAR})  # fmt: skip
+    text = conclusion_text(long, cells)
     assert expected in text
     assert "pre-fitting on an image of a different class helps small models most" in text
     assert "same_class 1 / 0, of 2" in text
@@ -177,38 +167,67 @@ def test_conclusion_follows_the_numbers(chained: tuple, independent: tuple, expe
 
 
 def test_conclusion_warns_when_too_few_triples_for_the_test() -> None:
-    stats = {p: stats_frame({(2, 32, "other_class"): UNCLEAR}, p, n=5) for p in ("chained", "independent")}
-    assert "smallest exact two-sided Wilcoxon p is 2/2^5 = 0.0625" in conclusion_paragraph(stats, [(2, 32)])
-    stats = {p: stats_frame({(2, 32, "other_class"): UNCLEAR}, p, n=6) for p in ("chained", "independent")}
-    assert "smallest exact" not in conclusion_paragraph(stats, [(2, 32)])
+    rows = {(p, 2, 32, "other_class"): UNCLEAR for p in PROTOCOL_ORDER}
+    assert "smallest exact two-sided Wilcoxon p is 2/2^5 = 0.0625" in conclusion_text(long_frame(rows, n=5), [(2, 32)])
+    assert "smallest exact" not in conclusion_text(long_frame(rows, n=6), [(2, 32)])
+    rows = {(p, 2, 32, "same_class"): BETTER for p in PROTOCOL_ORDER}
+    assert "so the original's claim cannot be checked here" in conclusion_text(long_frame(rows), [(2, 32)])
 
 
-def test_conclusion_without_other_class() -> None:
-    stats = {p: stats_frame({(2, 32, "same_class"): BETTER}, p) for p in ("chained", "independent")}
-    assert "so the original's claim cannot be checked here" in conclusion_paragraph(stats, [(2, 32)])
+def test_mismatched_triples_are_reported(sweeps: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "independent"
+    shutil.copytree(sweeps["independent"], other)
+    path = other / "0" / "psnr.parquet"  # cell 2x32: triple 1 fits another A
+    frame = pd.read_parquet(path)
+    frame.loc[(frame["triple"] == 1) & (frame["phase"] == "fit"), "target_index"] += 7
+    frame.to_parquet(path, index=False)
+    text = write_report(other, sweeps["chained"], tmp_path / "f.md", psnr_cap=None)["f.md"].read_text()
+    assert "**The triples differ** in 1 of 2 common cell(s): 2x32 (chained: 8 triples, independent: 8, 8 in both, " \
+           "1 with a different A)" in text  # fmt: skip
+    assert "PSNR cap: off" in text and "capped AUC" not in text.split("## Runs")[0].split("## Verdicts")[1]
+
+
+def test_errors(sweeps: dict[str, Path], tmp_path: Path) -> None:
+    chained = write_protocol_sweep(tmp_path / "c", "chained", [(2, 32)])
+    independent = write_protocol_sweep(tmp_path / "i", "independent", [(2, 64)])
+    with pytest.raises(AnalysisError, match="no cell is in both sweeps"):
+        write_report(independent, chained, tmp_path / "findings.md")
+    other = write_protocol_sweep(tmp_path / "o", "independent", [(2, 32)])
+    frame = pd.read_parquet(other / "0" / "psnr.parquet")
+    frame.assign(protocol="other").to_parquet(other / "0" / "psnr.parquet", index=False)
+    with pytest.raises(AnalysisError, match="holds neither protocol"):
+        write_report(sweeps["independent"], sweeps["chained"], tmp_path / "x.md", robust=other)
+    assert duration(239.7) == "4 min 00 s" and duration(3599.6) == "1 h 00 min" and duration(75.2) == "1 min 15 s"
+
+
+def test_cli(sweeps: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "notes" / "protocols.md"
+    argv = ["--independent", str(sweeps["independent"]), "--chained", str(sweeps["chained"]), "--out", str(out)]
+    assert main([*argv, "analysis.psnr_cap=null"]) == 0
+    assert out.is_file() and (tmp_path / "notes" / "protocols" / "psnr_2hls_32hfs.png").is_file()
+    assert "PSNR cap: off" in out.read_text()
+    assert not (tmp_path / "notes" / "protocols" / "paired_differences_capped.png").exists()
+    capsys.readouterr()
+    bad = ["--independent", str(sweeps["chained"]), "--chained", str(sweeps["chained"]), "--out", str(out)]
+    for args, message in [(bad, "no fits with protocol 'independent'"),
+                          ([*argv, "analysis.psnr_cap=oops"], "analysis.psnr_cap must be a number"),
+                          (argv[:2], "the following arguments are required: --chained"),
+                          ([*argv, "extra"], "unexpected argument(s): extra")]:  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    result = subprocess.run([sys.executable, "-m", "prefit.report", *argv], capture_output=True, text=True, cwd=REPO,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0 and "wrote" in result.stdout, result.stderr
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_report_target() -> None:
     result = subprocess.run(
-        ["make", "-n", "report", "SWEEP_INDEPENDENT=a/i", "SWEEP_CHAINED=b/c", "REPORT_ARGS=analysis.psnr_cap=59"],
+        ["make", "-n", "report", "SWEEP_INDEPENDENT=a/i", "SWEEP_CHAINED=b/c",
+         "REPORT_ARGS=--robust r analysis.ci_method=bca"],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    command = "-m prefit.report --independent a/i --chained b/c --out docs/findings.md analysis.psnr_cap=59"
-    assert command in result.stdout
-
-
-def test_stats_only_for_common_cells_are_used(report: dict[str, Path]) -> None:
-    text = report["findings.md"].read_text()
-    before_runs = text[: text.index("## Runs")]
-    assert "2x64" not in before_runs.replace("only in the independent sweep (left out): 2x64", "")
-    assert np.isfinite(float(re.search(r"differ by at most ([\d.]+) dB", text).group(1)))
-
-
-def test_durations_round_once():
-    from prefit.report import _duration
-
-    assert _duration(239.7) == "4 min 00 s"  # not "3 min 60 s"
-    assert _duration(3599.6) == "1 h 00 min"
-    assert _duration(75.2) == "1 min 15 s"
+    assert "-m prefit.report --independent a/i --chained b/c --out docs/findings.md --robust r analysis.ci_method=bca" \
+        in result.stdout  # fmt: skip

@@ -1,0 +1,134 @@
+"""prefit.analysis.load: reading a sweep folder, and every kind of unusable input as one line naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefit.analysis.load import AnalysisError, find_psnr_files, load_recon, load_sweep, read_fit_rows, span
+from prefit.schema import MEMBER_KEYS, PSNR_FILE, RECON_FILE, write_psnr
+
+try:
+    from tests.synthetic_sweep import psnr_frame, write_cell, write_synthetic_sweep
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
+    from synthetic_sweep import psnr_frame, write_cell, write_synthetic_sweep
+
+
+def test_only_fit_rows_of_the_last_fit_stage_are_read(tmp_path: Path) -> None:
+    sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=2, epochs=5, new_schemes=True)
+    loaded = load_sweep(sweep)
+    assert loaded.fits["psnr"].max() < 500.0  # the pre-fit rows (500 dB + stage) are gone
+    assert len(loaded.fits) == 6 * 2 * 5 and len(loaded.members) == 6 * 2
+    assert list(loaded.fits.columns) == [*MEMBER_KEYS, "epoch", "psnr"]
+    assert loaded.fits["psnr"].dtype == np.float64
+    assert loaded.runs[sweep / "0"]["status"] == "complete" and loaded.job_cells[sweep / "0"] == (2, 32, "independent")
+    assert loaded.recon_files[(2, 32, "independent")] == sweep / "0" / RECON_FILE
+
+
+def test_the_compact_format_reads_like_the_old_one(tmp_path: Path) -> None:
+    traj = {("random", 0): np.arange(4.0), ("same_class", 0): np.arange(4.0) + 1}
+    old = write_cell(tmp_path / "old" / "0", 2, 32, traj, recon=False)
+    new = tmp_path / "new" / "0"
+    new.mkdir(parents=True)
+    write_psnr(pd.read_parquet(old / PSNR_FILE), new / PSNR_FILE)
+    a, b = read_fit_rows(old / PSNR_FILE), read_fit_rows(new / PSNR_FILE)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_restricted_keeps_one_protocol(tmp_path: Path) -> None:
+    traj = {("random", t): np.arange(3.0) for t in range(2)}
+    write_cell(tmp_path / "s" / "a", 2, 32, traj, protocol="independent", recon=False)
+    write_cell(tmp_path / "s" / "b", 2, 32, traj, protocol="chained", recon=False)
+    loaded = load_sweep(tmp_path / "s")
+    chained = loaded.restricted("chained")
+    assert set(chained.fits["protocol"]) == {"chained"} and set(chained.members["protocol"]) == {"chained"}
+    assert list(chained.job_cells.values()) == [(2, 32, "chained")] and chained.files == [tmp_path / "s/b" / PSNR_FILE]
+
+
+def test_the_analysis_folder_is_not_searched(tmp_path: Path) -> None:
+    sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=1, epochs=3, recon=False)
+    copy = sweep / "analysis" / "0"
+    copy.mkdir(parents=True)
+    (copy / PSNR_FILE).write_bytes((sweep / "0" / PSNR_FILE).read_bytes())
+    assert find_psnr_files(sweep, exclude=sweep / "analysis") == [sweep / "0" / PSNR_FILE]
+    assert len(find_psnr_files(sweep)) == 2
+
+
+def test_span() -> None:
+    assert span([20, 20]) == "20" and span([3, 2, 8]) == "2–8" and span([]) == "—"
+
+
+def make_broken(kind: str, root: Path) -> Path:
+    """A sweep folder that cannot be analysed; returns the file the error must name (or the folder)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if kind == "empty":
+        (root / "notes.txt").write_text("no parquet here")
+        return root
+    if kind == "missing_folder":
+        return root / "nowhere"
+    job = root / "0"
+    job.mkdir()
+    path = job / PSNR_FILE
+    frame = psnr_frame(2, 32, {("random", 0): np.arange(5.0)})
+    if kind == "corrupt":
+        path.write_bytes(b"PAR1 this is not really a parquet file")
+    elif kind == "truncated":  # a real file, cut short (a job killed mid-write, by a tool that was not atomic)
+        write_psnr(frame, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "missing_columns":
+        pd.DataFrame({"step": [0, 1], "value": [1.0, 2.0]}).to_parquet(path)
+    elif kind == "wrong_dtype":
+        frame.assign(psnr=frame["psnr"].astype(str)).to_parquet(path)
+    elif kind == "duplicate_job":
+        write_cell(job, 2, 32, {("random", 0): np.arange(3.0)}, recon=False)
+        write_cell(root / "1", 2, 32, {("random", 0): np.arange(3.0)}, recon=False)
+        return root / "1" / PSNR_FILE
+    elif kind == "no_fit_rows":
+        frame.assign(phase="prefit").to_parquet(path)
+    elif kind == "gap":
+        frame[frame["epoch"] != 2].to_parquet(path)
+    elif kind == "null_key":
+        frame.assign(scheme=[None] + ["random"] * (len(frame) - 1)).to_parquet(path)
+    return path
+
+
+ERROR_CASES = {
+    "empty": "no psnr.parquet found",
+    "missing_folder": "no such folder",
+    "corrupt": "not a readable parquet file",
+    "truncated": "not a readable parquet file",
+    "missing_columns": "missing column(s) hls, hfs",
+    "wrong_dtype": "column 'psnr' has type",
+    "duplicate_job": "is also in",
+    "no_fit_rows": "no rows with phase == 'fit'",
+    "gap": "not 0..n-1",
+    "null_key": "column 'scheme' has null values",
+}
+
+
+@pytest.mark.parametrize("kind", list(ERROR_CASES))
+def test_unusable_input_raises_one_line_naming_the_file(tmp_path: Path, kind: str) -> None:
+    named = make_broken(kind, tmp_path / "sweep")
+    with pytest.raises(AnalysisError) as info:
+        load_sweep(named if kind == "missing_folder" else tmp_path / "sweep")
+    message = str(info.value)
+    assert str(named) in message and ERROR_CASES[kind] in message and "\n" not in message
+
+
+def test_recon_checks(tmp_path: Path) -> None:
+    sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=2, epochs=12)
+    arrays = load_recon(sweep / "0" / RECON_FILE)
+    assert arrays["recon"].shape[:2] == (6, 3) and arrays["recon"].dtype == np.uint8
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not an npz")
+    with pytest.raises(AnalysisError, match="not a readable npz file"):
+        load_recon(bad)
+    np.savez(tmp_path / "partial.npz", **{k: v for k, v in arrays.items() if k != "psnr"})
+    with pytest.raises(AnalysisError, match=r"missing key\(s\) psnr"):
+        load_recon(tmp_path / "partial.npz")
+    np.savez(tmp_path / "shape.npz", **{**arrays, "psnr": arrays["psnr"][:, :1]})
+    with pytest.raises(AnalysisError, match="shapes do not match"):
+        load_recon(tmp_path / "shape.npz")
