@@ -1,14 +1,22 @@
-"""Writes notebooks/analysis.ipynb with nbformat (run from the repo root)."""
-
-import sys
-from pathlib import Path
-
+"""Writes notebooks/analysis.ipynb with nbformat (run from the repo root; the notebook is the artefact)."""
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-cells = [
-    new_markdown_cell(
-        """# prefit: analysis of a sweep
+cells = []
+
+
+def md(text):
+    cells.append(nbformat.v4.new_markdown_cell(text.strip("\n")))
+
+
+def code(text, tags=None):
+    cell = nbformat.v4.new_code_cell(text.strip("\n"))
+    if tags:
+        cell.metadata["tags"] = tags
+    cells.append(cell)
+
+
+md('''
+# prefit: analysis of a sweep
 
 Does pre-fitting a SIREN on another image make fitting a target image A faster? Each cell of the grid
 (`hls` hidden layers x `hfs` hidden features) fits A for 20 triples under several schemes: from a
@@ -19,88 +27,93 @@ on an image of another class (**other_class**), and, where the sweep ran them, *
 This notebook reads the folder written by
 
 ```
-python -m prefit.analyze SWEEP_DIR                        # -> SWEEP_DIR/analysis
-python -m prefit.analyze SWEEP_DIR analysis.psnr_cap=59   # also the AUC with PSNR capped at 59 dB
+python -m prefit.analyze SWEEP_DIR                          # -> SWEEP_DIR/analysis (PSNR cap 59 dB)
+python -m prefit.analyze SWEEP_DIR analysis.ci_method=bca   # BCa bootstrap intervals instead of percentile
 ```
 
-(`curves.parquet`, `auc.parquet`, `stats.parquet`, `summary.md`, `figures/`) and shows the AUC box plot
-over all cells, the paired statistics of each scheme against random, one cell's PSNR curves and AUCs,
-and the summary. Set `ANALYSIS_DIR` and `CELL` in the next cell (it is tagged `parameters`, so a tool
-can inject other values)."""
-    ),
-    new_code_cell(
-        """ANALYSIS_DIR = "../outputs/sweeps/NAME/analysis"  # a folder written by `python -m prefit.analyze`
-CELL = None  # the cell to look at: (hls, hfs) or "2x32"; None -> the first (smallest) cell""",
-        metadata={"tags": ["parameters"]},
-    ),
-    new_code_cell(
-        """from pathlib import Path
+(`curves.parquet`, `auc.parquet`, `stats.parquet`, `summary.md`, `figures/`). It leads with the measures
+that an image can show: the **capped AUC** (PSNR clipped at 59 dB, the PSNR of 8-bit quantisation) and the
+**epochs to 30 and 40 dB** (fewer is better). The raw AUC, the original study's measure, comes last, for
+comparison, flagged (†) in every cell where a fit passes 100 dB. Set `ANALYSIS_DIR` and `CELL` in the next
+cell (it is tagged `parameters`, so a tool can inject other values).
+''')
+code('''
+ANALYSIS_DIR = "../outputs/sweeps/NAME/analysis"  # a folder written by `python -m prefit.analyze`
+CELL = None  # the cell to look at: (hls, hfs) or "2x32"; None -> the first (smallest) cell
+''', tags=["parameters"])
+code('''
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from IPython.display import Image, Markdown, display
 
-from prefit.analyze import cell_label, cell_order, scheme_order, scheme_palette
+from prefit.analysis.figures import scheme_palette
+from prefit.analysis.reduce import cell_order, measures_in, scheme_order
+from prefit.analysis.stats import long_from_wide
+from prefit.analysis.tables import RAW_FLAG_NOTE, count_table, stats_markdown, threshold_markdown, verdict_table
+from prefit.schema import AUC_FILE, CURVES_FILE, FIGURES_DIR, STATS_FILE, SUMMARY_FILE, cell_label
 
 analysis = Path(ANALYSIS_DIR)
-if not (analysis / "curves.parquet").is_file():
+if not (analysis / CURVES_FILE).is_file():
     raise FileNotFoundError(
-        f"{analysis.resolve()} has no curves.parquet: run `python -m prefit.analyze SWEEP_DIR` "
+        f"{analysis.resolve()} has no {CURVES_FILE}: run `python -m prefit.analyze SWEEP_DIR` "
         "and point ANALYSIS_DIR at its output folder"
     )
-curves = pd.read_parquet(analysis / "curves.parquet")
-auc = pd.read_parquet(analysis / "auc.parquet")
-summary = (analysis / "summary.md").read_text(encoding="utf-8")
+figures = analysis / FIGURES_DIR
+curves = pd.read_parquet(analysis / CURVES_FILE)
+auc = pd.read_parquet(analysis / AUC_FILE)
+summary = (analysis / SUMMARY_FILE).read_text(encoding="utf-8")
 
 schemes = scheme_order(auc["scheme"].unique())
 palette = scheme_palette(schemes)  # the colours of the saved figures
 cells = cell_order(zip(auc["hls"], auc["hfs"]))
-print(f"{len(cells)} cells, {len(auc)} fits of A, schemes: {', '.join(schemes)}")"""
-    ),
-    new_markdown_cell(
-        """## AUC of every fit, all cells
+measures = measures_in(auc.columns)  # capped AUC, epochs to 30 dB, epochs to 40 dB, raw AUC
+print(f"{len(cells)} cells, {len(auc)} fits of A, schemes: {', '.join(schemes)}")
+print("measures, in the order they are read:", ", ".join(m.label for m in measures))
+''')
+md('''
+## Verdicts: each scheme against random (`stats.parquet`)
 
-The area under each fit's PSNR-vs-epoch curve (trapezoid over epoch index), cells ordered by model
-size `hls * hfs` (ties by `hls`), as in the original study's figure. Higher is faster and better."""
-    ),
-    new_code_cell("""display(Image(filename=str(analysis / "figures" / "auc_boxplot.png")))"""),
-    new_markdown_cell(
-        """## Paired statistics: each scheme against random (`stats.parquet`)
+Per cell and scheme, over the triples (pairs matched on the triple: same A, same initialisation), for each
+measure: the mean paired difference from random, its 95% bootstrap CI (`scipy.stats.bootstrap`, 10,000
+resamples, fixed seed) and the two-sided Wilcoxon signed-rank p. A scheme **beats** random when the CI lies
+on the favourable side of 0 (above it for the AUCs, below it for the epochs: sooner) and p < 0.05, is
+**worse** when it lies on the other side and p < 0.05, and is *unclear* otherwise. A fit that never reaches
+a threshold counts as taking all its epochs. The p-values are not corrected for the number of tests.
+''')
+code('''
+stats = pd.read_parquet(analysis / STATS_FILE)
+long = long_from_wide(stats)  # one row per cell, scheme and measure
+print(f"verdicts: {len(stats)} cells x schemes, {len(long)} comparisons over {len(measures)} measures")
+display(Markdown(verdict_table(long, measures)))
+if stats["flag_raw_auc"].any():
+    display(Markdown(RAW_FLAG_NOTE))
+display(Markdown(count_table(long, measures)))
+''')
+md('''
+## Capped AUC and time to PSNR
 
-Per cell and scheme, over the triples (pairs matched on the triple: same A, same initialisation):
-`mean_diff_auc`, the mean of AUC(scheme) − AUC(random); `ci_low`/`ci_high`, its 95% percentile-bootstrap
-interval (10,000 resamples, fixed seed); `p_wilcoxon`, the two-sided Wilcoxon signed-rank p; `n`, the
-pairs used; `n_diverged`, the pairs left out because a fit diverged. With a PSNR cap the same columns
-follow for the capped AUC (`_capped`). The p-values are not corrected for the number of tests."""
-    ),
-    new_code_cell(
-        """stats_path = analysis / "stats.parquet"
-if stats_path.is_file():
-    stats = pd.read_parquet(stats_path)
-    rank = {c: i for i, c in enumerate(cells)}
-    stats = stats.assign(cell=[cell_label(h, f) for h, f in zip(stats["hls"], stats["hfs"])],
-                         _rank=[rank[(h, f)] for h, f in zip(stats["hls"], stats["hfs"])])
-    stats = stats.sort_values(["_rank", "protocol"], kind="stable")
-    shown = ["cell", "protocol", "scheme", "n", "mean_diff_auc", "ci_low", "ci_high", "p_wilcoxon", "n_diverged"]
-    shown += [c for c in stats.columns if c.endswith("_capped")]
-    print(f"paired statistics: {len(stats)} rows, one per cell and scheme, each against random")
-    digits = {c: 4 if c.startswith("p_") else 1 for c in shown if c.startswith(("mean_", "ci_", "p_"))}
-    display(stats[shown].reset_index(drop=True).round(digits))
-    figure = analysis / "figures" / "paired_differences.png"
-    if figure.is_file():
-        display(Image(filename=str(figure)))
-else:
-    print("no stats.parquet in this analysis folder: rerun `python -m prefit.analyze` to get the paired statistics")"""
-    ),
-    new_markdown_cell(
-        """## One cell
+The capped AUC of every fit per cell (by size) and scheme, then the paired differences from random of the
+capped AUC and of the epochs to 30 dB with their CIs, then per cell and scheme the median epochs to each
+threshold (how many fits reached it, of all).
+''')
+code('''
+for name in ("auc_capped_boxplot.png", "paired_differences_capped.png", "paired_differences_epochs_to_30db.png"):
+    if (figures / name).is_file():
+        display(Image(filename=str(figures / name)))
+display(Markdown(threshold_markdown(auc)))
+''')
+md('''
+## One cell
 
-Mean PSNR over triples with a band of one standard deviation (non-finite values are left out of
-the mean; `curves.n_nonfinite` counts them), then the AUC of each triple per scheme."""
-    ),
-    new_code_cell(
-        """if CELL is None:
+Mean PSNR over triples with a band of one standard deviation (non-finite values are left out of the mean;
+`curves.n_nonfinite` counts them) and the 59 dB cap, then per triple the capped AUC and the epochs to 30 dB
+of each scheme, and their differences from random.
+''')
+code('''
+if CELL is None:
     hls, hfs = cells[0]
 elif isinstance(CELL, str):
     hls, hfs = (int(v) for v in CELL.lower().split("x"))
@@ -120,51 +133,61 @@ for ax, protocol in zip(axes[0], protocols):
         std = s["std"].fillna(0.0)
         ax.plot(s["epoch"], s["mean"], color=palette[scheme], label=scheme)
         ax.fill_between(s["epoch"], s["mean"] - std, s["mean"] + std, color=palette[scheme], alpha=0.2, lw=0)
+    ax.axhline(59.0, color="dimgrey", ls=":", lw=0.8, label="59 dB (8-bit quantisation)")
     n = cell_auc.loc[cell_auc["protocol"] == protocol, "triple"].nunique()
     title = f"{cell_label(hls, hfs)}, {protocol}: mean ± 1 std over {n} triples"
     ax.set(xlabel="Epoch", ylabel="PSNR (dB)", title=title)
     ax.legend()
-plt.show()"""
-    ),
-    new_code_cell(
-        """fig, ax = plt.subplots(figsize=(7, 4))
-finite = cell_auc[cell_auc["auc"].abs() < float("inf")]
-sns.boxplot(data=finite, x="scheme", y="auc", hue="scheme", order=schemes, palette=palette, legend=False, ax=ax)
-sns.stripplot(data=finite, x="scheme", y="auc", order=schemes, color="black", size=3, ax=ax)
-ax.set(xlabel="", ylabel="AUC (dB·epoch)", title=f"AUC per fit, cell {cell_label(hls, hfs)}")
+plt.show()
+''')
+code('''
+lead = "auc_capped" if "auc_capped" in cell_auc.columns else "auc"
+fig, ax = plt.subplots(figsize=(7, 4))
+finite = cell_auc[cell_auc[lead].abs() < float("inf")]
+sns.boxplot(data=finite, x="scheme", y=lead, hue="scheme", order=schemes, palette=palette, legend=False, ax=ax)
+sns.stripplot(data=finite, x="scheme", y=lead, order=schemes, color="black", size=3, ax=ax)
+ax.set(xlabel="", ylabel=f"{lead} (dB·epoch)", title=f"{lead} per fit, cell {cell_label(hls, hfs)}")
 plt.show()
 
-per_triple = cell_auc.pivot_table(index=["protocol", "triple"], columns="scheme", values="auc")
-per_triple = per_triple[[s for s in schemes if s in per_triple.columns]]
-if "random" in per_triple.columns:  # paired on triple: same A, same initialisation
-    for scheme in per_triple.columns.drop("random"):
-        per_triple[f"{scheme} - random"] = per_triple[scheme] - per_triple["random"]
-display(per_triple.round(1))"""
-    ),
-    new_code_cell(
-        """# Reconstructions of A at the snapshot epochs (the job's recon.npz); "_<protocol>" is appended to the
+per_triple = cell_auc.pivot_table(index=["protocol", "triple"], columns="scheme", values=[lead, "epochs_to_30db"])
+if "random" in schemes:  # paired on triple: same A, same initialisation
+    for scheme in [s for s in schemes if s != "random"]:
+        per_triple[(lead, f"{scheme} - random")] = per_triple[(lead, scheme)] - per_triple[(lead, "random")]
+display(per_triple.round(1))
+''')
+code('''
+# Reconstructions of A at the snapshot epochs (the job's recon.npz); "_<protocol>" is appended to the
 # file name when the sweep holds several protocols.
-recons = sorted((analysis / "figures").glob(f"recon_{hls}hls_{hfs}hfs*.png"))
+recons = sorted(figures.glob(f"recon_{hls}hls_{hfs}hfs*.png"))
 for recon in recons:
     display(Image(filename=str(recon)))
 if not recons:
-    print(f"no reconstruction figure for cell {cell_label(hls, hfs)}")"""
-    ),
-    new_markdown_cell("## Summary (`summary.md`)"),
-    new_code_cell("display(Markdown(summary))"),
-]
+    print(f"no reconstruction figure for cell {cell_label(hls, hfs)}")
+''')
+md('''
+## Raw AUC, for comparison with the original
 
-for number, cell in enumerate(cells):  # fixed ids: regenerating the notebook gives the same file
-    cell["id"] = f"cell-{number:02d}"
+The original study's measure and figure (auc.png): the area under the raw PSNR curve. Beyond 59 dB it mostly
+measures float precision, so every cell where a fit passes 100 dB is flagged (†, `stats.flag_raw_auc`).
+''')
+code('''
+display(Image(filename=str(figures / "auc_boxplot.png")))
+raw = [m for m in measures if m.name == "auc"][0]
+print(f"raw AUC flagged in {int(stats.drop_duplicates(['hls', 'hfs', 'protocol'])['flag_raw_auc'].sum())} cell(s)")
+display(Markdown(stats_markdown(long, raw)))
+''')
+md('''
+## Summary (`summary.md`)
+''')
+code('''
+display(Markdown(summary))
+''')
 
-nb = new_notebook(
-    cells=cells,
-    metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-        "language_info": {"name": "python"},
-    },
-)
+nb = nbformat.v4.new_notebook()
+nb.cells = cells
+nb.metadata = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+               "language_info": {"name": "python"}}
+for i, cell in enumerate(nb.cells):
+    cell["id"] = f"cell-{i:02d}"
 nbformat.validate(nb)
-out = Path(sys.argv[1] if len(sys.argv) > 1 else "notebooks/analysis.ipynb")
-nbformat.write(nb, out)
-print(f"wrote {out}")
+nbformat.write(nb, "notebooks/analysis.ipynb")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from prefit import train as app
-from prefit.analyze import check_schema
+from prefit.analysis.load import check_schema
 from prefit.config import Config
 from prefit.devices import LEDGER_ENV, entries
 from prefit.engine import auto_max_members, cuda_bytes_per_member
@@ -196,6 +196,13 @@ BAD_INPUTS = [
     (["dataset=cifar_dir"], "dataset.path"),
     (["dataset=cifar_dir", "dataset.path=/no/such/folder"], "/no/such/folder"),
     (["dataset=cifar_dir", "dataset.path=."], "CIFAR-10 python layout"),
+    (["seed=-1"], "seed"),
+    (["seed=99999999999999999999"], "seed"),
+    (["train.threads=-3"], "train.threads"),
+    (["model.w0=inf"], "model.w0 must be a finite number"),
+    (["train.lr=inf"], "train.lr must be a finite number"),
+    (["model.hfs=100000"], "GiB"),  # refused before anything is allocated, with the memory it would need
+    (["-m", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs"),
 ]
 
 
