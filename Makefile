@@ -15,7 +15,7 @@ STUDY_DIR ?= outputs/sweeps/study
 SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
 
-.PHONY: install run grid repro study analyze notebook test lint bench clean help report
+.PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness
 
 help:
 	@echo "make run       small study (hls 2,3 x hfs 32,64, 20 triples, 2000 epochs) + analysis -> $(RUN_DIR)"
@@ -26,6 +26,7 @@ help:
 	@echo "make analyze SWEEP=DIR   curves, AUC, figures, summary of a sweep -> DIR/analysis"
 	@echo "make notebook  execute notebooks/analysis.ipynb on SWEEP's analysis"
 	@echo "make report SWEEP_INDEPENDENT=DIR SWEEP_CHAINED=DIR   docs/findings.md: chained vs independent"
+	@echo "make robustness SWEEP_A=DIR SWEEP_B=DIR   verdicts of two sweeps that differ only in arithmetic"
 	@echo "make bench     time both engines -> bench.json"
 	@echo "make test | lint | install | clean.   Pass Hydra overrides with ARGS='...'"
 
@@ -104,6 +105,10 @@ SWEEP_INDEPENDENT ?= $(GRID_DIR)
 SWEEP_CHAINED ?= $(REPRO_DIR)
 FINDINGS ?= docs/findings.md
 REPORT_ARGS ?=
+
+# Do two sweeps that differ only in arithmetic reach the same verdicts? -> robustness_A_vs_B.md beside SWEEP_A
+robustness: install
+	$(PY) -m prefit.report robustness $(SWEEP_A) $(SWEEP_B) $(REPORT_ARGS)
 
 report: install
 	$(PY) -m prefit.report --independent $(SWEEP_INDEPENDENT) --chained $(SWEEP_CHAINED) --out $(FINDINGS) $(REPORT_ARGS)
