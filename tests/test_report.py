@@ -231,3 +231,13 @@ def test_make_report_target() -> None:
     assert result.returncode == 0, result.stderr
     assert "-m prefit.report --independent a/i --chained b/c --out docs/findings.md --robust r analysis.ci_method=bca" \
         in result.stdout  # fmt: skip
+
+
+def test_default_out_is_beside_the_sweeps_not_in_docs(sweeps: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # a docs/ folder here would be written into by the old default
+    (tmp_path / "docs").mkdir()
+    assert main(["--independent", str(sweeps["independent"]), "--chained", str(sweeps["chained"])]) == 0
+    beside = Path(sweeps["independent"]).resolve().parent / "findings.md"
+    assert beside.is_file() and (beside.parent / "findings").is_dir()
+    assert not any((tmp_path / "docs").iterdir())

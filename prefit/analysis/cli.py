@@ -22,7 +22,7 @@ from prefit.schema import ANALYSIS_DIR
 
 from .load import AnalysisError, one_line
 from .pipeline import analyze
-from .protocol import DEFAULT_OUT, write_report
+from .protocol import DEFAULT_NAME, default_report, write_report
 from .reduce import DEFAULT_PSNR_CAP, QUANTISATION_PSNR_DB
 from .robustness import default_out, write_robustness_report
 from .stats import CI_METHODS, DEFAULT_CI_METHOD
@@ -139,7 +139,8 @@ def report_main(argv: Sequence[str] | None = None) -> int:
                      "A B` compares two sweeps that differ only in arithmetic.")  # fmt: skip
     parser.add_argument("--independent", required=True, help="sweep folder run with protocol=independent")
     parser.add_argument("--chained", required=True, help="sweep folder run with protocol=chained")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the report (default: {DEFAULT_OUT}); its "
+    parser.add_argument("--out", type=Path, default=None, help=f"the report (default: {DEFAULT_NAME} beside the "
+                        "independent sweep; `make report` writes docs/findings.md); its "
                         "figures go into the folder of the same name without the suffix")  # fmt: skip
     parser.add_argument("--robust", default=None, metavar="SWEEP", help="a rerun of some of the same cells with other "
                         "arithmetic: adds a robustness section")  # fmt: skip
@@ -151,8 +152,9 @@ def report_main(argv: Sequence[str] | None = None) -> int:
             raise AnalysisError(f"unexpected argument(s): {' '.join(positional)} (use --independent/--chained, or "
                                 "`robustness A B`)")  # fmt: skip
         psnr_cap, ci_method = resolve(args, overrides)
-        outputs = write_report(args.independent, args.chained, args.out, psnr_cap, ci_method, args.robust)
-        return f"wrote {args.out} and {len(outputs) - 1} more file(s) in {args.out.with_suffix('')}"
+        out = args.out if args.out is not None else default_report(args.independent)
+        outputs = write_report(args.independent, args.chained, out, psnr_cap, ci_method, args.robust)
+        return f"wrote {out} and {len(outputs) - 1} more file(s) in {out.with_suffix('')}"
 
     return _run(action)
 

@@ -40,7 +40,7 @@ from .tables import RAW_FLAG_NOTE, compare_markdown, count_table, markdown_table
 INDEPENDENT, CHAINED = PROTOCOL_ORDER
 FOCUS = "other_class"  # the scheme of the original's conclusion
 ORIGINAL_CLAIM = "pre-fitting on an image of a different class helps small models most"
-DEFAULT_OUT = Path("docs/findings.md")
+DEFAULT_NAME = "findings.md"  # beside the independent sweep, unless --out says otherwise (make report: docs/)
 REPO = Path(__file__).resolve().parents[2]
 FIGURE_PATTERNS = ("psnr_*.png", "paired_differences*.png", "auc_*boxplot.png", "robustness_*.png", "robustness_*.md")
 
@@ -196,12 +196,17 @@ def protocol_link(out: Path) -> str:
     return "`docs/protocol.md`"
 
 
-def write_report(independent: str | os.PathLike, chained: str | os.PathLike, out: str | os.PathLike = DEFAULT_OUT,
+def default_report(independent: str | os.PathLike) -> Path:
+    """Where the report goes when no --out is given: beside the sweeps, never into the tracked docs/."""
+    return Path(independent).resolve().parent / DEFAULT_NAME
+
+
+def write_report(independent: str | os.PathLike, chained: str | os.PathLike, out: str | os.PathLike | None = None,
                  psnr_cap: float | None = DEFAULT_PSNR_CAP, ci_method: str = DEFAULT_CI_METHOD,
                  robust: str | os.PathLike | None = None, original_first: bool = True) -> dict[str, Path]:
     """Analyse both sweeps (and the robust one) and write the report and its figures; returns {name: path} of
     every file written, names relative to the report's folder."""
-    out = Path(out)
+    out = default_report(independent) if out is None else Path(out)
     figures_dir = out.with_suffix("")
     if figures_dir == out:
         raise AnalysisError(f"{out}: the report's name needs a suffix (e.g. findings.md), its figures go beside it")
