@@ -192,3 +192,40 @@ def test_cli_success_and_damaged_input(tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
         assert args[0] in lines[0] and "Traceback" not in result.stderr
+
+
+def test_truncated_recon_is_named_in_one_warning_not_a_traceback(tmp_path: Path) -> None:
+    sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=2, epochs=12)
+    recon = sweep / "0" / "recon.npz"
+    recon.write_bytes(recon.read_bytes()[: recon.stat().st_size // 2])  # a zip cut short: BadZipFile
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outputs = analyze(sweep)
+    assert any(str(recon) in str(w.message) for w in caught)
+    assert "summary.md" in outputs and "figures/recon_2hls_32hfs.png" not in outputs
+
+
+def test_analysis_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while writing leaves the previous analysis whole; a success replaces it and keeps files the
+    analysis does not write (an executed notebook)."""
+    from prefit.analysis import pipeline
+
+    sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=3, epochs=10, recon=False)
+    analyze(sweep)
+    out = sweep / "analysis"
+    (out / "analysis.ipynb").write_text("{}")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pipeline, "summary_markdown", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        analyze(sweep, psnr_cap=None)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in sweep.iterdir() if p.name.startswith(".")] == []  # no half-written folder left
+
+    monkeypatch.undo()
+    outputs = analyze(sweep, psnr_cap=None)
+    assert (out / "analysis.ipynb").read_text() == "{}" and "figures/auc_capped_boxplot.png" not in outputs
+    assert not (out / "figures" / "auc_capped_boxplot.png").exists()

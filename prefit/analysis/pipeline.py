@@ -7,6 +7,8 @@ the files of docs/formats.md ("Analysis outputs") into one folder, default SWEEP
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,10 +143,27 @@ def write_figures(analysed: Analysed, figures_dir: Path) -> list[Path]:
 
 def analyze(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
             psnr_cap: float | None = DEFAULT_PSNR_CAP, ci_method: str = DEFAULT_CI_METHOD) -> dict[str, Path]:
-    """Analyse a sweep folder and write its files; returns {path relative to out: path} of every file written."""
+    """Analyse a sweep folder and write its files; returns {path relative to out: path} of every file written.
+
+    All or nothing: the files are written into a fresh folder beside `out`, which then takes `out`'s place, so a
+    failure (a damaged recon.npz, a full disk, Ctrl-C) leaves the previous analysis whole. Files of the previous
+    folder that the analysis does not write (an executed analysis.ipynb, notes) are carried over.
+    """
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out is not None else sweep_dir / ANALYSIS_DIR
     analysed = analyse(sweep_dir, psnr_cap, ci_method, exclude=out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        written = _write_all(analysed, fresh)
+        _swap_in(fresh, out, written)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    return {path.relative_to(fresh).as_posix(): out / path.relative_to(fresh) for path in written}
+
+
+def _write_all(analysed: Analysed, out: Path) -> list[Path]:
     auc = analysed.auc
     written = [
         write_parquet(analysed.curves, out / CURVES_FILE),
@@ -154,8 +173,26 @@ def analyze(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
     ]
     written += write_figures(analysed, out / FIGURES_DIR)
     written.append(write_text(summary_markdown(analysed), out / SUMMARY_FILE))
-    remove_stale_figures(out / FIGURES_DIR, written)
-    return {path.relative_to(out).as_posix(): path for path in written}
+    return written
+
+
+def _swap_in(fresh: Path, out: Path, written: list[Path]) -> None:
+    """Put the finished folder `fresh` in `out`'s place, keeping the old folder's files of other origin (not the
+    figures an analysis draws: those this one did not draw are stale)."""
+    if out.exists():
+        produced = {path.relative_to(fresh) for path in written}
+        for path in out.rglob("*"):
+            rel = path.relative_to(out)
+            stale = rel.parts[0] == FIGURES_DIR and any(path.match(pattern) for pattern in FIGURE_PATTERNS)
+            if path.is_file() and rel not in produced and not stale:  # a figure of the old analysis is stale
+                (fresh / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, fresh / rel)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(fresh, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(fresh, out)
 
 
 def restricted(analysed: Analysed, protocol: str) -> Analysed:
