@@ -15,7 +15,7 @@ STUDY_DIR ?= outputs/sweeps/study
 SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
 
-.PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness
+.PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness test-fast
 
 help:
 	@echo "make run       small study (hls 2,3 x hfs 32,64, 20 triples, 2000 epochs) + analysis -> $(RUN_DIR)"
@@ -28,12 +28,12 @@ help:
 	@echo "make report SWEEP_INDEPENDENT=DIR SWEEP_CHAINED=DIR   docs/findings.md: chained vs independent"
 	@echo "make robustness SWEEP_A=DIR SWEEP_B=DIR   verdicts of two sweeps that differ only in arithmetic"
 	@echo "make bench     time both engines -> bench.json"
-	@echo "make test | lint | install | clean.   Pass Hydra overrides with ARGS='...'"
+	@echo "make test | test-fast (no subprocess sweeps) | lint | install | clean.   Hydra overrides: ARGS='...'"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,notebook,slurm]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -90,6 +90,9 @@ bench: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check prefit tests

@@ -21,8 +21,11 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
 def execute_notebook(analysis_dir: str | Path, out: str | Path | None = None, cell: str | None = None,
                      kernel_name: str = "python3", timeout: int = 300, notebook: Path = NOTEBOOK) -> Path:
     """Run the analysis notebook on `analysis_dir`; write the executed notebook to `out` and return its path."""
-    import nbclient
-    import nbformat
+    try:
+        import nbclient
+        import nbformat
+    except ImportError as error:  # the `notebook` extra: pip install -e '.[notebook]' (make install has it)
+        raise ImportError(f"executing the notebook needs {error.name}: pip install -e '.[notebook]'") from None
 
     analysis_dir = Path(analysis_dir).resolve()
     if not (analysis_dir / AUC_FILE).is_file():

@@ -54,6 +54,7 @@ def close(a: float, b: float, rel: float = 2e-3) -> bool:
     return math.isclose(a, b, rel_tol=rel)
 
 
+@pytest.mark.slow
 def test_json_has_the_documented_fields_and_types(quick_run):
     _, data = quick_run
     for key, kind in MACHINE.items():
@@ -72,6 +73,7 @@ def test_json_has_the_documented_fields_and_types(quick_run):
         assert cell["members_timed"]["batched"] >= min(cell["max_members"], cell["members"])
 
 
+@pytest.mark.slow
 def test_figures_are_positive_and_consistent(quick_run):
     _, data = quick_run
     ceiling = data["machine"]["ceiling_gflops"]
@@ -91,6 +93,7 @@ def test_figures_are_positive_and_consistent(quick_run):
         assert close(cell["gflops"], work / (ms["batched"] * 1e-3) / 1e9)
 
 
+@pytest.mark.slow
 def test_table_is_printed(quick_run):
     proc, data = quick_run
     lines = proc.stdout.splitlines()
@@ -141,6 +144,7 @@ def test_original_loop_fits_and_reports_host_psnr():
     assert psnr[-1] > psnr[0] + 0.5  # it fits
 
 
+@pytest.mark.slow
 def test_steady_state_epochs_are_timed_per_form_and_recorded(tmp_path):
     """`--steady` times one chunk's epochs after a warm-up (prefit.bench_epoch): on a CPU the torch form only
     (graphs need CUDA); the record has each form's ms, range and its share of the ceiling, and the table shows it."""

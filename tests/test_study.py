@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocess sweeps: `make test-fast` leaves them out
+
 REPO = Path(__file__).resolve().parents[1]
 CELLS = ["1hls_8hfs,train.epochs=20", "1hls_16hfs,train.epochs=20"]
 

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocess sweeps: `make test-fast` leaves them out
 
 CELLS = ["1hls_8hfs", "1hls_16hfs", "2hls_8hfs", "2hls_16hfs"]
 

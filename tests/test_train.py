@@ -64,6 +64,7 @@ def tiny(data: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_done_when_command_on_the_shared_sample(shared_sample, tmp_path):
     out = tmp_path / "run"
     train(
@@ -88,6 +89,7 @@ def test_done_when_command_on_the_shared_sample(shared_sample, tmp_path):
     assert record["config"]["dataset"]["n_triples"] == 4 and record["versions"]["torch"]
 
 
+@pytest.mark.slow
 def test_single_cell_writes_skips_and_overwrites(cifar_dir, tmp_path):
     out = tmp_path / "cell"
     train(*tiny(cifar_dir), f"hydra.run.dir={out}")
@@ -116,6 +118,7 @@ def test_single_cell_writes_skips_and_overwrites(cifar_dir, tmp_path):
     assert all((out / name).read_bytes() == data for name, data in before.items())  # nothing overwritten
 
 
+@pytest.mark.slow
 def test_a_damaged_result_is_computed_again_and_a_moved_cache_is_not(cifar_dir, tmp_path, monkeypatch):
     """run.json vouches for its files: a truncated psnr.parquet (or a leftover temporary file) makes the job run
     again; the same folder given by a relative path, or with the ciFAIR cache moved, is the same study."""
@@ -134,6 +137,7 @@ def test_a_damaged_result_is_computed_again_and_a_moved_cache_is_not(cifar_dir, 
     assert "skipped" in relative.stdout + relative.stderr
 
 
+@pytest.mark.slow
 def test_engines_and_protocols_through_the_app(cifar_dir, tmp_path):
     train(*tiny(cifar_dir, "train.engine=sequential"), f"hydra.run.dir={tmp_path / 'seq'}")
     train(*tiny(cifar_dir, "train.engine=batched"), f"hydra.run.dir={tmp_path / 'bat'}")
@@ -206,6 +210,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,mentions", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
 def test_bad_input_gets_one_line(overrides, mentions, tmp_path):
     overrides = [o.strip("'") for o in overrides]
@@ -216,6 +221,7 @@ def test_bad_input_gets_one_line(overrides, mentions, tmp_path):
     assert not (tmp_path / "bad" / "psnr.parquet").exists()
 
 
+@pytest.mark.slow
 def test_offline_without_data_says_where_and_how(tmp_path):
     env = dict(os.environ, PREFIT_DATA=str(tmp_path / "cache"))
     proc = train(
