@@ -4,6 +4,10 @@ No training happens here: trajectories are made up (or passed in by a test), and
 three files a real job writes: `psnr.parquet`, `recon.npz` and `run.json`. Pre-fit schemes also get `prefit`
 rows with wildly different PSNR values, so a test notices if the analysis forgets to keep only `fit` rows.
 
+A job's run.json holds a `study` (the config that decides results, as prefit.records writes it) only when one is
+given (`study_of`, `write_variant_sweep`): the analysis then tells jobs that differ in other keys (`train.lr`,
+`seed`) apart as variants.
+
 Besides the original three schemes the writer knows the newer ones (`ALL_SCHEMES`, `new_schemes=True`), laid
 out as docs/formats.md describes them: `class_mean` pre-fits once on its class's mean image (no index, so its
 `prefit_index` is null and its `prefit_label` A's class), `multi_same` pre-fits on MULTI_SAME_STAGES images
@@ -13,7 +17,7 @@ of A's class in turn before the fit, `meta` fits A straight from its (meta-learn
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +136,27 @@ def recon_arrays(hls: int, hfs: int, trajectories: Trajectories, snapshot_epochs
     }
 
 
+def study_of(hls: int, hfs: int, protocol: str = "independent", **overrides: object) -> dict:
+    """A run.json `study` laid out as prefit.records writes it, with dotted overrides as keyword arguments
+    spelled with `__` for the dot (`train__lr=2e-4`, `seed=1`)."""
+    study: dict = {
+        "dataset": {"name": "cifar_dir", "path": "/data/cifar", "split": "train", "n_triples": 3},
+        "model": {"hls": hls, "hfs": hfs, "w0": 30.0},
+        "scheme": {"random": {"prefit": "none"}, "same_class": {"prefit": "same_class"},
+                   "other_class": {"prefit": "other_class"}, "class_mean": None, "multi_same": None, "meta": None},
+        "protocol": {"name": protocol},
+        "train": {"epochs": 40, "lr": 1e-4, "betas": [0.9, 0.999], "snapshot_epochs": [0, 100, 500, -1]},
+        "seed": 42,
+    }  # fmt: skip
+    for key, value in overrides.items():
+        *parents, leaf = key.split("__")
+        node = study
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return study
+
+
 def write_cell(
     folder: Path,
     hls: int,
@@ -141,8 +166,10 @@ def write_cell(
     recon: bool = True,
     snapshot_epochs: Iterable[int] = (0, 10, -1),
     wall_s: float = 1.5,
+    study: Mapping | None = None,
 ) -> Path:
-    """One job folder: psnr.parquet, recon.npz (optional) and run.json (`wall_s` its recorded run time)."""
+    """One job folder: psnr.parquet, recon.npz (optional) and run.json (`wall_s` its recorded run time; `study`
+    its study, none when not given)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     frame = psnr_frame(hls, hfs, trajectories, protocol=protocol)
@@ -170,8 +197,31 @@ def write_cell(
         "started": "2025-01-01T00:00:00",
         "finished": "2025-01-01T00:00:01",
     }
+    if study is not None:
+        run["study"] = dict(study)
     (folder / "run.json").write_text(json.dumps(run, indent=2))
     return folder
+
+
+def write_variant_sweep(
+    root: Path,
+    variants: Sequence[Mapping[str, object]],
+    cells: Iterable[tuple[int, int]] = ((2, 32), (3, 32)),
+    n_triples: int = 3,
+    epochs: int = 20,
+    recon: bool = True,
+) -> Path:
+    """A sweep over other keys too: one job per cell and variant (`variants`: study overrides as for study_of,
+    e.g. [{"train__lr": 1e-4}, {"train__lr": 2e-4}]), in folders named as Hydra's (`2hls_32hfs,train.lr=0.0001`),
+    each with its study in run.json and trajectories of its own (a later variant climbs faster)."""
+    root = Path(root)
+    for hls, hfs in cells:
+        for rank, overrides in enumerate(variants):
+            traj = ramp_trajectories(n_triples, epochs, seed=hls * 1000 + hfs + 7 * rank)
+            traj = {k: v + 2.0 * rank for k, v in traj.items()}
+            name = ",".join([f"{hls}hls_{hfs}hfs", *(f"{k.replace('__', '.')}={v}" for k, v in overrides.items())])
+            write_cell(root / name, hls, hfs, traj, recon=recon, study=study_of(hls, hfs, **overrides))
+    return root
 
 
 def write_synthetic_sweep(

@@ -1,6 +1,7 @@
 """The analysis of prefit sweeps, one concern per module.
 
     load        reading and validating a sweep folder (psnr.parquet, run.json, recon.npz)
+    variants    what sets jobs apart beyond their cell (`train.lr=0.0002`): the group keys
     reduce      curves, one row per fit (AUC, capped AUC, epochs to 30/40 dB), paired differences, orders
     stats       bootstrap CIs (scipy.stats.bootstrap), Wilcoxon p, verdicts per measure: stats.parquet
     tables      markdown tables

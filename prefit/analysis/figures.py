@@ -16,11 +16,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import StrMethodFormatter
 
 from prefit.io import atomic_write
-from prefit.schema import cell_label
 
 from .load import span
-from .reduce import MEASURE_BY_NAME, Measure, cell_categories, cell_order, protocol_order, scheme_order
+from .reduce import MEASURE_BY_NAME, Measure, group_categories, group_order, protocol_order, scheme_order
 from .stats import CONFIDENCE
+from .variants import VARIANT, group_label, has_variants, with_variant
 
 DPI = 120
 SCHEME_COLOURS = {  # the first three are the original's colours
@@ -53,10 +53,13 @@ def write_figure(fig: Figure, path: Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
-def _cell_axis(ax: Axes, cells: list[tuple[int, int]]) -> None:
-    ax.set_xticks(range(len(cells)), [cell_label(*c) for c in cells], rotation=60 if len(cells) > 8 else 0)
-    ax.set_xlim(-0.6, len(cells) - 0.4)
-    ax.set_xlabel("cell: hidden layers x hidden features, by size")
+def _cell_axis(ax: Axes, labels: list[str], variants: bool = False) -> None:
+    if variants and len(labels) > 2:  # long labels (`2x32 train.lr=0.0002`): slanted, ending at their tick
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(range(len(labels)), labels, rotation=60 if len(labels) > 8 else 0)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xlabel("cell: hidden layers x hidden features, by size" + (", then variant" if variants else ""))
 
 
 def _merged_legend(fig: Figure, axes: Sequence[Axes], fontsize: int = 8) -> None:
@@ -95,12 +98,13 @@ def draw_cell_curves(ax: Axes, curves: pd.DataFrame, palette: dict[str, str], la
 
 
 def plot_cell_curves(curves: pd.DataFrame, hls: int, hfs: int, n_triples: int, palette: dict[str, str],
-                     protocol: str = "", cap: float | None = None) -> Figure:  # fmt: skip
-    """Mean PSNR per scheme over epochs with a +-1 std band, for one cell (the original's per-cell plot)."""
+                     protocol: str = "", cap: float | None = None, variant: str = "") -> Figure:  # fmt: skip
+    """Mean PSNR per scheme over epochs with a +-1 std band, for one cell (and variant): the original's per-cell
+    plot."""
     fig = Figure(figsize=(10, 6), dpi=DPI)
     ax = fig.subplots()
     draw_cell_curves(ax, curves, palette, cap=cap)
-    suffix = f", {protocol} protocol" if protocol else ""
+    suffix = (f", {protocol} protocol" if protocol else "") + (f", {variant}" if variant else "")
     ax.set_title(f"SIREN with {hls} hidden layers, {hfs} hidden features{suffix}\n"
                  f"PSNR vs epoch: mean and ±1 std over {n_triples} triples")  # fmt: skip
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=9, frameon=False)
@@ -125,12 +129,13 @@ def plot_cell_pair(curves: dict[str, pd.DataFrame], hls: int, hfs: int, triples:
 
 def plot_paired_stats(long: pd.DataFrame, palette: dict[str, str], measure: Measure | str = "auc",
                       protocols: Sequence[str] | None = None, title: str = "Paired difference from random") -> Figure:
-    """Per cell (x, by size) and scheme: the mean paired difference of one measure from random with its CI as
-    an error bar, one panel per protocol on a shared y axis; a dashed line at 0 (`long`: stats_long rows)."""
+    """Per cell (x, by size, then variant) and scheme: the mean paired difference of one measure from random with
+    its CI as an error bar, one panel per protocol on a shared y axis; a dashed line at 0 (`long`: stats_long
+    rows)."""
     m = MEASURE_BY_NAME[measure] if isinstance(measure, str) else measure
-    data = long[long["measure"] == m.name]
+    data = with_variant(long[long["measure"] == m.name])
     protocols = list(protocols) if protocols is not None else protocol_order(data["protocol"])
-    cells = cell_order(zip(data["hls"], data["hfs"], strict=True))
+    cells = group_order(data)
     schemes = scheme_order(data["scheme"].unique())
     panel_width = max(6.0, 0.3 * len(cells) * max(len(schemes), 1) + 2.0)
     side_by_side = len(protocols) > 1 and len(cells) < 8
@@ -144,12 +149,13 @@ def plot_paired_stats(long: pd.DataFrame, palette: dict[str, str], measure: Meas
         part = data[data["protocol"] == protocol]
         for offset, scheme in zip(offsets, schemes, strict=True):
             rows = part[(part["scheme"] == scheme) & part["mean_diff"].notna()]
-            x = [cells.index((int(h), int(f))) + offset for h, f in zip(rows["hls"], rows["hfs"], strict=True)]
+            x = [cells.index((int(h), int(f), str(v))) + offset
+                 for h, f, v in zip(rows["hls"], rows["hfs"], rows[VARIANT], strict=True)]  # fmt: skip
             if x:
                 ax.errorbar(x, rows["mean_diff"], yerr=_error_bars(rows), fmt="o", ms=4, capsize=3, lw=1,
                             color=palette.get(scheme, "grey"), label=scheme)  # fmt: skip
         ax.axhline(0.0, color="black", lw=0.8, ls="--")
-        _cell_axis(ax, cells)
+        _cell_axis(ax, [group_label(*c) for c in cells], has_variants(data))
         ax.set_title(f"{protocol} protocol", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
@@ -163,13 +169,14 @@ def plot_paired_stats(long: pd.DataFrame, palette: dict[str, str], measure: Meas
 
 def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "auc", title: str = "",
                      protocols: Sequence[str] | None = None) -> Figure:  # fmt: skip
-    """Box plot of a measure of every fit per cell and scheme, cells ordered by hls*hfs then hls, one panel per
-    protocol (default: the study's order): with metric "auc", the original's auc.png."""
+    """Box plot of a measure of every fit per cell and scheme, cells ordered by hls*hfs then hls (then variant,
+    named under the cell), one panel per protocol (default: the study's order): with metric "auc", the
+    original's auc.png."""
     label = MEASURE_BY_NAME[metric].label if metric in MEASURE_BY_NAME else metric
     title = title or f"{label[0].upper()}{label[1:]} of each fit"
     schemes = scheme_order(auc["scheme"].unique())
     protocols = list(protocols) if protocols is not None else protocol_order(auc["protocol"])
-    auc = auc.assign(cell=cell_categories(auc))  # ordered by size: seaborn places every panel's boxes alike
+    auc = auc.assign(cell=group_categories(auc))  # ordered by size: seaborn places every panel's boxes alike
     n_cells = len(auc["cell"].cat.categories)
     fig = Figure(figsize=(max(8.0, 0.12 * n_cells * len(schemes) + 2.5), 6.5 * len(protocols)), dpi=DPI)
     axes = fig.subplots(len(protocols), 1, squeeze=False)[:, 0]
@@ -190,7 +197,8 @@ def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "
                     ha="right", va="bottom", fontsize=8, color="dimgrey")  # fmt: skip
         for tick in ax.get_xticklabels():
             tick.set(rotation=60, ha="right", rotation_mode="anchor")
-        ax.set_xlabel("cell: hidden layers x hidden features, by size (hls·hfs)")
+        ax.set_xlabel("cell: hidden layers x hidden features, by size (hls·hfs)" + (", then variant"
+                                                                                     if has_variants(auc) else ""))
         ax.set_ylabel(f"{label}: area under PSNR vs epoch (dB·epoch)")
         ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.grid(axis="y", alpha=0.3)
@@ -201,7 +209,7 @@ def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "
 
 
 def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triples: int = 4,
-               protocol: str = "") -> Figure:  # fmt: skip
+               protocol: str = "", variant: str = "") -> Figure:  # fmt: skip
     """Rows: a few triples. Columns: A, the same- and other-class images, then each scheme's reconstruction of
     A at each snapshot epoch, titled with its PSNR."""
     epochs = [int(e) for e in recon["epochs"]]
@@ -231,7 +239,8 @@ def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triple
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"Reconstructions of A, {int(recon['hls'])} hidden layers x {int(recon['hfs'])} hidden features"
-                 + (f", {protocol} protocol" if protocol else ""), fontsize=10, y=1 - 0.08 / height, va="top")
+                 + (f", {protocol} protocol" if protocol else "") + (f", {variant}" if variant else ""), fontsize=10,
+                 y=1 - 0.08 / height, va="top")  # fmt: skip
     return fig
 
 

@@ -1,5 +1,8 @@
 """Reading a sweep folder: every job's `psnr.parquet` (validated against prefit.schema), run.json and recon.npz.
 
+The studies in the run.json files name each job's variant (prefit.analysis.variants), so that jobs of one cell
+that differ in other keys (`train.lr`) are told apart, and only two jobs of one study collide.
+
 Unusable input raises AnalysisError with a one-line message naming the file, so that the command lines can
 print `error: ...` and exit 2 instead of a traceback.
 """
@@ -20,6 +23,8 @@ import pyarrow.parquet as pq
 
 from prefit.schema import CELL_KEYS, MEMBER_KEYS, PSNR_COLUMNS, PSNR_FILE, RECON_FILE, RUN_FILE
 
+from .variants import VARIANT, group_label, study_variants
+
 MEMBER_INFO = ["target_index", "target_label", "prefit_index", "prefit_label"]
 READ_COLUMNS = [*MEMBER_KEYS, "phase", "stage", "epoch", "psnr", *MEMBER_INFO]
 RECON_KEYS = ("hls", "hfs", "epochs", "scheme", "triple", "recon", "psnr", "triple_images", "triple_indices")
@@ -31,15 +36,20 @@ class AnalysisError(Exception):
 
 @dataclass
 class Sweep:
-    """What was read from a sweep folder: the fit rows of every job, and where each job's files are."""
+    """What was read from a sweep folder: the fit rows of every job, and where each job's files are.
+
+    In a sweep with variants (prefit.analysis.variants) the frames have a `variant` column after `protocol` and
+    `recon_files` is keyed by (hls, hfs, protocol, variant); without, neither, as before variants existed.
+    """
 
     root: Path
     files: list[Path]
-    fits: pd.DataFrame  # MEMBER_KEYS + epoch + psnr, sorted, one row per member and epoch
-    members: pd.DataFrame  # MEMBER_KEYS + MEMBER_INFO, one row per member
-    recon_files: dict[tuple[int, int, str], Path] = field(default_factory=dict)
+    fits: pd.DataFrame  # member keys + epoch + psnr, sorted, one row per member and epoch
+    members: pd.DataFrame  # member keys + MEMBER_INFO, one row per member
+    recon_files: dict[tuple, Path] = field(default_factory=dict)  # group (hls, hfs, protocol[, variant]) -> file
     runs: dict[Path, dict | None] = field(default_factory=dict)  # job folder -> run.json (None: unreadable)
     job_cells: dict[Path, tuple[int, int, str]] = field(default_factory=dict)  # job folder -> (hls, hfs, protocol)
+    variants: dict[Path, str] = field(default_factory=dict)  # job folder -> its variant ("": none)
 
     def restricted(self, protocol: str) -> Sweep:
         """The same sweep with only the fits (and jobs) of one protocol."""
@@ -50,6 +60,7 @@ class Sweep:
             self.members[self.members["protocol"] == protocol].reset_index(drop=True),
             {c: p for c, p in self.recon_files.items() if c[2] == protocol},
             {f: r for f, r in self.runs.items() if f in keep}, {f: c for f, c in self.job_cells.items() if f in keep},
+            {f: v for f, v in self.variants.items() if f in keep},
         )  # fmt: skip
 
 
@@ -68,9 +79,9 @@ def span(values: Iterable[int]) -> str:
 
 
 def member_name(key: tuple) -> str:
-    """A member in error messages."""
-    hls, hfs, protocol, scheme, triple = key
-    return f"cell {hls}x{hfs} ({protocol}), scheme {scheme}, triple {triple}"
+    """A member in error messages: key is (hls, hfs, protocol[, variant], scheme, triple)."""
+    hls, hfs, protocol, *variant, scheme, triple = key
+    return f"cell {group_label(hls, hfs, *variant)} ({protocol}), scheme {scheme}, triple {triple}"
 
 
 def find_psnr_files(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
@@ -91,26 +102,32 @@ def load_sweep(sweep_dir: str | os.PathLike, exclude: Path | None = None) -> Swe
     if not files:
         raise AnalysisError(f"{root}: no {PSNR_FILE} found below this folder")
 
-    fits, members, recon_files, runs, job_cells = [], [], {}, {}, {}
-    owner: dict[tuple, Path] = {}  # member -> file, to catch a member written by two jobs
+    runs = {path.parent: read_run(path.parent / RUN_FILE) for path in files}
+    variants = study_variants({folder: (run or {}).get("study") for folder, run in runs.items()})
+    varied = any(variants.values())  # only then a `variant` column: a sweep without reads as it always did
+    keys = [*CELL_KEYS, VARIANT, "scheme", "triple"] if varied else MEMBER_KEYS
+    fits, members, recon_files, job_cells = [], [], {}, {}
+    owner: dict[tuple, Path] = {}  # member -> file, to catch a member written by two jobs of the same study
     for path in files:
         frame = read_fit_rows(path)
-        info = frame.drop_duplicates(MEMBER_KEYS)[MEMBER_KEYS + MEMBER_INFO]
-        for key in info[MEMBER_KEYS].itertuples(index=False, name=None):
+        if varied:
+            frame.insert(frame.columns.get_loc("protocol") + 1, VARIANT, variants[path.parent])
+        info = frame.drop_duplicates(keys)[keys + MEMBER_INFO]
+        for key in info[keys].itertuples(index=False, name=None):
             if key in owner:
                 raise AnalysisError(f"{path}: the fit of {member_name(key)} is also in {owner[key]} (a job run twice?)")
             owner[key] = path
-        fits.append(frame[[*MEMBER_KEYS, "epoch", "psnr"]])
+        fits.append(frame[[*keys, "epoch", "psnr"]])
         members.append(info)
         hls, hfs, protocol = tuple(info[CELL_KEYS].iloc[0])
         cell = (int(hls), int(hfs), str(protocol))
         job_cells[path.parent] = cell
         if (path.parent / RECON_FILE).is_file():
-            recon_files[cell] = path.parent / RECON_FILE
-        runs[path.parent] = read_run(path.parent / RUN_FILE)
+            recon_files[(*cell, variants[path.parent]) if varied else cell] = path.parent / RECON_FILE
 
-    all_fits = pd.concat(fits, ignore_index=True).sort_values([*MEMBER_KEYS, "epoch"], ignore_index=True)
-    return Sweep(root, files, all_fits, pd.concat(members, ignore_index=True), recon_files, runs, job_cells)
+    all_fits = pd.concat(fits, ignore_index=True).sort_values([*keys, "epoch"], ignore_index=True)
+    return Sweep(root, files, all_fits, pd.concat(members, ignore_index=True), recon_files, runs, job_cells,
+                 variants)  # fmt: skip
 
 
 def read_run(path: Path) -> dict | None:

@@ -23,19 +23,18 @@ from prefit.schema import (
     ANALYSIS_DIR,
     AUC_CSV_FILE,
     AUC_FILE,
-    CELL_KEYS,
     CURVES_FILE,
     FIGURES_DIR,
     STATS_FILE,
     SUMMARY_FILE,
-    cell_stem,
 )
 
 from .figures import plot_auc_boxplot, plot_cell_curves, plot_paired_stats, plot_recon, scheme_palette, write_figure
 from .load import AnalysisError, Sweep, load_recon, load_sweep
-from .reduce import DEFAULT_PSNR_CAP, auc_table, cell_order, curves_table, measures_in, protocol_order
+from .reduce import DEFAULT_PSNR_CAP, auc_table, curves_table, group_order, measures_in, protocol_order
 from .stats import CI_METHODS, DEFAULT_CI_METHOD, stats_long, wide
 from .summary import summary_markdown
+from .variants import VARIANT, group_keys, group_stem
 
 FIGURE_PATTERNS = ("psnr_*.png", "recon_*.png", "auc_*boxplot.png", "paired_differences*.png")
 
@@ -56,9 +55,10 @@ class Analysed:
         """stats.parquet's layout: one row per cell and scheme."""
         return wide(self.long)
 
-    def cells(self) -> set[tuple[int, int, str]]:
-        """(hls, hfs, protocol) of every cell with fits."""
-        return {(int(h), int(f), str(p)) for h, f, p in self.auc[CELL_KEYS].itertuples(index=False, name=None)}
+    def cells(self) -> set[tuple]:
+        """(hls, hfs, protocol) of every cell with fits; (hls, hfs, protocol, variant) in a sweep with variants."""
+        keys = self.auc[group_keys(self.auc)].itertuples(index=False, name=None)
+        return {(int(k[0]), int(k[1]), *(str(v) for v in k[2:])) for k in keys}
 
 
 def check_options(psnr_cap: float | None, ci_method: str) -> None:
@@ -104,7 +104,8 @@ def remove_stale_figures(figures_dir: Path, written: list[Path], patterns: Seque
 
 def write_figures(analysed: Analysed, figures_dir: Path) -> list[Path]:
     """The box plots (raw AUC as the original's auc.png, capped AUC), the paired differences of every measure,
-    then per cell its curves and, given a recon.npz, its reconstructions."""
+    then per cell (and variant) its curves and, given a recon.npz, its reconstructions: `psnr_2hls_32hfs.png`,
+    `_<protocol>` appended when the sweep holds several, `_<variant>` in a sweep with variants."""
     auc, long, cap = analysed.auc, analysed.long, analysed.psnr_cap
     palette = scheme_palette(auc["scheme"].unique())
     several = auc["protocol"].nunique() > 1
@@ -117,17 +118,18 @@ def write_figures(analysed: Analysed, figures_dir: Path) -> list[Path]:
             fig = plot_paired_stats(long, palette, m)
             written.append(write_figure(fig, figures_dir / f"paired_differences{m.suffix}.png"))
 
-    triples = auc.groupby(CELL_KEYS)["triple"].nunique()
-    keys = [(h, f, p) for h, f in cell_order(zip(auc["hls"], auc["hfs"], strict=True))
-            for p in protocol_order(auc["protocol"]) if (h, f, p) in triples.index]  # fmt: skip
-    by_cell = dict(tuple(analysed.curves.groupby(CELL_KEYS, sort=False)))
-    for hls, hfs, protocol in tqdm(keys, desc="figures", unit="cell", disable=None):
-        stem = cell_stem(hls, hfs) + (f"_{protocol}" if several else "")  # the protocol only when needed
+    grouping = group_keys(auc)  # (hls, hfs, protocol[, variant]): the keys of the frames and of recon_files
+    triples = auc.groupby(grouping)["triple"].nunique()
+    keys = [(h, f, p, *([v] if VARIANT in grouping else [])) for h, f, v in group_order(auc)
+            for p in protocol_order(auc["protocol"])]  # fmt: skip
+    by_cell = dict(tuple(analysed.curves.groupby(grouping, sort=False)))
+    for key in tqdm([k for k in keys if k in triples.index], desc="figures", unit="cell", disable=None):
+        hls, hfs, protocol, variant = (*key, "")[:4]
+        stem = group_stem(hls, hfs, protocol if several else "", variant)  # the protocol only when needed
         shown = protocol if several or protocol != "independent" else ""  # named in titles unless the default
-        fig = plot_cell_curves(by_cell[(hls, hfs, protocol)], hls, hfs, int(triples[(hls, hfs, protocol)]), palette,
-                               shown, cap)  # fmt: skip
+        fig = plot_cell_curves(by_cell[key], hls, hfs, int(triples[key]), palette, shown, cap, variant)
         written.append(write_figure(fig, figures_dir / f"psnr_{stem}.png"))
-        recon_path = analysed.sweep.recon_files.get((hls, hfs, protocol))
+        recon_path = analysed.sweep.recon_files.get(key)
         if recon_path is None:
             continue
         try:
@@ -137,7 +139,8 @@ def write_figures(analysed: Analysed, figures_dir: Path) -> list[Path]:
         except AnalysisError as exc:  # a reconstruction grid is a nicety: skip it, keep the analysis
             warnings.warn(f"skipping reconstruction figure: {exc}", stacklevel=2)
             continue
-        written.append(write_figure(plot_recon(recon, palette, protocol=shown), figures_dir / f"recon_{stem}.png"))
+        fig = plot_recon(recon, palette, protocol=shown, variant=variant)
+        written.append(write_figure(fig, figures_dir / f"recon_{stem}.png"))
     return written
 
 

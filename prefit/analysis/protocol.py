@@ -36,6 +36,7 @@ from .render import render
 from .stats import ALPHA, DEFAULT_CI_METHOD
 from .summary import measure_sections, method_context
 from .tables import RAW_FLAG_NOTE, compare_markdown, count_table, markdown_table, threshold_markdown, verdict_table
+from .variants import VARIANT, has_variants, variant_order
 
 INDEPENDENT, CHAINED = PROTOCOL_ORDER
 FOCUS = "other_class"  # the scheme of the original's conclusion
@@ -132,6 +133,16 @@ def conclusion_markdown(long: pd.DataFrame, cells: list[tuple[int, int]], measur
                   common=cells, alpha=f"{ALPHA:g}")  # fmt: skip
 
 
+def refuse_variants(run: Analysed) -> None:
+    """The report sets the two protocols side by side cell by cell: a sweep whose jobs also differ in other keys
+    (variants) is refused in one line rather than matched by (cell, variant), which it does not do."""
+    if has_variants(run.auc):
+        shown = "; ".join(v or "(none)" for v in variant_order(run.auc[VARIANT]))
+        raise AnalysisError(f"{run.sweep.root}: its jobs differ in more than hls, hfs and protocol (variants: "
+                            f"{shown}); the protocol report compares sweeps of one variant: give it such sweeps, or "
+                            "analyse this one with python -m prefit.analyze")  # fmt: skip
+
+
 def duration(seconds: float | None) -> str:
     """`4 min 00 s`: a run time, rounded once (239.7 s is 4 min 00 s, not 3 min 60 s)."""
     if seconds is None or not np.isfinite(seconds):
@@ -213,6 +224,8 @@ def write_report(independent: str | os.PathLike, chained: str | os.PathLike, out
     presented = presentation(original_first)
     sources = {INDEPENDENT: independent, CHAINED: chained}
     runs = {p: analyse(sources[p], psnr_cap, ci_method, protocol=p) for p in presented}
+    for run in runs.values():
+        refuse_variants(run)
     cells_of = {p: {c[:2] for c in r.cells()} for p, r in runs.items()}
     common = cell_order(set.intersection(*cells_of.values()))
     if not common:

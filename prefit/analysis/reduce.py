@@ -12,6 +12,9 @@ The study's measures (`MEASURES`), in the order every table and report leads wit
   * `auc`: the original study's measure, the trapezoid of the raw PSNR over epoch (unit spacing). Kept for
     comparison; flagged wherever a fit passes RAW_AUC_FLAG_DB, where it mostly measures float precision.
 
+Every reduction groups by cell (hls, hfs, protocol) and, in a sweep with variants, by variant too
+(prefit.analysis.variants.group_keys): "cell" below means that group.
+
 Non-finite PSNR is kept, never silently dropped: NaN or -inf means the fit diverged (`diverged`, AUC NaN);
 +inf means the loss was exactly 0 (`saturated`, AUC inf). Curves use the finite values and count the others.
 """
@@ -24,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from prefit.schema import BASELINE, CELL_KEYS, MEMBER_KEYS, PROTOCOL_ORDER, SCHEME_ORDER, cell_label, ordered
+from prefit.schema import BASELINE, PROTOCOL_ORDER, SCHEME_ORDER, cell_label, ordered
 
 from .load import MEMBER_INFO
+from .variants import VARIANT, group_keys, group_label, member_keys, variant_order, with_variant
 
 THRESHOLDS_DB = (30.0, 40.0)
 QUANTISATION_PSNR_DB = float(10 * np.log10(12 * 255**2))  # 58.9 dB: 8-bit quantisation itself
@@ -108,11 +112,29 @@ def cell_categories(frame: pd.DataFrame) -> pd.Categorical:
     return pd.Categorical(labels, categories=order, ordered=True)
 
 
+def group_order(frame: pd.DataFrame) -> list[tuple[int, int, str]]:
+    """The (hls, hfs, variant) of a frame's rows (variant "" without one): cells in cell_order, then variants."""
+    framed = with_variant(frame)
+    rank = {v: i for i, v in enumerate(variant_order(framed[VARIANT]))}
+    cells = {c: i for i, c in enumerate(cell_order(zip(framed["hls"], framed["hfs"], strict=True)))}
+    found = {(int(h), int(f), str(v)) for h, f, v in zip(framed["hls"], framed["hfs"], framed[VARIANT], strict=True)}
+    return sorted(found, key=lambda g: (cells[g[:2]], rank[g[2]]))
+
+
+def group_categories(frame: pd.DataFrame) -> pd.Categorical:
+    """The groups of a frame's rows as an ordered categorical of their labels (`2x32 train.lr=0.0002`)."""
+    framed = with_variant(frame)
+    labels = [group_label(h, f, v) for h, f, v in zip(framed["hls"], framed["hfs"], framed[VARIANT], strict=True)]
+    return pd.Categorical(labels, categories=[group_label(*g) for g in group_order(frame)], ordered=True)
+
+
 def sort_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Sort through ordered categoricals: cells by size, schemes and protocols in the study's order."""
     if frame.empty:
         return frame.reset_index(drop=True)
     keys = {"scheme": SCHEME_ORDER, "protocol": PROTOCOL_ORDER}
+    if VARIANT in by:
+        keys[VARIANT] = tuple(variant_order(frame[VARIANT]))
     sortable = frame.assign(**{k: ordered(frame[k].astype(str).tolist(), o) for k, o in keys.items() if k in by})
     columns = list(by)
     if {"hls", "hfs"} <= set(by):
@@ -131,11 +153,12 @@ def curves_table(fits: pd.DataFrame) -> pd.DataFrame:
     `n_nonfinite` counts the triples whose PSNR at that epoch was NaN or +-inf and so left out.
     """
     finite = fits["psnr"].where(np.isfinite(fits["psnr"]))
-    grouped = fits.assign(psnr=finite).groupby([*CELL_KEYS, "scheme", "epoch"], sort=False)["psnr"]
-    curves = grouped.agg(["mean", "std", "count", "size"]).reset_index()
+    keys = [*group_keys(fits), "scheme", "epoch"]
+    curves = fits.assign(psnr=finite).groupby(keys, sort=False)["psnr"].agg(["mean", "std", "count", "size"])
+    curves = curves.reset_index()
     curves["n_nonfinite"] = (curves["size"] - curves["count"]).astype("int64")
     curves["count"] = curves["count"].astype("int64")
-    return sort_rows(curves.drop(columns="size"), [*CELL_KEYS, "scheme", "epoch"])
+    return sort_rows(curves.drop(columns="size"), keys)
 
 
 def auc_table(fits: pd.DataFrame, members: pd.DataFrame, psnr_cap: float | None = DEFAULT_PSNR_CAP) -> pd.DataFrame:
@@ -145,10 +168,11 @@ def auc_table(fits: pd.DataFrame, members: pd.DataFrame, psnr_cap: float | None 
     With psnr_cap None the capped AUC and epochs_to_59db are left out.
     """
     thresholds = THRESHOLDS_DB + ((CAP_THRESHOLD_DB,) if psnr_cap is not None else ())
+    keys = member_keys(fits)
     records = []
-    for key, group in fits.groupby(MEMBER_KEYS, sort=False):
+    for key, group in fits.groupby(keys, sort=False):
         psnr = group["psnr"].to_numpy(dtype=np.float64)  # already sorted by epoch
-        rec = dict(zip(MEMBER_KEYS, key, strict=True))
+        rec = dict(zip(keys, key, strict=True))
         rec["n_epochs"] = len(psnr)
         with np.errstate(invalid="ignore"):
             rec["auc"] = float(np.trapezoid(psnr))
@@ -168,9 +192,9 @@ def auc_table(fits: pd.DataFrame, members: pd.DataFrame, psnr_cap: float | None 
     auc = pd.DataFrame.from_records(records)
     for db in thresholds:
         auc[threshold_column(db)] = auc[threshold_column(db)].astype("Int64")
-    auc = auc.merge(members, on=MEMBER_KEYS, how="left", validate="one_to_one")
-    front = [*MEMBER_KEYS, *MEMBER_INFO, "n_epochs"]
-    return sort_rows(auc[front + [c for c in auc.columns if c not in front]], MEMBER_KEYS)
+    auc = auc.merge(members, on=keys, how="left", validate="one_to_one")
+    front = [*keys, *MEMBER_INFO, "n_epochs"]
+    return sort_rows(auc[front + [c for c in auc.columns if c not in front]], keys)
 
 
 def measure_values(auc: pd.DataFrame, measure: Measure | str) -> pd.Series:
@@ -185,16 +209,17 @@ def measure_values(auc: pd.DataFrame, measure: Measure | str) -> pd.Series:
 def mean_table(auc: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     """Per cell and scheme: mean and std (ddof 1) of the finite values of metric, n_finite and n_fits."""
     value = auc[metric].astype("float64")
-    grouped = auc.assign(**{metric: value.where(np.isfinite(value))}).groupby([*CELL_KEYS, "scheme"])[metric]
+    keys = [*group_keys(auc), "scheme"]
+    grouped = auc.assign(**{metric: value.where(np.isfinite(value))}).groupby(keys)[metric]
     table = grouped.agg(["mean", "std", "count", "size"]).reset_index()
     table = table.rename(columns={"count": "n_finite", "size": "n_fits"})
     table[["n_finite", "n_fits"]] = table[["n_finite", "n_fits"]].astype("int64")
-    return sort_rows(table, [*CELL_KEYS, "scheme"])
+    return sort_rows(table, keys)
 
 
 def cell_flags(auc: pd.DataFrame) -> pd.DataFrame:
     """Per cell: how many of its fits (any scheme) pass RAW_AUC_FLAG_DB, and the raw-AUC flag that follows."""
-    flags = auc.groupby(CELL_KEYS)["over_100db"].sum().astype("int64").rename("n_fits_over_100db").reset_index()
+    flags = auc.groupby(group_keys(auc))["over_100db"].sum().astype("int64").rename("n_fits_over_100db").reset_index()
     return flags.assign(flag_raw_auc=flags["n_fits_over_100db"] > 0)
 
 
@@ -209,8 +234,8 @@ def paired_frame(auc: pd.DataFrame, measure: Measure | str = "auc", baseline: st
     fit have no pair.
     """
     name = measure if isinstance(measure, str) else measure.name
-    keys = [*CELL_KEYS, "triple"]
-    columns = [*CELL_KEYS, "scheme", "triple", "diff", "diverged", "saturated", "unreached"]
+    keys = [*group_keys(auc), "triple"]
+    columns = [*group_keys(auc), "scheme", "triple", "diff", "diverged", "saturated", "unreached"]
     table = auc.assign(
         _value=measure_values(auc, name),
         _unreached=auc[name].isna().to_numpy() if name.startswith("epochs_to_") else False,
@@ -231,7 +256,7 @@ def paired_frame(auc: pd.DataFrame, measure: Measure | str = "auc", baseline: st
         diff = np.where(diverged | saturated, np.nan, value - value_base)
     unreached = pairs["_unreached"].astype(bool).to_numpy() | pairs["_unreached_base"].astype(bool).to_numpy()
     pairs = pairs.assign(diff=diff, diverged=diverged, saturated=saturated, unreached=unreached & ~diverged)
-    return sort_rows(pairs[columns], [*CELL_KEYS, "scheme", "triple"])
+    return sort_rows(pairs[columns], member_keys(auc))
 
 
 def paired_differences(auc: pd.DataFrame, measure: Measure | str = "auc", baseline: str = BASELINE) -> pd.DataFrame:
@@ -240,15 +265,16 @@ def paired_differences(auc: pd.DataFrame, measure: Measure | str = "auc", baseli
     Pairs left out by `paired_frame` do not count; n_pairs says how many were used and n_better how many
     favour the scheme. `prefit.analysis.stats` adds the confidence interval, the test and the verdict.
     """
-    columns = [*CELL_KEYS, "scheme", "baseline", "mean_diff", "std_diff", "n_pairs", "n_better"]
+    keys = [*group_keys(auc), "scheme"]
+    columns = [*keys, "baseline", "mean_diff", "std_diff", "n_pairs", "n_better"]
     name = measure if isinstance(measure, str) else measure.name
     pairs = paired_frame(auc, name, baseline)
     if pairs.empty:
         return pd.DataFrame(columns=columns)
     sign = 1.0 if MEASURE_BY_NAME.get(name, MEASURES[0]).higher_is_better else -1.0
-    grouped = pairs.assign(_better=sign * pairs["diff"] > 0).groupby([*CELL_KEYS, "scheme"], sort=False)
+    grouped = pairs.assign(_better=sign * pairs["diff"] > 0).groupby(keys, sort=False)
     table = grouped["diff"].agg(mean_diff="mean", std_diff="std", n_pairs="count").reset_index()
     table["n_better"] = grouped["_better"].sum().to_numpy()
     table[["n_pairs", "n_better"]] = table[["n_pairs", "n_better"]].astype("int64")
     table["baseline"] = baseline
-    return sort_rows(table[columns], [*CELL_KEYS, "scheme"])
+    return sort_rows(table[columns], keys)

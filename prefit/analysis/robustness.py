@@ -5,11 +5,13 @@ train.matmul_precision, engine, kernels, chunking). Do their verdicts agree?
 
 Both sweeps are analysed in memory. A cell (hls, hfs, protocol) is compared when both sweeps hold it with the
 same triples: the same triple numbers, each fitting the same target image A (`target_index`) after the same
-pre-fit images (`prefit_index`); cells whose triples differ are named and left out. For every compared cell,
-scheme and measure the report sets the two paired differences from random side by side (Δ, CI, p, verdict),
-says whether the verdicts agree, and how far the two sweeps' values of the same fit lie apart. The figure
-plots each Δ of sweep A against the same Δ of sweep B. The run.json configs of the compared jobs say what
-differs between the sweeps; keys outside ARITHMETIC_KEYS are flagged, as they change more than arithmetic.
+pre-fit images (`prefit_index`); cells whose triples differ are named and left out. Sweeps with variants
+(prefit.analysis.variants) are compared by cell and variant: a variant of A against the same variant of B.
+For every compared cell, scheme and measure the report sets the two paired differences from random side by
+side (Δ, CI, p, verdict), says whether the verdicts agree, and how far the two sweeps' values of the same fit
+lie apart. The figure plots each Δ of sweep A against the same Δ of sweep B. The run.json configs of the
+compared jobs say what differs between the sweeps; keys outside ARITHMETIC_KEYS are flagged, as they change
+more than arithmetic.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefit.schema import BASELINE, CELL_KEYS, MEMBER_KEYS, cell_label
+from prefit.schema import BASELINE, CELL_KEYS
 
 from .figures import plot_robustness, write_figure
 from .load import AnalysisError
@@ -40,6 +42,7 @@ from .render import render
 from .stats import DEFAULT_CI_METHOD, VERDICTS
 from .summary import method_context
 from .tables import RAW_FLAG, fmt, fmt_diff_ci, fmt_p, markdown_table, verdict_text
+from .variants import VARIANT, group_label, variant_sort_key, with_variant
 
 # run.json config keys that change how a job computes but not what (prefit.train's EXECUTION_KEYS, the engine
 # and the precision of products), and keys that change neither.
@@ -55,9 +58,9 @@ class Comparison:
     """Two analysed sweeps compared cell by cell: which cells, whether their triples match, the verdicts."""
 
     roots: tuple[Path, Path]
-    cells: list[tuple[int, int, str]]  # compared: in both, with the same triples
+    cells: list[tuple]  # compared (hls, hfs, protocol[, variant]): in both, with the same triples
     only: tuple[list, list]  # cells in one sweep only
-    mismatched: list[tuple[int, int, str]]  # in both, but with different triples: left out
+    mismatched: list[tuple]  # in both, but with different triples: left out
     triples: pd.DataFrame  # compare_triples of every cell in both
     table: pd.DataFrame  # one row per compared cell, scheme and measure: both sides' statistics, agree, gap
     measures: list[Measure]
@@ -107,13 +110,15 @@ def _flatten(data: object, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): str(data)}
 
 
-def config_differences(a: Analysed, b: Analysed, cells: list[tuple[int, int, str]]) -> dict[str, tuple[str, str]]:
-    """The run.json config keys (and the recorded device) whose values differ between the compared jobs."""
+def config_differences(a: Analysed, b: Analysed, cells: list[tuple]) -> dict[str, tuple[str, str]]:
+    """The run.json config keys (and the recorded device) whose values differ between the compared jobs (cells:
+    (hls, hfs, protocol), or with a variant last)."""
     values: dict[str, tuple[set, set]] = {}
+    variants = bool(cells) and len(cells[0]) > len(CELL_KEYS)
     for side, analysed in enumerate((a, b)):
         for folder, cell in analysed.sweep.job_cells.items():
             run = analysed.sweep.runs.get(folder) or {}
-            if cell not in cells:
+            if (*cell, *([analysed.sweep.variants.get(folder, "")] if variants else [])) not in cells:
                 continue
             flat = _flatten(run.get("config", {})) | {"device (run.json)": str(run.get("device", "?"))}
             for key, value in flat.items():
@@ -122,45 +127,54 @@ def config_differences(a: Analysed, b: Analysed, cells: list[tuple[int, int, str
             if va != vb and k not in IGNORED_KEYS and not k.startswith(("model.", "hydra."))}  # fmt: skip
 
 
-def fit_gaps(a: pd.DataFrame, b: pd.DataFrame, measures: list[Measure]) -> pd.DataFrame:
-    """Per cell, scheme and measure: the largest |value in A − value in B| over the triples (same fit)."""
-    both = a.merge(b, on=MEMBER_KEYS, suffixes=("_a", "_b"))
+def fit_gaps(a: pd.DataFrame, b: pd.DataFrame, measures: list[Measure],
+             keys: list[str] = CELL_KEYS) -> pd.DataFrame:  # fmt: skip
+    """Per cell (the values of `keys`), scheme and measure: the largest |value in A − value in B| over the
+    triples (same fit)."""
+    both = a.merge(b, on=[*keys, "scheme", "triple"], suffixes=("_a", "_b"))
     parts = []
     for m in measures:
         side = [measure_values(both.rename(columns={f"{c}_{s}": c for c in (m.name, "n_epochs")}), m) for s in "ab"]
         with np.errstate(invalid="ignore"):
             gap = (side[0] - side[1]).abs()
-        frame = both[[*CELL_KEYS, "scheme"]].assign(measure=m.name, gap=gap.where(np.isfinite(gap)))
-        parts.append(frame.groupby([*CELL_KEYS, "scheme", "measure"])["gap"].max().reset_index())
+        frame = both[[*keys, "scheme"]].assign(measure=m.name, gap=gap.where(np.isfinite(gap)))
+        parts.append(frame.groupby([*keys, "scheme", "measure"])["gap"].max().reset_index())
     return pd.concat(parts, ignore_index=True)
 
 
 def compare(a: Analysed, b: Analysed) -> Comparison:
-    """Compare two analysed sweeps cell by cell; AnalysisError when no cell of both holds the same triples."""
-    cells_a, cells_b = a.cells(), b.cells()
+    """Compare two analysed sweeps cell by cell (cell and variant when either has variants); AnalysisError when
+    no cell of both holds the same triples."""
+    variants = VARIANT in a.auc.columns or VARIANT in b.auc.columns
+    group = [*CELL_KEYS, VARIANT] if variants else list(CELL_KEYS)
+    auc = [with_variant(x.auc) if variants else x.auc for x in (a, b)]
+    longs = [with_variant(x.long) if variants else x.long for x in (a, b)]
+    cells_a, cells_b = ({(int(k[0]), int(k[1]), *map(str, k[2:])) for k in t[group].itertuples(index=False, name=None)}
+                        for t in auc)  # fmt: skip
     rank = {c: i for i, c in enumerate(cell_order(c[:2] for c in cells_a | cells_b))}
     prank = {p: i for i, p in enumerate(protocol_order(c[2] for c in cells_a | cells_b))}
-    both = sorted(cells_a & cells_b, key=lambda c: (rank[c[:2]], prank[c[2]]))
+    both = sorted(
+        cells_a & cells_b, key=lambda c: (rank[c[:2]], prank[c[2]], variant_sort_key(c[3] if variants else ""))
+    )
     names = [f"{a.sweep.root}: {_cells(cells_a)}", f"{b.sweep.root}: {_cells(cells_b)}"]
     if not both:
         raise AnalysisError(f"no cell is in both sweeps ({names[0]}; {names[1]})")
-    triples = compare_triples(a.auc, b.auc, both, CELL_KEYS)
+    triples = compare_triples(auc[0], auc[1], both, group)
     ok = same_triples(triples)
     cells = [c for c, good in zip(both, ok, strict=True) if good]
     if not cells:
         raise AnalysisError(f"no cell of both sweeps holds the same triples (compared {_cells(both)}: the target or "
                             "pre-fit images, or the triple numbers, differ)")  # fmt: skip
     measures = [m for m in measures_in(a.auc.columns) if m.name in b.auc.columns]
-    keys = [*CELL_KEYS, "scheme", "measure"]
+    keys = [*group, "scheme", "measure"]
     stats = ["n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon", "verdict", "flag_raw_auc"]
-    side = [x.long[[tuple(k) in set(cells) for k in x.long[CELL_KEYS].itertuples(index=False, name=None)]]
-            for x in (a, b)]  # fmt: skip
+    side = [x[[tuple(k) in set(cells) for k in x[group].itertuples(index=False, name=None)]] for x in longs]
     table = side[0][[*keys, *stats]].merge(side[1][[*keys, *stats]], on=keys, suffixes=("_a", "_b"), how="outer")
     table = table[table["measure"].isin([m.name for m in measures])]
     table["agree"] = table["verdict_a"] == table["verdict_b"]
-    table = table.merge(fit_gaps(a.auc, b.auc, measures), on=keys, how="left")
+    table = table.merge(fit_gaps(auc[0], auc[1], measures, group), on=keys, how="left")
     rank = {m.name: i for i, m in enumerate(measures)}  # measures in lead order, then cells and schemes
-    table = sort_rows(table, [*CELL_KEYS, "scheme"]).assign(_m=lambda t: t["measure"].map(rank))
+    table = sort_rows(table, [*group, "scheme"]).assign(_m=lambda t: t["measure"].map(rank))
     table = table.sort_values("_m", kind="stable").drop(columns="_m").reset_index(drop=True)
     only = (sorted(cells_a - cells_b), sorted(cells_b - cells_a))
     mismatched = [c for c, good in zip(both, ok, strict=True) if not good]
@@ -169,9 +183,14 @@ def compare(a: Analysed, b: Analysed) -> Comparison:
 
 
 def _cells(cells: object) -> str:
-    found = sorted(((int(c[0]), int(c[1]), *c[2:]) for c in cells), key=lambda c: (c[0] * c[1], c[0], c[1], *c[2:]))
+    """Cells (hls, hfs[, protocol[, variant]]) in a sentence: `2x32, 3x32`, the protocol only when several."""
+    found = sorted(
+        ((int(c[0]), int(c[1]), *c[2:]) for c in cells),
+        key=lambda c: (c[0] * c[1], c[0], c[1], *c[2:3], variant_sort_key(c[3] if len(c) > 3 else "")),
+    )
     several = len({c[2] for c in found if len(c) > 2}) > 1
-    return ", ".join(cell_label(*c[:2]) + (f" ({c[2]})" if several else "") for c in found) or "none"
+    return ", ".join(group_label(c[0], c[1], c[3] if len(c) > 3 else "") + (f" ({c[2]})" if several else "")
+                     for c in found) or "none"  # fmt: skip
 
 
 def agreement_table(comparison: Comparison) -> str:
@@ -198,7 +217,8 @@ def side_by_side(comparison: Comparison, measure: Measure, only_disagreements: b
     header += ["agree", "largest per-fit gap"]
     rows = []
     for _, r in t.iterrows():
-        row = [cell_label(r["hls"], r["hfs"]) + (f" ({r['protocol']})" if several else ""), r["scheme"]]
+        label = group_label(int(r["hls"]), int(r["hfs"]), str(r.get(VARIANT, "")))
+        row = [label + (f" ({r['protocol']})" if several else ""), r["scheme"]]
         for s in "ab":
             side = {k: r[f"{k}_{s}"] for k in ("mean_diff", "ci_low", "ci_high", "verdict", "flag_raw_auc")}
             side["measure"] = measure.name
@@ -213,7 +233,7 @@ def side_by_side(comparison: Comparison, measure: Measure, only_disagreements: b
 def triples_text(check: pd.DataFrame) -> dict[str, object]:
     """What compare_triples found, for the templates: cells checked, triples per cell, the mismatched cells."""
     gap = check["random_auc_max_gap"].dropna()
-    keys = [k for k in CELL_KEYS if k in check.columns]
+    keys = [k for k in (*CELL_KEYS, VARIANT) if k in check.columns]
     return {
         "n_both": len(check), "triples": ", ".join(sorted({str(int(v)) for v in check["common"]})),
         "prefit_compared": int(check["prefit_compared"].sum()),

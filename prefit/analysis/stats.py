@@ -27,6 +27,7 @@ from scipy import stats as scipy_stats
 from prefit.schema import BASELINE, CELL_KEYS
 
 from .reduce import MEASURE_BY_NAME, MEASURES, Measure, cell_flags, measures_in, paired_frame, sort_rows
+from .variants import VARIANT, group_keys
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -36,14 +37,23 @@ CI_METHODS = ("percentile", "bca")
 DEFAULT_CI_METHOD = "percentile"
 VERDICTS = ("beats", "worse", "unclear", "no data")
 STAT_COLUMNS = ["n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon", "verdict"]
-# stats.parquet: the columns of the original format first (docs/formats.md), then the rest.
+# stats.parquet: the columns of the original format first (docs/formats.md), then the rest; in a sweep with
+# variants `variant` follows `protocol` (`base_columns`).
 BASE_COLUMNS = [*CELL_KEYS, "scheme", "baseline", "n", "mean_diff_auc", "ci_low", "ci_high", "p_wilcoxon",
                 "n_diverged", "n_saturated"]  # fmt: skip
 _RNG_KEYWORD = "rng" if "rng" in inspect.signature(scipy_stats.bootstrap).parameters else "random_state"
 
 
+def base_columns(frame: pd.DataFrame) -> list[str]:
+    """BASE_COLUMNS, with `variant` after `protocol` when the frame has one."""
+    if VARIANT not in frame.columns:
+        return list(BASE_COLUMNS)
+    at = BASE_COLUMNS.index("protocol") + 1
+    return [*BASE_COLUMNS[:at], VARIANT, *BASE_COLUMNS[at:]]
+
+
 def group_rng(seed: int, key: Sequence[object]) -> np.random.Generator:
-    """A generator for one (cell, scheme), seeded by the seed and the key itself (crc32 of its text)."""
+    """A generator for one (cell[, variant], scheme), seeded by the seed and the key itself (crc32 of its text)."""
     return np.random.default_rng([int(seed), *(zlib.crc32(str(k).encode()) for k in key)])
 
 
@@ -109,19 +119,20 @@ def paired_stats(
     confidence: float = CONFIDENCE,
     ci_method: str = DEFAULT_CI_METHOD,
 ) -> pd.DataFrame:
-    """One row per cell and scheme other than the baseline, for one measure: hls, hfs, protocol, scheme,
-    baseline, measure, n (pairs used), mean_diff, ci_low, ci_high, p_wilcoxon, verdict, n_diverged and
-    n_saturated (pairs left out, see `paired_frame`), n_unreached (pairs counted with a threshold never
+    """One row per cell (and variant) and scheme other than the baseline, for one measure: hls, hfs, protocol,
+    [variant,] scheme, baseline, measure, n (pairs used), mean_diff, ci_low, ci_high, p_wilcoxon, verdict,
+    n_diverged and n_saturated (pairs left out, see `paired_frame`), n_unreached (pairs counted with a threshold never
     reached). A cell without baseline fits has no rows."""
     m = MEASURE_BY_NAME[measure] if isinstance(measure, str) else measure
-    columns = [*CELL_KEYS, "scheme", "baseline", "measure", *STAT_COLUMNS, "n_diverged", "n_saturated", "n_unreached"]
+    keys = [*group_keys(auc), "scheme"]
+    columns = [*keys, "baseline", "measure", *STAT_COLUMNS, "n_diverged", "n_saturated", "n_unreached"]
     rows = []
-    for key, group in paired_frame(auc, m, baseline).groupby([*CELL_KEYS, "scheme"], sort=False):
+    for key, group in paired_frame(auc, m, baseline).groupby(keys, sort=False):
         d = group["diff"].dropna().to_numpy(dtype=np.float64)
         low, high = bootstrap_ci(d, group_rng(seed, key), n_resamples, confidence, ci_method)
         p = wilcoxon_p(d)
         rows.append({
-            **dict(zip([*CELL_KEYS, "scheme"], key, strict=True)), "baseline": baseline, "measure": m.name,
+            **dict(zip(keys, key, strict=True)), "baseline": baseline, "measure": m.name,
             "n": len(d), "mean_diff": float(d.mean()) if len(d) else np.nan, "ci_low": low, "ci_high": high,
             "p_wilcoxon": p, "verdict": decide(len(d), low, high, p, m.higher_is_better),
             "n_diverged": int(group["diverged"].sum()), "n_saturated": int(group["saturated"].sum()),
@@ -131,9 +142,10 @@ def paired_stats(
     ints = ["hls", "hfs", "n", "n_diverged", "n_saturated", "n_unreached"]
     table = table.astype({**dict.fromkeys(ints, "int64"), **dict.fromkeys(["mean_diff", "ci_low", "ci_high",
                                                                            "p_wilcoxon"], "float64")})  # fmt: skip
-    for name in ("protocol", "scheme", "baseline", "measure", "verdict"):
-        table[name] = table[name].astype(str)
-    return sort_rows(table, [*CELL_KEYS, "scheme"])
+    for name in ("protocol", "scheme", "baseline", "measure", "verdict", VARIANT):
+        if name in table.columns:
+            table[name] = table[name].astype(str)
+    return sort_rows(table, keys)
 
 
 def stats_long(auc: pd.DataFrame, ci_method: str = DEFAULT_CI_METHOD, **options) -> pd.DataFrame:
@@ -141,11 +153,11 @@ def stats_long(auc: pd.DataFrame, ci_method: str = DEFAULT_CI_METHOD, **options)
     with each cell's raw-AUC flag (`flag_raw_auc`: a fit of the cell passes 100 dB)."""
     parts = [paired_stats(auc, m, ci_method=ci_method, **options) for m in measures_in(auc.columns)]
     long = pd.concat(parts, ignore_index=True) if parts else paired_stats(auc, "auc")
-    return long.merge(cell_flags(auc), on=CELL_KEYS, how="left").assign(ci_method=ci_method)
+    return long.merge(cell_flags(auc), on=group_keys(auc), how="left").assign(ci_method=ci_method)
 
 
 def stats_table(auc: pd.DataFrame, ci_method: str = DEFAULT_CI_METHOD, **options) -> pd.DataFrame:
-    """stats.parquet, one row per cell and scheme: the raw AUC's statistics under their original names
+    """stats.parquet, one row per cell (and variant) and scheme: the raw AUC's statistics under their original names
     (BASE_COLUMNS), then per measure n, mean_diff, ci_low, ci_high, p_wilcoxon, verdict (named by
     `Measure.col`) and for the time measures n_unreached; the raw-AUC flag; the CI method."""
     return wide(stats_long(auc, ci_method, **options))
@@ -153,11 +165,11 @@ def stats_table(auc: pd.DataFrame, ci_method: str = DEFAULT_CI_METHOD, **options
 
 def wide(long: pd.DataFrame) -> pd.DataFrame:
     """A long stats table (`stats_long`) as stats.parquet's columns."""
-    keys = [*CELL_KEYS, "scheme", "baseline"]
+    keys = [*group_keys(long), "scheme", "baseline"]
     raw = long[long["measure"] == "auc"]
     table = raw[[*keys, "n_diverged", "n_saturated", "flag_raw_auc", "n_fits_over_100db", "ci_method"]]
     table = table.reset_index(drop=True)
-    columns = list(BASE_COLUMNS)
+    columns = base_columns(long)
     for m in sorted(MEASURES, key=lambda m: m.name != "auc"):  # the raw AUC's verdict beside its old columns
         part = long[long["measure"] == m.name]
         if part.empty:
@@ -167,12 +179,12 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
         table = table.merge(part, on=keys, how="left")
         columns += [m.col(s) for s in stats if m.col(s) not in columns]
     columns += ["flag_raw_auc", "n_fits_over_100db", "ci_method"]
-    return sort_rows(table[columns], [*CELL_KEYS, "scheme"])
+    return sort_rows(table[columns], keys[:-1])
 
 
 def long_from_wide(stats: pd.DataFrame) -> pd.DataFrame:
     """stats.parquet back into the long layout (one row per measure), e.g. for a report reading the file."""
-    keys = [*CELL_KEYS, "scheme", "baseline"]
+    keys = [*group_keys(stats), "scheme", "baseline"]
     shared = [c for c in ("n_diverged", "n_saturated", "flag_raw_auc", "n_fits_over_100db", "ci_method")
               if c in stats.columns]  # fmt: skip
     parts = []
@@ -188,7 +200,7 @@ def long_from_wide(stats: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict_counts(long: pd.DataFrame) -> pd.DataFrame:
-    """Per protocol, measure and scheme: in how many cells each verdict was reached (columns VERDICTS)."""
+    """Per protocol, measure and scheme: in how many cells (and variants) each verdict was reached (VERDICTS)."""
     counts = long.groupby(["protocol", "measure", "scheme"])["verdict"].value_counts().unstack(fill_value=0)
     counts = counts.reindex(columns=list(VERDICTS), fill_value=0).reset_index()
     counts.columns.name = None

@@ -33,6 +33,7 @@ from .tables import (
     threshold_markdown,
     verdict_table,
 )
+from .variants import VARIANT, group_keys, has_variants, variant_order
 
 if TYPE_CHECKING:
     from .pipeline import Analysed
@@ -63,7 +64,7 @@ def measure_sections(long: pd.DataFrame, measures: Sequence[Measure],
 def summary_markdown(analysed: Analysed) -> str:
     """summary.md from an analysed sweep."""
     sweep, auc, long = analysed.sweep, analysed.auc, analysed.long
-    triples = auc.groupby(["hls", "hfs", "protocol"])["triple"].nunique()
+    triples = auc.groupby(group_keys(auc))["triple"].nunique()
     measures = measures_in(auc.columns)
     flags = cell_flags(auc)
     tables = {}
@@ -76,7 +77,8 @@ def summary_markdown(analysed: Analysed) -> str:
         "root": sweep.root, "root_resolved": sweep.root.resolve(), "psnr_file": PSNR_FILE, "run_file": RUN_FILE,
         "n_files": len(sweep.files),
         "n_complete": sum(1 for run in sweep.runs.values() if run and run.get("status") == "complete"),
-        "n_cells": len(triples), "hls": span(auc["hls"]), "hfs": span(auc["hfs"]),
+        "n_cells": auc.groupby(["hls", "hfs", "protocol"]).ngroups, "hls": span(auc["hls"]), "hfs": span(auc["hfs"]),
+        "variants": [f"`{v}`" if v else "(none)" for v in variant_order(auc[VARIANT])] if has_variants(auc) else [],
         "protocols": ", ".join(protocol_order(auc["protocol"])), "triples": span(triples),
         "epochs": span(auc["n_epochs"]), "schemes": ", ".join(scheme_order(auc["scheme"].unique())),
         "n_fits": len(auc), "n_diverged": int(auc["diverged"].sum()), "n_saturated": int(auc["saturated"].sum()),

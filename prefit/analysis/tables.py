@@ -1,5 +1,6 @@
 """Markdown tables of the analysis, built from its frames; the templates place them, the reports word them.
 
+Cells are labelled `2x32`, and in a sweep with variants `2x32 train.lr=0.0002` (prefit.analysis.variants).
 Numbers: AUCs with thousands separators, small values with 4 significant digits, p with 3 decimals, a dash
 for what is missing. Verdicts: **beats** and **worse** in bold, `unclear` plain; a raw AUC in a cell where a fit
 passes 100 dB carries RAW_FLAG.
@@ -12,13 +13,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from prefit.schema import BASELINE, CELL_KEYS, cell_label
+from prefit.schema import BASELINE, CELL_KEYS
 
 from .reduce import (
     MEASURE_BY_NAME,
     RAW_AUC_FLAG_DB,
     Measure,
-    cell_order,
+    group_order,
     mean_table,
     paired_differences,
     protocol_order,
@@ -26,6 +27,9 @@ from .reduce import (
     sort_rows,
 )
 from .stats import ALPHA, CONFIDENCE
+from .variants import VARIANT, group_label, has_variants, with_variant
+
+GROUP = [*CELL_KEYS, VARIANT]  # the keys of a group in frames passed through with_variant
 
 RAW_FLAG = "†"
 RAW_FLAG_NOTE = (f"{RAW_FLAG}: a fit in this cell passes {RAW_AUC_FLAG_DB:g} dB, far beyond what an 8-bit image shows "
@@ -91,11 +95,15 @@ def _rows_by(long: pd.DataFrame, keys: list[str]) -> dict[tuple, pd.Series]:
     return {tuple(r[k] for k in keys): r for _, r in long.iterrows()}
 
 
-def _cells_and_schemes(long: pd.DataFrame) -> list[tuple[int, int, str]]:
-    cells = cell_order(zip(long["hls"], long["hfs"], strict=True))
+def _groups_and_schemes(long: pd.DataFrame) -> list[tuple[int, int, str, str]]:
+    """(hls, hfs, variant, scheme) of a frame passed through with_variant, in the order of the tables."""
     schemes = scheme_order(long["scheme"].unique())
-    present = set(zip(long["hls"].astype(int), long["hfs"].astype(int), long["scheme"], strict=True))
-    return [(h, f, s) for h, f in cells for s in schemes if (h, f, s) in present]
+    present = set(zip(long["hls"].astype(int), long["hfs"].astype(int), long[VARIANT], long["scheme"], strict=True))
+    return [(*g, s) for g in group_order(long) for s in schemes if (*g, s) in present]
+
+
+def _label(row: pd.Series | dict) -> str:
+    return group_label(int(row["hls"]), int(row["hfs"]), str(row.get(VARIANT, "") or ""))
 
 
 def verdict_table(long: pd.DataFrame, measures: Sequence[Measure], by: str = "protocol",
@@ -103,12 +111,13 @@ def verdict_table(long: pd.DataFrame, measures: Sequence[Measure], by: str = "pr
     """Per cell and scheme, the verdict (and Δ) of every measure, one column per measure and group (a value of
     the `by` column: protocol, or the sweep in a robustness report)."""
     groups = list(groups) if groups is not None else protocol_order(long[by])
-    found = _rows_by(long, ["hls", "hfs", "scheme", "measure", by])
+    long = with_variant(long)
+    found = _rows_by(long, ["hls", "hfs", VARIANT, "scheme", "measure", by])
     header = ["cell", "scheme"] + [m.label + (f" ({g})" if len(groups) > 1 else "") for m in measures for g in groups]
     rows = []
-    for hls, hfs, scheme in _cells_and_schemes(long):
-        row = [cell_label(hls, hfs), scheme]
-        row += [verdict_text(found.get((hls, hfs, scheme, m.name, g))) for m in measures for g in groups]
+    for hls, hfs, variant, scheme in _groups_and_schemes(long):
+        row = [group_label(hls, hfs, variant), scheme]
+        row += [verdict_text(found.get((hls, hfs, variant, scheme, m.name, g))) for m in measures for g in groups]
         rows.append(row)
     return markdown_table(header, rows)
 
@@ -117,7 +126,8 @@ def count_table(long: pd.DataFrame, measures: Sequence[Measure], by: str = "prot
                 groups: Sequence[str] | None = None) -> str:  # fmt: skip
     """Per scheme, measure and group: in how many cells it beats random and is worse (of those with pairs)."""
     groups = list(groups) if groups is not None else protocol_order(long[by])
-    header = ["scheme", "measure"] + [f"beats / worse ({g})" if len(groups) > 1 else "beats / worse (of cells)"
+    of = "of cells and variants" if has_variants(long) else "of cells"
+    header = ["scheme", "measure"] + [f"beats / worse ({g})" if len(groups) > 1 else f"beats / worse ({of})"
                                       for g in groups]  # fmt: skip
     rows = []
     for scheme in scheme_order(long["scheme"].unique()):
@@ -133,7 +143,7 @@ def count_table(long: pd.DataFrame, measures: Sequence[Measure], by: str = "prot
 
 def stats_markdown(long: pd.DataFrame, measure: Measure, protocol_column: bool | None = None) -> str:
     """One measure's statistics per cell and scheme: Δ [CI], p, n, verdict, and the pairs left out or censored."""
-    rows_of = sort_rows(long[long["measure"] == measure.name], [*CELL_KEYS, "scheme"])
+    rows_of = sort_rows(with_variant(long[long["measure"] == measure.name]), [*GROUP, "scheme"])
     if protocol_column is None:
         protocol_column = rows_of["protocol"].nunique() > 1
     saturated = measure.name == "auc" and bool(rows_of["n_saturated"].sum())
@@ -143,7 +153,7 @@ def stats_markdown(long: pd.DataFrame, measure: Measure, protocol_column: bool |
     header += ["diverged"] + (["saturated"] if saturated else [])
     rows = []
     for _, r in rows_of.iterrows():
-        row = [cell_label(r["hls"], r["hfs"])] + ([r["protocol"]] if protocol_column else []) + [r["scheme"]]
+        row = [_label(r)] + ([r["protocol"]] if protocol_column else []) + [r["scheme"]]
         row += [fmt_diff_ci(r) + (f" {RAW_FLAG}" if flagged(r) else ""), fmt_p(r["p_wilcoxon"]), int(r["n"]),
                 verdict_text(r, with_diff=False).replace(f" {RAW_FLAG}", "")]  # fmt: skip
         row += [int(r["n_unreached"])] if measure.is_time else []
@@ -154,15 +164,16 @@ def stats_markdown(long: pd.DataFrame, measure: Measure, protocol_column: bool |
 
 def compare_markdown(long: pd.DataFrame, measure: Measure, by: str, groups: Sequence[str]) -> str:
     """One measure's Δ [CI], p, n and verdict per cell and scheme, for each group (`by`) side by side."""
-    found = _rows_by(long[long["measure"] == measure.name], ["hls", "hfs", "scheme", by])
+    long = with_variant(long[long["measure"] == measure.name])
+    found = _rows_by(long, ["hls", "hfs", VARIANT, "scheme", by])
     header = ["cell", "scheme"]
     for g in groups:
         header += [f"Δ {measure.label} [{CONFIDENCE:.0%} CI] ({g})", f"p ({g})", f"n ({g})", f"verdict ({g})"]
     rows = []
-    for hls, hfs, scheme in _cells_and_schemes(long[long["measure"] == measure.name]):
-        row = [cell_label(hls, hfs), scheme]
+    for hls, hfs, variant, scheme in _groups_and_schemes(long):
+        row = [group_label(hls, hfs, variant), scheme]
         for g in groups:
-            r = found.get((hls, hfs, scheme, g))
+            r = found.get((hls, hfs, variant, scheme, g))
             row += ["—"] * 4 if r is None else [fmt_diff_ci(r) + (f" {RAW_FLAG}" if flagged(r) else ""),
                                                  fmt_p(r["p_wilcoxon"]), int(r["n"]), verdict_text(r, False)]
         rows.append(row)
@@ -183,22 +194,23 @@ def metric_table(auc: pd.DataFrame, metric: str, flags: pd.DataFrame | None = No
     """Per cell: the mean of one AUC per scheme, the best scheme, each scheme's mean paired difference from random
     with its number of pairs, and the diverged fits; how often each scheme was best. flags: per cell
     `flag_raw_auc`, marking a raw AUC with RAW_FLAG."""
+    auc = with_variant(auc)
     schemes = scheme_order(auc["scheme"].unique())
     protocols = protocol_order(auc["protocol"])
-    means = mean_table(auc, metric).set_index([*CELL_KEYS, "scheme"])["mean"]
-    paired = paired_differences(auc, metric).set_index([*CELL_KEYS, "scheme"])
-    diverged = auc.groupby([*CELL_KEYS, "scheme"])["diverged"].sum()
-    triples = auc.groupby(CELL_KEYS)["triple"].nunique()
-    flag = set() if flags is None else {tuple(k) for k in flags.loc[flags["flag_raw_auc"], CELL_KEYS].to_numpy()}
+    means = mean_table(auc, metric).set_index([*GROUP, "scheme"])["mean"]
+    paired = paired_differences(auc, metric).set_index([*GROUP, "scheme"])
+    diverged = auc.groupby([*GROUP, "scheme"])["diverged"].sum()
+    triples = auc.groupby(GROUP)["triple"].nunique()
+    flag = _flagged_groups(flags)
     others = [s for s in schemes if s != BASELINE] if BASELINE in schemes else []
     label = MEASURE_BY_NAME[metric].label
     header = ["cell"] + (["protocol"] if len(protocols) > 1 else []) + ["triples"]
     header += [f"mean {label} {s}" for s in schemes] + ["best"] + [f"Δ {s} − {BASELINE} (pairs)" for s in others]
     header += ["diverged (" + "/".join(schemes) + ")"]
     rows, best_counts = [], []
-    for hls, hfs in cell_order(zip(auc["hls"], auc["hfs"], strict=True)):
+    for hls, hfs, variant in group_order(auc):
         for protocol in protocols:
-            cell = (hls, hfs, protocol)
+            cell = (hls, hfs, protocol, variant)
             if cell not in triples.index:
                 continue
             cell_means = {s: means.get((*cell, s), np.nan) for s in schemes}
@@ -206,7 +218,8 @@ def metric_table(auc: pd.DataFrame, metric: str, flags: pd.DataFrame | None = No
             best = max(known, key=known.get) if known else "—"
             best_counts.append(best)
             mark = f" {RAW_FLAG}" if metric == "auc" and cell in flag else ""
-            row = [cell_label(hls, hfs) + mark] + ([protocol] if len(protocols) > 1 else []) + [int(triples[cell])]
+            row = [group_label(hls, hfs, variant) + mark] + ([protocol] if len(protocols) > 1 else [])
+            row.append(int(triples[cell]))
             row += [fmt(cell_means[s]) for s in schemes] + [best]
             for s in others:
                 p = paired.loc[(*cell, s)] if (*cell, s) in paired.index else None
@@ -214,6 +227,14 @@ def metric_table(auc: pd.DataFrame, metric: str, flags: pd.DataFrame | None = No
             row.append("/".join(str(int(diverged.get((*cell, s), 0))) for s in schemes))
             rows.append(row)
     return markdown_table(header, rows), pd.Series(best_counts, dtype=object).value_counts()
+
+
+def _flagged_groups(flags: pd.DataFrame | None) -> set[tuple]:
+    """The (hls, hfs, protocol, variant) of the groups whose raw AUC is flagged (cell_flags' rows)."""
+    if flags is None:
+        return set()
+    flags = with_variant(flags)
+    return {tuple(k) for k in flags.loc[flags["flag_raw_auc"], GROUP].itertuples(index=False, name=None)}
 
 
 def threshold_cell(values: pd.Series) -> str:
@@ -225,26 +246,27 @@ def threshold_cell(values: pd.Series) -> str:
 def threshold_markdown(auc: pd.DataFrame, flags: pd.DataFrame | None = None,
                        protocols: Sequence[str] | None = None) -> str:  # fmt: skip
     """Per cell and scheme: mean capped AUC, the epochs to each threshold, and the raw AUC last (flagged)."""
+    auc = with_variant(auc)
     thresholds = [c for c in auc.columns if c.startswith("epochs_to_")]
     protocols = list(protocols) if protocols is not None else protocol_order(auc["protocol"])
     capped = "auc_capped" in auc.columns
-    means = {m: mean_table(auc, m).set_index([*CELL_KEYS, "scheme"])["mean"] for m in ("auc", "auc_capped")
+    means = {m: mean_table(auc, m).set_index([*GROUP, "scheme"])["mean"] for m in ("auc", "auc_capped")
              if m in auc.columns}  # fmt: skip
-    flag = set() if flags is None else {tuple(k) for k in flags.loc[flags["flag_raw_auc"], CELL_KEYS].to_numpy()}
+    flag = _flagged_groups(flags)
     header = ["cell"] + (["protocol"] if len(protocols) > 1 else []) + ["scheme"]
     header += (["mean capped AUC"] if capped else []) + [f"epochs to {c[10:-2]} dB" for c in thresholds]
     header += ["mean raw AUC"]
-    groups = dict(tuple(auc.groupby([*CELL_KEYS, "scheme"], sort=False)))
+    groups = dict(tuple(auc.groupby([*GROUP, "scheme"], sort=False)))
     rows = []
-    for hls, hfs in cell_order(zip(auc["hls"], auc["hfs"], strict=True)):
+    for hls, hfs, variant in group_order(auc):
         for protocol in protocols:
             for scheme in scheme_order(auc["scheme"].unique()):
-                key = (hls, hfs, protocol, scheme)
+                key = (hls, hfs, protocol, variant, scheme)
                 if key not in groups:
                     continue
-                row = [cell_label(hls, hfs)] + ([protocol] if len(protocols) > 1 else []) + [scheme]
+                row = [group_label(hls, hfs, variant)] + ([protocol] if len(protocols) > 1 else []) + [scheme]
                 row += [fmt(means["auc_capped"].get(key, np.nan))] if capped else []
                 row += [threshold_cell(groups[key][c]) for c in thresholds]
-                row.append(fmt(means["auc"].get(key, np.nan)) + (f" {RAW_FLAG}" if key[:3] in flag else ""))
+                row.append(fmt(means["auc"].get(key, np.nan)) + (f" {RAW_FLAG}" if key[:4] in flag else ""))
                 rows.append(row)
     return markdown_table(header, rows)
