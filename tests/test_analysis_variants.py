@@ -127,6 +127,7 @@ def test_the_protocol_report_refuses_variants_in_one_line(lr_sweep: tuple[Path, 
     assert "\n" not in message and str(sweep) in message and "train.lr=0.0001; train.lr=0.0002" in message
 
 
+@pytest.mark.slow  # a subprocess sweep: `make test-fast` leaves it out
 def test_a_real_sweep_over_the_learning_rate(cifar_dir: Path, tmp_path: Path) -> None:
     """`python -m prefit.train -m ... train.lr=1e-4,2e-4`: two jobs of one cell, analysed one group per lr."""
     out = tmp_path / "sweep"
