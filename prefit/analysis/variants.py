@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prefit.records import comparable
 from prefit.schema import CELL_KEYS, cell_label, cell_stem
 
 VARIANT = "variant"
@@ -93,9 +94,11 @@ def varying_keys(studies: Iterable[Mapping[str, object]]) -> list[str]:
 
 def study_variants(studies: Mapping[Path, Mapping[str, object] | None]) -> dict[Path, str]:
     """Per job folder its variant: `key=value` of every varying key it holds, comma-separated; "" for a job
-    without a recorded study (no run.json, or one written before studies were recorded)."""
-    known = {folder: flatten(study) for folder, study in studies.items() if isinstance(study, Mapping)}
-    keys = varying_keys(s for s in studies.values() if isinstance(s, Mapping))
+    without a recorded study (no run.json, or one written before studies were recorded). Studies are compared
+    as prefit.records compares them (dataset.path resolved: a relative and an absolute spelling are one)."""
+    recorded = {folder: comparable(dict(study), []) for folder, study in studies.items() if isinstance(study, Mapping)}
+    known = {folder: flatten(study) for folder, study in recorded.items()}
+    keys = varying_keys(recorded.values())
     variants = {}
     for folder in studies:
         flat = known.get(folder, {})
