@@ -95,7 +95,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check prefit tests
+	$(PY) -m ruff check prefit tests hydra_plugins
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
