@@ -50,6 +50,11 @@ def test_smoke_sweep_runs_every_cell(cifar_dir, tmp_path):
         assert (out / name / "run.json").is_file() and (out / name / "recon.npz").is_file()
 
 
+def completed(out: Path) -> list[Path]:
+    """Cells whose run.json says complete (a job claims its folder with a `running` run.json when it starts)."""
+    return [p for p in out.glob("*/run.json") if '"status": "complete"' in p.read_text()]
+
+
 def test_killed_sweep_resumes_to_the_same_results(cifar_dir, tmp_path):
     reference = tmp_path / "uninterrupted"
     subprocess.run(
@@ -60,7 +65,7 @@ def test_killed_sweep_resumes_to_the_same_results(cifar_dir, tmp_path):
     command = sweep_command(cifar_dir, out, "hydra.launcher.n_jobs=1")
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
-    while not list(out.glob("*/run.json")) and time.time() < deadline and proc.poll() is None:
+    while not completed(out) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep, workers included, mid-way
     proc.wait()
