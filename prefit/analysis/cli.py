@@ -101,6 +101,19 @@ def resolve(args: argparse.Namespace, overrides: dict[str, object]) -> tuple[flo
     return values[0], values[1]
 
 
+def _parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, sweeps: int, names: str
+) -> tuple[argparse.Namespace, list[str], float | None, str]:
+    """The parsed flags, the `sweeps` sweep folders named `names` (one line if the count is wrong), the cap and
+    the CI method (from flags or analysis.KEY=VALUE overrides)."""
+    args = parser.parse_intermixed_args(argv)
+    positional, overrides = split_overrides(args.overrides)
+    if len(positional) != sweeps:
+        raise AnalysisError(f"expected {names}, got {len(positional)}: {' '.join(positional)}".rstrip(": "))
+    psnr_cap, ci_method = resolve(args, overrides)
+    return args, positional, psnr_cap, ci_method
+
+
 def _run(action: Callable[[], str]) -> int:
     try:
         print(action())
@@ -117,11 +130,7 @@ def analyze_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: SWEEP/{ANALYSIS_DIR})")
 
     def action() -> str:
-        args = parser.parse_intermixed_args(argv)
-        positional, overrides = split_overrides(args.overrides)
-        if len(positional) != 1:
-            raise AnalysisError(f"expected one SWEEP folder, got {len(positional)}: {' '.join(positional)}")
-        psnr_cap, ci_method = resolve(args, overrides)
+        args, positional, psnr_cap, ci_method = _parse(parser, argv, 1, "one SWEEP folder")
         outputs = analyze(positional[0], args.out, psnr_cap, ci_method)
         out = args.out if args.out is not None else Path(positional[0]) / ANALYSIS_DIR
         return f"wrote {len(outputs)} files to {out}"
@@ -167,11 +176,7 @@ def robustness_main(argv: Sequence[str]) -> int:
                         "sweep A); its figure goes beside it, same name, .png")  # fmt: skip
 
     def action() -> str:
-        args = parser.parse_intermixed_args(argv)
-        positional, overrides = split_overrides(args.overrides)
-        if len(positional) != 2:
-            raise AnalysisError(f"expected two sweep folders, SWEEP_A SWEEP_B, got {len(positional)}")
-        psnr_cap, ci_method = resolve(args, overrides)
+        args, positional, psnr_cap, ci_method = _parse(parser, argv, 2, "two sweep folders, SWEEP_A SWEEP_B")
         out = args.out if args.out is not None else default_out(*positional)
         written = write_robustness_report(positional[0], positional[1], out, psnr_cap, ci_method)
         return f"wrote {out} and its figure {written[out.with_suffix('.png').name]}"
