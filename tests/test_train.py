@@ -191,27 +191,20 @@ def test_cuda_jobs_share_the_devices_through_the_ledger(tmp_path, monkeypatch):
         assert dev.type == "cpu" and chunk == 30 and lease is None and entries(tmp_path) == []
 
 
-BAD_INPUTS = [
+# Through the command line: exit status 2 and one line on stderr (the same cases, and more, are checked
+# in-process by tests/test_config.py, where composing a config takes milliseconds instead of a process).
+CLI_BAD_INPUTS = [
     (["model.hls=0"], "model.hls"),
-    (["model.hfs=-5"], "model.hfs"),
-    (["model.hfs=2.5"], "model.hfs"),
     (["'scheme=[random,nonsense]'"], "scheme/nonsense"),
-    (["train.epochs=0"], "train.epochs"),
-    (["dataset=cifar_dir"], "dataset.path"),
+    (["model.hfs=2.5"], "model.hfs"),
     (["dataset=cifar_dir", "dataset.path=/no/such/folder"], "/no/such/folder"),
-    (["dataset=cifar_dir", "dataset.path=."], "CIFAR-10 python layout"),
-    (["seed=-1"], "seed"),
-    (["seed=99999999999999999999"], "seed"),
-    (["train.threads=-3"], "train.threads"),
-    (["model.w0=inf"], "model.w0 must be a finite number"),
-    (["train.lr=inf"], "train.lr must be a finite number"),
     (["model.hfs=100000"], "GiB"),  # refused before anything is allocated, with the memory it would need
     (["-m", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs"),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides,mentions", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+@pytest.mark.parametrize("overrides,mentions", CLI_BAD_INPUTS, ids=[" ".join(o) for o, _ in CLI_BAD_INPUTS])
 def test_bad_input_gets_one_line(overrides, mentions, tmp_path):
     overrides = [o.strip("'") for o in overrides]
     proc = train(*overrides, f"hydra.run.dir={tmp_path / 'bad'}", check=False, cwd=tmp_path)
