@@ -49,6 +49,7 @@ def real_sweeps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "batched", root / "sequential"
 
 
+@pytest.mark.slow  # two real sweeps, as subprocesses
 def test_engines_reach_the_same_verdicts(real_sweeps: tuple[Path, Path], tmp_path: Path) -> None:
     batched, sequential = real_sweeps
     comparison = compare(analyse(batched), analyse(sequential))
