@@ -9,7 +9,7 @@ Value checks that a type cannot express (`model.hls >= 1`) live in `validate`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -159,6 +159,18 @@ def cell_folder(hls: int, hfs: int, overrides: str = "") -> str:
     return cell_dirname(hls, hfs, overrides, exclude=tuple(runtime_keys(Config)))
 
 
+def unknown_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys set on a composed config that its dataclasses do not declare. Hydra's `+key=value` adds
+    them without a word (`+model.depth=3`), and OmegaConf.to_object keeps them as attributes."""
+    if not is_dataclass(node):
+        return []
+    declared = {f.name for f in fields(node)}
+    keys = [f"{prefix}{name}" for name in vars(node) if name not in declared]
+    for name in declared:
+        keys += unknown_keys(getattr(node, name), f"{prefix}{name}.")
+    return sorted(keys)
+
+
 def validate(cfg: Config) -> None:
     """Reject values that type-check but make no sense, with a message naming the key."""
 
@@ -166,6 +178,8 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
 
+    unknown = unknown_keys(cfg)
+    need(not unknown, f"unknown key(s) {', '.join(unknown)}: not in the schema (prefit/config.py); check the spelling")
     finite = {
         "model.w0": cfg.model.w0,
         "train.lr": cfg.train.lr,

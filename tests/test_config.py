@@ -62,6 +62,8 @@ BAD = [
     (["train.betas=[0.9,1.5]"], "train.betas"),
     (["model.hfs=100000"], "GiB"),
     (["model.depth=3"], "model.depth"),
+    (["+model.depth=3"], "unknown key(s) model.depth"),
+    (["+unknown.key=1"], "unknown key(s) unknown"),
 ]
 
 
