@@ -16,9 +16,16 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.types import Override
 
+from prefit.config import Config
 from prefit.model import n_weights
 
-DEFAULTS = {"model.hls": 2, "model.hfs": 32, "train.epochs": 2000, "dataset.n_triples": 20}
+_STUDY = Config()  # the schema's defaults, for the keys a job's overrides leave alone
+DEFAULTS = {
+    "model.hls": _STUDY.model.hls,
+    "model.hfs": _STUDY.model.hfs,
+    "train.epochs": _STUDY.train.epochs,
+    "dataset.n_triples": _STUDY.dataset.n_triples,
+}
 
 
 def job_cost(overrides: list[str]) -> float:
