@@ -7,9 +7,10 @@ Three ways of fitting the members of a study cell are timed, all on the same sta
 - `original`: `fit_original` below, one fit at a time as the original study ran it, with its per-epoch PSNR
   computed on the host.
 
-Every figure is per *member-epoch* (one full-batch step of one SIREN on its 1024 pixels), so engines may time
-different numbers of members: the slow ones time a few members, and on a big cell even the batched engine times
-a subset (at least one full chunk), to keep the default run within minutes. Each engine is first warmed up
+Every figure is per *member-epoch* (one full-batch step of one SIREN on its 32 x 32 pixels, or `--resolution`
+squared), so engines may time different numbers of members: the slow ones time a few members, and on a big
+cell even the batched engine times a subset (at least one full chunk), to keep the default run within minutes.
+Each engine is first warmed up
 (a few untimed epochs, so that one-time costs such as lazy kernel set-up and allocator growth are excluded);
 that warm-up also calibrates how many members and epochs fit in `--budget` seconds. Then each engine runs
 `--repeats` times, the engines taking turns, and the median counts. The machine's fp32 matrix-product rate
@@ -19,7 +20,8 @@ engine uses.
 Output: a table on stdout, progress on stderr, and `bench.json` (`--out`), written atomically:
 
     {"machine": {"device", "threads", "torch", "ceiling_gflops", ...},
-     "cells": [{"hls", "hfs", "members", "epochs", "ms_per_member_epoch": {"batched", "sequential", "original"},
+     "cells": [{"hls", "hfs", "resolution", "members", "epochs",
+                "ms_per_member_epoch": {"batched", "sequential", "original"},
                 "speedup_vs_sequential", "speedup_vs_original", "gflops", "ceiling_fraction", "peak_mem_mb",
                 "speedup_vs_sequential_best", "max_members", "members_timed": {...},
                 "ms_per_member_epoch_range": {...}, "batched_timing", "steady_state": {...} | null, ...}, ...], ...}
@@ -55,7 +57,7 @@ import torch.nn.functional as F
 
 import prefit
 from prefit.bench_epoch import format_steady, steady_state_cell
-from prefit.data import coordinate_grid
+from prefit.data import SIDE, coordinate_grid
 from prefit.engine import auto_max_members, fit_batched, fit_sequential, flops_per_member_epoch
 from prefit.engine.options import FitOptions
 from prefit.io import write_json
@@ -66,7 +68,6 @@ ENGINES = ("batched", "sequential", "original")
 DEFAULT_CELLS = ((2, 32), (3, 128), (3, 512), (8, 1024))
 W0 = 30.0
 SEED = 0
-SIDE = 32
 
 
 class BenchError(ValueError):
@@ -83,6 +84,7 @@ class Options:
     device: str = "auto"
     threads: int | None = None
     cells: tuple[tuple[int, int], ...] = DEFAULT_CELLS
+    resolution: int = SIDE  # pixels a side of the fitted images (the study's CIFAR: 32)
     engines: tuple[str, ...] = ENGINES
     members: int = 100  # a study cell: 20 triples x 5 fits
     subset: int = 4  # members timed by the sequential and original loops (at most)
@@ -155,6 +157,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=_positive(int), help="torch intra-op threads (default: torch's)")
     p.add_argument("--cells", type=str, help="HLSxHFS,... (default: 2x32,3x128,3x512,8x1024)")
+    p.add_argument(
+        "--resolution", type=_positive(int), help="pixels a side of the fitted images (default 32, as CIFAR)"
+    )
     p.add_argument("--engines", type=str, help="subset of batched,sequential,original (default: all)")
     p.add_argument("--members", type=_positive(int), help="members of a cell (default 100: 20 triples x 5 fits)")
     p.add_argument("--subset", type=_positive(int), help="members timed by sequential and original (default 4)")
@@ -174,7 +179,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     args = p.parse_args(argv)
 
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for key in ("device", "threads", "members", "subset", "max_members", "epochs", "repeats", "warmup", "budget"):
+    keys = ("device", "threads", "members", "subset", "max_members", "epochs", "repeats", "warmup", "budget")
+    for key in (*keys, "resolution"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if args.cells is not None:
@@ -319,16 +325,16 @@ class PeakMemory:
 # ---------------------------------------------------------------------------------------------- workload
 
 
-def smooth_targets(n: int, seed: int = SEED) -> torch.Tensor:
-    """n random smooth colour images as [-1, 1] signals [n, 1024, 3] (a fixed seed; timing ignores content).
+def smooth_targets(n: int, seed: int = SEED, side: int = SIDE) -> torch.Tensor:
+    """n random smooth colour images as [-1, 1] signals [n, side^2, 3] (a fixed seed; timing ignores content).
 
-    Random 4x4 colour patches upsampled bicubically to 32x32: image-like low frequencies, pixel k at grid
+    Random 4x4 colour patches upsampled bicubically to side x side: image-like low frequencies, pixel k at grid
     point k of `coordinate_grid` (row-major).
     """
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
-    images = F.interpolate(coarse, size=(SIDE, SIDE), mode="bicubic", align_corners=True).clamp(-1, 1)
-    return images.permute(0, 2, 3, 1).reshape(n, SIDE * SIDE, 3).contiguous()
+    images = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=True).clamp(-1, 1)
+    return images.permute(0, 2, 3, 1).reshape(n, side * side, 3).contiguous()
 
 
 def make_members(hls: int, hfs: int, n: int, seed: int = SEED) -> Params:
@@ -462,14 +468,15 @@ def plan(
 def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling: float) -> dict[str, Any]:
     """Warm up and calibrate every engine on this cell, then time each `opts.repeats` times."""
     name = f"{hls}x{hfs}"
-    chunk = min(opts.max_members or auto_max_members(hls, hfs, device), opts.members)
+    side, pixels = opts.resolution, opts.resolution**2
+    chunk = min(opts.max_members or auto_max_members(hls, hfs, device, pixels), opts.members)
     wanted = {"batched": opts.members, "sequential": min(opts.subset, opts.members)}
     wanted["original"] = wanted["sequential"]
     # on a CPU the engine runs chunks side by side, one per core: time at least one chunk per core
     cores = torch.get_num_threads() if device.type == "cpu" else 1
     least = {"batched": min(opts.members, chunk * cores), "sequential": 1, "original": 1}
-    coords = coordinate_grid(SIDE)
-    params, targets = make_members(hls, hfs, least["batched"]), smooth_targets(least["batched"])
+    coords = coordinate_grid(side)
+    params, targets = make_members(hls, hfs, least["batched"]), smooth_targets(least["batched"], side=side)
 
     rates: dict[str, float] = {}
     for engine in opts.engines:
@@ -481,7 +488,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
     epochs, members_timed = plan(rates, wanted, least, opts)
     largest = max(members_timed.values(), default=0)
     if largest > least["batched"]:
-        params, targets = make_members(hls, hfs, largest), smooth_targets(largest)
+        params, targets = make_members(hls, hfs, largest), smooth_targets(largest, side=side)
 
     ms: dict[str, float | None] = dict.fromkeys(ENGINES)
     repeats: dict[str, int | None] = dict.fromkeys(ENGINES)
@@ -504,13 +511,18 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
         on_device = [(w[:n].to(device), b[:n].to(device)) for w, b in make_members(hls, hfs, n)]
         seconds = min(2.0, opts.budget / 10)
         steady = steady_state_cell(
-            on_device, coords.to(device), smooth_targets(n).to(device), W0, opts.ceilings, seconds_per_repeat=seconds
+            on_device,
+            coords.to(device),
+            smooth_targets(n, side=side).to(device),
+            W0,
+            opts.ceilings,
+            seconds_per_repeat=seconds,
         )
         log(f"[{name}] steady state: " + format_steady([{"hls": hls, "hfs": hfs, "steady_state": steady}])[0])
         if device.type == "cuda":  # the figure a study sees: captured epochs, transfers and set-up outside
             ms["batched"] = steady["fused_graph"]["ms_per_member_epoch"]
 
-    flops = flops_per_member_epoch(hls, hfs)
+    flops = flops_per_member_epoch(hls, hfs, pixels)
     gflops = flops / (ms["batched"] * 1e-3) / 1e9 if ms["batched"] else None
 
     def ratio(a: float | None, b: float | None) -> float | None:
@@ -519,6 +531,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
     return {
         "hls": hls,
         "hfs": hfs,
+        "resolution": side,
         "members": opts.members,
         "epochs": epochs,
         "ms_per_member_epoch": {e: _round(v) for e, v in ms.items()},
@@ -643,6 +656,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
             "epochs": opts.epochs,
             "min_epochs": opts.min_epochs,
             "repeats": opts.repeats,
+            "resolution": opts.resolution,
             "warmup": opts.warmup,
             "budget_s": opts.budget,
             "members": opts.members,

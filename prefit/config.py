@@ -15,23 +15,34 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from prefit.choices import DatasetName, Device, Engine, Protocol, Split
+from prefit.data import SIDE as CIFAR_SIDE
 from prefit.engine.options import RUNTIME, FitOptions
 from prefit.errors import ConfigError
 from prefit.records import runtime_keys
-from prefit.schema import PROTOCOL_ORDER, SCHEME_ORDER, cell_dirname
+from prefit.schema import SCHEME_ORDER, cell_dirname
 
 __all__ = ["Config", "ConfigError", "TrainConfig", "validate", "register"]
+
+IMAGE_DIR_SIDE = 64  # dataset=image_dir without a resolution
 
 
 @dataclass
 class DatasetConfig:
     """Where the images come from and how many triples to draw from them."""
 
-    name: str = "cifair10"  # cifair10 (downloaded, md5-checked) or cifar_dir (any CIFAR-layout folder)
+    name: DatasetName = DatasetName.cifair10  # cifair10 (downloaded), cifar_dir or image_dir (folders)
     root: str | None = field(default=None, metadata=RUNTIME)  # cifair10's cache; None: $PREFIT_DATA or user cache
-    path: str | None = None  # the folder for cifar_dir
-    split: str = "train"  # train (as the original) or test
+    path: str | None = None  # the folder for cifar_dir and image_dir
+    split: Split = Split.train  # train (as the original) or test; CIFAR only
     n_triples: int = 20
+    # pixels a side: image_dir resizes to it (its preset: 64); CIFAR is 32x32 and takes null or 32
+    resolution: int | None = None
+
+    @property
+    def side(self) -> int:
+        """Pixels a side of the images the study fits: the resolution, else the dataset's own."""
+        return self.resolution or (IMAGE_DIR_SIDE if self.name == "image_dir" else CIFAR_SIDE)
     url: str = "https://github.com/cvjena/cifair/releases/download/v1.0/ciFAIR-10.zip"
 
 
@@ -114,15 +125,15 @@ class ProtocolConfig:
     chained: the original code's aliasing defect, one chain per triple A -> B -> A -> C -> A.
     """
 
-    name: str = "independent"
+    name: Protocol = Protocol.independent
 
 
 @dataclass
 class TrainConfig(FitOptions):
     """How each fit runs (`FitOptions`: the engine's own options) and how the job executes."""
 
-    engine: str = "batched"  # batched | sequential
-    device: str = field(default="auto", metadata=RUNTIME)  # auto | cpu | cuda
+    engine: Engine = Engine.batched  # batched | sequential
+    device: Device = field(default=Device.auto, metadata=RUNTIME)  # auto | cpu | cuda
     max_members: int | None = field(default=None, metadata=RUNTIME)  # at once; None: from the device's memory
     threads: int | None = field(default=None, metadata=RUNTIME)  # torch threads; None: cores / parallel jobs
     overwrite: bool = field(default=False, metadata=RUNTIME)
@@ -137,13 +148,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 42
     experiment: Any = None  # set by +experiment presets, for the record
-
-
-ENGINES = ("batched", "sequential")
-PROTOCOLS = PROTOCOL_ORDER
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("highest", "3xtf32", "high")  # prefit.precision's modes
-KERNELS = ("auto", "compiled", "fused", "torch")  # prefit.engine.batched's steps
 
 
 def register() -> None:
@@ -204,28 +208,28 @@ def validate(cfg: Config) -> None:
     need(cfg.train.lr > 0, f"train.lr must be > 0, got {cfg.train.lr}")
     need(cfg.train.plateau_patience >= 0, "train.plateau_patience must be >= 0")
     need(0 < cfg.train.plateau_factor < 1, "train.plateau_factor must be in (0, 1)")
-    need(cfg.train.engine in ENGINES, f"train.engine must be one of {ENGINES}, got {cfg.train.engine!r}")
-    need(cfg.train.device in DEVICES, f"train.device must be one of {DEVICES}, got {cfg.train.device!r}")
     need(
         cfg.train.max_members is None or cfg.train.max_members >= 1,
         f"train.max_members must be >= 1 or null, got {cfg.train.max_members}",
     )
-    need(
-        cfg.train.matmul_precision in PRECISIONS,
-        f"train.matmul_precision must be one of {PRECISIONS}, got {cfg.train.matmul_precision!r}",
-    )
-    need(cfg.train.kernels in KERNELS, f"train.kernels must be one of {KERNELS}, got {cfg.train.kernels!r}")
-    need(cfg.protocol.name in PROTOCOLS, f"protocol must be one of {PROTOCOLS}, got {cfg.protocol.name!r}")
     need(cfg.dataset.n_triples >= 1, f"dataset.n_triples must be >= 1, got {cfg.dataset.n_triples}")
-    need(cfg.dataset.split in ("train", "test"), f"dataset.split must be train or test, got {cfg.dataset.split!r}")
-    need(
-        cfg.dataset.name in ("cifair10", "cifar_dir"),
-        f"dataset must be cifair10 or cifar_dir, got {cfg.dataset.name!r}",
-    )
     need(
         cfg.dataset.name != "cifar_dir" or bool(cfg.dataset.path),
         "dataset=cifar_dir needs dataset.path=DIR (a folder in the CIFAR-10 python layout)",
     )
+    need(
+        cfg.dataset.name != "image_dir" or bool(cfg.dataset.path),
+        "dataset=image_dir needs dataset.path=DIR (a folder of class sub-folders of PNG or JPEG files)",
+    )
+    resolution = cfg.dataset.resolution
+    if cfg.dataset.name == "image_dir":
+        need(resolution is None or 2 <= resolution <= 4096, f"dataset.resolution must be in 2..4096, got {resolution}")
+    else:
+        need(
+            resolution in (None, CIFAR_SIDE),
+            f"CIFAR images are {CIFAR_SIDE}x{CIFAR_SIDE}: dataset.resolution applies to dataset=image_dir, "
+            f"got {resolution}",
+        )
     schemes = cfg.scheme.selected()
     need(bool(schemes), "select at least one scheme, e.g. 'scheme=[random,same_class,other_class]'")
     if cfg.protocol.name == "chained":

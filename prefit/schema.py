@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prefit.choices import Protocol
+
 # Files of a cell's folder.
 PSNR_FILE = "psnr.parquet"
 RECON_FILE = "recon.npz"
@@ -20,7 +22,7 @@ RUN_FILE = "run.json"
 
 # Known schemes and protocols, in the order tables, legends and configs list them.
 SCHEME_ORDER = ("random", "same_class", "other_class", "class_mean", "multi_same", "meta")
-PROTOCOL_ORDER = ("independent", "chained")  # the study as stated, then the original's defect
+PROTOCOL_ORDER = tuple(p.value for p in Protocol)  # the study as stated, then the original's defect
 BASELINE = "random"  # what every other scheme is compared with
 
 # psnr.parquet: each column and its kind ("Int64": a nullable integer). Writers store psnr, loss and lr as

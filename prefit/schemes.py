@@ -59,12 +59,17 @@ class Plan:
 
     members: list[Member]
     signals: torch.Tensor  # float32 [K, pixels, 3]
-    images: np.ndarray  # uint8 [K, 32, 32, 3], the same images for pictures
+    images: np.ndarray  # uint8 [K, side, side, 3], the same images for pictures
     triples: list[Triple]
     rows: dict = field(default_factory=dict)  # split index (or a synthetic image's key) -> row in signals
     meta_pool: np.ndarray | None = None  # split indices the meta-initialisation learns on
     meta_signals: torch.Tensor | None = None  # their signals
     data_source: str = ""
+
+    @property
+    def side(self) -> int:
+        """Pixels a side of every image in the plan."""
+        return int(self.images.shape[1])
 
 
 class _Bank:
@@ -73,7 +78,7 @@ class _Bank:
     def __init__(self, data: ImageSet):
         self.data = data
         self.rows: dict = {}
-        self.pixels: list[np.ndarray] = []  # float32 [32, 32, 3] in 0..255
+        self.pixels: list[np.ndarray] = []  # float32 [side, side, 3] in 0..255
 
     def row(self, key, pixels: np.ndarray | None = None) -> int:
         if key not in self.rows:
@@ -192,7 +197,7 @@ class CellResult:
 def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) -> CellResult:
     """Run every stage of the plan; collect per-epoch rows and the snapshots of the fits on A."""
     hls, hfs, w0 = cfg.model.hls, cfg.model.hfs, cfg.model.w0
-    coords = coordinate_grid()
+    coords = coordinate_grid(plan.side)
     inits: dict[int, Params] = {
         t.triple: init_params(hls, hfs, w0, triple_generator(cfg.seed, t.triple)) for t in plan.triples
     }
@@ -254,7 +259,7 @@ def _rows(
         {
             "hls": np.int64(cfg.model.hls),
             "hfs": np.int64(cfg.model.hfs),
-            "protocol": cfg.protocol.name,
+            "protocol": str(cfg.protocol.name),
             "scheme": per_member([s.scheme for s in specs], object),
             "phase": per_member([s.phase for s in specs], object),
             "stage": np.int64(stage),
@@ -268,7 +273,7 @@ def _rows(
             "prefit_index": nullable([s.prefit_index for s in specs]),
             "prefit_label": nullable([s.prefit_label for s in specs]),
             "seed": np.int64(cfg.seed),
-            "engine": cfg.train.engine,
+            "engine": str(cfg.train.engine),
         }
     )
 
@@ -283,7 +288,7 @@ def _recon(cfg: Config, plan: Plan, parts) -> dict[str, np.ndarray]:
         "epochs": np.array(snapshot_epochs_resolved(cfg.train.epochs, cfg.train.snapshot_epochs), dtype=np.int64),
         "scheme": np.array([s for p in parts for s in p[0]], dtype=str),
         "triple": np.array([t for p in parts for t in p[1]], dtype=np.int64),
-        "recon": to_uint8(torch.cat([p[2] for p in parts])),
+        "recon": to_uint8(torch.cat([p[2] for p in parts]), plan.side),
         "psnr": psnr_from_loss(torch.cat([p[3] for p in parts])).double().numpy(),
         "triple_images": plan.images[np.vectorize(rows.__getitem__, otypes=[np.int64])(triple_indices)],
         "triple_indices": triple_indices,

@@ -108,6 +108,7 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         "members": result.members,
         "fits": result.fits,
         "triples": len(triples),
+        "resolution": plan.side,
         "wall_s": round(time.time() - started, 3),
         "device": str(device),
         "threads": threads,
@@ -129,14 +130,16 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
 def check_memory(cfg: Config, device: torch.device) -> None:
     """Refuse, before allocating anything, a cell whose members cannot fit: one line with the numbers.
 
-    At least the start and the fitted weights of every member stay in host memory (two copies), and one
-    member at a time is fitted with its gradients and Adam's moments (four more); on CUDA one member's
-    `cuda_bytes_per_member` must fit on the device.
+    At least the start and the fitted weights of every member stay in host memory (two copies), with its
+    target and snapshots (images of `dataset.side` squared pixels), and one member at a time is fitted with its
+    gradients and Adam's moments (four more); on CUDA one member's `cuda_bytes_per_member` must fit on the device.
     """
     hls, hfs = cfg.model.hls, cfg.model.hfs
+    pixels = cfg.dataset.side**2
     members = cfg.dataset.n_triples * len(cfg.scheme.selected())
     weight_bytes = 4 * n_weights(hls, hfs)
-    need = weight_bytes * (2 * members + 4)
+    image_bytes = 4 * 3 * pixels * (len(cfg.train.snapshot_epochs) + 1)
+    need = weight_bytes * (2 * members + 4) + image_bytes * members
     available = _available_memory()
     cell = f"model.hls={hls} model.hfs={hfs}"
     if available is not None and need > available:
@@ -145,7 +148,7 @@ def check_memory(cfg: Config, device: torch.device) -> None:
             f"({weight_bytes / 2**30:.2f} GiB of weights each), this machine has {available / 2**30:.1f} GiB free"
         )
     if device.type == "cuda":
-        per_member = cuda_bytes_per_member(hls, hfs)
+        per_member = cuda_bytes_per_member(hls, hfs, pixels)
         total = torch.cuda.get_device_properties(device.index or 0).total_memory
         if per_member > total:
             raise ConfigError(
@@ -175,11 +178,11 @@ def device_share(
     starts once MIN_CHUNK of them fit on some device, and sizes its chunks for what it was granted. So narrow
     cells run side by side, and a wide one takes what the others leave or waits; none runs a device out.
     """
-    hls, hfs = cfg.model.hls, cfg.model.hfs
+    hls, hfs, pixels = cfg.model.hls, cfg.model.hfs, cfg.dataset.side**2
     if device.type != "cuda":
-        yield device, cfg.train.max_members or auto_max_members(hls, hfs, device), None
+        yield device, cfg.train.max_members or auto_max_members(hls, hfs, device, pixels), None
         return
-    per_member = cuda_bytes_per_member(hls, hfs)
+    per_member = cuda_bytes_per_member(hls, hfs, pixels)
     at_once = min(members, cfg.train.max_members or members)
     need = at_once * per_member
     least = need if cfg.train.max_members else min(at_once, MIN_CHUNK) * per_member
@@ -188,7 +191,9 @@ def device_share(
     with acquire(need, least, capacities, label=f"{hls}x{hfs}") as lease:
         device = torch.device("cuda", lease.device)
         torch.cuda.set_device(device)  # work that names no device (streams, caches) lands there too
-        max_members = cfg.train.max_members or auto_max_members(hls, hfs, device, budget_bytes=lease.granted_bytes)
+        max_members = cfg.train.max_members or auto_max_members(
+            hls, hfs, device, pixels, budget_bytes=lease.granted_bytes
+        )
         record = {
             "device": lease.device,
             "granted_bytes": lease.granted_bytes,

@@ -55,7 +55,8 @@ def auto_max_members(
 
     On a CPU the compiled step works member after member in a workspace of its own, so a chunk's size only
     trades the per-epoch Python overhead (fewer, larger chunks) against memory: each member of a chunk holds
-    its weights four times (parameters, gradients, Adam's two moments), 64 MB at most per chunk.
+    its weights four times (parameters, gradients, Adam's two moments) and its target and prediction (pixels x 3
+    each), 64 MB at most per chunk.
     On CUDA the bound is memory: `budget_bytes` (a job's share of a device that jobs share), else half of
     what the device has free, divided by `cuda_bytes_per_member`.
     """
@@ -64,7 +65,7 @@ def auto_max_members(
             free, _ = torch.cuda.mem_get_info(device)
             budget_bytes = free // 2
         return max(1, int(budget_bytes // cuda_bytes_per_member(hls, hfs, pixels)))
-    return max(1, int(64 * 2**20 // (16 * n_weights(hls, hfs))))
+    return max(1, int(64 * 2**20 // (16 * n_weights(hls, hfs) + 2 * 12 * pixels)))
 
 
 def snapshot_index(epochs: int, snapshot_epochs: Sequence[int]) -> dict[int, int]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prefit.choices import Kernels, MatmulPrecision
+
 # Marks a field that changes how a job runs, not what it computes (prefit.records.runtime_keys).
 RUNTIME = {"runtime": True}
 
@@ -25,8 +27,9 @@ class FitOptions:
     plateau_threshold: float = 1e-4
     progress: bool = field(default=True, metadata=RUNTIME)
     snapshot_epochs: list[int] = field(default_factory=lambda: [0, 100, 500, -1])  # -1: the last epoch
-    matmul_precision: str = "highest"  # highest (fp32) | 3xtf32 (fp32-accurate on tensor cores) | high (TF32)
+    # highest (fp32) | 3xtf32 (fp32-accurate on tensor cores) | high (TF32)
+    matmul_precision: MatmulPrecision = MatmulPrecision.highest
     # the batched step: auto | compiled (numba, CPU) | fused (Triton; CUDA) | torch (plain torch ops)
-    kernels: str = field(default="auto", metadata=RUNTIME)
+    kernels: Kernels = field(default=Kernels.auto, metadata=RUNTIME)
     # replay captured epochs on CUDA (the same numbers as eager, fewer launches)
     cuda_graphs: bool = field(default=True, metadata=RUNTIME)

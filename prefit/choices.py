@@ -1,0 +1,67 @@
+"""The closed sets of choices a config makes, as Enums.
+
+The structured config (`prefit.config`) types its fields with these, so OmegaConf rejects a value outside the
+set while the config is composed (`train.engine=fast` names the allowed values), and no module checks
+membership by hand. They are `str` Enums: a member equals its value (`Engine.batched == "batched"`), prints
+as it (`f"{Engine.batched}"` is "batched") and is written to JSON and parquet as it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Choice(str, Enum):
+    """A config choice: a str whose value is its name."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Engine(Choice):
+    """How a cell's members are fit: all as one batched model, or one nn.Module at a time (the reference)."""
+
+    batched = "batched"
+    sequential = "sequential"
+
+
+class Device(Choice):
+    auto = "auto"  # cuda when torch sees one, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Protocol(Choice):
+    """independent: the study as stated. chained: the original code's aliasing defect (prefit.schemes)."""
+
+    independent = "independent"
+    chained = "chained"
+
+
+class Split(Choice):
+    train = "train"
+    test = "test"
+
+
+class DatasetName(Choice):
+    cifair10 = "cifair10"  # the official archive, downloaded once and md5-checked
+    cifar_dir = "cifar_dir"  # any folder in the CIFAR-10 python layout
+    image_dir = "image_dir"  # any folder of class sub-folders of PNG/JPEG files, at dataset.resolution
+
+
+# prefit.precision's modes for the engine's matrix products: highest (fp32), 3xtf32 (fp32-accurate on tensor
+# cores: three TF32 products of split operands), high (one TF32 product). The functional form, because OmegaConf
+# maps a value to a member by name and "3xtf32" is not an identifier.
+MatmulPrecision = Choice("MatmulPrecision", {name: name for name in ("highest", "3xtf32", "high")})
+
+
+class Kernels(Choice):
+    """The batched step: auto picks compiled on a CPU and fused on CUDA (prefit.engine.batched)."""
+
+    auto = "auto"
+    compiled = "compiled"  # numba, CPU
+    fused = "fused"  # Triton, CUDA
+    torch = "torch"  # plain torch ops, either device
