@@ -12,10 +12,15 @@ RUN_DIR ?= outputs/sweeps/run
 GRID_DIR ?= outputs/sweeps/grid
 REPRO_DIR ?= outputs/sweeps/repro
 STUDY_DIR ?= outputs/sweeps/study
+TILES_DIR ?= outputs/tiles
+RESOLUTION_DIR ?= outputs/sweeps/resolution
+RESOLUTIONS ?= 32,64
+RESOLUTION_HFS ?= 32,64,128
 SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
 
-.PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness test-fast
+.PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness test-fast \
+	tiles resolution
 
 help:
 	@echo "make run       small study (hls 2,3 x hfs 32,64, 20 triples, 2000 epochs) + analysis -> $(RUN_DIR)"
@@ -27,13 +32,15 @@ help:
 	@echo "make notebook  execute notebooks/analysis.ipynb on SWEEP's analysis"
 	@echo "make report SWEEP_INDEPENDENT=DIR SWEEP_CHAINED=DIR   docs/findings.md: chained vs independent"
 	@echo "make robustness SWEEP_A=DIR SWEEP_B=DIR   verdicts of two sweeps that differ only in arithmetic"
+	@echo "make tiles     real photographs from scikit-image cut into 64x64 tiles, a class each -> $(TILES_DIR)"
+	@echo "make resolution  hls 3 x hfs $(RESOLUTION_HFS) on the tiles at $(RESOLUTIONS) pixels a side + report"
 	@echo "make bench     time both engines -> bench.json"
 	@echo "make test | test-fast (no subprocess sweeps) | lint | install | clean.   Hydra overrides: ARGS='...'"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,notebook,slurm]"
+	$(PY) -m pip install -q -e ".[dev,notebook,slurm,tiles]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -76,6 +83,17 @@ study: install
 		--out $(STUDY_DIR)/findings.md $(ANALYSIS_ARGS)
 	@echo "results: $(STUDY_DIR)/independent/ and $(STUDY_DIR)/chained/ (analysis/ in each);" \
 		"protocol report: $(STUDY_DIR)/findings.md"
+
+# Beyond 32x32: tiles of real photographs (one class per photograph), the same cells at each resolution, one sweep,
+# then its report (RESOLUTION_DIR/../resolution.md). `make report ... REPORT_ARGS='--resolution DIR'` puts the same
+# section into docs/findings.md.
+tiles: install
+	test -d $(TILES_DIR) || $(PY) -m prefit.data build-tiles $(TILES_DIR)
+
+resolution: tiles
+	$(PY) -m prefit.train -m dataset=image_dir dataset.path=$(TILES_DIR) dataset.resolution=$(RESOLUTIONS) \
+		model.hls=3 model.hfs=$(RESOLUTION_HFS) hydra.sweep.dir=$(RESOLUTION_DIR) $(ARGS)
+	$(PY) -m prefit.report resolution $(RESOLUTION_DIR) $(REPORT_ARGS)
 
 analyze: install
 	$(PY) -m prefit.analyze $(SWEEP)

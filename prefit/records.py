@@ -96,7 +96,8 @@ def files_match(out: Path, recorded: dict[str, Any]) -> bool:
 
 
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts (a key missing on one side differs)."""
+    """Dotted keys whose values differ between two nested dicts (a key missing on one side differs from any value
+    but null: a field added to the schema with a null default leaves earlier records comparable)."""
     if isinstance(a, dict) and isinstance(b, dict):
         keys: list[str] = []
         for key in sorted(set(a) | set(b), key=str):
@@ -131,8 +132,8 @@ def decide(out: Path, study: dict[str, Any], overwrite: bool, runtime: list[str]
     if record is None:
         return "run"
     recorded = comparable(record.get("study") or {}, list(runtime))
-    if recorded != study:
-        keys = differing_keys(recorded, study)
+    keys = differing_keys(recorded, study)  # a key added since (dataset.resolution) is absent there, null here: same
+    if keys:
         shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
         raise ConfigError(
             f"{out} holds the result of another study ({shown} differ): use another hydra.sweep.dir, "

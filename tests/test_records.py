@@ -119,3 +119,14 @@ def test_records_of_earlier_versions_compare_on_what_changes_results(tmp_path):
 
 def test_differing_keys_are_dotted_and_sorted():
     assert records.differing_keys({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1, "c": 4}, "e": 5}) == ["a.c", "d", "e"]
+
+
+def test_a_record_written_before_a_field_existed_still_names_the_same_study(tmp_path):
+    """dataset.resolution came after the first sweeps: their run.json lacks it, the study now holds it as null.
+    Such a result is still this study's (skipped when intact); a real value there is another study."""
+    old = json.loads(json.dumps(study()))
+    del old["dataset"]["resolution"]
+    out = complete_folder(tmp_path, old)
+    assert records.decide(out, study(), overwrite=False, runtime=records.runtime_keys(Config)) == "skip"
+    with pytest.raises(ConfigError, match="dataset.resolution"):
+        records.decide(out, study(dataset__resolution=32), overwrite=False, runtime=records.runtime_keys(Config))

@@ -26,6 +26,8 @@ def test_cost_follows_weights_epochs_and_triples_and_ties_keep_their_order():
     assert job_cost(["model.hls=8", "model.hfs=1024"]) > job_cost(["model.hls=2", "model.hfs=1024"])
     assert job_cost(["model.hfs=64", "train.epochs=100"]) < job_cost(["model.hfs=64"])
     assert job_cost(["model.hfs=64", "dataset.n_triples=3"]) < job_cost(["model.hfs=64"])
+    at = {side: job_cost(["model.hfs=64", f"dataset.resolution={side}"]) for side in (32, 64)}
+    assert at[64] == 4 * at[32] and at[32] == job_cost(["model.hfs=64"])  # CIFAR's 32 unless told
     (batch,) = jobs("seed=1,2,3")
     assert [job[0] for job in batch] == ["seed=1", "seed=2", "seed=3"]
 

@@ -3,9 +3,9 @@
 A local sweep runs a few jobs at a time; in the order the command line gives (2x32, 2x64, 3x32, 3x64 for
 `make run`) the largest cell starts last and runs alone while the other cores idle. Launched longest first
 (the classic longest-processing-time rule), the cells that finish last are the small ones. A cell's cost is
-estimated as its weights (`prefit.model.n_weights`, work per member-epoch is proportional to it) times its
-epochs and triples; ties keep the command line's order. Nothing else changes: folders are named by cell, so
-an interrupted sweep resumes the same way.
+estimated as its weights times its pixels (`prefit.model.n_weights`, work per member-epoch is proportional to
+both) times its epochs and triples; ties keep the command line's order. Nothing else changes: folders are named
+by cell, so an interrupted sweep resumes the same way.
 """
 
 
@@ -25,6 +25,7 @@ DEFAULTS = {
     "model.hfs": _STUDY.model.hfs,
     "train.epochs": _STUDY.train.epochs,
     "dataset.n_triples": _STUDY.dataset.n_triples,
+    "dataset.resolution": _STUDY.dataset.side,  # a job's dataset preset may say otherwise; 32 for CIFAR
 }
 
 
@@ -40,7 +41,8 @@ def job_cost(overrides: list[str]) -> float:
             except ValueError:
                 pass  # not a number: the config's own validation reports it
     weights = n_weights(values["model.hls"], values["model.hfs"])
-    return float(weights) * values["train.epochs"] * values["dataset.n_triples"]
+    pixels = values["dataset.resolution"] ** 2
+    return float(weights) * pixels * values["train.epochs"] * values["dataset.n_triples"]
 
 
 class CostOrderedSweeper(BasicSweeper):

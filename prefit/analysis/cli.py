@@ -3,6 +3,7 @@
     python -m prefit.analyze SWEEP [--out DIR] [analysis.psnr_cap=59] [analysis.ci_method=bca]
     python -m prefit.report --independent SWEEP_I --chained SWEEP_C [--out FILE] [--robust SWEEP_R] [analysis.*=...]
     python -m prefit.report robustness SWEEP_A SWEEP_B [--out FILE] [analysis.*=...]
+    python -m prefit.report resolution SWEEP [--out FILE] [analysis.*=...]
 
 Options are spelled as flags (`--psnr-cap 59`, `--ci-method bca`) or as the project's Hydra keys
 (`analysis.psnr_cap=59`, `analysis.ci_method=bca`); given both ways they must agree. `analysis.psnr_cap`
@@ -24,6 +25,8 @@ from .load import AnalysisError, one_line
 from .pipeline import analyze
 from .protocol import DEFAULT_NAME, default_report, write_report
 from .reduce import DEFAULT_PSNR_CAP, QUANTISATION_PSNR_DB
+from .resolution import DEFAULT_NAME as RESOLUTION_NAME
+from .resolution import write_resolution_report
 from .robustness import default_out, write_robustness_report
 from .stats import CI_METHODS, DEFAULT_CI_METHOD
 
@@ -143,9 +146,12 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["robustness"]:
         return robustness_main(argv[1:])
+    if argv[:1] == ["resolution"]:
+        return resolution_main(argv[1:])
     parser = _parser("python -m prefit.report", "Compare a sweep run under protocol=chained with one under "
                      "protocol=independent (docs/findings.md and its figures). `python -m prefit.report robustness "
-                     "A B` compares two sweeps that differ only in arithmetic.")  # fmt: skip
+                     "A B` compares two sweeps that differ only in arithmetic; `python -m prefit.report "
+                     "resolution SWEEP` one sweep's cells at several image sizes.")  # fmt: skip
     parser.add_argument("--independent", required=True, help="sweep folder run with protocol=independent")
     parser.add_argument("--chained", required=True, help="sweep folder run with protocol=chained")
     parser.add_argument("--out", type=Path, default=None, help=f"the report (default: {DEFAULT_NAME} beside the "
@@ -153,6 +159,8 @@ def report_main(argv: Sequence[str] | None = None) -> int:
                         "figures go into the folder of the same name without the suffix")  # fmt: skip
     parser.add_argument("--robust", default=None, metavar="SWEEP", help="a rerun of some of the same cells with other "
                         "arithmetic: adds a robustness section")  # fmt: skip
+    parser.add_argument("--resolution", default=None, metavar="SWEEP", help="a sweep of some cells at several "
+                        "dataset.resolution values: adds a resolution section")  # fmt: skip
 
     def action() -> str:
         args = parser.parse_intermixed_args(argv)
@@ -162,7 +170,8 @@ def report_main(argv: Sequence[str] | None = None) -> int:
                                 "`robustness A B`)")  # fmt: skip
         psnr_cap, ci_method = resolve(args, overrides)
         out = args.out if args.out is not None else default_report(args.independent)
-        outputs = write_report(args.independent, args.chained, out, psnr_cap, ci_method, args.robust)
+        outputs = write_report(args.independent, args.chained, out, psnr_cap, ci_method, args.robust,
+                               resolution=args.resolution)
         return f"wrote {out} and {len(outputs) - 1} more file(s) in {out.with_suffix('')}"
 
     return _run(action)
@@ -180,5 +189,22 @@ def robustness_main(argv: Sequence[str]) -> int:
         out = args.out if args.out is not None else default_out(*positional)
         written = write_robustness_report(positional[0], positional[1], out, psnr_cap, ci_method)
         return f"wrote {out} and its figure {written[out.with_suffix('.png').name]}"
+
+    return _run(action)
+
+
+def resolution_main(argv: Sequence[str]) -> int:
+    """`python -m prefit.report resolution SWEEP [--out FILE] [options]`."""
+    parser = _parser("python -m prefit.report resolution", "Verdicts of one sweep's cells at several image sizes "
+                     "(its jobs differ only in the cell and dataset.resolution), side by side.",
+                     "Example: python -m prefit.report resolution outputs/sweeps/resolution")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help=f"the report (default: {RESOLUTION_NAME} beside the "
+                        "sweep); its figures go into the folder of the same name without the suffix")  # fmt: skip
+
+    def action() -> str:
+        args, positional, psnr_cap, ci_method = _parse(parser, argv, 1, "one SWEEP folder")
+        out = args.out if args.out is not None else Path(positional[0]).resolve().parent / RESOLUTION_NAME
+        written = write_resolution_report(positional[0], out, psnr_cap, ci_method)
+        return f"wrote {out} and {len(written) - 1} figure(s) in {out.with_suffix('')}"
 
     return _run(action)

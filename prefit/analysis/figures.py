@@ -128,13 +128,14 @@ def plot_cell_pair(curves: dict[str, pd.DataFrame], hls: int, hfs: int, triples:
 
 
 def plot_paired_stats(long: pd.DataFrame, palette: dict[str, str], measure: Measure | str = "auc",
-                      protocols: Sequence[str] | None = None, title: str = "Paired difference from random") -> Figure:
+                      protocols: Sequence[str] | None = None, title: str = "Paired difference from random",
+                      by: str = "protocol") -> Figure:  # fmt: skip
     """Per cell (x, by size, then variant) and scheme: the mean paired difference of one measure from random with
-    its CI as an error bar, one panel per protocol on a shared y axis; a dashed line at 0 (`long`: stats_long
-    rows)."""
+    its CI as an error bar, one panel per protocol (or per value of column `by`, e.g. the resolution) on a shared y
+    axis; a dashed line at 0 (`long`: stats_long rows)."""
     m = MEASURE_BY_NAME[measure] if isinstance(measure, str) else measure
     data = with_variant(long[long["measure"] == m.name])
-    protocols = list(protocols) if protocols is not None else protocol_order(data["protocol"])
+    protocols = list(protocols) if protocols is not None else protocol_order(data[by])
     cells = group_order(data)
     schemes = scheme_order(data["scheme"].unique())
     panel_width = max(6.0, 0.3 * len(cells) * max(len(schemes), 1) + 2.0)
@@ -146,7 +147,7 @@ def plot_paired_stats(long: pd.DataFrame, palette: dict[str, str], measure: Meas
     spread = min(0.3, 0.12 * (len(schemes) - 1))
     offsets = np.linspace(-spread, spread, len(schemes)) if len(schemes) > 1 else np.zeros(1)
     for ax, protocol in zip(axes, protocols, strict=False):
-        part = data[data["protocol"] == protocol]
+        part = data[data[by] == protocol]
         for offset, scheme in zip(offsets, schemes, strict=True):
             rows = part[(part["scheme"] == scheme) & part["mean_diff"].notna()]
             x = [cells.index((int(h), int(f), str(v))) + offset
@@ -156,7 +157,7 @@ def plot_paired_stats(long: pd.DataFrame, palette: dict[str, str], measure: Meas
                             color=palette.get(scheme, "grey"), label=scheme)  # fmt: skip
         ax.axhline(0.0, color="black", lw=0.8, ls="--")
         _cell_axis(ax, [group_label(*c) for c in cells], has_variants(data))
-        ax.set_title(f"{protocol} protocol", fontsize=10)
+        ax.set_title(f"{protocol} protocol" if by == "protocol" else str(protocol), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     axes[0].set_ylabel(f"Δ {m.label} vs random ({m.unit})")

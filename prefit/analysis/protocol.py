@@ -1,6 +1,7 @@
 """The protocol report: the same cells run under the chained and the independent protocol, side by side.
 
     python -m prefit.report --independent SWEEP_I --chained SWEEP_C [--out docs/findings.md] [--robust SWEEP_R]
+        [--resolution SWEEP_S]
                             [analysis.psnr_cap=59] [analysis.ci_method=bca]
 
 The original study's code aliased its "initial" weights (docs/protocol.md), so its schemes ran as one chain per
@@ -13,7 +14,9 @@ measure under both protocols (capped AUC and time to PSNR first, the raw AUC las
 the original's conclusion, the paired differences as figures and tables, the AUC box plots (the raw one is the
 original's auc.png), links to every cell's curves, and the runs. With `--robust SWEEP_R` (a rerun of some of
 the same cells that differs only in arithmetic) it adds a robustness section and writes the full robustness
-report beside its figures (`findings/robustness_<protocol>.md`, see prefit.analysis.robustness).
+report beside its figures (`findings/robustness_<protocol>.md`, see prefit.analysis.robustness). With
+`--resolution SWEEP_S` (some cells at several `dataset.resolution`) it adds a resolution section
+(prefit.analysis.resolution).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pandas as pd
 
 from prefit.schema import BASELINE, GRID_HFS, GRID_HLS, PROTOCOL_ORDER, cell_label, cell_stem
 
+from . import resolution as resolutions
 from . import robustness
 from .figures import plot_auc_boxplot, plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
 from .load import AnalysisError, span
@@ -43,7 +47,8 @@ FOCUS = "other_class"  # the scheme of the original's conclusion
 ORIGINAL_CLAIM = "pre-fitting on an image of a different class helps small models most"
 DEFAULT_NAME = "findings.md"  # beside the independent sweep, unless --out says otherwise (make report: docs/)
 REPO = Path(__file__).resolve().parents[2]
-FIGURE_PATTERNS = ("psnr_*.png", "paired_differences*.png", "auc_*boxplot.png", "robustness_*.png", "robustness_*.md")
+FIGURE_PATTERNS = ("psnr_*.png", "paired_differences*.png", "auc_*boxplot.png", "robustness_*.png", "robustness_*.md",
+                   "resolution_*.png")
 
 
 def presentation(original_first: bool = True) -> list[str]:
@@ -214,7 +219,8 @@ def default_report(independent: str | os.PathLike) -> Path:
 
 def write_report(independent: str | os.PathLike, chained: str | os.PathLike, out: str | os.PathLike | None = None,
                  psnr_cap: float | None = DEFAULT_PSNR_CAP, ci_method: str = DEFAULT_CI_METHOD,
-                 robust: str | os.PathLike | None = None, original_first: bool = True) -> dict[str, Path]:
+                 robust: str | os.PathLike | None = None, original_first: bool = True,
+                 resolution: str | os.PathLike | None = None) -> dict[str, Path]:
     """Analyse both sweeps (and the robust one) and write the report and its figures; returns {name: path} of
     every file written, names relative to the report's folder."""
     out = default_report(independent) if out is None else Path(out)
@@ -273,6 +279,12 @@ def write_report(independent: str | os.PathLike, chained: str | os.PathLike, out
         if not robust_sections:
             raise AnalysisError(f"{robust}: holds neither protocol of the report's sweeps")
 
+    resolution_section = None
+    if resolution is not None:
+        by_side = resolutions.split_by_resolution(analyse(resolution, psnr_cap, ci_method))
+        resolution_section, files = resolutions.context(by_side, figures_dir, out.parent)
+        written += files
+
     check = robustness.compare_triples(runs[presented[0]].auc, runs[presented[1]].auc, common, ["hls", "hfs"])
     context = {
         **method_context(ci_method), "presented": presented, "runs": {p: r.sweep.root for p, r in runs.items()},
@@ -285,6 +297,7 @@ def write_report(independent: str | os.PathLike, chained: str | os.PathLike, out
         "flagged": int(cell_flags(auc)["flag_raw_auc"].sum()), "flag_note": RAW_FLAG_NOTE, "sections": sections,
         "boxes": boxes, "means": threshold_markdown(auc, cell_flags(auc), presented), "curves": curves,
         "robust": robust_sections, "robust_root": robust, "runs_table": runs_markdown(runs, common),
+        "resolution": resolution_section,
     }  # fmt: skip
     written.append(write_text(render("protocol.md.j2", **context), out))
     remove_stale_figures(figures_dir, written, FIGURE_PATTERNS)

@@ -1,0 +1,166 @@
+"""The resolution report: the same cells fit at two (or more) image sizes, everything else equal.
+
+    python -m prefit.report resolution SWEEP [--out FILE] [analysis.*=...]
+
+SWEEP is one sweep whose jobs differ only in their cell and `dataset.resolution` (for example
+`dataset.resolution=32,64` over `model.hfs=32,64,128` on the same `image_dir` folder), so that its variants are
+exactly the resolutions. At 32 x 32 a SIREN of 3 x 128 has over ten times more weights than the image has values;
+at 64 x 64 three times: whether pre-fitting helps may depend on how hard the image is for the network, and this
+report sets the verdicts side by side per resolution, with how hard each fit was (the random start's final PSNR,
+weights per image value) and what each job cost. The protocol report includes the same section with
+`--resolution SWEEP` (docs/findings.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prefit.model import n_weights
+from prefit.schema import BASELINE, cell_label
+
+from .figures import plot_paired_stats, scheme_palette, write_figure
+from .load import AnalysisError, span
+from .pipeline import Analysed, analyse, write_text
+from .reduce import DEFAULT_PSNR_CAP, cell_order, measures_in, scheme_order
+from .render import render
+from .stats import DEFAULT_CI_METHOD
+from .summary import method_context
+from .tables import count_table, markdown_table, verdict_table
+from .variants import VARIANT
+
+KEY = "dataset.resolution"
+PATTERN = re.compile(rf"{re.escape(KEY)}=(\d+)")
+DEFAULT_NAME = "resolution.md"
+BY = "resolution"  # the column the tables group by: `32x32`, `64x64`
+
+
+def side_label(side: int) -> str:
+    return f"{side}x{side}"
+
+
+@dataclass
+class ByResolution:
+    """A resolution sweep reduced: the stats and AUCs with a `resolution` column instead of variants."""
+
+    run: Analysed
+    long: pd.DataFrame
+    auc: pd.DataFrame
+    sides: list[int]
+
+    @property
+    def labels(self) -> list[str]:
+        return [side_label(s) for s in self.sides]
+
+
+def split_by_resolution(run: Analysed) -> ByResolution:
+    """The sweep's variants read as resolutions; a sweep that varies anything else is refused in one line."""
+    if VARIANT not in run.auc.columns:
+        raise AnalysisError(f"{run.sweep.root}: its jobs do not differ in {KEY}; run the cells at two resolutions "
+                            f"in one sweep (e.g. {KEY}=32,64)")  # fmt: skip
+    variants = sorted(set(run.auc[VARIANT].astype(str)))
+    sides = {}
+    for v in variants:
+        found = PATTERN.fullmatch(v)
+        if found is None:
+            raise AnalysisError(f"{run.sweep.root}: its jobs differ in more than the cell and {KEY} (variant {v!r}); "
+                                "the resolution report compares one study at several resolutions")  # fmt: skip
+        sides[v] = int(found.group(1))
+    if len(run.long["protocol"].unique()) > 1:
+        raise AnalysisError(f"{run.sweep.root}: holds more than one protocol; give the report one")
+
+    def relabel(frame: pd.DataFrame) -> pd.DataFrame:
+        side = frame[VARIANT].astype(str).map(sides)
+        return frame.assign(**{BY: side.map(side_label), "side": side, VARIANT: ""})
+
+    return ByResolution(run, relabel(run.long), relabel(run.auc), sorted(set(sides.values())))
+
+
+def difficulty_table(data: ByResolution) -> str:
+    """Per cell and resolution: weights per image value, and how far the random start gets (final PSNR, the
+    epochs to 30 dB): what 'hard for the network' means in numbers."""
+    random = data.auc[data.auc["scheme"] == BASELINE]
+    header = ["cell", "resolution", "weights / image values", "random: final PSNR (dB, mean ± std)",
+              "random: reached 30 dB", "random: reached 40 dB", "triples"]  # fmt: skip
+    rows = []
+    for hls, hfs in cell_order({(int(h), int(f)) for h, f in zip(data.auc["hls"], data.auc["hfs"], strict=True)}):
+        for side in data.sides:
+            part = random[(random["hls"] == hls) & (random["hfs"] == hfs) & (random["side"] == side)]
+            if part.empty:
+                continue
+            final = part["final_psnr"].to_numpy(dtype=float)
+            reached = {db: int(part[f"epochs_to_{db}db"].notna().sum()) for db in (30, 40)}
+            rows.append([cell_label(hls, hfs), side_label(side), f"{n_weights(hls, hfs) / (3 * side * side):.2f}",
+                         f"{np.nanmean(final):.1f} ± {np.nanstd(final):.1f}",
+                         *(f"{reached[db]} of {len(part)}" for db in (30, 40)), part["triple"].nunique()])  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def jobs_table(data: ByResolution) -> tuple[str, float, list[str]]:
+    """One row per job (cell, resolution, wall time, device); the summed wall time; the devices."""
+    sweep = data.run.sweep
+    rows, total, devices = [], 0.0, set()
+    for folder, (hls, hfs, _) in sorted(sweep.job_cells.items(), key=lambda kv: (kv[1][:2], str(kv[0]))):
+        info = sweep.runs.get(folder) or {}
+        side = info.get("resolution") or ((info.get("study") or {}).get("dataset") or {}).get("resolution")
+        wall = info.get("wall_s")
+        total += float(wall) if isinstance(wall, (int, float)) else 0.0
+        devices.add(str(info.get("device", "?")))
+        rows.append([cell_label(hls, hfs), side_label(int(side)) if side else "?",
+                     f"{wall:,.0f} s" if isinstance(wall, (int, float)) else "—", info.get("threads", "—"),
+                     str(info.get("device", "?")), info.get("members", "—")])  # fmt: skip
+    return markdown_table(["cell", "resolution", "wall time", "threads", "device", "members"], rows), total, \
+        sorted(devices)
+
+
+def tally(data: ByResolution) -> list[dict[str, object]]:
+    """Per resolution, scheme and measure: in how many cells the scheme beats random, is worse, or is unclear."""
+    out = []
+    for label in data.labels:
+        for scheme in scheme_order(s for s in data.long["scheme"].unique() if s != BASELINE):
+            for m in measures_in(data.auc.columns):
+                v = data.long[(data.long[BY] == label) & (data.long["scheme"] == scheme)
+                              & (data.long["measure"] == m.name)]["verdict"]  # fmt: skip
+                out.append({"resolution": label, "scheme": scheme, "measure": m.label,
+                            "beats": int((v == "beats").sum()), "worse": int((v == "worse").sum()),
+                            "of": int((v != "no data").sum())})  # fmt: skip
+    return out
+
+
+def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dict[str, object], list[Path]]:
+    """What templates/_resolution.md.j2 needs, and the figures written for it."""
+    run, measures = data.run, measures_in(data.auc.columns)
+    palette = scheme_palette(data.auc["scheme"].unique())
+    written, figures = [], {}
+    for m in [m for m in measures if m.name in ("auc_capped", "epochs_to_30db")]:
+        fig = plot_paired_stats(data.long, palette, m, data.labels, by=BY)
+        written.append(write_figure(fig, figures_dir / f"resolution_paired{m.suffix}.png"))
+        figures[m.label] = Path(os.path.relpath(written[-1], link_base)).as_posix()
+    jobs, total, devices = jobs_table(data)
+    sources = sorted({str(info.get("data", "?")) for info in run.sweep.runs.values()})
+    cells = cell_order({(int(h), int(f)) for h, f in zip(data.auc["hls"], data.auc["hfs"], strict=True)})
+    return {
+        **method_context(run.ci_method), "root": run.sweep.root, "sources": sources, "cells": cells,
+        "labels": data.labels, "protocol": str(data.long["protocol"].iloc[0]), "psnr_cap": run.psnr_cap,
+        "epochs": span(data.auc["n_epochs"]), "triples": span(data.auc.groupby(["hls", "hfs", BY])["triple"].nunique()),
+        "schemes": scheme_order(data.auc["scheme"].unique()), "difficulty": difficulty_table(data),
+        "verdicts": verdict_table(data.long, measures, BY, data.labels),
+        "counts": count_table(data.long, measures, BY, data.labels), "tally": tally(data), "figures": figures,
+        "jobs": jobs, "total": total, "devices": devices,
+    }, written  # fmt: skip
+
+
+def write_resolution_report(sweep: str | os.PathLike, out: str | os.PathLike | None = None,
+                            psnr_cap: float | None = DEFAULT_PSNR_CAP,
+                            ci_method: str = DEFAULT_CI_METHOD) -> dict[str, Path]:  # fmt: skip
+    """Analyse a resolution sweep and write its report (beside the sweep by default) with its figures."""
+    out = Path(sweep).resolve().parent / DEFAULT_NAME if out is None else Path(out)
+    data = split_by_resolution(analyse(sweep, psnr_cap, ci_method))
+    ctx, written = context(data, out.with_suffix(""), out.parent)
+    written.append(write_text(render("resolution.md.j2", r=ctx), out))
+    return {Path(os.path.relpath(p, out.parent)).as_posix(): p for p in written}
