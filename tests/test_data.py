@@ -363,8 +363,8 @@ def test_fetch_offline(tmp_path, monkeypatch):
 
 
 def test_load_images_cifair10(tmp_path, server, monkeypatch):
-    monkeypatch.setattr(data, "ARCHIVE_MD5", server.md5s["archive_md5"])
-    monkeypatch.setattr(data, "FILE_MD5S", server.md5s["file_md5s"])
+    monkeypatch.setattr(data.cifar, "ARCHIVE_MD5", server.md5s["archive_md5"])
+    monkeypatch.setattr(data.cifar, "FILE_MD5S", server.md5s["file_md5s"])
     images = data.load_images(
         DatasetConfig(name="cifair10", root=str(tmp_path), url=server.url, split="test")
     )

@@ -1,40 +1,28 @@
-"""Data: images, labels and the triples of the study.
+"""CIFAR-10 in its "python version" layout: reading such a folder, and fetching the official ciFAIR-10.
 
 The images come either from the official ciFAIR-10 archive (downloaded once with pooch, md5-checked, cached)
-or from any folder in the CIFAR-10 "python version" layout. Batches are pickles, so they are read with a
-restricted unpickler that admits only what those files need: a downloaded or user-supplied file can then
-not run code when it is loaded.
+or from any folder in the CIFAR-10 "python version" layout. Batches are pickles, read with prefit.data.pickles'
+restricted unpickler.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import hashlib
 import logging
 import os
-import pickle
 import sys
 import zipfile
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
 
-try:  # numpy >= 1.26 has numpy._core (numpy 2 pickles name it); older ones only numpy.core
-    from numpy._core import multiarray as _multiarray
-    from numpy._core import numeric as _numeric
-except ImportError:  # pragma: no cover - numpy < 1.26
-    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
-    from numpy.core import numeric as _numeric  # type: ignore[no-redef]
+from prefit.data.base import DataError, ImageSet
+from prefit.data.pickles import safe_load
+from prefit.data.tensors import SIDE
 
-if TYPE_CHECKING:
-    from prefit.config import DatasetConfig
-
-SIDE = 32
 N_CLASSES = 10
 ROW = 3 * SIDE * SIDE  # one CIFAR image: the R plane, then G, then B, each 32x32 row-major
 
@@ -61,113 +49,7 @@ SPLIT_FILES: dict[str, tuple[str, ...]] = {
 META_FILE = "batches.meta"
 
 
-class DataError(Exception):
-    """Data that cannot be used as asked. Its message is one line for the user: the CLI prints it, exits 1."""
-
-
-# --------------------------------------------------------------------------------------------- tensors
-
-
-def coordinate_grid(side: int = SIDE) -> torch.Tensor:
-    """Pixel coordinates, float32 [side*side, 2]: linspace(-1, 1) per axis, row-major, row index first."""
-    axis = torch.linspace(-1.0, 1.0, side)
-    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
-    return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
-
-
-def to_signal(images: np.ndarray) -> torch.Tensor:
-    """uint8 images [N, H, W, 3] -> float32 [N, H*W, 3] in [-1, 1] (x / 127.5 - 1).
-
-    Pixel k of the flattened image is at grid point k of coordinate_grid.
-    """
-    x = torch.as_tensor(np.ascontiguousarray(images)).to(torch.float32)
-    return (x / 127.5 - 1.0).reshape(x.shape[0], -1, 3)
-
-
-def to_uint8(signal: torch.Tensor | np.ndarray, side: int = SIDE) -> np.ndarray:
-    """float [..., H*W, 3] in [-1, 1] -> uint8 [..., H, W, 3], rounded and clipped."""
-    x = np.asarray(signal.detach().cpu() if isinstance(signal, torch.Tensor) else signal, dtype=np.float32)
-    x = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return x.reshape(*x.shape[:-2], side, side, 3)
-
-
-# ------------------------------------------------------------------------------------------ unpickling
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """What pickle protocol 2 in Python 3 writes bytes as (`_codecs.encode(s, 'latin1')`), and nothing more:
-    other codecs (zlib, bz2, ...) could be used to build decompression bombs."""
-    if codecs.lookup(encoding).name != "iso8859-1" or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
-    return text.encode("latin1")
-
-
-# (module, name) -> the object. numpy 1 and Python-2 pickles say numpy.core, numpy 2 ones numpy._core;
-# both resolve to the current numpy's functions (numpy 2 warns on numpy.core imports).
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
-    ("__builtin__", "bytes"): bytes,  # b"" under protocol 2 (an empty array's data)
-    ("builtins", "bytes"): bytes,
-}
-for _ns in ("numpy.core", "numpy._core"):
-    _ALLOWED_GLOBALS.update(
-        {
-            (f"{_ns}.multiarray", "_reconstruct"): _multiarray._reconstruct,  # arrays, pickle protocol <= 4
-            (f"{_ns}.multiarray", "scalar"): _multiarray.scalar,  # numpy scalars (e.g. numpy int labels)
-            (f"{_ns}.numeric", "_frombuffer"): _numeric._frombuffer,  # arrays, pickle protocol 5
-        }
-    )
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals a CIFAR batch needs: arrays, dtypes, latin-1 bytes."""
-
-    def __init__(self, file: Any, source: str) -> None:
-        super().__init__(file, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise DataError(
-                f"{self.source}: refusing to unpickle the forbidden global {module}.{name} "
-                "(a CIFAR batch holds only arrays, lists, numbers and strings)"
-            ) from None
-
-
-def safe_load(path: str | os.PathLike[str]) -> Any:
-    """Unpickle `path` with the restricted unpickler (encoding="bytes": Python-2 strings stay bytes).
-
-    Raises DataError for an unreadable file, a broken pickle, or any global outside the allow-list.
-    """
-    try:
-        with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, str(path)).load()
-    except DataError:
-        raise
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
-    except Exception as e:  # a truncated or non-pickle file raises anything from EOFError to TypeError
-        raise DataError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e})") from e
-
-
 # ------------------------------------------------------------------------------------------ reading
-
-
-@dataclass
-class ImageSet:
-    """A split's images with their labels, in file order."""
-
-    images: np.ndarray  # uint8 [N, 32, 32, 3], HWC
-    labels: np.ndarray  # int64 [N], 0..9
-    label_names: list[str]
-    source: str  # human-readable: folder and split
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
 
 def _text(value: Any) -> str:
@@ -398,135 +280,3 @@ def fetch_cifair10(
             f"the archive is not the official ciFAIR-10; delete it, or {provide}"
         )
     return folder
-
-
-def load_images(cfg: DatasetConfig) -> ImageSet:
-    """The images the config names (a DatasetConfig or its DictConfig): the md5-checked ciFAIR-10 (fetched
-    into cfg.root if need be) or any CIFAR-layout folder cfg.path; cfg.split picks the split."""
-    if cfg.name == "cifair10":
-        folder = fetch_cifair10(cfg.root, cfg.url)
-        images = read_cifar_dir(folder, cfg.split)
-        images.source = f"ciFAIR-10 at {folder} ({cfg.split} split)"
-        return images
-    if cfg.name == "cifar_dir":
-        return read_cifar_dir(cfg.path, cfg.split)
-    raise DataError(f"dataset must be cifair10 or cifar_dir, got {cfg.name!r}")
-
-
-# ------------------------------------------------------------------------------------------ drawing
-
-
-@dataclass(frozen=True)
-class Triple:
-    """One row of the study: a target A, an image of A's class and an image of another class."""
-
-    triple: int  # 0..n-1
-    target: int  # index of A in the ImageSet
-    same: int  # another image of A's class
-    other: int  # an image of another class
-
-
-def max_triples(labels: np.ndarray) -> int:
-    """The most triples with all images distinct that these labels allow.
-
-    With t_c triples whose A is of class c and o_c other-class images taken from c, a run of T triples exists
-    iff 2 t_c + o_c <= n_c, t_c + o_c <= T (A's class cannot supply its own other image), sum t = sum o = T.
-    For a given T the t_c that leave the most room for o are found greedily (the room is concave in t_c).
-    """
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=1)
-
-    def feasible(total: int) -> bool:
-        pairs = counts // 2
-        if pairs.sum() < total:
-            return False
-        room = np.minimum(counts, total)  # o_c with t_c = 0
-        cheap = np.clip(counts - total, 0, pairs)  # t_c units that cost o_c one each; the rest cost two
-        used_cheap = min(total, int(cheap.sum()))
-        return int(room.sum()) - used_cheap - 2 * (total - used_cheap) >= total
-
-    lo, hi = 0, int(counts.sum()) // 3
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if feasible(mid) else (lo, mid - 1)
-    return lo
-
-
-def draw_triples(labels: np.ndarray, n: int, seed: int) -> list[Triple]:
-    """Draw n triples in which no image appears twice (no A, same-class or other-class image repeats).
-
-    Walk one permutation of all images (np.random.default_rng(seed)); each unused image whose class still
-    has another unused image becomes an A; its same-class image is the next unused image of its class in
-    that permutation; the other class is drawn uniformly among the other classes with unused images, and
-    its next unused image is taken. Nothing depends on n, so the first k triples are the same for any n >= k.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    if n < 0:
-        raise DataError(f"the number of triples must be >= 0, got {n}")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(labels.shape[0])
-    classes = np.unique(labels)
-    queues = {int(c): order[labels[order] == c].tolist() for c in classes}  # each class, in walk order
-    heads = dict.fromkeys(queues, 0)
-    left = {c: len(q) for c, q in queues.items()}
-    used = np.zeros(labels.shape[0], dtype=bool)
-
-    def take(c: int) -> int:
-        q = queues[c]
-        while used[q[heads[c]]]:
-            heads[c] += 1
-        i = q[heads[c]]
-        used[i] = True
-        left[c] -= 1
-        return i
-
-    triples: list[Triple] = []
-    walk = iter(order)
-    while len(triples) < n:
-        a = next((int(i) for i in walk if not used[i] and left[int(labels[i])] >= 2), None)
-        if a is None:
-            break
-        c = int(labels[a])
-        others = [k for k in queues if k != c and left[k] > 0]
-        if not others:
-            break
-        used[a] = True
-        left[c] -= 1
-        same = take(c)
-        other = take(others[int(rng.integers(len(others)))])
-        triples.append(Triple(triple=len(triples), target=a, same=same, other=other))
-    if len(triples) < n:
-        most = max_triples(labels)
-        counts = ", ".join(str(int(k)) for k in np.bincount(labels, minlength=N_CLASSES))
-        detail = f" (this seed's draw stopped at {len(triples)})" if len(triples) < most else ""
-        raise DataError(
-            f"asked for {n} triples but {labels.shape[0]} images (per class: {counts}) allow at most {most} "
-            f"with no image used twice{detail}; lower dataset.n_triples"
-        )
-    return triples
-
-
-def draw_pool(labels: np.ndarray, n: int, seed: int, exclude: Iterable[int] = ()) -> np.ndarray:
-    """n distinct image indices (int64, shuffled), none in `exclude`, as balanced over classes as the
-    remaining images allow; deterministic given (labels, n, seed, exclude). For pools (e.g. meta-learning)
-    that must not see the triples' images."""
-    labels = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    excluded = np.zeros(labels.shape[0], dtype=bool)
-    drop = np.fromiter((int(i) for i in exclude), dtype=np.int64)
-    if drop.size and (drop.min() < 0 or drop.max() >= labels.shape[0]):
-        raise DataError(f"draw_pool: exclude holds indices outside 0..{labels.shape[0] - 1}")
-    excluded[drop] = True
-    free = np.flatnonzero(~excluded)
-    if n < 0 or n > free.size:
-        raise DataError(f"asked for a pool of {n} images but only {free.size} images are outside the triples")
-    by_class = [rng.permutation(free[labels[free] == c]) for c in np.unique(labels[free])]
-    quota = np.zeros(len(by_class), dtype=np.int64)
-    room = np.array([len(x) for x in by_class], dtype=np.int64)
-    while quota.sum() < n:  # fill level by level; the classes that get one more at the last level are drawn
-        open_ = np.flatnonzero(quota < room)
-        need = n - int(quota.sum())
-        if need < open_.size:
-            open_ = rng.choice(open_, size=need, replace=False)
-        quota[open_] += 1
-    picked = np.concatenate([x[:q] for x, q in zip(by_class, quota, strict=True)]) if by_class else free[:0]
-    return rng.permutation(picked).astype(np.int64)

@@ -1,0 +1,102 @@
+"""Data: images, labels and the triples of the study.
+
+The images come from the official ciFAIR-10 archive (downloaded once, md5-checked, cached), from any folder in
+the CIFAR-10 "python version" layout, or from any folder of class sub-folders of PNG/JPEG files (image_dir),
+resized to a chosen resolution. One module per concern:
+
+- base: DataError and ImageSet, shared by all;
+- tensors: the coordinate grid, images as signals in [-1, 1] and back;
+- pickles: the restricted unpickler CIFAR batches are read with;
+- cifar: reading CIFAR-layout folders and fetching ciFAIR-10;
+- image_dir: reading a folder of class sub-folders of images;
+- tiles: building such a folder from photographs shipped with scikit-image (`python -m prefit.data`);
+- triples: drawing the triples and the pools.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prefit.data import cifar
+from prefit.data.base import DataError, ImageSet
+from prefit.data.cifar import (
+    ARCHIVE_FOLDER,
+    ARCHIVE_MD5,
+    ARCHIVE_NAME,
+    FILE_MD5S,
+    META_FILE,
+    N_CLASSES,
+    ROW,
+    SPLIT_FILES,
+    default_data_root,
+    fetch_cifair10,
+    read_cifar_dir,
+)
+from prefit.data.image_dir import IMAGE_EXTENSIONS, read_image_dir
+from prefit.data.pickles import safe_load
+from prefit.data.tensors import SIDE, coordinate_grid, to_signal, to_uint8
+from prefit.data.triples import Triple, draw_pool, draw_triples, max_triples
+
+if TYPE_CHECKING:
+    from prefit.config import DatasetConfig
+
+__all__ = [
+    "ARCHIVE_FOLDER",
+    "ARCHIVE_MD5",
+    "ARCHIVE_NAME",
+    "DATASET_NAMES",
+    "DEFAULT_IMAGE_DIR_RESOLUTION",
+    "FILE_MD5S",
+    "IMAGE_EXTENSIONS",
+    "META_FILE",
+    "N_CLASSES",
+    "ROW",
+    "SIDE",
+    "SPLIT_FILES",
+    "DataError",
+    "ImageSet",
+    "Triple",
+    "cifar",
+    "coordinate_grid",
+    "default_data_root",
+    "draw_pool",
+    "draw_triples",
+    "fetch_cifair10",
+    "load_images",
+    "max_triples",
+    "read_cifar_dir",
+    "read_image_dir",
+    "safe_load",
+    "to_signal",
+    "to_uint8",
+]
+
+DATASET_NAMES = ("image_dir", "cifair10", "cifar_dir")
+DEFAULT_IMAGE_DIR_RESOLUTION = 64  # dataset=image_dir without a dataset.resolution
+
+
+def load_images(cfg: DatasetConfig) -> ImageSet:
+    """The images the config names (a DatasetConfig or its DictConfig).
+
+    image_dir: the folder cfg.path of class sub-folders, at cfg.resolution (None: 64) pixels a side; cfg.split
+    is not used. cifair10: the md5-checked ciFAIR-10 (fetched into cfg.root if need be); cifar_dir: any
+    CIFAR-layout folder cfg.path; for both cfg.split picks the split and cfg.resolution must be None or 32.
+    A config without a resolution field reads as resolution None.
+    """
+    name = str(cfg.name)
+    resolution = getattr(cfg, "resolution", None)
+    if name == "image_dir":
+        return read_image_dir(cfg.path, DEFAULT_IMAGE_DIR_RESOLUTION if resolution is None else resolution)
+    if name in ("cifair10", "cifar_dir") and resolution is not None and resolution != SIDE:
+        raise DataError(
+            f"CIFAR images are {SIDE}x{SIDE}: dataset.resolution applies to dataset=image_dir only, "
+            f"got dataset.resolution={resolution} with dataset={name}"
+        )
+    if name == "cifair10":
+        folder = fetch_cifair10(cfg.root, cfg.url)
+        images = read_cifar_dir(folder, cfg.split)
+        images.source = f"ciFAIR-10 at {folder} ({cfg.split} split)"
+        return images
+    if name == "cifar_dir":
+        return read_cifar_dir(cfg.path, cfg.split)
+    raise DataError(f"dataset must be image_dir, cifair10 or cifar_dir, got {name!r}")
