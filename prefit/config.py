@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from prefit.choices import DatasetName, Device, Engine, Protocol, Split
+from prefit.data import DEFAULT_IMAGE_DIR_RESOLUTION as IMAGE_DIR_SIDE
 from prefit.data import SIDE as CIFAR_SIDE
 from prefit.engine.options import RUNTIME, FitOptions
 from prefit.errors import ConfigError
@@ -23,8 +24,6 @@ from prefit.records import runtime_keys
 from prefit.schema import SCHEME_ORDER, cell_dirname
 
 __all__ = ["Config", "ConfigError", "TrainConfig", "validate", "register"]
-
-IMAGE_DIR_SIDE = 64  # dataset=image_dir without a resolution
 
 
 @dataclass
