@@ -31,7 +31,7 @@ def checked(*overrides: str) -> Config:
     cfg = composed(*overrides)
     validate(cfg)
     app.check_memory(cfg, torch.device("cpu"))
-    if cfg.dataset.name == "cifar_dir":
+    if cfg.dataset.name in ("cifar_dir", "image_dir"):
         load_images(cfg.dataset)
     return cfg
 
@@ -52,6 +52,12 @@ BAD = [
     (["dataset=cifar_dir", "dataset.path=/no/such/folder"], "/no/such/folder"),
     (["dataset=cifar_dir", "dataset.path=."], "CIFAR-10 python layout"),
     (["dataset.split=valid"], "dataset.split"),
+    (["dataset=folder"], "dataset"),
+    (["dataset.resolution=64"], "CIFAR images are 32x32"),
+    (["dataset=image_dir"], "dataset=image_dir needs dataset.path"),
+    (["dataset=image_dir", "dataset.path=/no/such/folder"], "/no/such/folder"),
+    (["dataset=image_dir", "dataset.path=."], "no class sub-folders"),
+    (["dataset=image_dir", "dataset.path=.", "dataset.resolution=1"], "dataset.resolution must be in 2..4096"),
     (["seed=-1"], "seed"),
     (["seed=99999999999999999999"], "seed"),
     (["train.threads=-3"], "train.threads"),
@@ -88,3 +94,12 @@ def test_defaults_and_presets_compose_and_validate():
     six = composed("scheme=[random,same_class,other_class,class_mean,multi_same,meta]")
     validate(six)
     assert six.scheme.meta is not None and six.scheme.meta.outer_steps == 200
+
+
+def test_choices_are_enums_and_the_image_side_comes_from_the_dataset():
+    cfg = composed("train.matmul_precision=3xtf32", "train.engine=sequential")
+    assert cfg.train.matmul_precision == "3xtf32" and f"{cfg.train.engine}" == "sequential"
+    assert cfg.dataset.side == 32 and cfg.dataset.resolution is None  # CIFAR: 32x32, its own size
+    folder = composed("dataset=image_dir", "dataset.path=/tiles")
+    assert (folder.dataset.name, folder.dataset.resolution, folder.dataset.side) == ("image_dir", 64, 64)
+    assert composed("dataset=image_dir", "dataset.path=/tiles", "dataset.resolution=48").dataset.side == 48
