@@ -146,7 +146,7 @@ def test_original_loop_fits_and_reports_host_psnr():
 
 @pytest.mark.slow
 def test_steady_state_epochs_are_timed_per_form_and_recorded(tmp_path):
-    """`--steady` times one chunk's epochs after a warm-up (prefit.bench_epoch): on a CPU the torch form only
+    """`--steady` times one chunk's epochs after a warm-up (prefit.bench.steady): on a CPU the torch form only
     (graphs need CUDA); the record has each form's ms, range and its share of the ceiling, and the table shows it."""
     proc = bench("--quick", "--device", "cpu", "--cells", "1x8", "--steady", "--out", "b.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,7 +167,7 @@ def test_epoch_times_of_the_fused_loop_without_capture():
     """The fused form runs under Triton's interpreter here; its timing restarts the records, not the fit."""
     pytest.importorskip("triton")
     from prefit import fused
-    from prefit.bench_epoch import epoch_times
+    from prefit.bench.steady import epoch_times
 
     if not fused.available(torch.device("cpu")):
         pytest.skip("fused kernels need TRITON_INTERPRET=1 on a CPU")

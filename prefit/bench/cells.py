@@ -1,0 +1,183 @@
+"""One cell of the benchmark (`bench_cell`): warm every engine up, plan members and epochs to the budget
+(`plan`), time the engines in turns (`interleaved`), and record the figures bench.json holds for the cell."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from prefit.bench.machine import PeakMemory, synchronize
+from prefit.bench.options import ENGINES, Options
+from prefit.bench.steady import format_steady, steady_state_cell
+from prefit.bench.workload import W0, Run, make_members, runner, smooth_targets
+from prefit.data import SIDE, coordinate_grid
+from prefit.engine import auto_max_members, flops_per_member_epoch
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def timed(run: Run, members: int, epochs: int, device: torch.device) -> float:
+    """Seconds of one call, the device synchronised before each reading of the clock."""
+    synchronize(device)
+    start = time.perf_counter()
+    run(members, epochs)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(
+    runs: dict[str, Run], members: dict[str, int], epochs: int, device: torch.device, opts: Options
+) -> tuple[dict[str, list[float]], list[PeakMemory]]:
+    """`opts.repeats` timings of every engine, taken in turns (batched, sequential, original, batched, ...), so
+    that a shared machine changing speed during the run (seen here: the same loop 1.1 or 2 ms for minutes at a
+    time) slows every engine alike instead of skewing their ratios. An engine stops early once its timings took
+    twice the budget, so that the whole run still ends in time. The batched runs also measure peak memory."""
+    times: dict[str, list[float]] = {engine: [] for engine in runs}
+    memories: list[PeakMemory] = []
+    for _ in range(opts.repeats):
+        for engine, run in runs.items():
+            if sum(times[engine]) > 2 * opts.budget:
+                continue
+            if engine == "batched":
+                with PeakMemory(device) as memory:
+                    times[engine].append(timed(run, members[engine], epochs, device))
+                memories.append(memory)
+            else:
+                times[engine].append(timed(run, members[engine], epochs, device))
+    return times, memories
+
+
+def warm_process(device: torch.device, engines: Sequence[str]) -> None:
+    """Run every engine once on a tiny SIREN, untimed: the process's one-time costs (autograd and optimiser
+    set-up, lazy imports, thread pools) would otherwise land in the first cell's warm-up and skew its plan."""
+    params, targets = make_members(1, 8, 1), smooth_targets(1)
+    for engine in engines:
+        runner(engine, params, targets, coordinate_grid(SIDE), device, 1)(1, 2)
+
+
+def plan(
+    rates: dict[str, float], wanted: dict[str, int], least: dict[str, int], opts: Options
+) -> tuple[int, dict[str, int]]:
+    """Epochs and members per engine so that each engine's timed runs take about `opts.budget` seconds.
+
+    `rates`: seconds per member-epoch seen in the warm-up (an overestimate: it holds the one-time costs).
+    Members are cut first (the batched engine to whole multiples of `least`: a chunk per core), then epochs, never below
+    `opts.min_epochs`; a cell too big for the budget even then overruns it rather than time nothing.
+    """
+    per_epoch = {e: opts.repeats * least[e] * rates[e] for e in rates}
+    epochs = opts.epochs
+    if per_epoch:
+        fit = math.floor(opts.budget / max(max(per_epoch.values()), 1e-12))
+        epochs = max(opts.min_epochs, min(opts.epochs, fit))
+    members = {}
+    for e, rate in rates.items():
+        n = math.floor(opts.budget / max(opts.repeats * epochs * rate, 1e-12))
+        n = max(least[e], min(wanted[e], n))
+        if e == "batched" and n < wanted[e]:  # whole rounds of chunks: one chunk per core, none idle
+            n = max(least[e], n // least[e] * least[e])
+        members[e] = n
+    return epochs, members
+
+
+def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling: float) -> dict[str, Any]:
+    """Warm up and calibrate every engine on this cell, then time each `opts.repeats` times."""
+    name = f"{hls}x{hfs}"
+    side, pixels = opts.resolution, opts.resolution**2
+    chunk = min(opts.max_members or auto_max_members(hls, hfs, device, pixels), opts.members)
+    wanted = {"batched": opts.members, "sequential": min(opts.subset, opts.members)}
+    wanted["original"] = wanted["sequential"]
+    # on a CPU the engine runs chunks side by side, one per core: time at least one chunk per core
+    cores = torch.get_num_threads() if device.type == "cpu" else 1
+    least = {"batched": min(opts.members, chunk * cores), "sequential": 1, "original": 1}
+    coords = coordinate_grid(side)
+    params, targets = make_members(hls, hfs, least["batched"]), smooth_targets(least["batched"], side=side)
+
+    rates: dict[str, float] = {}
+    for engine in opts.engines:
+        run = runner(engine, params, targets, coords, device, chunk)
+        seconds = timed(run, least[engine], opts.warmup, device)
+        rates[engine] = seconds / (least[engine] * opts.warmup)
+        log(f"[{name}] {engine}: warm-up {least[engine]} x {opts.warmup} epochs, {rates[engine] * 1e3:.3g} ms each")
+
+    epochs, members_timed = plan(rates, wanted, least, opts)
+    largest = max(members_timed.values(), default=0)
+    if largest > least["batched"]:
+        params, targets = make_members(hls, hfs, largest), smooth_targets(largest, side=side)
+
+    ms: dict[str, float | None] = dict.fromkeys(ENGINES)
+    repeats: dict[str, int | None] = dict.fromkeys(ENGINES)
+    runs = {engine: runner(engine, params, targets, coords, device, chunk) for engine in opts.engines}
+    timing = ", ".join(f"{engine} {members_timed[engine]} members" for engine in runs)
+    log(f"[{name}] timing {timing}, {epochs} epochs, {opts.repeats} turns")
+    times, memories = interleaved(runs, members_timed, epochs, device, opts)
+    spread: dict[str, list[float] | None] = dict.fromkeys(ENGINES)
+    for engine, seconds in times.items():
+        per = 1e3 / (members_timed[engine] * epochs)
+        ms[engine] = statistics.median(seconds) * per
+        spread[engine] = [rounded(min(seconds) * per), rounded(max(seconds) * per)]
+        repeats[engine] = len(seconds)
+    fastest = {engine: (s[0] if s else None) for engine, s in spread.items()}
+    memory = max(memories, key=lambda m: m.peak_mb if not math.isnan(m.peak_mb) else -1.0, default=None)
+
+    steady = None
+    if opts.steady if opts.steady is not None else device.type == "cuda":
+        n = min(chunk, opts.members)
+        on_device = [(w[:n].to(device), b[:n].to(device)) for w, b in make_members(hls, hfs, n)]
+        seconds = min(2.0, opts.budget / 10)
+        steady = steady_state_cell(
+            on_device,
+            coords.to(device),
+            smooth_targets(n, side=side).to(device),
+            W0,
+            opts.ceilings,
+            seconds_per_repeat=seconds,
+        )
+        log(f"[{name}] steady state: " + format_steady([{"hls": hls, "hfs": hfs, "steady_state": steady}])[0])
+        if device.type == "cuda":  # the figure a study sees: captured epochs, transfers and set-up outside
+            ms["batched"] = steady["fused_graph"]["ms_per_member_epoch"]
+
+    flops = flops_per_member_epoch(hls, hfs, pixels)
+    gflops = flops / (ms["batched"] * 1e-3) / 1e9 if ms["batched"] else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    return {
+        "hls": hls,
+        "hfs": hfs,
+        "resolution": side,
+        "members": opts.members,
+        "epochs": epochs,
+        "ms_per_member_epoch": {e: rounded(v) for e, v in ms.items()},
+        "speedup_vs_sequential": rounded(ratio(ms["sequential"], ms["batched"])),
+        "speedup_vs_original": rounded(ratio(ms["original"], ms["batched"])),
+        # the baseline at its best: its fastest turn against the batched engine's median (a shared machine
+        # slows the sequential engine's two threads now and then; this ratio does not count that in)
+        "speedup_vs_sequential_best": rounded(ratio(fastest["sequential"], ms["batched"])),
+        "gflops": rounded(gflops),
+        "ceiling_fraction": rounded(ratio(gflops, ceiling)),
+        "peak_mem_mb": rounded(memory.peak_mb) if memory else None,
+        # extra fields
+        "max_members": chunk,
+        "members_timed": {e: members_timed.get(e) for e in ENGINES},
+        "repeats": repeats,
+        "ms_per_member_epoch_range": spread,  # fastest and slowest turn: how noisy the medians are
+        "warmup_epochs": opts.warmup,
+        "mem_before_mb": rounded(memories[0].before_mb) if memories else None,
+        "flops_per_member_epoch": flops,
+        "batched_timing": "steady_state" if steady and device.type == "cuda" else "whole_fits",
+        "steady_state": steady,
+    }
+
+
+def rounded(x: float | None, digits: int = 4) -> float | None:
+    """Four significant digits: the figures are timings, not exact numbers."""
+    return None if x is None or not math.isfinite(x) else float(f"{x:.{digits}g}")

@@ -1,0 +1,141 @@
+"""The machine the benchmark runs on: which device, its fp32 matrix-product ceiling, its name, and how much
+memory a run takes (`PeakMemory`)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from prefit.bench.options import BenchError
+from prefit.bench.workload import SEED
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda when torch sees one, else cpu; asking for cuda without one is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda, but torch sees no CUDA device (use --device auto or cpu)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that the clock reads the work done, not the work launched."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_ceiling(device: torch.device, n: int, repeats: int = 5) -> float:
+    """The machine's fp32 matrix-product rate in GFLOP/s: the best of a few n x n `torch.mm` (2 n^3 flops).
+
+    The best, not the median: a ceiling is what the hardware can do; a shared machine's hiccups only lower it.
+    """
+    g = torch.Generator().manual_seed(SEED)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    out = torch.empty(n, n, device=device)
+    torch.mm(a, b, out=out)  # warm-up: library set-up, thread pool start
+    best = math.inf
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or CPU's model name, for the record."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------------------------- memory
+
+
+def _rss_bytes() -> int | None:
+    """The process's resident set size now (Linux /proc), or None where there is no /proc."""
+    try:
+        resident = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident * os.sysconf("SC_PAGE_SIZE")
+
+
+def _max_rss_bytes() -> int:
+    """The process's peak RSS so far (monotonic over the whole process): the fallback without /proc."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def memory_measure(device: torch.device) -> str:
+    """What `peak_mem_mb` means on this machine (recorded in bench.json)."""
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated during the timed batched runs (tensors only)"
+    if _rss_bytes() is not None:
+        return f"process peak RSS during the timed batched runs, sampled every {SAMPLE_S * 1e3:g} ms"
+    return "process peak RSS so far (ru_maxrss) after the timed batched runs"
+
+
+SAMPLE_S = 0.005
+
+
+class PeakMemory:
+    """Peak memory while the `with` block runs, in MB (2^20 bytes).
+
+    CUDA: `torch.cuda.max_memory_allocated` after resetting the peak, i.e. the tensors the run held at most.
+    CPU: the process's peak resident set size (all of it: Python, torch and the run's tensors), sampled every
+    `interval` seconds from /proc/self/statm by a background thread (a spike shorter than that can be missed);
+    `before_mb` is the RSS when the block started. Without /proc: ru_maxrss, the process's peak so far.
+    """
+
+    def __init__(self, device: torch.device, interval: float = SAMPLE_S):
+        self.device, self.interval = device, interval
+        self.peak_mb = self.before_mb = math.nan
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before_mb = torch.cuda.memory_allocated(self.device) / 2**20
+        elif (rss := _rss_bytes()) is not None:
+            self.before_mb, self._peak = rss / 2**20, rss
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        else:
+            self.before_mb = _max_rss_bytes() / 2**20
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _rss_bytes() or 0)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self._peak, _rss_bytes() or 0) / 2**20
+        else:
+            self.peak_mb = _max_rss_bytes() / 2**20
