@@ -180,6 +180,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)  # fmt: skip
 
 
+@pytest.mark.slow  # seconds of fitting or a subprocess: `make test` runs it, `make test-fast` not
 def test_cli_success_and_damaged_input(tmp_path: Path) -> None:
     sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=2, epochs=8, recon=False)
     result = run_cli(str(sweep), "--out", str(tmp_path / "elsewhere"), "analysis.psnr_cap=50")

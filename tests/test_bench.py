@@ -135,6 +135,7 @@ def test_plan_cuts_members_then_epochs_to_the_budget():
     assert epochs == opts.min_epochs and members == {"batched": 10, "sequential": 4}  # never below one chunk
 
 
+@pytest.mark.slow  # seconds of fitting or a subprocess: `make test` runs it, `make test-fast` not
 def test_original_loop_fits_and_reports_host_psnr():
     params, target = make_members(1, 16, 1), smooth_targets(1)
     psnr = fit_original(

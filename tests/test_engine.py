@@ -139,6 +139,7 @@ def test_cpu_paths_agree_chunks_side_by_side_and_one_chunk_on_two_threads():
     assert gap < 1e-3, f"paths differ by {gap:.2e} dB"
 
 
+@pytest.mark.slow  # seconds of fitting or a subprocess: `make test` runs it, `make test-fast` not
 def test_the_plain_torch_step_also_fits_like_the_sequential_engine():
     """train.kernels=torch (SirenStep, torch's multi-tensor Adam), the plain path on any device, checked end to
     end (Adam, schedule, snapshots) on the CPU."""
@@ -148,6 +149,7 @@ def test_the_plain_torch_step_also_fits_like_the_sequential_engine():
     assert torch.equal(torch_step.lr, sequential.lr)
 
 
+@pytest.mark.slow  # seconds of fitting or a subprocess: `make test` runs it, `make test-fast` not
 def test_engines_agree_for_a_wide_siren_one_member_per_chunk():
     batched, sequential = both_engines(2, TrainConfig(epochs=30, progress=False), max_members=1, hfs=100)
     gap = psnr_gap(batched, sequential)

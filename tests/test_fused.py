@@ -111,6 +111,7 @@ def test_schedule_and_adam_equal_the_batched_optimisers():
         torch.testing.assert_close(view.cpu(), p, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # seconds of fitting or a subprocess: `make test` runs it, `make test-fast` not
 def test_fused_engine_equals_the_sequential_engine():
     coords = small_grid()
     params, target = members(3, 2, 8), targets(3, coords)

@@ -200,6 +200,7 @@ def test_errors(sweeps: dict[str, Path], tmp_path: Path) -> None:
     assert duration(239.7) == "4 min 00 s" and duration(3599.6) == "1 h 00 min" and duration(75.2) == "1 min 15 s"
 
 
+@pytest.mark.slow  # seconds of fitting or a subprocess: `make test` runs it, `make test-fast` not
 def test_cli(sweeps: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "notes" / "protocols.md"
     argv = ["--independent", str(sweeps["independent"]), "--chained", str(sweeps["chained"]), "--out", str(out)]
