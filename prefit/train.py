@@ -40,7 +40,7 @@ from prefit import records
 from prefit.config import Config, ConfigError, register, validate
 from prefit.data import DataError, draw_triples, load_images
 from prefit.devices import acquire, cuda_capacities
-from prefit.engine import auto_max_members, cuda_bytes_per_member, resolve_device
+from prefit.engine import auto_max_members, cuda_bytes_per_member, device_name, resolve_device
 from prefit.io import atomic_path
 from prefit.model import n_weights
 from prefit.records import study_config
@@ -111,6 +111,8 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         "resolution": plan.side,
         "wall_s": round(time.time() - started, 3),
         "device": str(device),
+        "device_name": device_name(device),
+        "cpu_count": os.cpu_count(),
         "threads": threads,
         "max_members": max_members,
         "lease": lease,

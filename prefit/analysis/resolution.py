@@ -110,10 +110,11 @@ def jobs_table(data: ByResolution) -> tuple[str, float, list[str]]:
         side = info.get("resolution") or ((info.get("study") or {}).get("dataset") or {}).get("resolution")
         wall = info.get("wall_s")
         total += float(wall) if isinstance(wall, (int, float)) else 0.0
-        devices.add(str(info.get("device", "?")))
+        device = str(info.get("device", "?")) + (f" ({info['device_name']})" if info.get("device_name") else "")
+        devices.add(device)
         rows.append([cell_label(hls, hfs), side_label(int(side)) if side else "?",
                      f"{wall:,.0f} s" if isinstance(wall, (int, float)) else "—", info.get("threads", "—"),
-                     str(info.get("device", "?")), info.get("members", "—")])  # fmt: skip
+                     device, info.get("members", "—")])  # fmt: skip
     return markdown_table(["cell", "resolution", "wall time", "threads", "device", "members"], rows), total, \
         sorted(devices)
 

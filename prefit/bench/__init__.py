@@ -43,7 +43,6 @@ from prefit.bench.cells import bench_cell, interleaved, log, plan, rounded, time
 from prefit.bench.machine import (
     SAMPLE_S,
     PeakMemory,
-    device_name,
     measure_ceiling,
     memory_measure,
     pick_device,
@@ -62,6 +61,7 @@ from prefit.bench.options import (
 from prefit.bench.report import format_table, main, run_bench
 from prefit.bench.steady import epoch_times, format_steady, steady_state_cell
 from prefit.bench.workload import SEED, W0, Run, fit_original, make_members, runner, smooth_targets
+from prefit.engine import device_name
 
 __all__ = [
     "DEFAULT_CELLS",

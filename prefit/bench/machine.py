@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import resource
 import sys
 import threading
@@ -51,19 +50,6 @@ def measure_ceiling(device: torch.device, n: int, repeats: int = 5) -> float:
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / best / 1e9
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's or CPU's model name, for the record."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------------------------------------- memory

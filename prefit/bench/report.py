@@ -14,9 +14,10 @@ import torch
 
 import prefit
 from prefit.bench.cells import bench_cell, log, rounded, warm_process
-from prefit.bench.machine import device_name, measure_ceiling, memory_measure, pick_device
+from prefit.bench.machine import measure_ceiling, memory_measure, pick_device
 from prefit.bench.options import ENGINES, BenchError, Options, parse_args
 from prefit.bench.steady import format_steady
+from prefit.engine import device_name
 from prefit.io import write_json
 from prefit.precision import tf32
 

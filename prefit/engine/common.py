@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +36,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but torch sees no CUDA device (use train.device=auto or cpu)")
     return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or the CPU's model name, for records and reports (`NVIDIA H100 80GB HBM3`, `AMD EPYC 9B14`)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cuda_bytes_per_member(hls: int, hfs: int, pixels: int = 1024) -> int:
