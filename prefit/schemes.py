@@ -171,11 +171,11 @@ def build_plan(cfg: Config, data: ImageSet, triples: list[Triple]) -> Plan:
     in_triples = {i for t in triples for i in (t.target, t.same, t.other)}
     extras, meta_pool = _Extras(), None
     if cfg.scheme.class_mean is not None:
-        extras.class_mean_pool = draw_pool(data.labels, cfg.scheme.class_mean.pool_size, cfg.seed, in_triples)
+        extras.class_mean_pool = _pool(data, cfg.scheme.class_mean.pool_size, cfg.seed, in_triples, "class_mean")
     if cfg.scheme.multi_same is not None:
         extras.multi_same = _multi_same_images(data, triples, cfg.scheme.multi_same.k, cfg.seed, in_triples)
     if cfg.scheme.meta is not None:
-        meta_pool = draw_pool(data.labels, cfg.scheme.meta.pool_size, cfg.seed, in_triples)
+        meta_pool = _pool(data, cfg.scheme.meta.pool_size, cfg.seed, in_triples, "meta")
     schemes = cfg.scheme.selected()
     build = _chained if cfg.protocol.name == "chained" else _independent
     members = [m for t in triples for m in build(bank, t, schemes, extras)]
@@ -183,6 +183,14 @@ def build_plan(cfg: Config, data: ImageSet, triples: list[Triple]) -> Plan:
     images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     meta_signals = None if meta_pool is None else to_signal(data.images[meta_pool])
     return Plan(members, to_signal(pixels), images, triples, dict(bank.rows), meta_pool, meta_signals, data.source)
+
+
+def _pool(data: ImageSet, size: int, seed: int, in_triples: set[int], scheme: str) -> np.ndarray:
+    """A scheme's pool of images outside the triples; too few images is one line naming the key to lower."""
+    try:
+        return draw_pool(data.labels, size, seed, in_triples)
+    except DataError as error:
+        raise DataError(f"{error}: lower scheme.{scheme}.pool_size (or dataset.n_triples)") from None
 
 
 @dataclass

@@ -118,3 +118,14 @@ def test_run_plan_is_reproducible(data):
     a = run_plan(cfg, build_plan(cfg, data, triples), CPU, max_members=3).rows
     b = run_plan(cfg, build_plan(cfg, data, triples), CPU, max_members=3).rows
     assert a.equals(b)
+
+
+def test_a_pool_larger_than_the_images_left_names_the_key_to_lower(data):
+    from prefit.config import ClassMeanConfig
+    from prefit.data import DataError
+
+    cfg = make_cfg(schemes=SchemesConfig(random=SchemeConfig("none"), class_mean=ClassMeanConfig(pool_size=1000)))
+    triples = draw_triples(data.labels, 3, cfg.seed)
+    with pytest.raises(DataError, match=r"outside the triples: lower scheme.class_mean.pool_size") as error:
+        build_plan(cfg, data, triples)
+    assert "\n" not in str(error.value)
