@@ -39,7 +39,15 @@ from .reduce import DEFAULT_PSNR_CAP, Measure, cell_flags, cell_order, measures_
 from .render import render
 from .stats import ALPHA, DEFAULT_CI_METHOD
 from .summary import measure_sections, method_context
-from .tables import RAW_FLAG_NOTE, compare_markdown, count_table, markdown_table, threshold_markdown, verdict_table
+from .tables import (
+    RAW_FLAG_NOTE,
+    compare_markdown,
+    count_table,
+    duration,
+    markdown_table,
+    threshold_markdown,
+    verdict_table,
+)
 from .variants import VARIANT, has_variants, variant_order
 
 INDEPENDENT, CHAINED = PROTOCOL_ORDER
@@ -146,18 +154,6 @@ def refuse_variants(run: Analysed) -> None:
         raise AnalysisError(f"{run.sweep.root}: its jobs differ in more than hls, hfs and protocol (variants: "
                             f"{shown}); the protocol report compares sweeps of one variant: give it such sweeps, or "
                             "analyse this one with python -m prefit.analyze")  # fmt: skip
-
-
-def duration(seconds: float | None) -> str:
-    """`4 min 00 s`: a run time, rounded once (239.7 s is 4 min 00 s, not 3 min 60 s)."""
-    if seconds is None or not np.isfinite(seconds):
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def job_table(run: Analysed) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from .reduce import DEFAULT_PSNR_CAP, cell_order, measures_in, scheme_order
 from .render import render
 from .stats import DEFAULT_CI_METHOD
 from .summary import method_context
-from .tables import count_table, markdown_table, verdict_table
+from .tables import count_table, duration, markdown_table, verdict_table, verdict_text
 from .variants import VARIANT
 
 KEY = "dataset.resolution"
@@ -133,6 +134,33 @@ def tally(data: ByResolution) -> list[dict[str, object]]:
     return out
 
 
+def verdict_changes(data: ByResolution) -> list[str]:
+    """Every cell, scheme and measure whose verdict is not the same at every resolution, as one line each:
+    `3x64 same_class, epochs to 40 dB: **beats** (-79.5) at 32x32, unclear (+64.55) at 64x64`."""
+    lines = []
+    measures = {m.name: m for m in measures_in(data.auc.columns)}
+    rows = data.long[data.long["measure"].isin(list(measures))]
+    for (hls, hfs, scheme, name), part in rows.groupby(["hls", "hfs", "scheme", "measure"], sort=False):
+        by_label = {str(r[BY]): r for _, r in part.iterrows()}
+        if len({by_label[k]["verdict"] for k in by_label}) > 1:
+            shown = ", ".join(f"{verdict_text(by_label[k])} at {k}" for k in data.labels if k in by_label)
+            lines.append((cell_order([(int(hls), int(hfs))]), scheme, name,
+                          f"{cell_label(int(hls), int(hfs))} {scheme}, {measures[name].label}: {shown}"))  # fmt: skip
+    order = {n: i for i, n in enumerate(measures)}
+    return [line for *_, line in sorted(lines, key=lambda x: (int(x[0][0][1]), x[1] != "same_class", order[x[2]]))]
+
+
+def sweep_span(data: ByResolution) -> float | None:
+    """Seconds from the first job's start to the last one's finish (jobs ran side by side), from run.json."""
+    times = [(info.get("started"), info.get("finished")) for info in data.run.sweep.runs.values()]
+    try:
+        starts = [datetime.fromisoformat(a) for a, _ in times]
+        ends = [datetime.fromisoformat(b) for _, b in times]
+    except (TypeError, ValueError):
+        return None
+    return (max(ends) - min(starts)).total_seconds() if starts else None
+
+
 def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dict[str, object], list[Path]]:
     """What templates/_resolution.md.j2 needs, and the figures written for it."""
     run, measures = data.run, measures_in(data.auc.columns)
@@ -152,7 +180,8 @@ def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dic
         "schemes": scheme_order(data.auc["scheme"].unique()), "difficulty": difficulty_table(data),
         "verdicts": verdict_table(data.long, measures, BY, data.labels),
         "counts": count_table(data.long, measures, BY, data.labels), "tally": tally(data), "figures": figures,
-        "jobs": jobs, "total": total, "devices": devices,
+        "jobs": jobs, "total": total, "devices": devices, "changes": verdict_changes(data),
+        "span": duration(sweep_span(data)),
     }, written  # fmt: skip
 
 

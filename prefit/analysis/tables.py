@@ -77,6 +77,18 @@ def describe(row: pd.Series | dict | None) -> str:
     return f"Δ = {fmt_diff_ci(row)}, p = {fmt_p(row['p_wilcoxon'])}, n = {int(row['n'])}"
 
 
+def duration(seconds: float | None) -> str:
+    """`4 min 00 s`: a run time, rounded once (239.7 s is 4 min 00 s, not 3 min 60 s)."""
+    if seconds is None or not np.isfinite(seconds):
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
 def flagged(row: pd.Series | dict) -> bool:
     """Whether a long stats row is a raw AUC in a cell where a fit passes RAW_AUC_FLAG_DB."""
     return row["measure"] == "auc" and bool(row.get("flag_raw_auc", False))
