@@ -132,3 +132,13 @@ def test_recon_checks(tmp_path: Path) -> None:
     np.savez(tmp_path / "shape.npz", **{**arrays, "psnr": arrays["psnr"][:, :1]})
     with pytest.raises(AnalysisError, match="shapes do not match"):
         load_recon(tmp_path / "shape.npz")
+
+
+def test_one_line_keeps_the_end_of_a_long_message() -> None:
+    from prefit.analysis.load import one_line
+
+    long = "/a/very/long/path/" * 30 + "psnr.parquet: is also in\n/another/folder: a job run twice?"
+    assert one_line(long) == " ".join(long.split())  # a few hundred characters: whole, on one line
+    huge = "start " + "x" * 5000 + " the remedy"
+    cut = one_line(huge)
+    assert len(cut) <= 2000 and cut.startswith("start ") and cut.endswith(" the remedy") and " ... " in cut

@@ -64,10 +64,14 @@ class Sweep:
         )  # fmt: skip
 
 
-def one_line(exc: BaseException | str) -> str:
-    """An exception's text on one line of at most 200 characters."""
+def one_line(exc: BaseException | str, limit: int = 2000) -> str:
+    """An exception's text on one line. Paths make messages long, and their ends say what to do, so only a
+    text beyond `limit` characters is cut, in the middle: its start and its end are kept."""
     text = " ".join(str(exc).split())
-    return text if len(text) <= 200 else text[:197] + "..."
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
 
 
 def span(values: Iterable[int]) -> str:
