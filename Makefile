@@ -110,7 +110,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -n auto $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check prefit tests hydra_plugins

@@ -57,6 +57,7 @@ def test_notebook_structure() -> None:
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
 
 
+@pytest.mark.slow  # a Jupyter kernel in a subprocess, twice: `make test` runs it, `make test-fast` not
 @pytest.mark.parametrize("cell", [None, "3x32"])
 def test_notebook_executes(analysis_dir: Path, kernel_name: str, cell: str | None, tmp_path: Path) -> None:
     executed = execute_notebook(analysis_dir, tmp_path / "run.ipynb", cell=cell, kernel_name=kernel_name, timeout=120)
