@@ -36,7 +36,11 @@ def test_the_report_sets_each_resolution_side_by_side(sweep: Path, tmp_path: Pat
     verdicts = text.split("## Verdicts per resolution")[1].split("##")[0]
     assert "dataset.resolution=" not in verdicts and "| 3x32 | other_class |" in verdicts  # a column, not a variant
     pngs = [p for p in written.values() if p.suffix == ".png"]
-    assert len(pngs) == 2 and all(p.stat().st_size > 1000 for p in pngs)
+    assert len(pngs) == 2 + 2 and all(p.stat().st_size > 1000 for p in pngs)  # paired differences, curves per cell
+    assert "resolution_psnr_3hls_32hfs.png" in text
+    # the synthetic pre-fit schemes climb faster than random at every epoch: they lead to the end, ahead
+    lead = text.split("| cell | scheme | leads random until epoch (32x32)")[1].split("\n\n")[0]
+    assert "| 2x32 | same_class | the end | +" in lead and "| 3x32 | other_class | the end | +" in lead
 
 
 def test_a_sweep_over_another_key_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -60,3 +64,17 @@ def test_the_command_line_and_the_protocol_report_section(sweep: Path, tmp_path:
     text = findings.read_text()
     assert "## Beyond 32x32" in text and "capped AUC (64x64)" in text
     assert (tmp_path / "findings" / "resolution_paired_capped.png").is_file()
+
+
+def test_the_lead_is_the_last_epoch_a_pre_fit_start_is_ahead() -> None:
+    import pandas as pd
+
+    from prefit.analysis.resolution import BY, ByResolution, lead_table
+
+    means = {"random": [10, 20, 30, 40], "same_class": [15, 25, 28, 39], "other_class": [5, 6, 7, 8]}
+    curves = pd.DataFrame([{"hls": 2, "hfs": 32, BY: "64x64", "scheme": s, "epoch": e, "mean": float(v)}
+                           for s, values in means.items() for e, v in enumerate(values)])  # fmt: skip
+    data = ByResolution(run=None, long=pd.DataFrame(), auc=pd.DataFrame(), sides=[64], variant_labels={})
+    table = lead_table(curves, data)
+    assert "| 2x32 | same_class | 1 | -1.00 |" in table  # ahead at epochs 0 and 1, behind from 2 on
+    assert "| 2x32 | other_class | never | -32.00 |" in table

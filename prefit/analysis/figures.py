@@ -113,13 +113,15 @@ def plot_cell_curves(curves: pd.DataFrame, hls: int, hfs: int, n_triples: int, p
 
 
 def plot_cell_pair(curves: dict[str, pd.DataFrame], hls: int, hfs: int, triples: dict[str, int],
-                   palette: dict[str, str], cap: float | None = None) -> Figure:  # fmt: skip
-    """One cell under several protocols (in the order of `curves`), side by side on one y axis."""
+                   palette: dict[str, str], cap: float | None = None,
+                   panel: str = "{} protocol") -> Figure:  # fmt: skip
+    """One cell under several protocols (or resolutions: `panel` words each panel's key), in the order of
+    `curves`, side by side on one y axis."""
     fig = Figure(figsize=(6.5 * len(curves), 5.2), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(curves), sharey=True, sharex=True, squeeze=False)[0]
     for ax, (protocol, frame) in zip(axes, curves.items(), strict=True):
         draw_cell_curves(ax, frame, palette, labels={}, cap=cap)
-        ax.set_title(f"{protocol} protocol: mean ± 1 std over {triples[protocol]} triples", fontsize=10)
+        ax.set_title(f"{panel.format(protocol)}: mean ± 1 std over {triples[protocol]} triples", fontsize=10)
     for ax in axes[1:]:
         ax.set_ylabel("")
     _merged_legend(fig, axes, fontsize=9)

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from prefit.model import n_weights
-from prefit.schema import BASELINE, cell_label
+from prefit.schema import BASELINE, cell_label, cell_stem
 
-from .figures import plot_paired_stats, scheme_palette, write_figure
+from .figures import plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
 from .load import AnalysisError, span
 from .pipeline import Analysed, analyse, write_text
 from .reduce import DEFAULT_PSNR_CAP, cell_order, measures_in, scheme_order
@@ -53,6 +53,7 @@ class ByResolution:
     long: pd.DataFrame
     auc: pd.DataFrame
     sides: list[int]
+    variant_labels: dict[str, str]  # the sweep's variant (`dataset.resolution=64`) -> its label (`64x64`)
 
     @property
     def labels(self) -> list[str]:
@@ -79,7 +80,8 @@ def split_by_resolution(run: Analysed) -> ByResolution:
         side = frame[VARIANT].astype(str).map(sides)
         return frame.assign(**{BY: side.map(side_label), "side": side, VARIANT: ""})
 
-    return ByResolution(run, relabel(run.long), relabel(run.auc), sorted(set(sides.values())))
+    labels = {v: side_label(side) for v, side in sides.items()}
+    return ByResolution(run, relabel(run.long), relabel(run.auc), sorted(set(sides.values())), labels)
 
 
 def difficulty_table(data: ByResolution) -> str:
@@ -99,6 +101,31 @@ def difficulty_table(data: ByResolution) -> str:
             rows.append([cell_label(hls, hfs), side_label(side), f"{n_weights(hls, hfs) / (3 * side * side):.2f}",
                          f"{np.nanmean(final):.1f} ± {np.nanstd(final):.1f}",
                          *(f"{reached[db]} of {len(part)}" for db in (30, 40)), part["triple"].nunique()])  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def lead_table(curves: pd.DataFrame, data: ByResolution) -> str:
+    """Per cell, scheme and resolution: up to which epoch the pre-fit start's mean PSNR is above the random
+    start's (the last epoch it leads), and the gap of the means at the last epoch. `curves`: curves.parquet rows
+    with the resolution column."""
+    schemes = [s for s in scheme_order(curves["scheme"].unique()) if s != BASELINE]
+    header = ["cell", "scheme"] + [f"{k} ({label})" for label in data.labels
+                                   for k in ("leads random until epoch", "final gap, dB")]  # fmt: skip
+    rows = []
+    for hls, hfs in cell_order({(int(h), int(f)) for h, f in zip(curves["hls"], curves["hfs"], strict=True)}):
+        for scheme in schemes:
+            row: list[object] = [cell_label(hls, hfs), scheme]
+            for label in data.labels:
+                part = curves[(curves["hls"] == hls) & (curves["hfs"] == hfs) & (curves[BY] == label)]
+                means = part.pivot_table(index="epoch", columns="scheme", values="mean")
+                if scheme not in means or BASELINE not in means:
+                    row += ["—", "—"]
+                    continue
+                ahead = means.index[(means[scheme] > means[BASELINE]).to_numpy()]
+                last = int(means.index.max())
+                row += ["never" if len(ahead) == 0 else ("the end" if ahead.max() == last else int(ahead.max())),
+                        f"{means[scheme].iloc[-1] - means[BASELINE].iloc[-1]:+.2f}"]  # fmt: skip
+            rows.append(row)
     return markdown_table(header, rows)
 
 
@@ -170,9 +197,18 @@ def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dic
         fig = plot_paired_stats(data.long, palette, m, data.labels, by=BY)
         written.append(write_figure(fig, figures_dir / f"resolution_paired{m.suffix}.png"))
         figures[m.label] = Path(os.path.relpath(written[-1], link_base)).as_posix()
+    curves = data.run.curves.assign(**{BY: data.run.curves[VARIANT].astype(str).map(data.variant_labels)})
+    cells = cell_order({(int(h), int(f)) for h, f in zip(data.auc["hls"], data.auc["hfs"], strict=True)})
+    links = []
+    for hls, hfs in cells:
+        frames = {k: curves[(curves["hls"] == hls) & (curves["hfs"] == hfs) & (curves[BY] == k)] for k in data.labels}
+        here = data.auc[(data.auc["hls"] == hls) & (data.auc["hfs"] == hfs)]
+        triples = {k: here[here[BY] == k]["triple"].nunique() for k in data.labels}
+        fig = plot_cell_pair(frames, hls, hfs, triples, palette, run.psnr_cap, panel="{}")
+        written.append(write_figure(fig, figures_dir / f"resolution_psnr_{cell_stem(hls, hfs)}.png"))
+        links.append({"cell": (hls, hfs), "link": Path(os.path.relpath(written[-1], link_base)).as_posix()})
     jobs, total, devices = jobs_table(data)
     sources = sorted({str(info.get("data", "?")) for info in run.sweep.runs.values()})
-    cells = cell_order({(int(h), int(f)) for h, f in zip(data.auc["hls"], data.auc["hfs"], strict=True)})
     return {
         **method_context(run.ci_method), "root": run.sweep.root, "sources": sources, "cells": cells,
         "labels": data.labels, "protocol": str(data.long["protocol"].iloc[0]), "psnr_cap": run.psnr_cap,
@@ -181,7 +217,7 @@ def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dic
         "verdicts": verdict_table(data.long, measures, BY, data.labels),
         "counts": count_table(data.long, measures, BY, data.labels), "tally": tally(data), "figures": figures,
         "jobs": jobs, "total": total, "devices": devices, "changes": verdict_changes(data),
-        "span": duration(sweep_span(data)),
+        "span": duration(sweep_span(data)), "curves": links, "lead": lead_table(curves, data),
     }, written  # fmt: skip
 
 
