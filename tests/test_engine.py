@@ -154,3 +154,14 @@ def test_engines_agree_for_a_wide_siren_one_member_per_chunk():
     batched, sequential = both_engines(2, TrainConfig(epochs=30, progress=False), max_members=1, hfs=100)
     gap = psnr_gap(batched, sequential)
     assert gap < 1e-3, f"engines differ by {gap:.2e} dB"
+
+
+def test_the_numeric_modules_import_neither_hydra_nor_numba_up_front():
+    """The engine takes FitOptions, not a Hydra config; numba loads when a CPU step is first built."""
+    import subprocess
+    import sys
+
+    code = ("import sys, prefit.engine, prefit.model, prefit.optim, prefit.precision; "
+            "print(','.join(m for m in ('hydra', 'omegaconf', 'numba') if m in sys.modules))")  # fmt: skip
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", loaded
