@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from tqdm.auto import trange
 
 from prefit.config import Config, MetaConfig
-from prefit.data import coordinate_grid
+from prefit.data import coordinate_grid, side_of
 from prefit.engine import fit_batched
 from prefit.io import atomic_path
 from prefit.model import Params, init_params, stack_params, triple_generator
@@ -65,7 +64,7 @@ def reptile(cfg: Config, meta: MetaConfig, signals: torch.Tensor, device: torch.
     theta = init_params(hls, hfs, w0, triple_generator(cfg.seed, META_STREAM))
     rng = np.random.default_rng([cfg.seed, META_STREAM])
     inner = replace(cfg.train, epochs=meta.inner_steps, lr=meta.inner_lr, snapshot_epochs=[], progress=False)
-    coords = coordinate_grid(math.isqrt(signals.shape[1]))  # signals are square images, row-major
+    coords = coordinate_grid(side_of(signals.shape[1]))
     for step in trange(meta.outer_steps, desc=f"{hls}x{hfs} meta", disable=not cfg.train.progress, leave=False):
         tasks = rng.choice(signals.shape[0], size=meta.meta_batch, replace=False)
         start = stack_params([theta] * meta.meta_batch)

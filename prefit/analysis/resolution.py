@@ -164,17 +164,19 @@ def tally(data: ByResolution) -> list[dict[str, object]]:
 def verdict_changes(data: ByResolution) -> list[str]:
     """Every cell, scheme and measure whose verdict is not the same at every resolution, as one line each:
     `3x64 same_class, epochs to 40 dB: **beats** (-79.5) at 32x32, unclear (+64.55) at 64x64`."""
-    lines = []
     measures = {m.name: m for m in measures_in(data.auc.columns)}
     rows = data.long[data.long["measure"].isin(list(measures))]
+    changed = {}
     for (hls, hfs, scheme, name), part in rows.groupby(["hls", "hfs", "scheme", "measure"], sort=False):
         by_label = {str(r[BY]): r for _, r in part.iterrows()}
-        if len({by_label[k]["verdict"] for k in by_label}) > 1:
+        if len({r["verdict"] for r in by_label.values()}) > 1:
             shown = ", ".join(f"{verdict_text(by_label[k])} at {k}" for k in data.labels if k in by_label)
-            lines.append((cell_order([(int(hls), int(hfs))]), scheme, name,
-                          f"{cell_label(int(hls), int(hfs))} {scheme}, {measures[name].label}: {shown}"))  # fmt: skip
+            changed[(int(hls), int(hfs)), scheme, name] = f"{cell_label(int(hls), int(hfs))} {scheme}, " \
+                f"{measures[name].label}: {shown}"
+    cells = {c: i for i, c in enumerate(cell_order({cell for cell, _, _ in changed}))}
+    schemes = {s: i for i, s in enumerate(scheme_order({s for _, s, _ in changed}))}
     order = {n: i for i, n in enumerate(measures)}
-    return [line for *_, line in sorted(lines, key=lambda x: (int(x[0][0][1]), x[1] != "same_class", order[x[2]]))]
+    return [changed[k] for k in sorted(changed, key=lambda k: (cells[k[0]], schemes[k[1]], order[k[2]]))]
 
 
 def sweep_span(data: ByResolution) -> float | None:

@@ -34,7 +34,7 @@ from prefit.data.cifar import (
 )
 from prefit.data.image_dir import IMAGE_EXTENSIONS, read_image_dir
 from prefit.data.pickles import safe_load
-from prefit.data.tensors import SIDE, coordinate_grid, to_signal, to_uint8
+from prefit.data.tensors import SIDE, coordinate_grid, side_of, to_signal, to_uint8
 from prefit.data.triples import Triple, draw_pool, draw_triples, max_triples
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ __all__ = [
     "read_image_dir",
     "safe_load",
     "to_signal",
+    "side_of",
     "to_uint8",
 ]
 

@@ -26,6 +26,14 @@ def to_signal(images: np.ndarray) -> torch.Tensor:
     return (x / 127.5 - 1.0).reshape(x.shape[0], -1, 3)
 
 
+def side_of(pixels: int) -> int:
+    """The side of a square image of `pixels` pixels (a signal's row count); ValueError if it is not square."""
+    side = math.isqrt(pixels)
+    if side * side != pixels:
+        raise ValueError(f"{pixels} pixels are not a square image")
+    return side
+
+
 def to_uint8(signal: torch.Tensor | np.ndarray, side: int | None = None) -> np.ndarray:
     """float [..., H*W, 3] in [-1, 1] -> uint8 [..., H, W, 3], rounded and clipped.
 
@@ -33,9 +41,6 @@ def to_uint8(signal: torch.Tensor | np.ndarray, side: int | None = None) -> np.n
     """
     x = np.asarray(signal.detach().cpu() if isinstance(signal, torch.Tensor) else signal, dtype=np.float32)
     if side is None:
-        pixels = x.shape[-2]
-        side = math.isqrt(pixels)
-        if side * side != pixels:
-            raise ValueError(f"to_uint8: {pixels} pixels are not a square image; pass side=")
+        side = side_of(x.shape[-2])
     x = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
     return x.reshape(*x.shape[:-2], side, side, 3)
