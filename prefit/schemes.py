@@ -19,6 +19,7 @@ Under `protocol=chained` (the original code's aliasing defect) each triple is on
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -28,7 +29,7 @@ import torch
 
 from prefit.config import Config
 from prefit.data import DataError, ImageSet, Triple, coordinate_grid, draw_pool, to_signal, to_uint8
-from prefit.engine import fit, psnr_from_loss, snapshot_epochs_resolved
+from prefit.engine import fit, flops_per_member_epoch, psnr_from_loss, snapshot_epochs_resolved
 from prefit.meta import learned_init
 from prefit.model import Params, init_params, member_params, stack_params, triple_generator
 
@@ -217,12 +218,14 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
         )
     current: list[Params] = [meta_init if m.start == "meta" else inits[m.triple] for m in plan.members]
     frames, recon_parts = [], []
+    fit_s, member_epochs = 0.0, 0
     stages = max(len(m.fits) for m in plan.members)
     for stage in range(stages):
         active = [i for i, m in enumerate(plan.members) if len(m.fits) > stage]
         specs = [plan.members[i].fits[stage] for i in active]
         targets = plan.signals[[s.image for s in specs]]
         desc = f"{hls}x{hfs} stage {stage + 1}/{stages}"
+        clock = time.perf_counter()
         result = fit(
             cfg.train.engine,
             stack_params([current[i] for i in active]),
@@ -234,6 +237,8 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
             max_members=max_members,
             desc=desc,
         )
+        fit_s += time.perf_counter() - clock
+        member_epochs += len(active) * cfg.train.epochs
         for j, i in enumerate(active):
             current[i] = member_params(result.params, j)
         triples = [plan.members[i].triple for i in active]
@@ -246,7 +251,22 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
             )
     rows = pd.concat(frames, ignore_index=True)
     fits = len(rows) // cfg.train.epochs
+    info.update(fit_rate(fit_s, member_epochs, flops_per_member_epoch(hls, hfs, plan.side**2)))
     return CellResult(rows, _recon(cfg, plan, recon_parts), len(plan.members), fits, info)
+
+
+def fit_rate(fit_s: float, member_epochs: int, flops_each: float) -> dict[str, float | int | None]:
+    """The engine's own rate, for run.json: seconds inside `fit` (transfers, compilation and capture included,
+    the meta-initialisation's fits not), member-epochs fitted, and what that makes per member-epoch and in
+    GFLOP/s (`flops_each`: one member-epoch's). `python -m prefit.bench.compare` holds it against the
+    benchmark's steady-state figure."""
+    per = fit_s / member_epochs if member_epochs and fit_s > 0 else None
+    return {
+        "fit_s": round(fit_s, 3),
+        "member_epochs": member_epochs,
+        "ms_per_member_epoch": None if per is None else round(1e3 * per, 6),
+        "gflops": None if per is None else round(flops_each / per / 1e9, 3),
+    }
 
 
 def _rows(

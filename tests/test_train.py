@@ -100,7 +100,12 @@ def test_single_cell_writes_skips_and_overwrites(cifar_dir, tmp_path):
     check_schema(out / "psnr.parquet", pq.read_schema(out / "psnr.parquet"))  # what the analysis will accept
     recon = np.load(out / "recon.npz")
     assert recon["recon"].shape == (9, 2, 32, 32, 3)  # 3 triples x 3 schemes; epochs 0 and 19 (100, 500 > last)
-    assert json.loads((out / "run.json").read_text())["lease"] is None  # a CPU job takes no GPU lease
+    record = json.loads((out / "run.json").read_text())
+    assert record["lease"] is None  # a CPU job takes no GPU lease
+    assert record["member_epochs"] == len(rows) and 0 < record["fit_s"] <= record["wall_s"]  # one row per epoch
+    assert record["ms_per_member_epoch"] == pytest.approx(1e3 * record["fit_s"] / len(rows), rel=1e-3)
+    weights = (2 * 8 + 8) + (8 * 8 + 8) + (8 * 3 + 3)  # tiny(): 1 x 8, (x, y) in, RGB out
+    assert record["gflops"] == pytest.approx(6 * 1024 * weights / (record["fit_s"] / len(rows)) / 1e9, rel=1e-2)
 
     again = train(*tiny(cifar_dir), f"hydra.run.dir={out}")
     assert "skipped" in again.stdout + again.stderr
