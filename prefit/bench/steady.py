@@ -8,7 +8,9 @@ with CUDA events around the loop alone, and the median counts. Three forms of th
 
 - `fused_graph`: the CUDA engine as `prefit.train` runs it (fused kernels, captured epochs replayed);
 - `fused_eager`: the same launches, not captured (what capture buys);
-- `torch_eager`: the plain torch step with `prefit.optim`'s Adam and plateau (`train.kernels=torch`).
+- `torch_eager`: the plain torch step with `prefit.optim`'s Adam and plateau (`train.kernels=torch`);
+- `fused_graph_3xtf32`, `fused_graph_tf32`: `fused_graph` with `train.matmul_precision=3xtf32` and `high`
+  (what the products' precision costs or buys, in the same run as fp32).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from prefit.engine.steps import SirenStep
 from prefit.model import Params
 from prefit.optim import BatchedAdam, BatchedPlateau
 
-FORMS = ("fused_graph", "fused_eager", "torch_eager")
+# form -> (kernels, captured, train.matmul_precision)
+FORMS = {
+    "fused_graph": ("fused", True, "highest"),
+    "fused_eager": ("fused", False, "highest"),
+    "torch_eager": ("torch", False, "highest"),
+    "fused_graph_3xtf32": ("fused", True, "3xtf32"),
+    "fused_graph_tf32": ("fused", True, "high"),
+}
 
 
 def _clock(device: torch.device) -> Callable[[Callable[[], None]], float]:
@@ -74,25 +83,25 @@ def epoch_times(
     w0: float,
     epochs: int = 200,
     repeats: int = 5,
-    forms: tuple[str, ...] = FORMS,
-    precision: str = "highest",
+    forms: tuple[str, ...] = tuple(FORMS),
 ) -> dict[str, dict[str, float]]:
-    """Median and range of ms per epoch (the whole chunk) for each form, and its GFLOP/s.
+    """Median and range of ms per epoch (the whole chunk) for each form (`FORMS`), and its GFLOP/s. Captured
+    forms are left out off CUDA.
 
     `params` and `target` should already be on the device: their transfer is not part of an epoch.
     """
     device, members = target.device, target.shape[0]
     hls, hfs = len(params) - 2, params[0][0].shape[2]
     flops = flops_per_member_epoch(hls, hfs, target.shape[1]) * members
-    train = FitOptions(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
     measure = _clock(device)
     out: dict[str, dict[str, float]] = {}
     for form in forms:
-        if form == "torch_eager":
+        kernels, capture, precision = FORMS[form]
+        train = FitOptions(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
+        if kernels == "torch":
             run = _torch_epochs(params, coords, target, train, w0)
             run()  # warm-up: the allocator's pages, cuBLAS's handles
         else:
-            capture = form == "fused_graph"
             if capture and device.type != "cuda":
                 continue
             chunk = FusedChunk(params, coords, target, train, w0, {})
@@ -126,7 +135,7 @@ def steady_state_cell(
     per_member = flops_per_member_epoch(hls, hfs, target.shape[1])
     rate = 0.6 * ceilings["fp32"] * 1e9
     epochs = int(min(500, max(10, seconds_per_repeat * rate / (per_member * members))))
-    forms = FORMS if target.device.type == "cuda" else ("torch_eager",)
+    forms = tuple(FORMS) if target.device.type == "cuda" else ("torch_eager",)
     times = epoch_times(params, coords, target, w0, epochs=epochs, repeats=repeats, forms=forms)
     record: dict = {"members": members, "epochs": epochs, "repeats": repeats}
     for form, t in times.items():
