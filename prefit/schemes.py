@@ -218,7 +218,7 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
         )
     current: list[Params] = [meta_init if m.start == "meta" else inits[m.triple] for m in plan.members]
     frames, recon_parts = [], []
-    fit_s, member_epochs = 0.0, 0
+    timings: list[dict[str, float | int]] = []  # per stage: members fitted together, seconds inside `fit`
     stages = max(len(m.fits) for m in plan.members)
     for stage in range(stages):
         active = [i for i, m in enumerate(plan.members) if len(m.fits) > stage]
@@ -237,8 +237,7 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
             max_members=max_members,
             desc=desc,
         )
-        fit_s += time.perf_counter() - clock
-        member_epochs += len(active) * cfg.train.epochs
+        timings.append({"members": len(active), "fit_s": round(time.perf_counter() - clock, 3)})
         for j, i in enumerate(active):
             current[i] = member_params(result.params, j)
         triples = [plan.members[i].triple for i in active]
@@ -251,21 +250,24 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
             )
     rows = pd.concat(frames, ignore_index=True)
     fits = len(rows) // cfg.train.epochs
-    info.update(fit_rate(fit_s, member_epochs, flops_per_member_epoch(hls, hfs, plan.side**2)))
+    info.update(fit_rate(timings, cfg.train.epochs, flops_per_member_epoch(hls, hfs, plan.side**2)))
     return CellResult(rows, _recon(cfg, plan, recon_parts), len(plan.members), fits, info)
 
 
-def fit_rate(fit_s: float, member_epochs: int, flops_each: float) -> dict[str, float | int | None]:
-    """The engine's own rate, for run.json: seconds inside `fit` (transfers, compilation and capture included,
-    the meta-initialisation's fits not), member-epochs fitted, and what that makes per member-epoch and in
-    GFLOP/s (`flops_each`: one member-epoch's). `python -m prefit.bench.compare` holds it against the
-    benchmark's steady-state figure."""
+def fit_rate(stages: list[dict[str, float | int]], epochs: int, flops_each: float) -> dict[str, object]:
+    """The engine's own rate, for run.json: per stage the members fitted together and the seconds inside `fit`
+    (transfers, compilation and capture included; the meta-initialisation's fits not), and over the cell the
+    seconds, member-epochs, ms per member-epoch and GFLOP/s (`flops_each`: one member-epoch's flops).
+    `python -m prefit.bench.compare` holds a stage against the benchmark's figure for as many members."""
+    fit_s = sum(float(t["fit_s"]) for t in stages)
+    member_epochs = sum(int(t["members"]) for t in stages) * epochs
     per = fit_s / member_epochs if member_epochs and fit_s > 0 else None
     return {
         "fit_s": round(fit_s, 3),
         "member_epochs": member_epochs,
         "ms_per_member_epoch": None if per is None else round(1e3 * per, 6),
         "gflops": None if per is None else round(flops_each / per / 1e9, 3),
+        "stages": stages,
     }
 
 

@@ -103,6 +103,8 @@ def test_single_cell_writes_skips_and_overwrites(cifar_dir, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["lease"] is None  # a CPU job takes no GPU lease
     assert record["member_epochs"] == len(rows) and 0 < record["fit_s"] <= record["wall_s"]  # one row per epoch
+    assert [s["members"] for s in record["stages"]] == [9, 6]  # 3 triples: random and both pre-fits, then 2 fits
+    assert sum(s["fit_s"] for s in record["stages"]) == pytest.approx(record["fit_s"], abs=1e-2)
     assert record["ms_per_member_epoch"] == pytest.approx(1e3 * record["fit_s"] / len(rows), rel=1e-3)
     weights = (2 * 8 + 8) + (8 * 8 + 8) + (8 * 3 + 3)  # tiny(): 1 x 8, (x, y) in, RGB out
     assert record["gflops"] == pytest.approx(6 * 1024 * weights / (record["fit_s"] / len(rows)) / 1e9, rel=1e-2)

@@ -76,8 +76,10 @@ def parse_engines(text: str) -> tuple[str, ...]:
     return tuple(e for e in ENGINES if e in names)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's usage-plus-message becomes our one line
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage-plus-message turned into one BenchError line."""
+
+    def error(self, message: str) -> None:
         raise BenchError(message)
 
 
@@ -101,7 +103,7 @@ def _description() -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Command line -> Options (raises BenchError on bad input)."""
-    p = _Parser(prog="python -m prefit.bench", description=_description())
+    p = Parser(prog="python -m prefit.bench", description=_description())
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=_positive(int), help="torch intra-op threads (default: torch's)")
     p.add_argument("--cells", type=str, help="HLSxHFS,... (default: 2x32,3x128,3x512,8x1024)")

@@ -1,0 +1,301 @@
+"""Hold benchmark figures against real training runs, and against the performance targets.
+
+    python -m prefit.bench.compare BENCH.json [BENCH.json ...] [--sweep DIR ...] [--epochs 2000] [--out FILE.md]
+
+A benchmark is only worth its figure if a study runs at that rate. `prefit.train` records in run.json the
+seconds inside the engine's fits of each stage (`stages`: the members fitted together, and `fit_s`, transfers
+and compilation included). A cell's stages fit different numbers of members (independent protocol: 60, the
+random fits and the pre-fits, then 40), and a narrow cell's epoch costs about the same for 40 members as for
+100, so the benchmark's figure for N members is held against the stages that fitted N members together, per
+cell, device model and resolution; the two agree when they differ by at most 10 %.
+
+It also reports each sweep's span (first job's start to last job's finish, jobs side by side) and what that
+span comes to at `--epochs` epochs: the fits' seconds scale with the epochs, the rest of a job's time (loading
+data, compiling, writing) does not, and the span is taken to scale as the summed job time does. Last, the
+targets of docs/performance.md ("The targets") are filled from whatever the inputs measured; a target nothing
+here measured reads "unmeasured".
+
+Markdown on stdout (and in `--out`, written atomically). Bad input: one line `error: ...`, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefit.bench.options import BenchError, Parser
+from prefit.io import atomic_write
+from prefit.schema import GRID_HFS, GRID_HLS, RUN_FILE
+
+AGREE = 0.10  # the benchmark's figure and the training run's may differ by this share
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of docs/performance.md's targets: a chunk's epoch at a cell, or a protocol's whole grid."""
+
+    what: str
+    limit: float
+    unit: str
+    cell: tuple[int, int] | None = None  # None: the full grid (GRID_HLS x GRID_HFS)
+    members: int = 0  # a chunk's members (a cell's target)
+    triples: int = 20  # a grid's triples and epochs (the grid's target)
+    epochs: int = 2000
+
+
+TARGETS = (
+    Target("2 x 32, 100 members, one epoch", 0.3, "ms", (2, 32), 100),
+    Target("8 x 1024, 60 members, one epoch, fp32", 66.0, "ms", (8, 1024), 60),
+    Target("full grid, one protocol, 20 triples, 2000 epochs", 15.0, "min"),
+)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BenchError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise BenchError(f"{path}: not readable as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_bench(path: Path) -> dict[str, Any]:
+    data = read_json(path)
+    if not isinstance(data.get("machine"), dict) or not isinstance(data.get("cells"), list):
+        raise BenchError(f"{path}: not a prefit.bench output (no machine and cells)")
+    return data
+
+
+@dataclass
+class SweepRuns:
+    """The complete jobs of one sweep folder (their run.json records)."""
+
+    root: Path
+    runs: list[dict[str, Any]]
+
+    @classmethod
+    def read(cls, root: Path) -> SweepRuns:
+        if not root.is_dir():
+            raise BenchError(f"--sweep {root}: no such folder")
+        runs = [read_json(p) for p in sorted(root.rglob(RUN_FILE))]
+        runs = [r for r in runs if r.get("status") == "complete"]
+        if not runs:
+            raise BenchError(f"--sweep {root}: no complete job (no run.json with status complete)")
+        return cls(root, runs)
+
+    def epochs(self) -> int:
+        found = {int(r["config"]["train"]["epochs"]) for r in self.runs}
+        return found.pop() if len(found) == 1 else 0
+
+    def cells(self) -> set[tuple[int, int]]:
+        return {(int(r["cell"]["hls"]), int(r["cell"]["hfs"])) for r in self.runs}
+
+    def span_s(self) -> float | None:
+        try:
+            starts = [datetime.fromisoformat(r["started"]) for r in self.runs]
+            ends = [datetime.fromisoformat(r["finished"]) for r in self.runs]
+        except (KeyError, TypeError, ValueError):
+            return None
+        return (max(ends) - min(starts)).total_seconds()
+
+    def span_at(self, epochs: int) -> float | None:
+        """The span at `epochs` epochs: fits scaled, the rest of each job kept (see the module's doc)."""
+        span, now = self.span_s(), self.epochs()
+        if span is None or not now or any(r.get("fit_s") is None for r in self.runs):
+            return None
+        job = sum(float(r["wall_s"]) for r in self.runs)
+        fit = sum(float(r["fit_s"]) for r in self.runs)
+        return span * (job + fit * (epochs / now - 1.0)) / job
+
+
+def device_kind(name: str) -> str:
+    """'cuda:0' -> 'cuda': a benchmark on `cuda` is held against jobs on any GPU of the same model."""
+    return str(name).split(":")[0]
+
+
+def train_rates(sweeps: Sequence[SweepRuns]) -> dict[tuple, dict[str, Any]]:
+    """(hls, hfs, resolution, device kind, device name, members) -> the summed seconds and member-epochs of
+    the jobs' stages that fitted that many members together."""
+    rates: dict[tuple, dict[str, Any]] = {}
+    for sweep in sweeps:
+        for r in sweep.runs:
+            epochs = int(r["config"]["train"]["epochs"])
+            for stage in r.get("stages") or ():  # none in a run.json from before stages were recorded
+                key = (
+                    int(r["cell"]["hls"]), int(r["cell"]["hfs"]), int(r.get("resolution") or 32),
+                    device_kind(r.get("device", "?")), r.get("device_name"), int(stage["members"]),
+                )  # fmt: skip
+                into = rates.setdefault(key, {"fit_s": 0.0, "member_epochs": 0, "stages": 0})
+                into["fit_s"] += float(stage["fit_s"])
+                into["member_epochs"] += int(stage["members"]) * epochs
+                into["stages"] += 1
+    return rates
+
+
+def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) -> tuple[list[dict], list[str]]:
+    """One row per benchmarked cell whose members a sweep's stage fitted together on the same device model and
+    resolution; and a line for each benchmarked cell that a sweep ran only with other members per stage."""
+    rates, rows, unmatched = train_rates(sweeps), [], []
+    for bench in benches:
+        machine = bench["machine"]
+        for cell in bench["cells"]:
+            bench_ms = (cell.get("ms_per_member_epoch") or {}).get("batched")
+            where = (
+                cell["hls"], cell["hfs"], int(cell.get("resolution") or 32),
+                device_kind(machine["device"]), machine.get("device_name"),
+            )  # fmt: skip
+            key = (*where, int(cell["members"]))
+            if bench_ms is None:
+                continue
+            if key not in rates:
+                others = sorted({k[-1] for k in rates if k[:-1] == where}, reverse=True)
+                if others:
+                    unmatched.append(f"{cell['hls']}x{cell['hfs']}: benchmarked with {cell['members']} members, "
+                                     f"trained in stages of {', '.join(map(str, others))} (`--members N` matches)")
+                continue
+            rate = rates[key]
+            train_ms = 1e3 * rate["fit_s"] / rate["member_epochs"]
+            rows.append({
+                "cell": f"{cell['hls']}x{cell['hfs']}", "resolution": key[2], "device": machine.get("device_name"),
+                "members": key[-1], "bench_ms": bench_ms, "bench_timing": cell.get("batched_timing", "whole_fits"),
+                "train_ms": train_ms, "stages": rate["stages"], "ratio": train_ms / bench_ms,
+                "agrees": abs(train_ms / bench_ms - 1.0) <= AGREE,
+            })  # fmt: skip
+    return rows, unmatched
+
+
+def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[float, str] | None:
+    """A chunk's fp32 epoch at the target's cell: the steady-state figure (scaled to the target's members when
+    the benchmark's chunk held another number, and said so), or None if no benchmark timed it."""
+    for bench in benches:
+        for cell in bench["cells"]:
+            steady = cell.get("steady_state") or {}
+            form = steady.get("fused_graph")
+            if (cell["hls"], cell["hfs"]) != target.cell or not form:
+                continue
+            name = bench["machine"].get("device_name")
+            if steady["members"] == target.members:
+                return form["ms_per_epoch"], f"{name}, steady state"
+            scaled = form["ms_per_member_epoch"] * target.members
+            return scaled, f"{name}, scaled from a chunk of {steady['members']} members"
+    return None
+
+
+def grid_span(sweeps: Sequence[SweepRuns], target: Target) -> tuple[float, str] | None:
+    """Minutes of the first sweep that ran the whole grid with the target's triples, at its epochs."""
+    full = {(h, f) for h in GRID_HLS for f in GRID_HFS}
+    for sweep in sweeps:
+        span = sweep.span_at(target.epochs)
+        if span is None or not full <= sweep.cells() or any(r.get("triples") != target.triples for r in sweep.runs):
+            continue
+        names = ", ".join(sorted({str(r.get("device_name")) for r in sweep.runs}))
+        return span / 60, f"{names}; {sweep.root.name} at {sweep.epochs()} epochs, scaled"
+    return None
+
+
+def target_rows(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) -> list[dict[str, Any]]:
+    """docs/performance.md's targets, each with what the inputs measured (None: unmeasured) and its source."""
+    rows = []
+    for target in TARGETS:
+        found = chunk_epoch(benches, target) if target.cell else grid_span(sweeps, target)
+        value, source = found if found else (None, "unmeasured")
+        rows.append({"what": target.what, "target": f"<= {target.limit:g} {target.unit}", "value": value,
+                     "unit": target.unit, "met": None if value is None else value <= target.limit,
+                     "source": source})  # fmt: skip
+    return rows
+
+
+def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epochs: int) -> str:
+    """The whole report as Markdown."""
+    lines = ["# Benchmark against training", ""]
+    for bench in benches:
+        m = bench["machine"]
+        tf32 = f", TF32 {m['ceiling_tf32_gflops']:.4g}" if m.get("ceiling_tf32_gflops") else ""
+        lines.append(f"- bench on {m['device']} ({m.get('device_name')}), torch {m.get('torch')}: `torch.mm` "
+                     f"ceiling fp32 {m['ceiling_gflops']:.4g} GFLOP/s{tf32}")  # fmt: skip
+    lines += ["", "## Targets", "", "| what | target | measured | met | from |", "| --- | --- | --- | --- | --- |"]
+    for r in target_rows(benches, sweeps):
+        value = "unmeasured" if r["value"] is None else f"{r['value']:.3g} {r['unit']}"
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "no")
+        lines.append(f"| {r['what']} | {r['target']} | {value} | {met} | {r['source']} |")
+    lines += ["", "## Steady-state epochs (one chunk, ms per epoch; GFLOP/s; share of the fp32 ceiling)", ""]
+    lines += steady_table(benches) or ["No benchmark here timed steady-state epochs (`--steady`, default on CUDA)."]
+    lines += ["", f"## The benchmark against `prefit.train` (agree: within {AGREE:.0%})", ""]
+    rows, unmatched = agreement(benches, sweeps)
+    if rows:
+        lines += ["| cell | resolution | device | members | bench ms/member-epoch | timing | train ms/member-epoch | "
+                  "stages | train / bench | agree |", "|" + " --- |" * 10]  # fmt: skip
+        lines += [f"| {r['cell']} | {r['resolution']} | {r['device']} | {r['members']} | {r['bench_ms']:.4g} | "
+                  f"{r['bench_timing']} | {r['train_ms']:.4g} | {r['stages']} | {r['ratio']:.3f} | "
+                  f"{'yes' if r['agrees'] else 'no'} |" for r in rows]  # fmt: skip
+    else:
+        lines.append("No cell was benchmarked with as many members as a training stage fitted together, on the same "
+                     "device model and resolution.")  # fmt: skip
+    lines += [f"- {line}" for line in unmatched]
+    lines += ["", f"## Sweeps (span: first start to last finish; at {epochs} epochs: fits scaled)", ""]
+    for sweep in sweeps:
+        span, scaled = sweep.span_s(), sweep.span_at(epochs)
+        job = sum(float(r["wall_s"]) for r in sweep.runs)
+        lines.append(f"- `{sweep.root}`: {len(sweep.cells())} cells, {len(sweep.runs)} jobs, "
+                     f"{sweep.epochs() or 'mixed'} epochs; span {_minutes(span)}, job time {_minutes(job)}; "
+                     f"at {epochs} epochs {_minutes(scaled)}")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def steady_table(benches: Sequence[dict[str, Any]]) -> list[str]:
+    forms = sorted({f for b in benches for c in b["cells"] for f in (c.get("steady_state") or {})
+                    if isinstance((c.get("steady_state") or {})[f], dict)})  # fmt: skip
+    rows = []
+    for bench in benches:
+        for cell in bench["cells"]:
+            steady = cell.get("steady_state")
+            if not steady:
+                continue
+            parts = []
+            for form in forms:
+                s = steady.get(form)
+                parts.append("-" if not s else f"{s['ms_per_epoch']:.4g} ms; {s['gflops']:.4g}; "
+                             f"{100 * s.get('fraction_fp32', float('nan')):.0f} %")  # fmt: skip
+            rows.append(f"| {cell['hls']}x{cell['hfs']} | {steady['members']} | " + " | ".join(parts) + " |")
+    if not rows:
+        return []
+    return ["| cell | members | " + " | ".join(forms) + " |", "| --- | --- |" + " --- |" * len(forms), *rows]
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry; bad input -> `error: ...` on stderr and exit 2."""
+    p = Parser(prog="python -m prefit.bench.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("bench", nargs="+", type=Path, help="prefit.bench JSON outputs")
+    p.add_argument("--sweep", action="append", type=Path, default=[], help="a sweep folder (repeatable)")
+    p.add_argument("--epochs", type=int, default=2000, help="epochs to scale each sweep's span to (default 2000)")
+    p.add_argument("--out", type=Path, help="also write the report here")
+    try:
+        args = p.parse_args(argv)
+        if args.epochs < 1:
+            raise BenchError(f"--epochs must be >= 1, got {args.epochs}")
+        benches = [read_bench(path) for path in args.bench]
+        sweeps = [SweepRuns.read(root) for root in args.sweep]
+        text = render(benches, sweeps, args.epochs)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

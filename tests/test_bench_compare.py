@@ -1,0 +1,106 @@
+"""prefit.bench.compare: the benchmark held against training runs' own rates and against the targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prefit.bench.compare import SweepRuns, agreement, main, target_rows
+from prefit.schema import GRID_HFS, GRID_HLS
+
+GPU = "NVIDIA H100 80GB HBM3"
+
+
+def bench_json(path: Path, cells: list[dict], device: str = "cuda", name: str = GPU) -> Path:
+    machine = {"device": device, "device_name": name, "torch": "2.11", "ceiling_gflops": 51000.0}
+    path.write_text(json.dumps({"machine": machine, "cells": cells}))
+    return path
+
+
+def cell(hls: int, hfs: int, ms: float, steady_members: int | None = None, epoch_ms: float = 0.0) -> dict:
+    steady = None
+    if steady_members:
+        graph = {"ms_per_epoch": epoch_ms, "ms_per_member_epoch": epoch_ms / steady_members, "gflops": 1.0,
+                 "fraction_fp32": 0.5}  # fmt: skip
+        steady = {"members": steady_members, "epochs": 100, "fused_graph": graph}
+    return {"hls": hls, "hfs": hfs, "resolution": 32, "members": 100, "ms_per_member_epoch": {"batched": ms},
+            "batched_timing": "steady_state", "steady_state": steady}  # fmt: skip
+
+
+def job(folder: Path, hls: int, hfs: int, stages: list[tuple[int, float]], wall_s: float, start: int,
+        epochs: int = 200, device: str = "cuda:0", triples: int = 20, status: str = "complete") -> None:  # fmt: skip
+    """A job's run.json: `stages` as (members fitted together, seconds inside the fit)."""
+    folder.mkdir(parents=True)
+    fit_s = sum(t for _, t in stages)
+    record = {
+        "status": status, "cell": {"hls": hls, "hfs": hfs}, "resolution": 32, "triples": triples,
+        "device": device, "device_name": GPU, "wall_s": wall_s, "fit_s": fit_s,
+        "member_epochs": sum(m for m, _ in stages) * epochs,
+        "stages": [{"members": m, "fit_s": t} for m, t in stages],
+        "started": f"2026-11-25T10:00:{start:02d}+00:00",
+        "finished": f"2026-11-25T10:00:{start + int(wall_s):02d}+00:00",
+        "config": {"train": {"epochs": epochs}},
+    }  # fmt: skip
+    (folder / "run.json").write_text(json.dumps(record))
+
+
+def test_agreement_holds_a_bench_against_the_stages_of_as_many_members(tmp_path):
+    bench = json.loads(bench_json(tmp_path / "b.json", [cell(2, 32, 0.010), cell(3, 128, 0.100)]).read_text())
+    job(tmp_path / "s" / "0", 2, 32, [(100, 0.20), (40, 5.0)], wall_s=6, start=0)  # 0.010 ms at 100 members
+    job(tmp_path / "s" / "1", 2, 32, [(100, 0.24)], wall_s=3, start=1)  # 0.012 ms
+    job(tmp_path / "s" / "2", 3, 128, [(100, 2.0)], wall_s=3, start=2, device="cpu")  # another device
+    job(tmp_path / "s" / "3", 3, 128, [(60, 2.0)], wall_s=3, start=3)  # other members per stage
+    job(tmp_path / "s" / "4", 3, 128, [(100, 9.0)], wall_s=3, start=4, status="running")  # unfinished
+    rows, unmatched = agreement([bench], [SweepRuns.read(tmp_path / "s")])
+    (row,) = rows  # 2x32 only; the 40-member stage is not held against a 100-member bench
+    assert row["cell"] == "2x32" and row["members"] == 100 and row["stages"] == 2
+    assert row["train_ms"] == pytest.approx(0.44e3 / 40_000) and row["ratio"] == pytest.approx(1.1)
+    assert row["agrees"]  # 10 % is within the limit; more is not:
+    assert unmatched == ["3x128: benchmarked with 100 members, trained in stages of 60 (`--members N` matches)"]
+    job(tmp_path / "s" / "5", 2, 32, [(100, 0.26)], wall_s=3, start=5)
+    assert not agreement([bench], [SweepRuns.read(tmp_path / "s")])[0][0]["agrees"]
+
+
+def test_targets_take_the_steady_state_and_the_scaled_grid_span(tmp_path):
+    benches = [json.loads(bench_json(tmp_path / "b.json", [
+        cell(2, 32, 0.002, steady_members=100, epoch_ms=0.25), cell(8, 1024, 1.0, steady_members=100, epoch_ms=120.0),
+    ]).read_text())]  # fmt: skip
+    for k, (hls, hfs) in enumerate((h, f) for h in GRID_HLS for f in GRID_HFS):
+        # every job 4 s, 2 of them fitting; all side by side over 10 s: at 2000 epochs fits x10 -> 22/4 x span
+        job(tmp_path / "grid" / str(k), hls, hfs, [(60, 1.5), (40, 0.5)], wall_s=4, start=k % 7)
+    rows = {r["what"].split(",")[0]: r for r in target_rows(benches, [SweepRuns.read(tmp_path / "grid")])}
+    assert rows["2 x 32"]["value"] == pytest.approx(0.25) and rows["2 x 32"]["met"]
+    assert rows["8 x 1024"]["value"] == pytest.approx(120.0 / 100 * 60) and rows["8 x 1024"]["met"] is False
+    assert "scaled from a chunk of 100" in rows["8 x 1024"]["source"]
+    assert rows["full grid"]["value"] == pytest.approx(10 * 22 / 4 / 60) and rows["full grid"]["met"]
+    # without a whole grid of 20 triples, the grid's target stays unmeasured
+    rows = target_rows(benches, [SweepRuns.read(tmp_path / "grid" / "0")])
+    assert rows[2]["value"] is None and rows[2]["source"] == "unmeasured"
+
+
+def test_the_command_writes_the_report_and_refuses_bad_input(tmp_path, capsys):
+    bench = bench_json(tmp_path / "b.json", [cell(2, 32, 0.010)])
+    job(tmp_path / "s" / "0", 2, 32, [(100, 0.2)], wall_s=3, start=0)
+    assert main([str(bench), "--sweep", str(tmp_path / "s"), "--out", str(tmp_path / "r.md")]) == 0
+    report = (tmp_path / "r.md").read_text()
+    assert report == capsys.readouterr().out
+    assert "| 2x32 | 32 | NVIDIA H100 80GB HBM3 | 100 | 0.01 | steady_state | 0.01 | 1 | 1.000 | yes |" in report
+    assert "| full grid, one protocol, 20 triples, 2000 epochs | <= 15 min | unmeasured |" in report
+
+    (tmp_path / "bad.json").write_text("{not json")
+    for argv, says in (
+        ([str(tmp_path / "missing.json")], "no such file"),
+        ([str(tmp_path / "bad.json")], "not readable as JSON"),
+        ([str(bench), "--sweep", str(tmp_path / "nowhere")], "no such folder"),
+        ([str(bench), "--sweep", str(tmp_path)], None),  # tmp_path holds s/0: fine
+        ([str(bench), "--epochs", "0"], "--epochs must be >= 1"),
+        (["--nonsense"], "arguments"),
+    ):
+        code = main(argv)
+        err = capsys.readouterr().err
+        if says is None:
+            assert code == 0
+            continue
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ") and says in err
