@@ -244,8 +244,8 @@ def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epoch
     for sweep in sweeps:
         span, scaled = sweep.span_s(), sweep.span_at(epochs)
         job = sum(float(r["wall_s"]) for r in sweep.runs)
-        lines.append(f"- `{sweep.root}`: {len(sweep.cells())} cells, {len(sweep.runs)} jobs, "
-                     f"{sweep.epochs() or 'mixed'} epochs; span {_minutes(span)}, job time {_minutes(job)}; "
+        lines.append(f"- `{sweep.root}`: cells {len(sweep.cells())}, jobs {len(sweep.runs)}, "
+                     f"epochs {sweep.epochs() or 'mixed'}; span {_minutes(span)}, job time {_minutes(job)}; "
                      f"at {epochs} epochs {_minutes(scaled)}")  # fmt: skip
     return "\n".join(lines) + "\n"
 
