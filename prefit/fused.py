@@ -122,6 +122,7 @@ if triton is not None:
         power1 = tl.load(powers_ptr) * beta1
         power2 = tl.load(powers_ptr + 1) * beta2
         bias1 = 1.0 - power1
+        tl.debug_barrier()  # every thread has read t and the powers before any writes them (one warp anyway)
         tl.store(powers_ptr, power1)
         tl.store(powers_ptr + 1, power2)
         tl.store(powers_ptr + 2, tl.sqrt(1.0 - power2))
@@ -193,7 +194,11 @@ def sincos_bias_(s: torch.Tensor, c: torch.Tensor, b: torch.Tensor, w0: float) -
     """s <- sin(s + w0 b), c <- cos(s + w0 b) for s [M, pixels, H], b [M, 1, H]: one pass."""
     n, width = s.numel(), s.shape[2]
     grid = (triton.cdiv(n, ELEMENTWISE_BLOCK),)
-    _sincos_bias_kernel[grid](s, c, b, w0, n, s.shape[1] * width, width, BLOCK=ELEMENTWISE_BLOCK, PRECISE=PRECISE)
+    # enable_fp_fusion=False: s + w0 b rounded twice, as torch does; a fused multiply-add moves the sine's
+    # argument by an ulp, and at a hundred radians an ulp is 8e-6
+    _sincos_bias_kernel[grid](
+        s, c, b, w0, n, s.shape[1] * width, width, BLOCK=ELEMENTWISE_BLOCK, PRECISE=PRECISE, enable_fp_fusion=False
+    )
 
 
 def cos_grad_(g: torch.Tensor, c: torch.Tensor, gb: torch.Tensor, w0: float) -> None:
@@ -276,12 +281,13 @@ def schedule(
 ) -> None:
     """One epoch's bookkeeping: losses[epoch] <- loss, lrs[epoch] <- lr; this epoch's Adam step size and
     bias correction; the plateau schedule's update of lr; epoch += 1. One program: the counter is read and
-    advanced by the same one, and a chunk has at most a few thousand members."""
+    advanced by the same one, and a chunk has at most a few thousand members. One warp: the scalar state is
+    read by every thread and written by one, and warps of one program are not ordered without a barrier."""
     members = loss.shape[0]
     consts = state.constants(betas, factor, threshold, min_lr, eps)
     _schedule_kernel[(1,)](
         loss, state.lr, state.best, state.bad_epochs, losses, lrs, state.step_size, state.powers, state.epoch,
-        consts, members, losses.shape[0], patience, BLOCK=min(1024, triton.next_power_of_2(members)),
+        consts, members, losses.shape[0], patience, BLOCK=min(1024, triton.next_power_of_2(members)), num_warps=1,
     )  # fmt: skip
 
 

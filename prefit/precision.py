@@ -30,15 +30,39 @@ def tf32(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class SplitWork:
+    """Reusable (hi, lo) buffers for the operands of `3xtf32` products, one pair per operand side ("a" or "b")
+    and shape. They are made on first use (the eager epoch before a capture), so a captured epoch allocates
+    nothing and no copy of them is held in a graph's private memory pool; products run in stream order, so
+    the next product's split cannot overwrite operands a previous one still reads."""
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def pair(self, side: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (side, tuple(like.shape), like.dtype, like.device)
+        if key not in self.pairs:
+            self.pairs[key] = (torch.empty_like(like), torch.empty_like(like))
+        return self.pairs[key]
+
+
+def split_tf32(
+    x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(hi, lo) with hi = x rounded to nearest at 10 mantissa bits (exact in TF32) and lo = x - hi (exact).
 
-    The fused kernel does this in one pass where it can run; torch's integer ops do it elsewhere.
+    `x` is contiguous or the transpose of a contiguous tensor (as the engine's operands are): the latter is
+    split in its memory order and the halves transposed back, so no copy is made. `out`: buffers shaped like
+    that memory order (`SplitWork.pair`). The fused kernel does the split in one pass where it can run;
+    torch's integer ops do it elsewhere.
     """
     from prefit import fused
 
+    if not x.is_contiguous() and x.mT.is_contiguous():
+        hi, lo = split_tf32(x.mT, out)
+        return hi.mT, lo.mT
     x = x.contiguous()
-    hi, lo = torch.empty_like(x), torch.empty_like(x)
+    hi, lo = out if out is not None else (torch.empty_like(x), torch.empty_like(x))
     if fused.available(x.device):
         fused.split_tf32_(x, hi, lo)
     else:
@@ -48,11 +72,18 @@ def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, lo
 
 
-def product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float, precision: str) -> torch.Tensor:
-    """out <- alpha * (a @ b) for batched a [M, n, k], b [M, k, m], at `precision` (see the module's doc)."""
+def _memory_order(x: torch.Tensor) -> torch.Tensor:
+    return x.mT if not x.is_contiguous() and x.mT.is_contiguous() else x
+
+
+def product(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float, precision: str, work: SplitWork | None = None
+) -> torch.Tensor:
+    """out <- alpha * (a @ b) for batched a [M, n, k], b [M, k, m], at `precision` (see the module's doc).
+    `work` holds the `3xtf32` split buffers between calls (None: fresh ones each call)."""
     if precision == "3xtf32":
-        a_hi, a_lo = split_tf32(a)
-        b_hi, b_lo = split_tf32(b)
+        a_hi, a_lo = split_tf32(a, work.pair("a", _memory_order(a)) if work else None)
+        b_hi, b_lo = split_tf32(b, work.pair("b", _memory_order(b)) if work else None)
         with tf32(True):
             out.baddbmm_(a_lo, b_hi, beta=0.0, alpha=alpha)  # the small terms first
             out.baddbmm_(a_hi, b_lo, alpha=alpha)

@@ -150,7 +150,7 @@ def check_memory(cfg: Config, device: torch.device) -> None:
             f"({weight_bytes / 2**30:.2f} GiB of weights each), this machine has {available / 2**30:.1f} GiB free"
         )
     if device.type == "cuda":
-        per_member = cuda_bytes_per_member(hls, hfs, pixels)
+        per_member = cuda_bytes_per_member(hls, hfs, pixels, cfg.train)
         total = torch.cuda.get_device_properties(device.index or 0).total_memory
         if per_member > total:
             raise ConfigError(
@@ -182,9 +182,9 @@ def device_share(
     """
     hls, hfs, pixels = cfg.model.hls, cfg.model.hfs, cfg.dataset.side**2
     if device.type != "cuda":
-        yield device, cfg.train.max_members or auto_max_members(hls, hfs, device, pixels), None
+        yield device, cfg.train.max_members or auto_max_members(hls, hfs, device, pixels, fit=cfg.train), None
         return
-    per_member = cuda_bytes_per_member(hls, hfs, pixels)
+    per_member = cuda_bytes_per_member(hls, hfs, pixels, cfg.train)
     at_once = min(members, cfg.train.max_members or members)
     need = at_once * per_member
     least = need if cfg.train.max_members else min(at_once, MIN_CHUNK) * per_member
@@ -194,7 +194,7 @@ def device_share(
         device = torch.device("cuda", lease.device)
         torch.cuda.set_device(device)  # work that names no device (streams, caches) lands there too
         max_members = cfg.train.max_members or auto_max_members(
-            hls, hfs, device, pixels, budget_bytes=lease.granted_bytes
+            hls, hfs, device, pixels, budget_bytes=lease.granted_bytes, fit=cfg.train
         )
         record = {
             "device": lease.device,

@@ -119,7 +119,8 @@ def test_argument_parsing():
     assert parse_cells("2x32, 3X128") == ((2, 32), (3, 128))
     opts = parse_args(["--quick", "--epochs", "7", "--engines", "original,batched"])
     assert opts.epochs == 7 and opts.repeats == 1 and opts.engines == ("batched", "original")
-    for argv in (["--epochs", "0"], ["--engines", "fast"], ["--nope"], ["--cells", ""]):
+    assert opts.ceiling_size == 256 and parse_args(["--quick", "--ceiling-size", "4096"]).ceiling_size == 4096
+    for argv in (["--epochs", "0"], ["--engines", "fast"], ["--nope"], ["--cells", ""], ["--ceiling-size", "0"]):
         with pytest.raises(BenchError):
             parse_args(argv)
 

@@ -88,8 +88,9 @@ def test_products_relative_error_against_float64():
         return ((out.double().cpu() - exact).abs().max() / exact.abs().max()).item()
 
     fp32, tf32x3, tf32 = error("highest"), error("3xtf32"), error("high")
-    assert tf32x3 < 2 * fp32 + 1e-7
-    assert tf32 > 100 * tf32x3
+    measured = f"relative errors: fp32 {fp32:.2e}, 3xtf32 {tf32x3:.2e}, tf32 {tf32:.2e}"  # docs/performance.md
+    assert tf32x3 < 2 * fp32 + 1e-7, measured
+    assert tf32 > 100 * tf32x3, measured
 
 
 def test_fused_sine_is_accurate_for_large_arguments():
@@ -107,7 +108,8 @@ def test_fused_sine_is_accurate_for_large_arguments():
 
 def test_bench_on_cuda_reports_the_steady_state(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "prefit.bench", "--quick", "--device", "cuda", "--cells", "2x32", "--out", "b.json"],
+        [sys.executable, "-m", "prefit.bench", "--quick", "--device", "cuda", "--cells", "2x32", "--out", "b.json",
+         "--ceiling-size", "4096"],  # --quick's 256 x 256 product would time launches, not the tensor cores
         capture_output=True,
         text=True,
         timeout=300,

@@ -164,3 +164,72 @@ def test_3xtf32_needs_the_fused_step():
     train = TrainConfig(epochs=2, progress=False, kernels="compiled", matmul_precision="3xtf32")
     with pytest.raises(ConfigError, match="3xtf32"):
         fit_batched(members(1, 1, 4), targets(1, coords), coords, train, 30.0, torch.device("cpu"), max_members=1)
+
+
+def test_3xtf32_splits_reuse_their_buffers_and_copy_no_transpose():
+    """The split of a transposed operand is the split of its memory, transposed back (no copy); a step's split
+    buffers are made once, one pair per side and shape, so a captured epoch allocates nothing; and the products
+    are the same with the buffers as without."""
+    x = torch.randn(3, 10, 7, generator=torch.Generator().manual_seed(6)) * 50
+    hi, lo = split_tf32(x.mT)
+    assert hi.data_ptr() != x.data_ptr() and not hi.is_contiguous() and hi.mT.is_contiguous()
+    ref_hi, ref_lo = split_tf32(x.mT.contiguous())
+    assert torch.equal(hi, ref_hi) and torch.equal(lo, ref_lo)
+
+    coords = small_grid()
+    params, target = members(2, 2, 6), targets(2, coords)
+    on = [(w.to(DEVICE), b.to(DEVICE)) for w, b in params]
+    step = FusedStep(on, coords.to(DEVICE), target.to(DEVICE), 30.0, precision="3xtf32")
+    first = [g.clone() for pair in step()[2] for g in pair]
+    buffers = {k: (h.data_ptr(), lo.data_ptr()) for k, (h, lo) in step.work.pairs.items()}
+    shapes = {(side, shape[1:]) for side, shape, _, _ in buffers}
+    pixels, width = coords.shape[0], 6
+    assert ("a", (pixels, width)) in shapes and ("b", (pixels, width)) in shapes  # activations, both sides
+    assert ("b", (width, width)) in shapes  # a hidden layer's weights
+    step()
+    assert {k: (h.data_ptr(), lo.data_ptr()) for k, (h, lo) in step.work.pairs.items()} == buffers
+
+    fresh = FusedStep(on, coords.to(DEVICE), target.to(DEVICE), 30.0, precision="3xtf32")
+    fresh.work = None  # a fresh pair per product
+    for g, f in zip(first, (g for pair in fresh()[2] for g in pair)):
+        assert torch.equal(g, f)
+
+
+def held_bytes(root: object) -> int:
+    """Bytes of every tensor storage reachable from `root` through attributes, containers and views."""
+    seen_objects, storages, todo = set(), {}, [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen_objects:
+            continue
+        seen_objects.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(obj, dict):
+            todo += list(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            todo += list(obj)
+        elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("prefit"):
+            todo += list(vars(obj).values())
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("precision", ["highest", "3xtf32"])
+def test_cuda_bytes_per_member_covers_what_a_chunk_holds(precision):
+    """The memory estimate that sizes CUDA chunks and leases bounds what a FusedChunk really allocates (after
+    an epoch, when the 3xtf32 split buffers exist), and is not loose by more than its allocator margin and
+    some: counted here from the chunk's own tensors, at a size where the flat buffers' padding is small."""
+    from prefit.engine import cuda_bytes_per_member
+    from prefit.engine.cuda import FusedChunk
+    from prefit.engine.options import FitOptions
+
+    n, hls, hfs, side = 32, 2, 32, 8
+    coords = small_grid(side)
+    params = [(w.to(DEVICE), b.to(DEVICE)) for w, b in members(n, hls, hfs)]
+    fit = FitOptions(epochs=3, progress=False, snapshot_epochs=[0, -1], matmul_precision=precision)
+    chunk = FusedChunk(params, coords.to(DEVICE), targets(n, coords).to(DEVICE), fit, 30.0, {0: 0, 2: 1})
+    chunk.epoch()
+    per_member = held_bytes(chunk) / n + held_bytes(params) / n  # the start stays alive while the step is built
+    estimate = cuda_bytes_per_member(hls, hfs, side * side, fit)
+    assert estimate / 2 < per_member <= estimate

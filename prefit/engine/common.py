@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from prefit.engine.options import FitOptions
 from prefit.errors import ConfigError
 from prefit.model import Params, n_weights
 
@@ -51,20 +52,30 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def cuda_bytes_per_member(hls: int, hfs: int, pixels: int = 1024) -> int:
-    """Device memory one member of a chunk holds on CUDA, in bytes.
+def cuda_bytes_per_member(hls: int, hfs: int, pixels: int = 1024, fit: FitOptions | None = None) -> int:
+    """Device memory one member of a chunk holds on CUDA, in bytes, fitting with `fit` (None: the defaults).
 
-    Parameters, gradients and Adam's two moments (4 copies of the weights); the sine and cosine of every sine
-    layer, two back-propagated gradients and the split operands of `3xtf32` products (3 more activation sets);
-    prediction, residual and target ([3, pixels] each). A quarter more for the allocator's rounding.
+    Parameters, gradients, Adam's two moments and the chunk's copy of the start while the step is built (5
+    copies of the weights); the sine and cosine of every sine layer and two back-propagated gradients;
+    coordinates, prediction, residual and target; the kept snapshots; the per-epoch loss and learning rate.
+    `3xtf32` adds its split operands (`prefit.precision.SplitWork`): a (hi, lo) pair for each side of a
+    product, 4 activation sets, and 2 copies of the weights. A quarter more for the allocator's rounding.
     """
-    weights = n_weights(hls, hfs)
-    activations = (2 * (hls + 1) + 5) * pixels * hfs
-    return int(1.25 * 4 * (4 * weights + activations + 3 * 3 * pixels))
+    fit = fit or FitOptions()
+    split = fit.matmul_precision == "3xtf32"
+    copies = 5 + (2 if split else 0)
+    activations = (2 * (hls + 1) + 2 + (4 if split else 0)) * pixels * hfs
+    images = (2 + 3 * 3 + 3 * len(fit.snapshot_epochs)) * pixels
+    return int(1.25 * (4 * (copies * n_weights(hls, hfs) + activations + images) + 12 * fit.epochs))
 
 
 def auto_max_members(
-    hls: int, hfs: int, device: torch.device, pixels: int = 1024, budget_bytes: int | None = None
+    hls: int,
+    hfs: int,
+    device: torch.device,
+    pixels: int = 1024,
+    budget_bytes: int | None = None,
+    fit: FitOptions | None = None,
 ) -> int:
     """How many members to fit at once when train.max_members is null.
 
@@ -73,13 +84,13 @@ def auto_max_members(
     its weights four times (parameters, gradients, Adam's two moments) and its target and prediction (pixels x 3
     each), 64 MB at most per chunk.
     On CUDA the bound is memory: `budget_bytes` (a job's share of a device that jobs share), else half of
-    what the device has free, divided by `cuda_bytes_per_member`.
+    what the device has free, divided by `cuda_bytes_per_member` (with `fit`'s precision, snapshots, epochs).
     """
     if device.type == "cuda":
         if budget_bytes is None:
             free, _ = torch.cuda.mem_get_info(device)
             budget_bytes = free // 2
-        return max(1, int(budget_bytes // cuda_bytes_per_member(hls, hfs, pixels)))
+        return max(1, int(budget_bytes // cuda_bytes_per_member(hls, hfs, pixels, fit)))
     return max(1, int(64 * 2**20 // (16 * n_weights(hls, hfs) + 2 * 12 * pixels)))
 
 

@@ -15,13 +15,15 @@ the same numbers). On a CPU both run under Triton's interpreter, which is how th
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from prefit import fused
 from prefit.engine.common import FitResult, flops_per_member_epoch, psnr_from_loss
 from prefit.engine.options import FitOptions
 from prefit.model import Params
-from prefit.precision import product
+from prefit.precision import SplitWork, product
 
 # A captured graph holds enough epochs that one replay is about this many flops of work (a narrow cell's
 # epoch is tens of microseconds), and never more than MAX_EPOCHS_PER_GRAPH epochs.
@@ -58,6 +60,7 @@ class FusedStep:
         like = params[0][0]
         device = like.device
         self.w0, self.precision = w0, precision
+        self.work = SplitWork() if precision == "3xtf32" else None  # made in the first (eager) epoch
         self.scale = 2.0 / (pixels * target.shape[2])
         self.layout = fused.FlatParams([t.shape for pair in params for t in pair], device)
         self.flat, self.grad_flat = self.layout.buffer(like), self.layout.buffer(like)
@@ -82,28 +85,28 @@ class FusedStep:
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """Loss [M] and predictions [M, pixels, 3] before the update, and the gradients (workspace views)."""
-        params, grads, w0, precision = self.params, self.grads, self.w0, self.precision
+        params, grads, w0, precision, work = self.params, self.grads, self.w0, self.precision, self.work
         x = self.coords
         for (w, b), s, c in zip(params[:-1], self.sines, self.cosines):
-            product(s, x, w, w0, precision)
+            product(s, x, w, w0, precision, work)
             fused.sincos_bias_(s, c, b, w0)
             x = s
         w, b = params[-1]
-        product(self.pred_t, w.transpose(1, 2), x.transpose(1, 2), 1.0, precision)
+        product(self.pred_t, w.transpose(1, 2), x.transpose(1, 2), 1.0, precision, work)
         gw, gb = grads[-1]
         fused.head(
             self.pred_t, b, self.target_t, self.grad_t, self.loss, gb, self.snaps, self.slots, self.epoch, self.scale
         )
-        gw.copy_(product(self.last_grad_t, self.grad_t, x, 1.0, precision).transpose(1, 2))
-        grad = product(self.back[0], self.grad_t.transpose(1, 2), w.transpose(1, 2), 1.0, precision)
+        gw.copy_(product(self.last_grad_t, self.grad_t, x, 1.0, precision, work).transpose(1, 2))
+        grad = product(self.back[0], self.grad_t.transpose(1, 2), w.transpose(1, 2), 1.0, precision, work)
         for layer in range(len(params) - 2, -1, -1):
             gw, gb = grads[layer]
             fused.cos_grad_(grad, self.cosines[layer], gb, w0)
             inputs = self.coords if layer == 0 else self.sines[layer - 1]
-            product(gw, inputs.transpose(1, 2), grad, w0, precision)
+            product(gw, inputs.transpose(1, 2), grad, w0, precision, work)
             if layer > 0:
                 free = self.back[1] if grad.data_ptr() == self.back[0].data_ptr() else self.back[0]
-                grad = product(free, grad, params[layer][0].transpose(1, 2), w0, precision)
+                grad = product(free, grad, params[layer][0].transpose(1, 2), w0, precision, work)
         return self.loss, self.pred_t.transpose(1, 2), grads
 
 
@@ -164,26 +167,31 @@ class FusedChunk:
                 progress(done - reported, self.step.loss)
                 reported = done
 
-        if capture and self.graph is None and epochs > 1:
-            current = torch.cuda.current_stream()
-            side = torch.cuda.Stream(device=self.losses.device)
-            side.wait_stream(current)
-            with torch.cuda.stream(side):
+        device = self.losses.device
+        # Triton launches on the current device, and torch.cuda.graph's default capture stream belongs to the
+        # device of a process's first capture: on a machine of several GPUs, this chunk's device must be current
+        # and its capture stream its own
+        with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+            if capture and self.graph is None and epochs > 1:
+                current = torch.cuda.current_stream(device)
+                side = torch.cuda.Stream(device=device)
+                side.wait_stream(current)
+                with torch.cuda.stream(side):
+                    self.epoch()  # compiles the kernels and allocates any workspace, outside the capture
+                current.wait_stream(side)
+                advance(1)
+                self.graph_epochs = min(self.epochs_per_graph, epochs - done)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph, stream=side):
+                    for _ in range(self.graph_epochs):
+                        self.epoch()
+            if capture and self.graph is not None:
+                while epochs - done >= self.graph_epochs:
+                    self.graph.replay()
+                    advance(self.graph_epochs)
+            while done < epochs:
                 self.epoch()
-            current.wait_stream(side)
-            advance(1)
-            self.graph_epochs = min(self.epochs_per_graph, epochs - done)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                for _ in range(self.graph_epochs):
-                    self.epoch()
-        if capture and self.graph is not None:
-            while epochs - done >= self.graph_epochs:
-                self.graph.replay()
-                advance(self.graph_epochs)
-        while done < epochs:
-            self.epoch()
-            advance(1)
+                advance(1)
 
     def snapshots(self) -> torch.Tensor:
         return self.step.snaps
@@ -194,6 +202,7 @@ def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, re
     target = targets[chunk].to(device)
     chunk_params = [(w[chunk].to(device), b[chunk].to(device)) for w, b in params]
     runner = FusedChunk(chunk_params, coords, target, train, w0, slots)
+    del chunk_params  # copied into the runner's flat buffer
     members = target.shape[0]
 
     def progress(epochs: int, loss: torch.Tensor) -> None:
