@@ -29,16 +29,18 @@ def cell(hls: int, hfs: int, ms: float, steady_members: int | None = None, epoch
             "batched_timing": "steady_state", "steady_state": steady}  # fmt: skip
 
 
-def job(folder: Path, hls: int, hfs: int, stages: list[tuple[int, float]], wall_s: float, start: int,
-        epochs: int = 200, device: str = "cuda:0", triples: int = 20, status: str = "complete") -> None:  # fmt: skip
-    """A job's run.json: `stages` as (members fitted together, seconds inside the fit)."""
+def job(folder: Path, hls: int, hfs: int, stages: list[tuple], wall_s: float, start: int, epochs: int = 200,
+        device: str = "cuda:0", triples: int = 20, status: str = "complete") -> None:  # fmt: skip
+    """A job's run.json: `stages` as (members fitted together, seconds inside the fit[, seconds of the steady
+    epochs, their member-epochs])."""
     folder.mkdir(parents=True)
-    fit_s = sum(t for _, t in stages)
+    fit_s = sum(t[1] for t in stages)
     record = {
         "status": status, "cell": {"hls": hls, "hfs": hfs}, "resolution": 32, "triples": triples,
         "device": device, "device_name": GPU, "wall_s": wall_s, "fit_s": fit_s,
-        "member_epochs": sum(m for m, _ in stages) * epochs,
-        "stages": [{"members": m, "fit_s": t} for m, t in stages],
+        "member_epochs": sum(t[0] for t in stages) * epochs,
+        "stages": [{"members": t[0], "fit_s": t[1], **({"loop_s": t[2], "loop_member_epochs": t[3]} if len(t) > 2
+                                                       else {})} for t in stages],
         "started": f"2026-11-25T10:00:{start:02d}+00:00",
         "finished": f"2026-11-25T10:00:{start + int(wall_s):02d}+00:00",
         "config": {"train": {"epochs": epochs}},
@@ -61,6 +63,20 @@ def test_agreement_holds_a_bench_against_the_stages_of_as_many_members(tmp_path)
     assert unmatched == ["3x128: benchmarked with 100 members, trained in stages of 60 (`--members N` matches)"]
     job(tmp_path / "s" / "5", 2, 32, [(100, 0.26)], wall_s=3, start=5)
     assert not agreement([bench], [SweepRuns.read(tmp_path / "s")])[0][0]["agrees"]
+
+
+def test_a_run_that_timed_its_steady_epochs_is_held_by_them(tmp_path):
+    """CUDA's fused path times its steady epochs: the bench's steady figure is held against those, not against
+    the whole fit (whose compilation and capture a 200-epoch run would count 10 times over)."""
+    bench = json.loads(bench_json(tmp_path / "b.json", [cell(2, 32, 0.010)]).read_text())
+    # whole fit: 1.0 s over 20,000 member-epochs = 0.05 ms; steady: 0.19 s over 19,900 member-epochs
+    job(tmp_path / "s" / "0", 2, 32, [(100, 1.0, 0.19, 19_900), (40, 0.4, 0.07, 7_960)], wall_s=3, start=0)
+    (row,), _ = agreement([bench], [SweepRuns.read(tmp_path / "s")])
+    assert row["basis"] == "steady" and row["train_ms"] == pytest.approx(0.05)
+    assert row["train_steady_ms"] == pytest.approx(190 / 19_900) and row["agrees"]
+    job(tmp_path / "s" / "1", 2, 32, [(100, 1.0)], wall_s=3, start=1)  # a job without: the whole fits count
+    (row,), _ = agreement([bench], [SweepRuns.read(tmp_path / "s")])
+    assert row["basis"] == "whole fit" and row["ratio"] == pytest.approx(0.05 / 0.010)
 
 
 def test_targets_take_the_steady_state_and_the_scaled_grid_span(tmp_path):
@@ -86,7 +102,8 @@ def test_the_command_writes_the_report_and_refuses_bad_input(tmp_path, capsys):
     assert main([str(bench), "--sweep", str(tmp_path / "s"), "--out", str(tmp_path / "r.md")]) == 0
     report = (tmp_path / "r.md").read_text()
     assert report == capsys.readouterr().out
-    assert "| 2x32 | 32 | NVIDIA H100 80GB HBM3 | 100 | 0.01 | steady_state | 0.01 | 1 | 1.000 | yes |" in report
+    row = "| 2x32 | 32 | NVIDIA H100 80GB HBM3 | 100 | 0.01 | steady_state | 0.01 | - | 1 | 1.000 | whole fit | yes |"
+    assert row in report
     assert "| full grid, one protocol, 20 triples, 2000 epochs | <= 15 min | unmeasured |" in report
 
     (tmp_path / "bad.json").write_text("{not json")

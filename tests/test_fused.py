@@ -123,6 +123,7 @@ def test_fused_engine_equals_the_sequential_engine():
     assert gap < 1e-3, f"fused and sequential engines differ by {gap:.2e} dB"
     assert torch.equal(a.lr, b.lr)
     assert (b.lr[:, -1] < train.lr).any()  # the plateau schedule acted within the run
+    assert a.loop_member_epochs == 3 * 39 and a.loop_s > 0  # two chunks' steady epochs: all but each one's first
     torch.testing.assert_close(a.snapshots, b.snapshots, rtol=1e-4, atol=1e-4)
     for (wa, ba), (wb, bb) in zip(a.params, b.params):
         torch.testing.assert_close(wa, wb, rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@ the same numbers). On a CPU both run under Triton's interpreter, which is how th
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 
 import torch
@@ -139,6 +140,8 @@ class FusedChunk:
         self.epochs_per_graph = int(max(1, min(MAX_EPOCHS_PER_GRAPH, FLOPS_PER_REPLAY // work)))
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_epochs = 0
+        self.warm = False  # the first epoch has run (and the graph is captured)
+        self.loop: tuple[object, object, int] | None = None  # (start, end, epochs) of the last run's steady epochs
 
     def epoch(self) -> None:
         """One epoch's launches; nothing is read back."""
@@ -155,8 +158,9 @@ class FusedChunk:
         )  # fmt: skip
 
     def run(self, capture: bool, progress=None) -> None:
-        """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The graph is captured on
-        the first call, after one eager epoch (which compiles the kernels); later calls replay it.
+        """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The first call begins with
+        one eager epoch (it compiles the kernels and makes any workspace) and, with `capture`, captures the
+        graph; later calls replay it. The epochs after that first one are the steady ones (`loop_seconds`).
         `progress(epochs, loss)` is called every PROGRESS_EVERY epochs and at the end."""
         epochs, done, reported = self.train.epochs, 0, 0
 
@@ -172,19 +176,10 @@ class FusedChunk:
         # device of a process's first capture: on a machine of several GPUs, this chunk's device must be current
         # and its capture stream its own
         with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-            if capture and self.graph is None and epochs > 1:
-                current = torch.cuda.current_stream(device)
-                side = torch.cuda.Stream(device=device)
-                side.wait_stream(current)
-                with torch.cuda.stream(side):
-                    self.epoch()  # compiles the kernels and allocates any workspace, outside the capture
-                current.wait_stream(side)
+            if not self.warm and epochs > 1:
+                self._warm_up(capture)
                 advance(1)
-                self.graph_epochs = min(self.epochs_per_graph, epochs - done)
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph, stream=side):
-                    for _ in range(self.graph_epochs):
-                        self.epoch()
+            start, first = _mark(device), done
             if capture and self.graph is not None:
                 while epochs - done >= self.graph_epochs:
                     self.graph.replay()
@@ -192,9 +187,50 @@ class FusedChunk:
             while done < epochs:
                 self.epoch()
                 advance(1)
+            self.loop = (start, _mark(device), done - first)
+
+    def _warm_up(self, capture: bool) -> None:
+        """The first epoch, eagerly; then, with `capture`, the graph of `epochs_per_graph` epochs (recorded, not
+        run), on a stream of this chunk's device."""
+        self.warm = True
+        if not capture:
+            self.epoch()
+            return
+        device = self.losses.device
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            self.epoch()
+        current.wait_stream(side)
+        self.graph_epochs = min(self.epochs_per_graph, self.train.epochs - 1)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, stream=side):
+            for _ in range(self.graph_epochs):
+                self.epoch()
 
     def snapshots(self) -> torch.Tensor:
         return self.step.snaps
+
+    def loop_seconds(self) -> tuple[float, int]:
+        """Seconds and epochs of the last run's steady epochs (0, 0 without any); waits for the device's clock,
+        so call it after the results have been read back."""
+        if self.loop is None or not self.loop[2]:
+            return 0.0, 0
+        start, end, epochs = self.loop
+        if isinstance(start, float):
+            return end - start, epochs
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3, epochs
+
+
+def _mark(device: torch.device) -> object:
+    """A point in the device's time: a recorded CUDA event, or the host's clock elsewhere."""
+    if device.type != "cuda":
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
 
 
 def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, result: FitResult, bar) -> Params:
@@ -215,4 +251,7 @@ def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, re
     result.lr[chunk] = runner.lrs.T.cpu()
     if slots:
         result.snapshots[chunk] = runner.snapshots().cpu()
+    seconds, epochs = runner.loop_seconds()
+    result.loop_s += seconds
+    result.loop_member_epochs += epochs * members
     return [(w.cpu().clone(), b.cpu().clone()) for w, b in runner.step.params]
