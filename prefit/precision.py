@@ -41,8 +41,9 @@ class SplitWork:
 
     def pair(self, side: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (side, tuple(like.shape), like.dtype, like.device)
-        if key not in self.pairs:
-            self.pairs[key] = (torch.empty_like(like), torch.empty_like(like))
+        if key not in self.pairs:  # contiguous, whatever `like`'s strides: the split writes flat memory
+            shape = dict(size=like.shape, dtype=like.dtype, device=like.device)
+            self.pairs[key] = (torch.empty(**shape), torch.empty(**shape))
         return self.pairs[key]
 
 
@@ -63,6 +64,8 @@ def split_tf32(
         return hi.mT, lo.mT
     x = x.contiguous()
     hi, lo = out if out is not None else (torch.empty_like(x), torch.empty_like(x))
+    if not (hi.is_contiguous() and lo.is_contiguous()):
+        raise ValueError("split_tf32: the out buffers must be contiguous")
     if fused.available(x.device):
         fused.split_tf32_(x, hi, lo)
     else:

@@ -238,8 +238,8 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
             desc=desc,
         )
         timings.append({"members": len(active), "fit_s": round(time.perf_counter() - clock, 3)})
-        if result.loop_member_epochs:
-            timings[-1].update(loop_s=round(result.loop_s, 4), loop_member_epochs=result.loop_member_epochs)
+        if result.steady_member_epochs:
+            timings[-1].update(steady_s=round(result.steady_s, 4), steady_member_epochs=result.steady_member_epochs)
         for j, i in enumerate(active):
             current[i] = member_params(result.params, j)
         triples = [plan.members[i].triple for i in active]
@@ -259,8 +259,8 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
 def fit_rate(stages: list[dict[str, float | int]], epochs: int, flops_each: float) -> dict[str, object]:
     """The engine's own rate, for run.json: per stage the members fitted together and the seconds inside `fit`
     (transfers, compilation and capture included; the meta-initialisation's fits not), and, where the engine
-    times them (CUDA's fused path), the seconds and member-epochs of its steady epochs (`loop_s`,
-    `loop_member_epochs`); over the cell the seconds, member-epochs, ms per member-epoch and GFLOP/s
+    times them (CUDA's fused path), the seconds and member-epochs of its steady epochs (`steady_s`,
+    `steady_member_epochs`); over the cell the seconds, member-epochs, ms per member-epoch and GFLOP/s
     (`flops_each`: one member-epoch's flops). `python -m prefit.bench.compare` holds a stage against the
     benchmark's figure for as many members."""
     fit_s = sum(float(t["fit_s"]) for t in stages)

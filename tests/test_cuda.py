@@ -54,9 +54,11 @@ def test_batched_on_cuda_equals_the_sequential_engine(hls, hfs):
     torch.testing.assert_close(batched.snapshots, sequential.snapshots, rtol=1e-3, atol=1e-3)
 
 
-def test_captured_epochs_equal_eager_ones_bit_for_bit():
-    captured = fit(CUDA, 6, 2, 32, 120, cuda_graphs=True)
-    eager = fit(CUDA, 6, 2, 32, 120, cuda_graphs=False)
+@pytest.mark.parametrize("precision", ["highest", "3xtf32"])  # 3xtf32: the split buffers made before capture
+def test_captured_epochs_equal_eager_ones_bit_for_bit(precision):
+    captured = fit(CUDA, 6, 2, 32, 120, cuda_graphs=True, matmul_precision=precision)
+    eager = fit(CUDA, 6, 2, 32, 120, cuda_graphs=False, matmul_precision=precision)
+    assert captured.steady_member_epochs == eager.steady_member_epochs == 6 * 119
     assert torch.equal(captured.loss, eager.loss)
     assert torch.equal(captured.lr, eager.lr)
     assert torch.equal(captured.snapshots, eager.snapshots)

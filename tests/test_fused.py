@@ -123,7 +123,7 @@ def test_fused_engine_equals_the_sequential_engine():
     assert gap < 1e-3, f"fused and sequential engines differ by {gap:.2e} dB"
     assert torch.equal(a.lr, b.lr)
     assert (b.lr[:, -1] < train.lr).any()  # the plateau schedule acted within the run
-    assert a.loop_member_epochs == 3 * 39 and a.loop_s > 0  # two chunks' steady epochs: all but each one's first
+    assert a.steady_member_epochs == 3 * 39 and a.steady_s > 0  # two chunks' steady epochs: all but each one's first
     torch.testing.assert_close(a.snapshots, b.snapshots, rtol=1e-4, atol=1e-4)
     for (wa, ba), (wb, bb) in zip(a.params, b.params):
         torch.testing.assert_close(wa, wb, rtol=1e-4, atol=1e-5)
@@ -234,3 +234,25 @@ def test_cuda_bytes_per_member_covers_what_a_chunk_holds(precision):
     per_member = held_bytes(chunk) / n + held_bytes(params) / n  # the start stays alive while the step is built
     estimate = cuda_bytes_per_member(hls, hfs, side * side, fit)
     assert estimate / 2 < per_member <= estimate
+
+
+def test_a_chunk_run_again_repeats_its_steady_epochs_without_warming_up_again():
+    """What the steady benchmark does: run, reset the epoch counter, run again. The second run's epochs are all
+    steady ones, and a one-epoch fit (which compiles) has none."""
+    from prefit.engine.cuda import FusedChunk
+    from prefit.engine.options import FitOptions
+
+    coords = small_grid(4)
+    params = [(w.to(DEVICE), b.to(DEVICE)) for w, b in members(2, 1, 4)]
+    target = targets(2, coords).to(DEVICE)
+    chunk = FusedChunk(params, coords.to(DEVICE), target, FitOptions(epochs=5, progress=False), 30.0, {})
+    chunk.run(capture=False)
+    assert chunk.warm and chunk.steady_seconds()[1] == 4
+    first = chunk.losses.clone()
+    chunk.state.epoch.zero_()
+    chunk.run(capture=False)
+    assert chunk.steady_seconds()[1] == 5
+    assert not torch.equal(chunk.losses, first)  # the fit went on from where it was (the records restart)
+    single = FusedChunk(params, coords.to(DEVICE), target, FitOptions(epochs=1, progress=False), 30.0, {})
+    single.run(capture=False)
+    assert single.steady_seconds() == (0.0, 0)

@@ -6,6 +6,7 @@ overrides, the records that come back, the comparison at the end) is checked her
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,25 +20,39 @@ SCRIPT = ROOT / "scripts" / "gpu-measure.sh"
 
 
 def measure(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "PYTHON": sys.executable, "ALLOW_CPU": "1", "SWEEP": str(tmp_path / "sweep"), **env}
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=environ, timeout=600)
+    """The script run from tmp_path (relative paths are the caller's), on the CPU, with this Python."""
+    environ = {**os.environ, "PYTHON": sys.executable, "ALLOW_CPU": "1", "SWEEP_ROOT": str(tmp_path), **env}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=environ, timeout=600,
+                          cwd=tmp_path)  # fmt: skip
 
 
-def test_an_unknown_stage_is_one_line_and_exit_2(tmp_path):
+def test_bad_usage_is_one_line_and_exit_2_before_anything_runs(tmp_path):
     proc = measure("nonsense", str(tmp_path / "out"), tmp_path=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown stage 'nonsense' (tests, bench, grid or all)"]
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().splitlines() == ["error: unknown stage 'nonsense' (tests, bench, agree, grid or all)"]
+    proc = measure("grid", tmp_path=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[0].startswith("error: usage: ")
 
 
 @pytest.mark.slow
-def test_the_grid_stage_runs_the_sweep_and_brings_back_records_and_the_comparison(cifar_dir, tmp_path):
-    out = tmp_path / "out"
-    proc = measure("grid", str(out), tmp_path=tmp_path, DATA=str(cifar_dir), GRID_EPOCHS="3",
-                   GRID_ARGS="model.hls=2 model.hfs=8 dataset.n_triples=2 train.progress=false")  # fmt: skip
+def test_the_grid_and_agree_stages_run_their_sweeps_and_bring_back_records_and_reports(cifar_dir, tmp_path):
+    env = dict(DATA=str(cifar_dir), GRID_EPOCHS="3", TRAIN_ARGS="model.hls=2 model.hfs=8 dataset.n_triples=2")
+    proc = measure("grid", "out", tmp_path=tmp_path, **env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    out = tmp_path / "out"  # relative to where the script was called from
     with tarfile.open(out / "grid_runs.tar.gz") as tar:
         assert [Path(n).name for n in tar.getnames() if n.endswith(".json")] == ["run.json"]  # one cell, narrowed
-    report = (out / "compare.md").read_text()
+    report = (out / "grid.md").read_text()
     assert "| full grid, one protocol, 20 triples, 2000 epochs | <= 15 min | unmeasured |" in report  # not 42 cells
     assert "cells 1, jobs 1, epochs 3" in report
     assert "grid: exit 0" in (out / "grid.log").read_text()
+    assert len(list(tmp_path.glob("prefit-grid.*"))) == 1  # a new sweep folder: a rerun never reads an old one
+
+    env["TRAIN_ARGS"] = "dataset.n_triples=2"
+    proc = measure("agree", "out", tmp_path=tmp_path, AGREE_CELLS="1x8 1x4", **env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    with tarfile.open(out / "agree_runs.tar.gz") as tar:
+        records = {n: json.load(tar.extractfile(n)) for n in tar.getnames() if n.endswith(".json")}
+    assert {n: (r["cell"]["hls"], r["cell"]["hfs"]) for n, r in records.items()} == {
+        "./1x8/run.json": (1, 8), "./1x4/run.json": (1, 4)}  # fmt: skip
+    assert "## The benchmark against `prefit.train`" in (out / "agree.md").read_text()

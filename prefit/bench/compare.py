@@ -3,17 +3,19 @@
     python -m prefit.bench.compare BENCH.json [BENCH.json ...] [--sweep DIR ...] [--epochs 2000] [--out FILE.md]
 
 A benchmark is only worth its figure if a study runs at that rate. `prefit.train` records in run.json the
-seconds inside the engine's fits of each stage (`stages`: the members fitted together, and `fit_s`, transfers
-and compilation included). A cell's stages fit different numbers of members (independent protocol: 60, the
-random fits and the pre-fits, then 40), and a narrow cell's epoch costs about the same for 40 members as for
-100, so the benchmark's figure for N members is held against the stages that fitted N members together, per
-cell, device model and resolution; the two agree when they differ by at most 10 %.
+seconds inside the engine's fits of each stage (`stages`: the members fitted together, `fit_s`, transfers and
+compilation included, and on CUDA `steady_s` over `steady_member_epochs`, the epochs after compilation and
+capture). A cell's stages fit different numbers of members (independent protocol: 60, the random fits and
+the pre-fits, then 40), and a narrow cell's epoch costs about the same for 40 members as for 100, so the
+benchmark's figure for N members is held against the stages that fitted N members together, per cell, device
+model and resolution, in jobs that ran alone (jobs side by side share a GPU); the steady epochs where a stage
+timed them, else the whole fits. The two agree when they differ by at most 10 %.
 
 It also reports each sweep's span (first job's start to last job's finish, jobs side by side) and what that
-span comes to at `--epochs` epochs: the fits' seconds scale with the epochs, the rest of a job's time (loading
-data, compiling, writing) does not, and the span is taken to scale as the summed job time does. Last, the
-targets of docs/performance.md ("The targets") are filled from whatever the inputs measured; a target nothing
-here measured reads "unmeasured".
+span comes to at `--epochs` epochs: each job's steady epochs (else its whole fits) scaled, the rest of its
+time (loading data, compiling, capturing, writing) kept, and the span scaled as the summed job time. Last,
+the targets of docs/performance.md ("The targets") are filled from whatever the inputs measured; a target
+nothing here measured reads "unmeasured".
 
 Markdown on stdout (and in `--out`, written atomically). Bad input: one line `error: ...`, exit 2.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from prefit.bench.options import BenchError, Parser
+from prefit.data import SIDE
 from prefit.io import atomic_write
 from prefit.schema import GRID_HFS, GRID_HLS, RUN_FILE
 
@@ -69,14 +72,30 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def read_bench(path: Path) -> dict[str, Any]:
     data = read_json(path)
-    if not isinstance(data.get("machine"), dict) or not isinstance(data.get("cells"), list):
+    machine, cells = data.get("machine"), data.get("cells")
+    if not isinstance(machine, dict) or not isinstance(cells, list):
         raise BenchError(f"{path}: not a prefit.bench output (no machine and cells)")
+    if "device" not in machine or not all(isinstance(c, dict) and {"hls", "hfs", "members"} <= set(c) for c in cells):
+        raise BenchError(f"{path}: a prefit.bench output without a machine's device or a cell's hls, hfs, members")
     return data
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """A complete job's run.json with what the comparison reads, or a BenchError naming the file."""
+    run = read_json(path)
+    try:
+        int(run["cell"]["hls"]), int(run["cell"]["hfs"]), int(run["config"]["train"]["epochs"])
+        float(run["wall_s"])
+        run["interval"] = (datetime.fromisoformat(run["started"]), datetime.fromisoformat(run["finished"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BenchError(f"{path}: a run.json without a usable {e} (cell, config.train.epochs, wall_s, started, "
+                         "finished)") from None  # fmt: skip
+    return run
 
 
 @dataclass
 class SweepRuns:
-    """The complete jobs of one sweep folder (their run.json records)."""
+    """The complete jobs of one sweep folder (their run.json records, each with its `interval` in time)."""
 
     root: Path
     runs: list[dict[str, Any]]
@@ -85,11 +104,10 @@ class SweepRuns:
     def read(cls, root: Path) -> SweepRuns:
         if not root.is_dir():
             raise BenchError(f"--sweep {root}: no such folder")
-        runs = [read_json(p) for p in sorted(root.rglob(RUN_FILE))]
-        runs = [r for r in runs if r.get("status") == "complete"]
-        if not runs:
+        paths = [p for p in sorted(root.rglob(RUN_FILE)) if read_json(p).get("status") == "complete"]
+        if not paths:
             raise BenchError(f"--sweep {root}: no complete job (no run.json with status complete)")
-        return cls(root, runs)
+        return cls(root, [read_run(p) for p in paths])
 
     def epochs(self) -> int:
         found = {int(r["config"]["train"]["epochs"]) for r in self.runs}
@@ -98,22 +116,31 @@ class SweepRuns:
     def cells(self) -> set[tuple[int, int]]:
         return {(int(r["cell"]["hls"]), int(r["cell"]["hfs"])) for r in self.runs}
 
-    def span_s(self) -> float | None:
-        try:
-            starts = [datetime.fromisoformat(r["started"]) for r in self.runs]
-            ends = [datetime.fromisoformat(r["finished"]) for r in self.runs]
-        except (KeyError, TypeError, ValueError):
-            return None
-        return (max(ends) - min(starts)).total_seconds()
+    def alone(self, run: dict[str, Any]) -> bool:
+        """Whether no other job of the sweep ran at the same time (jobs side by side share the device, so
+        their timings are not an engine's)."""
+        start, end = run["interval"]
+        return not any(r is not run and r["interval"][0] < end and start < r["interval"][1] for r in self.runs)
+
+    def span_s(self) -> float:
+        return (max(r["interval"][1] for r in self.runs) - min(r["interval"][0] for r in self.runs)).total_seconds()
 
     def span_at(self, epochs: int) -> float | None:
-        """The span at `epochs` epochs: fits scaled, the rest of each job kept (see the module's doc)."""
-        span, now = self.span_s(), self.epochs()
-        if span is None or not now or any(r.get("fit_s") is None for r in self.runs):
+        """The span at `epochs` epochs (see the module's doc): each job's steady epochs, where it timed them,
+        else its whole fits, scaled to `epochs`; the rest of its time kept; the span scaled as the jobs' sum."""
+        now = self.epochs()
+        if not now or any(r.get("fit_s") is None for r in self.runs):
             return None
         job = sum(float(r["wall_s"]) for r in self.runs)
-        fit = sum(float(r["fit_s"]) for r in self.runs)
-        return span * (job + fit * (epochs / now - 1.0)) / job
+        extra = 0.0
+        for r in self.runs:
+            for stage in r.get("stages") or [{"members": 0, "fit_s": r["fit_s"]}]:
+                if stage.get("steady_member_epochs"):
+                    per = float(stage["steady_s"]) / int(stage["steady_member_epochs"])
+                    extra += per * int(stage["members"]) * (epochs - now)
+                else:
+                    extra += float(stage["fit_s"]) * (epochs / now - 1.0)
+        return self.span_s() * (job + extra) / job
 
 
 def device_kind(name: str) -> str:
@@ -121,55 +148,69 @@ def device_kind(name: str) -> str:
     return str(name).split(":")[0]
 
 
-def train_rates(sweeps: Sequence[SweepRuns]) -> dict[tuple, dict[str, Any]]:
+def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, dict[str, Any]], list[str]]:
     """(hls, hfs, resolution, device kind, device name, members) -> the summed seconds and member-epochs of
-    the jobs' stages that fitted that many members together."""
+    the stages that fitted that many members together, in jobs that ran alone; and why other jobs left."""
     rates: dict[tuple, dict[str, Any]] = {}
+    shared = unrecorded = 0
     for sweep in sweeps:
         for r in sweep.runs:
+            if not r.get("stages"):
+                unrecorded += 1  # a run.json from before stages were recorded
+                continue
+            if not sweep.alone(r):
+                shared += 1
+                continue
             epochs = int(r["config"]["train"]["epochs"])
-            for stage in r.get("stages") or ():  # none in a run.json from before stages were recorded
+            for stage in r["stages"]:
                 key = (
-                    int(r["cell"]["hls"]), int(r["cell"]["hfs"]), int(r.get("resolution") or 32),
+                    int(r["cell"]["hls"]), int(r["cell"]["hfs"]), int(r.get("resolution") or SIDE),
                     device_kind(r.get("device", "?")), r.get("device_name"), int(stage["members"]),
                 )  # fmt: skip
-                into = rates.setdefault(key, {"fit_s": 0.0, "member_epochs": 0, "stages": 0, "loop_s": 0.0,
-                                              "loop_member_epochs": 0, "loop_stages": 0})  # fmt: skip
+                into = rates.setdefault(key, {"fit_s": 0.0, "member_epochs": 0, "stages": 0, "steady_s": 0.0,
+                                              "steady_member_epochs": 0, "steady_stages": 0})  # fmt: skip
                 into["fit_s"] += float(stage["fit_s"])
                 into["member_epochs"] += int(stage["members"]) * epochs
                 into["stages"] += 1
-                if stage.get("loop_member_epochs"):
-                    into["loop_s"] += float(stage["loop_s"])
-                    into["loop_member_epochs"] += int(stage["loop_member_epochs"])
-                    into["loop_stages"] += 1
-    return rates
+                if stage.get("steady_member_epochs"):
+                    into["steady_s"] += float(stage["steady_s"])
+                    into["steady_member_epochs"] += int(stage["steady_member_epochs"])
+                    into["steady_stages"] += 1
+    notes = []
+    if shared:
+        notes.append(f"{shared} job(s) left out: they ran beside other jobs, which shared their device "
+                     "(`hydra.launcher.n_jobs=1` runs one at a time)")  # fmt: skip
+    if unrecorded:
+        notes.append(f"{unrecorded} job(s) left out: their run.json predates the stages' timings")
+    return rates, notes
 
 
 def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) -> tuple[list[dict], list[str]]:
-    """One row per benchmarked cell whose members a sweep's stage fitted together on the same device model and
-    resolution; and a line for each benchmarked cell that a sweep ran only with other members per stage."""
-    rates, rows, unmatched = train_rates(sweeps), [], []
+    """One row per benchmarked cell whose members a stage fitted together, in a job that ran alone, on the same
+    device model and resolution; and lines saying which jobs and cells found no partner, and why."""
+    rates, notes = train_rates(sweeps)
+    rows = []
     for bench in benches:
         machine = bench["machine"]
         for cell in bench["cells"]:
             bench_ms = (cell.get("ms_per_member_epoch") or {}).get("batched")
+            if not bench_ms:
+                continue
             where = (
-                cell["hls"], cell["hfs"], int(cell.get("resolution") or 32),
+                int(cell["hls"]), int(cell["hfs"]), int(cell.get("resolution") or SIDE),
                 device_kind(machine["device"]), machine.get("device_name"),
             )  # fmt: skip
             key = (*where, int(cell["members"]))
-            if bench_ms is None:
-                continue
             if key not in rates:
                 others = sorted({k[-1] for k in rates if k[:-1] == where}, reverse=True)
                 if others:
-                    unmatched.append(f"{cell['hls']}x{cell['hfs']}: benchmarked with {cell['members']} members, "
-                                     f"trained in stages of {', '.join(map(str, others))} (`--members N` matches)")
+                    notes.append(f"{cell['hls']}x{cell['hfs']}: benchmarked with {cell['members']} members, "
+                                 f"trained in stages of {', '.join(map(str, others))} (`--members N` matches)")
                 continue
             rate = rates[key]
             train_ms = 1e3 * rate["fit_s"] / rate["member_epochs"]
-            steady = rate["loop_stages"] == rate["stages"]  # every stage timed its steady epochs
-            steady_ms = 1e3 * rate["loop_s"] / rate["loop_member_epochs"] if steady else None
+            steady = rate["steady_stages"] == rate["stages"]  # every stage timed its steady epochs
+            steady_ms = 1e3 * rate["steady_s"] / rate["steady_member_epochs"] if steady else None
             held = steady_ms if steady_ms is not None else train_ms
             rows.append({
                 "cell": f"{cell['hls']}x{cell['hfs']}", "resolution": key[2], "device": machine.get("device_name"),
@@ -178,32 +219,40 @@ def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) ->
                 "basis": "steady" if steady else "whole fit", "ratio": held / bench_ms,
                 "agrees": abs(held / bench_ms - 1.0) <= AGREE,
             })  # fmt: skip
-    return rows, unmatched
+    return rows, notes
 
 
 def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[float, str] | None:
-    """A chunk's fp32 epoch at the target's cell: the steady-state figure (scaled to the target's members when
-    the benchmark's chunk held another number, and said so), or None if no benchmark timed it."""
-    for bench in benches:
-        for cell in bench["cells"]:
-            steady = cell.get("steady_state") or {}
-            form = steady.get("fused_graph")
-            if (cell["hls"], cell["hfs"]) != target.cell or not form:
-                continue
-            name = bench["machine"].get("device_name")
-            if steady["members"] == target.members:
-                return form["ms_per_epoch"], f"{name}, steady state"
-            scaled = form["ms_per_member_epoch"] * target.members
-            return scaled, f"{name}, scaled from a chunk of {steady['members']} members"
+    """A chunk's fp32 epoch at the target's cell and the study's resolution: the steady-state figure of a
+    chunk of the target's members where a benchmark timed one, else one scaled from another chunk (and said
+    so), or None if no benchmark timed the cell."""
+    found = [
+        (cell["steady_state"], bench["machine"].get("device_name"))
+        for bench in benches for cell in bench["cells"]
+        if (cell["hls"], cell["hfs"]) == target.cell and int(cell.get("resolution") or SIDE) == SIDE
+        and (cell.get("steady_state") or {}).get("fused_graph")
+    ]  # fmt: skip
+    for steady, name in found:
+        if steady["members"] == target.members:
+            return steady["fused_graph"]["ms_per_epoch"], f"{name}, steady state"
+    for steady, name in found:
+        scaled = steady["fused_graph"]["ms_per_member_epoch"] * target.members
+        return scaled, f"{name}, scaled from a chunk of {steady['members']} members"
     return None
 
 
 def grid_span(sweeps: Sequence[SweepRuns], target: Target) -> tuple[float, str] | None:
-    """Minutes of the first sweep that ran the whole grid with the target's triples, at its epochs."""
+    """Minutes of the first sweep that ran the whole grid, one protocol, with the target's triples at the study's
+    resolution, scaled to the target's epochs."""
     full = {(h, f) for h in GRID_HLS for f in GRID_HFS}
     for sweep in sweeps:
+        protocols = {str(r["config"].get("protocol", {}).get("name")) for r in sweep.runs}
+        if not full <= sweep.cells() or len(protocols) != 1 or any(
+            r.get("triples") != target.triples or int(r.get("resolution") or SIDE) != SIDE for r in sweep.runs
+        ):
+            continue
         span = sweep.span_at(target.epochs)
-        if span is None or not full <= sweep.cells() or any(r.get("triples") != target.triples for r in sweep.runs):
+        if span is None:
             continue
         names = ", ".join(sorted({str(r.get("device_name")) for r in sweep.runs}))
         return span / 60, f"{names}; {sweep.root.name} at {sweep.epochs()} epochs, scaled"
@@ -238,7 +287,7 @@ def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epoch
     lines += ["", "## Steady-state epochs (one chunk, ms per epoch; GFLOP/s; share of the fp32 ceiling)", ""]
     lines += steady_table(benches) or ["No benchmark here timed steady-state epochs (`--steady`, default on CUDA)."]
     lines += ["", f"## The benchmark against `prefit.train` (agree: within {AGREE:.0%})", ""]
-    rows, unmatched = agreement(benches, sweeps)
+    rows, notes = agreement(benches, sweeps)
     if rows:
         lines += ["Train's figures per member-epoch: its whole fits (transfers, compilation, capture included) and, "
                   "where the engine timed them, its steady epochs; the ratio holds the steady one against the bench "
@@ -250,9 +299,9 @@ def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epoch
                   f"{'-' if r['train_steady_ms'] is None else format(r['train_steady_ms'], '.4g')} | {r['stages']} | "
                   f"{r['ratio']:.3f} | {r['basis']} | {'yes' if r['agrees'] else 'no'} |" for r in rows]  # fmt: skip
     else:
-        lines.append("No cell was benchmarked with as many members as a training stage fitted together, on the same "
-                     "device model and resolution.")  # fmt: skip
-    lines += [f"- {line}" for line in unmatched]
+        lines.append("No cell was benchmarked with as many members as a stage of a job that ran alone fitted "
+                     "together, on the same device model and resolution.")  # fmt: skip
+    lines += [f"- {line}" for line in notes]
     lines += ["", f"## Sweeps (span: first start to last finish; at {epochs} epochs: fits scaled)", ""]
     for sweep in sweeps:
         span, scaled = sweep.span_s(), sweep.span_at(epochs)

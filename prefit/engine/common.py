@@ -25,8 +25,8 @@ class FitResult:
     params: Params  # stacked final parameters
     # the steady epochs (CUDA's fused path: the replayed ones, after compilation and capture), chunk after chunk:
     # their seconds and member-epochs, so a run's steady rate can be held against prefit.bench's
-    loop_s: float = 0.0
-    loop_member_epochs: int = 0
+    steady_s: float = 0.0
+    steady_member_epochs: int = 0
 
 
 def psnr_from_loss(loss: torch.Tensor) -> torch.Tensor:

@@ -141,7 +141,7 @@ class FusedChunk:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_epochs = 0
         self.warm = False  # the first epoch has run (and the graph is captured)
-        self.loop: tuple[object, object, int] | None = None  # (start, end, epochs) of the last run's steady epochs
+        self.steady: tuple[object, object, int] | None = None  # (start, end, epochs) of the last run's steady epochs
 
     def epoch(self) -> None:
         """One epoch's launches; nothing is read back."""
@@ -160,7 +160,7 @@ class FusedChunk:
     def run(self, capture: bool, progress=None) -> None:
         """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The first call begins with
         one eager epoch (it compiles the kernels and makes any workspace) and, with `capture`, captures the
-        graph; later calls replay it. The epochs after that first one are the steady ones (`loop_seconds`).
+        graph; later calls replay it. The epochs after that first one are the steady ones (`steady_seconds`).
         `progress(epochs, loss)` is called every PROGRESS_EVERY epochs and at the end."""
         epochs, done, reported = self.train.epochs, 0, 0
 
@@ -187,7 +187,8 @@ class FusedChunk:
             while done < epochs:
                 self.epoch()
                 advance(1)
-            self.loop = (start, _mark(device), done - first)
+            # a one-epoch fit has no warm-up: its only epoch compiles, and is not a steady one
+            self.steady = (start, _mark(device), done - first) if self.warm else None
 
     def _warm_up(self, capture: bool) -> None:
         """The first epoch, eagerly; then, with `capture`, the graph of `epochs_per_graph` epochs (recorded, not
@@ -212,12 +213,12 @@ class FusedChunk:
     def snapshots(self) -> torch.Tensor:
         return self.step.snaps
 
-    def loop_seconds(self) -> tuple[float, int]:
+    def steady_seconds(self) -> tuple[float, int]:
         """Seconds and epochs of the last run's steady epochs (0, 0 without any); waits for the device's clock,
         so call it after the results have been read back."""
-        if self.loop is None or not self.loop[2]:
+        if self.steady is None or not self.steady[2]:
             return 0.0, 0
-        start, end, epochs = self.loop
+        start, end, epochs = self.steady
         if isinstance(start, float):
             return end - start, epochs
         end.synchronize()
@@ -251,7 +252,7 @@ def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, re
     result.lr[chunk] = runner.lrs.T.cpu()
     if slots:
         result.snapshots[chunk] = runner.snapshots().cpu()
-    seconds, epochs = runner.loop_seconds()
-    result.loop_s += seconds
-    result.loop_member_epochs += epochs * members
+    seconds, epochs = runner.steady_seconds()
+    result.steady_s += seconds
+    result.steady_member_epochs += epochs * members
     return [(w.cpu().clone(), b.cpu().clone()) for w, b in runner.step.params]
