@@ -131,6 +131,9 @@ def test_the_command_writes_the_report_and_refuses_bad_input(tmp_path, capsys):
 
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "cellless.json").write_text(json.dumps({"machine": {"device": "cuda"}, "cells": [{"hfs": 32}]}))
+    steady = {"members": 100, "fused_graph": {"ms_per_epoch": "fast"}}
+    odd = {"machine": {"device": "cuda"}, "cells": [{**cell(2, 32, 0.01), "steady_state": steady}]}
+    (tmp_path / "odd.json").write_text(json.dumps(odd))
     job(tmp_path / "broken" / "0", 2, 32, [(100, 0.2)], wall_s=3, start=0)
     record = json.loads((tmp_path / "broken" / "0" / "run.json").read_text())
     del record["config"]
@@ -141,6 +144,7 @@ def test_the_command_writes_the_report_and_refuses_bad_input(tmp_path, capsys):
         ([str(bench), "--sweep", str(tmp_path / "nowhere")], "no such folder"),
         ([str(bench), "--epochs", "0"], "--epochs must be >= 1"),
         ([str(tmp_path / "cellless.json")], "without a machine's device or a cell's hls, hfs, members"),
+        ([str(tmp_path / "odd.json")], "malformed input among"),
         ([str(bench), "--sweep", str(tmp_path / "broken")], "a run.json without a usable 'config'"),
         (["--nonsense"], "arguments"),
     ):

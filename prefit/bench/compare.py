@@ -277,8 +277,9 @@ def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epoch
     for bench in benches:
         m = bench["machine"]
         tf32 = f", TF32 {m['ceiling_tf32_gflops']:.4g}" if m.get("ceiling_tf32_gflops") else ""
+        fp32 = f"{m['ceiling_gflops']:.4g}" if m.get("ceiling_gflops") else "-"
         lines.append(f"- bench on {m['device']} ({m.get('device_name')}), torch {m.get('torch')}: `torch.mm` "
-                     f"ceiling fp32 {m['ceiling_gflops']:.4g} GFLOP/s{tf32}")  # fmt: skip
+                     f"ceiling fp32 {fp32} GFLOP/s{tf32}")  # fmt: skip
     lines += ["", "## Targets", "", "| what | target | measured | met | from |", "| --- | --- | --- | --- | --- |"]
     for r in target_rows(benches, sweeps):
         value = "unmeasured" if r["value"] is None else f"{r['value']:.3g} {r['unit']}"
@@ -302,7 +303,7 @@ def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epoch
         lines.append("No cell was benchmarked with as many members as a stage of a job that ran alone fitted "
                      "together, on the same device model and resolution.")  # fmt: skip
     lines += [f"- {line}" for line in notes]
-    lines += ["", f"## Sweeps (span: first start to last finish; at {epochs} epochs: fits scaled)", ""]
+    lines += ["", f"## Sweeps (span: first start to last finish; at {epochs} epochs: steady epochs scaled)", ""]
     for sweep in sweeps:
         span, scaled = sweep.span_s(), sweep.span_at(epochs)
         job = sum(float(r["wall_s"]) for r in sweep.runs)
@@ -349,7 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError(f"--epochs must be >= 1, got {args.epochs}")
         benches = [read_bench(path) for path in args.bench]
         sweeps = [SweepRuns.read(root) for root in args.sweep]
-        text = render(benches, sweeps, args.epochs)
+        try:
+            text = render(benches, sweeps, args.epochs)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:  # a field of another shape than ours
+            names = ", ".join(map(str, [*args.bench, *args.sweep]))
+            raise BenchError(f"malformed input among {names}: {type(e).__name__} {e}") from None
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
