@@ -2,7 +2,7 @@
 # Measure the CUDA engine against docs/performance.md's targets on a GPU machine, in stages that each end well
 # inside ten minutes, leaving a few small files (logs, bench JSONs, the comparison report) in OUT.
 #
-#   scripts/gpu-measure.sh STAGE OUT        # STAGE: tests | bench | agree | grid | all
+#   scripts/gpu-measure.sh STAGES OUT       # STAGES: tests, bench, agree, grid or all; several with commas
 #
 #   tests  pytest tests/test_cuda.py and tests/test_fused.py (the Triton kernels compiled for the GPU)
 #   bench  python -m prefit.bench on 2x32, 3x128, 3x512 and 8x1024 (steady state, every form) with 100 members,
@@ -22,13 +22,17 @@
 # ALLOW_CPU=1 lets it run without a GPU (to check the script itself; its figures are then the CPU's).
 # Relative paths (OUT, DATA, WHEELS, SWEEP_ROOT) are taken from the current folder.
 set -uo pipefail
-usage="usage: scripts/gpu-measure.sh tests|bench|agree|grid|all OUT"
+usage="usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: tests, bench, agree, grid, all)"
 [ $# -eq 2 ] || { echo "error: $usage" >&2; exit 2; }
-stage=$1
-case $stage in
-    tests|bench|agree|grid|all) ;;
-    *) echo "error: unknown stage '$stage' (tests, bench, agree, grid or all)" >&2; exit 2 ;;
-esac
+stages=${1//,/ }
+[ "$stages" = all ] && stages="tests bench agree grid"
+for stage in $stages; do
+    case $stage in
+        tests|bench|agree|grid) ;;
+        *) echo "error: unknown stage '$stage' (tests, bench, agree, grid or all)" >&2; exit 2 ;;
+    esac
+done
+[ -n "${stages// /}" ] || { echo "error: $usage" >&2; exit 2; }
 absolute() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 out=$(absolute "$2")
 data=${DATA:+$(absolute "$DATA")}
@@ -111,11 +115,7 @@ run_grid() {
 }
 
 rc=0
-case $stage in
-    tests) run_tests || rc=$? ;;
-    bench) run_bench || rc=$? ;;
-    agree) run_agree || rc=$? ;;
-    grid) run_grid || rc=$? ;;
-    all) for s in run_tests run_bench run_agree run_grid; do $s || rc=$?; done ;;
-esac
+for stage in $stages; do  # each runs whatever an earlier one did; the exit status is the last failure's
+    "run_$stage" || rc=$?
+done
 exit $rc

@@ -30,8 +30,12 @@ def test_bad_usage_is_one_line_and_exit_2_before_anything_runs(tmp_path):
     proc = measure("nonsense", str(tmp_path / "out"), tmp_path=tmp_path)
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
     assert proc.stderr.strip().splitlines() == ["error: unknown stage 'nonsense' (tests, bench, agree, grid or all)"]
-    proc = measure("grid", tmp_path=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[0].startswith("error: usage: ")
+    proc = measure("tests,nonsense", str(tmp_path / "out"), tmp_path=tmp_path)  # checked before tests run
+    assert proc.returncode == 2 and "unknown stage 'nonsense'" in proc.stderr and not (tmp_path / "out").exists()
+    for args in (("grid",), (",", str(tmp_path / "out"))):
+        proc = measure(*args, tmp_path=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            "error: usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: tests, bench, agree, grid, all)"]
 
 
 @pytest.mark.slow
