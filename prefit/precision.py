@@ -14,6 +14,7 @@ Every product of the engine is `out = alpha * a @ b`, so w0 rides in cuBLAS's ep
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 
@@ -45,6 +46,29 @@ class SplitWork:
             shape = dict(size=like.shape, dtype=like.dtype, device=like.device)
             self.pairs[key] = (torch.empty(**shape), torch.empty(**shape))
         return self.pairs[key]
+
+
+class Split(NamedTuple):
+    """An operand split once (hi + lo) for several `3xtf32` products that read it (see `presplit`)."""
+
+    hi: torch.Tensor
+    lo: torch.Tensor
+
+    @property
+    def mT(self) -> Split:  # noqa: N802 - torch's name for the batched transpose
+        return Split(self.hi.mT, self.lo.mT)
+
+
+Operand = torch.Tensor | Split
+
+
+def presplit(x: torch.Tensor, precision: str, work: SplitWork | None, side: str = "held") -> Operand:
+    """`x` split once into `work`'s pair for `side` when two products in a row read it at `3xtf32` (one split
+    pass instead of two); `x` itself at other precisions. The pair is overwritten by the next `presplit` for
+    the same side, so the caller uses it before then."""
+    if precision != "3xtf32":
+        return x
+    return Split(*split_tf32(x, work.pair(side, _memory_order(x)) if work else None))
 
 
 def split_tf32(
@@ -80,17 +104,19 @@ def _memory_order(x: torch.Tensor) -> torch.Tensor:
 
 
 def product(
-    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float, precision: str, work: SplitWork | None = None
+    out: torch.Tensor, a: Operand, b: Operand, alpha: float, precision: str, work: SplitWork | None = None
 ) -> torch.Tensor:
     """out <- alpha * (a @ b) for batched a [M, n, k], b [M, k, m], at `precision` (see the module's doc).
-    `work` holds the `3xtf32` split buffers between calls (None: fresh ones each call)."""
+    `work` holds the `3xtf32` split buffers between calls (None: fresh ones each call); an operand may come
+    split already (`presplit`)."""
     if precision == "3xtf32":
-        a_hi, a_lo = split_tf32(a, work.pair("a", _memory_order(a)) if work else None)
-        b_hi, b_lo = split_tf32(b, work.pair("b", _memory_order(b)) if work else None)
+        a_hi, a_lo = a if isinstance(a, Split) else split_tf32(a, work.pair("a", _memory_order(a)) if work else None)
+        b_hi, b_lo = b if isinstance(b, Split) else split_tf32(b, work.pair("b", _memory_order(b)) if work else None)
         with tf32(True):
             out.baddbmm_(a_lo, b_hi, beta=0.0, alpha=alpha)  # the small terms first
             out.baddbmm_(a_hi, b_lo, alpha=alpha)
             out.baddbmm_(a_hi, b_hi, alpha=alpha)
         return out
+    assert not isinstance(a, Split) and not isinstance(b, Split), "split operands are for 3xtf32 products"
     with tf32(precision == "high"):
         return out.baddbmm_(a, b, beta=0.0, alpha=alpha)

@@ -167,10 +167,13 @@ def test_3xtf32_needs_the_fused_step():
         fit_batched(members(1, 1, 4), targets(1, coords), coords, train, 30.0, torch.device("cpu"), max_members=1)
 
 
-def test_3xtf32_splits_reuse_their_buffers_and_copy_no_transpose():
+def test_3xtf32_splits_reuse_their_buffers_and_copy_no_transpose(monkeypatch):
     """The split of a transposed operand is the split of its memory, transposed back (no copy); a step's split
-    buffers are made once, one pair per side and shape, so a captured epoch allocates nothing; and the products
-    are the same with the buffers as without."""
+    buffers are made once, one pair per side and shape, so a captured epoch allocates nothing; an activation or
+    gradient that two products read in a row is split once (`presplit`); and the gradients are bit for bit
+    those of a step that splits every operand afresh for every product."""
+    import prefit.engine.cuda as engine_cuda
+
     x = torch.randn(3, 10, 7, generator=torch.Generator().manual_seed(6)) * 50
     hi, lo = split_tf32(x.mT)
     assert hi.data_ptr() != x.data_ptr() and not hi.is_contiguous() and hi.mT.is_contiguous()
@@ -185,13 +188,15 @@ def test_3xtf32_splits_reuse_their_buffers_and_copy_no_transpose():
     buffers = {k: (h.data_ptr(), lo.data_ptr()) for k, (h, lo) in step.work.pairs.items()}
     shapes = {(side, shape[1:]) for side, shape, _, _ in buffers}
     pixels, width = coords.shape[0], 6
-    assert ("a", (pixels, width)) in shapes and ("b", (pixels, width)) in shapes  # activations, both sides
+    assert ("a", (pixels, width)) in shapes and ("held", (pixels, width)) in shapes  # activations, gradients
+    assert ("b", (pixels, width)) not in shapes  # no activation-sized operand is split twice in a row
     assert ("b", (width, width)) in shapes  # a hidden layer's weights
     step()
     assert {k: (h.data_ptr(), lo.data_ptr()) for k, (h, lo) in step.work.pairs.items()} == buffers
 
+    monkeypatch.setattr(engine_cuda, "presplit", lambda x, precision, work: x)  # every product splits its own
     fresh = FusedStep(on, coords.to(DEVICE), target.to(DEVICE), 30.0, precision="3xtf32")
-    fresh.work = None  # a fresh pair per product
+    fresh.work = None  # and into fresh buffers
     for g, f in zip(first, (g for pair in fresh()[2] for g in pair)):
         assert torch.equal(g, f)
 

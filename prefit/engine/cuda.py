@@ -24,7 +24,7 @@ from prefit import fused
 from prefit.engine.common import FitResult, flops_per_member_epoch, psnr_from_loss
 from prefit.engine.options import FitOptions
 from prefit.model import Params
-from prefit.precision import SplitWork, product
+from prefit.precision import SplitWork, presplit, product
 
 # A captured graph holds enough epochs that one replay is about this many flops of work (a narrow cell's
 # epoch is tens of microseconds), and never more than MAX_EPOCHS_PER_GRAPH epochs.
@@ -93,7 +93,8 @@ class FusedStep:
             fused.sincos_bias_(s, c, b, w0)
             x = s
         w, b = params[-1]
-        product(self.pred_t, w.transpose(1, 2), x.transpose(1, 2), 1.0, precision, work)
+        x = presplit(x, precision, work)  # the last activation: read by the head's product and its weight gradient
+        product(self.pred_t, w.transpose(1, 2), x.mT, 1.0, precision, work)
         gw, gb = grads[-1]
         fused.head(
             self.pred_t, b, self.target_t, self.grad_t, self.loss, gb, self.snaps, self.slots, self.epoch, self.scale
@@ -103,11 +104,12 @@ class FusedStep:
         for layer in range(len(params) - 2, -1, -1):
             gw, gb = grads[layer]
             fused.cos_grad_(grad, self.cosines[layer], gb, w0)
+            g = presplit(grad, precision, work)  # read by the weight gradient and by the next layer's gradient
             inputs = self.coords if layer == 0 else self.sines[layer - 1]
-            product(gw, inputs.transpose(1, 2), grad, w0, precision, work)
+            product(gw, inputs.transpose(1, 2), g, w0, precision, work)
             if layer > 0:
                 free = self.back[1] if grad.data_ptr() == self.back[0].data_ptr() else self.back[0]
-                grad = product(free, grad, params[layer][0].transpose(1, 2), w0, precision, work)
+                grad = product(free, g, params[layer][0].transpose(1, 2), w0, precision, work)
         return self.loss, self.pred_t.transpose(1, 2), grads
 
 
