@@ -83,7 +83,7 @@ def split_tf32(
     """
     from prefit import fused
 
-    if not x.is_contiguous() and x.mT.is_contiguous():
+    if _memory_order(x) is not x:
         hi, lo = split_tf32(x.mT, out)
         return hi.mT, lo.mT
     x = x.contiguous()
@@ -100,6 +100,7 @@ def split_tf32(
 
 
 def _memory_order(x: torch.Tensor) -> torch.Tensor:
+    """The contiguous tensor that `x` is the transpose of, else `x`: what a split reads and writes."""
     return x.mT if not x.is_contiguous() and x.mT.is_contiguous() else x
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
+from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +156,14 @@ def complete(out: Path, record: dict[str, Any]) -> dict[str, Any]:
     record = {**record, "status": "complete", "files": {name: file_record(out / name) for name in RECORDED_FILES}}
     write_json(out / RUN_FILE, record)
     return record
+
+
+def interval(record: dict[str, Any]) -> tuple[datetime, datetime]:
+    """When a job ran: its record's `started` and `finished` (KeyError, TypeError or ValueError if unusable)."""
+    return datetime.fromisoformat(record["started"]), datetime.fromisoformat(record["finished"])
+
+
+def span_s(intervals: Iterable[tuple[datetime, datetime]]) -> float:
+    """Seconds from the first job's start to the last one's finish (jobs may run side by side)."""
+    starts, ends = zip(*intervals)
+    return (max(ends) - min(starts)).total_seconds()

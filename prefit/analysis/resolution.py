@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from prefit.model import n_weights
+from prefit.records import interval, span_s
 from prefit.schema import BASELINE, cell_label, cell_stem
 
 from .figures import plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
@@ -181,13 +181,11 @@ def verdict_changes(data: ByResolution) -> list[str]:
 
 def sweep_span(data: ByResolution) -> float | None:
     """Seconds from the first job's start to the last one's finish (jobs ran side by side), from run.json."""
-    times = [(info.get("started"), info.get("finished")) for info in data.run.sweep.runs.values()]
     try:
-        starts = [datetime.fromisoformat(a) for a, _ in times]
-        ends = [datetime.fromisoformat(b) for _, b in times]
-    except (TypeError, ValueError):
+        times = [interval(info) for info in data.run.sweep.runs.values()]
+    except (KeyError, TypeError, ValueError):
         return None
-    return (max(ends) - min(starts)).total_seconds() if starts else None
+    return span_s(times) if times else None
 
 
 def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dict[str, object], list[Path]]:

@@ -26,13 +26,13 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from prefit.bench.options import BenchError, Parser
 from prefit.data import SIDE
 from prefit.io import atomic_write
+from prefit.records import interval, span_s
 from prefit.schema import GRID_HFS, GRID_HLS, RUN_FILE
 
 AGREE = 0.10  # the benchmark's figure and the training run's may differ by this share
@@ -80,13 +80,13 @@ def read_bench(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_run(path: Path) -> dict[str, Any]:
-    """A complete job's run.json with what the comparison reads, or a BenchError naming the file."""
-    run = read_json(path)
+def checked_run(path: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """A complete job's run.json, read from `path`, with what the comparison reads (and its `interval`), or a
+    BenchError naming the file."""
     try:
         int(run["cell"]["hls"]), int(run["cell"]["hfs"]), int(run["config"]["train"]["epochs"])
         float(run["wall_s"])
-        run["interval"] = (datetime.fromisoformat(run["started"]), datetime.fromisoformat(run["finished"]))
+        run["interval"] = interval(run)
     except (KeyError, TypeError, ValueError) as e:
         raise BenchError(f"{path}: a run.json without a usable {e} (cell, config.train.epochs, wall_s, started, "
                          "finished)") from None  # fmt: skip
@@ -104,10 +104,11 @@ class SweepRuns:
     def read(cls, root: Path) -> SweepRuns:
         if not root.is_dir():
             raise BenchError(f"--sweep {root}: no such folder")
-        paths = [p for p in sorted(root.rglob(RUN_FILE)) if read_json(p).get("status") == "complete"]
-        if not paths:
+        records = {p: read_json(p) for p in sorted(root.rglob(RUN_FILE))}
+        runs = [checked_run(p, r) for p, r in records.items() if r.get("status") == "complete"]
+        if not runs:
             raise BenchError(f"--sweep {root}: no complete job (no run.json with status complete)")
-        return cls(root, [read_run(p) for p in paths])
+        return cls(root, runs)
 
     def epochs(self) -> int:
         found = {int(r["config"]["train"]["epochs"]) for r in self.runs}
@@ -123,7 +124,7 @@ class SweepRuns:
         return not any(r is not run and r["interval"][0] < end and start < r["interval"][1] for r in self.runs)
 
     def span_s(self) -> float:
-        return (max(r["interval"][1] for r in self.runs) - min(r["interval"][0] for r in self.runs)).total_seconds()
+        return span_s(r["interval"] for r in self.runs)
 
     def span_at(self, epochs: int) -> float | None:
         """The span at `epochs` epochs (see the module's doc): each job's steady epochs, where it timed them,

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import gc
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
-from prefit.engine.common import flops_per_member_epoch
+from prefit.engine.common import flops_per_member_epoch, mark, seconds_between
 from prefit.engine.cuda import FusedChunk
 from prefit.engine.options import FitOptions
 from prefit.engine.steps import SirenStep
@@ -44,16 +43,10 @@ def _clock(device: torch.device) -> Callable[[Callable[[], None]], float]:
 
     def measure(work: Callable[[], None]) -> float:
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize(device)
-            start.record()
-            work()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        begin = time.perf_counter()
+        start = mark(device)
         work()
-        return time.perf_counter() - begin
+        return seconds_between(start, mark(device))
 
     return measure
 

@@ -15,13 +15,12 @@ the same numbers). On a CPU both run under Triton's interpreter, which is how th
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 
 import torch
 
 from prefit import fused
-from prefit.engine.common import FitResult, flops_per_member_epoch, psnr_from_loss
+from prefit.engine.common import FitResult, flops_per_member_epoch, mark, psnr_from_loss, seconds_between
 from prefit.engine.options import FitOptions
 from prefit.model import Params
 from prefit.precision import SplitWork, presplit, product
@@ -181,7 +180,7 @@ class FusedChunk:
             if not self.warm and epochs > 1:
                 self._warm_up(capture)
                 advance(1)
-            start, first = _mark(device), done
+            start, first = mark(device), done
             if capture and self.graph is not None:
                 while epochs - done >= self.graph_epochs:
                     self.graph.replay()
@@ -190,7 +189,7 @@ class FusedChunk:
                 self.epoch()
                 advance(1)
             # a one-epoch fit has no warm-up: its only epoch compiles, and is not a steady one
-            self.steady = (start, _mark(device), done - first) if self.warm else None
+            self.steady = (start, mark(device), done - first) if self.warm else None
 
     def _warm_up(self, capture: bool) -> None:
         """The first epoch, eagerly; then, with `capture`, the graph of `epochs_per_graph` epochs (recorded, not
@@ -221,19 +220,8 @@ class FusedChunk:
         if self.steady is None or not self.steady[2]:
             return 0.0, 0
         start, end, epochs = self.steady
-        if isinstance(start, float):
-            return end - start, epochs
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3, epochs
+        return seconds_between(start, end), epochs
 
-
-def _mark(device: torch.device) -> object:
-    """A point in the device's time: a recorded CUDA event, or the host's clock elsewhere."""
-    if device.type != "cuda":
-        return time.perf_counter()
-    event = torch.cuda.Event(enable_timing=True)
-    event.record()
-    return event
 
 
 def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, result: FitResult, bar) -> Params:
