@@ -29,34 +29,57 @@ def measure(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProce
 def test_bad_usage_is_one_line_and_exit_2_before_anything_runs(tmp_path):
     proc = measure("nonsense", str(tmp_path / "out"), tmp_path=tmp_path)
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
-    assert proc.stderr.strip().splitlines() == ["error: unknown stage 'nonsense' (tests, bench, agree, grid or all)"]
+    assert proc.stderr.strip().splitlines() == ["error: unknown stage 'nonsense' (tests, bench, grid, agree or all)"]
     proc = measure("tests,nonsense", str(tmp_path / "out"), tmp_path=tmp_path)  # checked before tests run
     assert proc.returncode == 2 and "unknown stage 'nonsense'" in proc.stderr and not (tmp_path / "out").exists()
     for args in (("grid",), (",", str(tmp_path / "out"))):
         proc = measure(*args, tmp_path=tmp_path)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-            "error: usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: tests, bench, agree, grid, all)"]
+            "error: usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: tests, bench, grid, agree, all)"]
+    for env, line in (
+        ({"GRID_PRECISION": "fp16"}, "error: GRID_PRECISION must be auto, highest, 3xtf32 or high, not 'fp16'"),
+        ({"MEASURE_S": "9m"}, "error: MEASURE_S must be a whole number of seconds, not '9m'"),
+    ):
+        proc = measure("grid", str(tmp_path / "out"), tmp_path=tmp_path, **env)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [line]
+        assert not (tmp_path / "out").exists()
+
+
+def test_stages_the_deadline_leaves_no_time_for_are_skipped_and_the_files_still_written(cifar_dir, tmp_path):
+    proc = measure("grid,agree", "out", tmp_path=tmp_path, DATA=str(cifar_dir), MEASURE_S="40")
+    assert proc.returncode == 124, (proc.stdout + proc.stderr)[-3000:]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| grid | 124 (out of time) |" in summary and "| agree | 124 (out of time) |" in summary
+    assert "grid: train.matmul_precision=highest (GRID_PRECISION=auto)" in summary  # no benchmark to choose by
+    assert proc.stderr.splitlines() == [f"skipped: {what} (20 s left of MEASURE_S)"
+                                        for what in ("grid", "agree 2x32", "agree 3x128", "agree 3x512", "agree 8x1024")]
+    with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
+        assert "logs/gpu.txt" in tar.getnames()
 
 
 @pytest.mark.slow
 def test_the_grid_and_agree_stages_run_their_sweeps_and_bring_back_records_and_reports(cifar_dir, tmp_path):
-    env = dict(DATA=str(cifar_dir), GRID_EPOCHS="3", TRAIN_ARGS="model.hls=2 model.hfs=8 dataset.n_triples=2")
+    env = dict(DATA=str(cifar_dir), GRID_EPOCHS="3", AGREE_EPOCHS="3", AGREE_CELLS="1x8 1x4",
+               TRAIN_ARGS="model.hls=2 model.hfs=8 dataset.n_triples=2")  # fmt: skip
     proc = measure("grid", "out", tmp_path=tmp_path, **env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     out = tmp_path / "out"  # relative to where the script was called from
-    with tarfile.open(out / "grid_runs.tar.gz") as tar:
+    with tarfile.open(out / "logs.tar.gz") as tar:
         assert [Path(n).name for n in tar.getnames() if n.endswith(".json")] == ["run.json"]  # one cell, narrowed
+        assert "grid: exit 0" in tar.extractfile("logs/grid.log").read().decode()
     report = (out / "grid.md").read_text()
     assert "| full grid, one protocol, 20 triples, 2000 epochs | <= 15 min | unmeasured |" in report  # not 42 cells
     assert "cells 1, jobs 1, epochs 3" in report
-    assert "grid: exit 0" in (out / "grid.log").read_text()
-    assert len(list(tmp_path.glob("prefit-grid.*"))) == 1  # a new sweep folder: a rerun never reads an old one
+    assert report in proc.stdout  # the reports are printed too: a device call returns the output's tail
+    assert "| grid | 0 |" in (out / "summary.md").read_text()
 
     env["TRAIN_ARGS"] = "dataset.n_triples=2"
-    proc = measure("agree", "out", tmp_path=tmp_path, AGREE_CELLS="1x8 1x4", **env)
+    proc = measure("agree", "out", tmp_path=tmp_path, **env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    with tarfile.open(out / "agree_runs.tar.gz") as tar:
+    assert len(list(tmp_path.glob("prefit-measure.*"))) == 2  # a new folder each call: a rerun never reads an old one
+    with tarfile.open(out / "logs.tar.gz") as tar:
         records = {n: json.load(tar.extractfile(n)) for n in tar.getnames() if n.endswith(".json")}
     assert {n: (r["cell"]["hls"], r["cell"]["hfs"]) for n, r in records.items()} == {
-        "./1x8/run.json": (1, 8), "./1x4/run.json": (1, 4)}  # fmt: skip
+        "agree/1x8/run.json": (1, 8), "agree/1x4/run.json": (1, 4)}  # fmt: skip
     assert "## The benchmark against `prefit.train`" in (out / "agree.md").read_text()
+    assert len(list(out.iterdir())) <= 8  # what one device call brings back
