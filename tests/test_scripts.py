@@ -51,8 +51,8 @@ def test_stages_the_deadline_leaves_no_time_for_are_skipped_and_the_files_still_
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| grid | 124 (out of time) |" in summary and "| agree | 124 (out of time) |" in summary
     assert "grid: train.matmul_precision=highest (GRID_PRECISION=auto)" in summary  # no benchmark to choose by
-    assert proc.stderr.splitlines() == [f"skipped: {what} (20 s left of MEASURE_S)"
-                                        for what in ("grid", "agree 2x32", "agree 3x128", "agree 3x512", "agree 8x1024")]
+    skipped = ("grid", "agree 2x32", "agree 3x128", "agree 3x512", "agree 8x1024")
+    assert proc.stderr.splitlines() == [f"skipped: {what} (20 s left of MEASURE_S)" for what in skipped]
     with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
         assert "logs/gpu.txt" in tar.getnames()
 
