@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -52,7 +53,8 @@ def test_stages_the_deadline_leaves_no_time_for_are_skipped_and_the_files_still_
     assert "| grid | 124 (out of time) |" in summary and "| agree | 124 (out of time) |" in summary
     assert "grid: train.matmul_precision=highest (GRID_PRECISION=auto)" in summary  # no benchmark to choose by
     skipped = ("grid", "agree 2x32", "agree 3x128", "agree 3x512", "agree 8x1024")
-    assert proc.stderr.splitlines() == [f"skipped: {what} (20 s left of MEASURE_S)" for what in skipped]
+    said = [re.sub(r"\(\d+ s left", "(N s left", line) for line in proc.stderr.splitlines()]  # 20, or 19 late
+    assert said == [f"skipped: {what} (N s left of MEASURE_S)" for what in skipped]
     with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
         assert "logs/gpu.txt" in tar.getnames()
 
