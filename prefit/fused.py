@@ -38,11 +38,32 @@ except ImportError:  # pragma: no cover - exercised where Triton is missing
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def available(device: torch.device) -> bool:
-    """Whether the fused kernels can run on `device`: compiled on CUDA, or interpreted on a CPU."""
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (text.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why the fused kernels cannot run on `device` (None: they can, compiled on CUDA or interpreted on a CPU)."""
     if triton is None:
-        return False
-    return device.type == "cpu" if INTERPRET else device.type == "cuda"
+        return "Triton is not installed (it is on Linux x86-64)"
+    if INTERPRET and device.type == "cpu":
+        import numpy
+
+        if _version(triton.__version__) < (3, 7) and _version(numpy.__version__) >= (2, 4):
+            # its scalar arguments are one-element arrays, which numpy 2.4 no longer turns into an int
+            return f"Triton {triton.__version__}'s interpreter fails with numpy {numpy.__version__} (Triton 3.7 runs)"
+        return None
+    if device.type == "cuda" and not INTERPRET:
+        return None
+    return "they need a GPU (compiled) or a CPU with TRITON_INTERPRET=1 (interpreted), not " + (
+        f"{device.type} with TRITON_INTERPRET=1" if INTERPRET else device.type
+    )
+
+
+def available(device: torch.device) -> bool:
+    """Whether the fused kernels can run on `device` (`unavailable` says why not)."""
+    return unavailable(device) is None
 
 
 if triton is not None:

@@ -19,7 +19,7 @@ from prefit.engine import flops_per_member_epoch
 from prefit.model import member_params
 
 ENGINES = ("batched", "sequential", "original")
-MACHINE = {"device": str, "threads": int, "torch": str, "ceiling_gflops": float}
+MACHINE = {"device": str, "threads": int, "torch": str, "ceiling_gflops": float, "matmul_error": dict}
 CELL = {
     "hls": int,
     "hfs": int,
@@ -101,7 +101,21 @@ def test_table_is_printed(quick_run):
     for column in ("cell", "members", "batched", "sequential", "original", "seq", "best", "orig", "GFLOP/s", "peak"):
         assert column in header
     assert any(line.startswith("1x8 ") for line in lines) and any(line.startswith("2x16 ") for line in lines)
-    assert lines[-1].startswith("ceiling:")
+    assert lines[-2].startswith("ceiling:")
+    errors = data["machine"]["matmul_error"]
+    assert lines[-1] == (
+        f"products against float64 (relative error, train.matmul_precision): highest {errors['highest']:.2g}, "
+        f"3xtf32 {errors['3xtf32']:.2g}, high {errors['high']:.2g} (on a CPU all three are fp32 products)"
+    )
+
+
+def test_matmul_errors_measure_each_precision_against_float64():
+    from prefit.bench.machine import matmul_errors
+
+    errors = matmul_errors(torch.device("cpu"), 64, batch=2)
+    assert list(errors) == ["highest", "3xtf32", "high"]  # every train.matmul_precision, in the config's order
+    # fp32 products of 64 terms: rounding, neither exact (an fp64 reference) nor gross (a wrong reference)
+    assert all(1e-9 < e < 1e-5 for e in errors.values()), errors
 
 
 def test_bad_cells_is_one_line_and_exit_2(tmp_path, capsys):
@@ -171,8 +185,8 @@ def test_epoch_times_of_the_fused_loop_without_capture():
     from prefit import fused
     from prefit.bench.steady import epoch_times
 
-    if not fused.available(torch.device("cpu")):
-        pytest.skip("fused kernels need TRITON_INTERPRET=1 on a CPU")
+    if why := fused.unavailable(torch.device("cpu")):
+        pytest.skip(f"the fused kernels cannot run: {why}")
     coords = coordinate_grid(4)
     params, targets = make_members(1, 4, 2), smooth_targets(2)[:, :16]
     times = epoch_times(params, coords, targets, 30.0, epochs=3, repeats=2, forms=("fused_eager", "fused_graph"))

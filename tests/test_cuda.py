@@ -121,6 +121,8 @@ def test_bench_on_cuda_reports_the_steady_state(tmp_path):
     data = json.loads((tmp_path / "b.json").read_text())
     cell = data["cells"][0]
     assert data["machine"]["ceiling_tf32_gflops"] > data["machine"]["ceiling_gflops"]
+    errors = data["machine"]["matmul_error"]  # 1024 x 1024 products on the tensor cores
+    assert errors["3xtf32"] < 2 * errors["highest"] + 1e-7 and errors["high"] > 100 * errors["3xtf32"], errors
     assert cell["batched_timing"] == "steady_state"
     steady = cell["steady_state"]
     assert set(FORMS) <= set(steady)  # fp32 captured and eager, the torch path, and the products' precisions

@@ -18,10 +18,9 @@ from prefit.model import init_params, stack_params, triple_generator  # noqa: E4
 from prefit.optim import BatchedAdam, BatchedPlateau  # noqa: E402
 from prefit.precision import product, split_tf32  # noqa: E402
 
-if not fused.available(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
-    pytest.skip("the fused kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
-
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+if why := fused.unavailable(DEVICE):
+    pytest.skip(f"the fused kernels cannot run: {why}", allow_module_level=True)
 
 
 def small_grid(side: int = 8) -> torch.Tensor:

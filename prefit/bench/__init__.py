@@ -19,7 +19,7 @@ engine uses.
 
 Output: a table on stdout, progress on stderr, and `bench.json` (`--out`), written atomically:
 
-    {"machine": {"device", "threads", "torch", "ceiling_gflops", ...},
+    {"machine": {"device", "threads", "torch", "ceiling_gflops", "matmul_error": {"highest", "3xtf32", "high"}, ...},
      "cells": [{"hls", "hfs", "resolution", "members", "epochs",
                 "ms_per_member_epoch": {"batched", "sequential", "original"},
                 "speedup_vs_sequential", "speedup_vs_original", "gflops", "ceiling_fraction", "peak_mem_mb",
@@ -32,7 +32,10 @@ after a warm-up, per form (`fused_graph`, `fused_eager`, `torch_eager`): `ms_per
 CUDA the batched figure is `fused_graph`'s (`batched_timing: "steady_state"`): transfers and set-up are not an
 epoch's cost.
 
-An engine left out with `--engines` has null figures. Bad input: one line `error: ...` on stderr, exit 2.
+`matmul_error`: each `train.matmul_precision`'s relative error against float64 (max |error| / max |exact|)
+over a few square products of side min(1024, `--ceiling-size`), taken as the engine takes them; on a CPU all
+three are fp32 products. An engine left out with `--engines` has null figures. Bad input: one line
+`error: ...` on stderr, exit 2.
 
 The package, read top to bottom: `options` (the command line), `workload` (what is fitted, the engines as runs),
 `machine` (device, ceiling, memory), `steady` (steady-state epochs), `cells` (one cell timed), `report` (the

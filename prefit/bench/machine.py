@@ -15,6 +15,8 @@ import torch
 
 from prefit.bench.options import BenchError
 from prefit.bench.workload import SEED
+from prefit.choices import MatmulPrecision
+from prefit.precision import product
 
 
 def pick_device(name: str) -> torch.device:
@@ -50,6 +52,22 @@ def measure_ceiling(device: torch.device, n: int, repeats: int = 5) -> float:
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / best / 1e9
+
+
+def matmul_errors(device: torch.device, side: int, batch: int = 4) -> dict[str, float]:
+    """Each `train.matmul_precision`'s relative error against float64 on this device: max |error| over
+    max |exact| of `batch` products of side x side random matrices, taken as the engine takes them
+    (`prefit.precision.product`). On a CPU all three are fp32 products."""
+    g = torch.Generator().manual_seed(SEED)
+    a, b = (torch.randn(batch, side, side, generator=g, dtype=torch.float64) for _ in range(2))
+    exact = torch.bmm(a, b)
+    scale = exact.abs().max().item()
+    a32, b32 = a.float().to(device), b.float().to(device)
+    errors = {}
+    for precision in (m.value for m in MatmulPrecision):
+        out = product(torch.empty(batch, side, side, device=device), a32, b32, 1.0, precision)
+        errors[precision] = (out.cpu().double() - exact).abs().max().item() / scale
+    return errors
 
 
 # ------------------------------------------------------------------------------------------------- memory

@@ -14,7 +14,7 @@ import torch
 
 import prefit
 from prefit.bench.cells import bench_cell, log, rounded, warm_process
-from prefit.bench.machine import measure_ceiling, memory_measure, pick_device
+from prefit.bench.machine import matmul_errors, measure_ceiling, memory_measure, pick_device
 from prefit.bench.options import ENGINES, BenchError, Options, parse_args
 from prefit.bench.steady import format_steady
 from prefit.engine import device_name
@@ -74,6 +74,13 @@ def format_table(result: dict[str, Any]) -> str:
         f" {result['settings']['repeats']} turns; x seq best: the sequential engine's fastest turn over the batched"
         " median"
     )
+    errors = m.get("matmul_error") or {}
+    if errors:
+        lines.append(
+            "products against float64 (relative error, train.matmul_precision): "
+            + ", ".join(f"{k} {v:.2g}" for k, v in errors.items())
+            + ("" if m["device"] == "cuda" else " (on a CPU all three are fp32 products)")
+        )
     return "\n".join(lines + format_steady(result["cells"]))
 
 
@@ -102,6 +109,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
         "ceiling_size": opts.ceiling_size,
         "matmul_precision": torch.get_float32_matmul_precision(),
         "peak_mem": memory_measure(device),
+        "matmul_error": {k: rounded(v, 3) for k, v in matmul_errors(device, min(1024, opts.ceiling_size)).items()},
         "python": platform.python_version(),
         "prefit": prefit.__version__,
     }

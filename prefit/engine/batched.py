@@ -32,9 +32,8 @@ def resolve_kernels(name: str, device: torch.device) -> str:
         return "fused" if fused.available(device) else "torch"
     if name == "compiled" and device.type != "cpu":
         raise ConfigError(f"train.kernels=compiled runs on a CPU only, not on {device.type}")
-    if name == "fused" and not fused.available(device):
-        where = "Triton's interpreter (TRITON_INTERPRET=1)" if device.type == "cpu" else "Triton"
-        raise ConfigError(f"train.kernels=fused on {device.type} needs {where}")
+    if name == "fused" and (why := fused.unavailable(device)):
+        raise ConfigError(f"train.kernels=fused cannot run here: {why}")
     return name
 
 
