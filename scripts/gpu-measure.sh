@@ -14,8 +14,8 @@
 #   all    tests, bench, grid, agree: in that order, the order of what the issue needs most
 #
 # A lent GPU gives a session 15 minutes, its start included, and 10 a call, so the stages share one deadline:
-# MEASURE_S seconds (default 540) from the script's start. Each stage runs under `timeout` with at most its own
-# cap and what is left of the deadline (less 20 s to pack), a stage with under 30 s left is skipped, and the
+# MEASURE_S seconds (default 570) from the script's start. Each stage runs under `timeout` with at most its own
+# cap and what is left of the deadline (less 15 s to pack), a stage with under 30 s left is skipped, and the
 # script always ends with its files written: run it with the call's timeout_s at 600.
 #
 # OUT holds at most 7 files (a device call brings back 8): summary.md (the machine, each stage's exit status and
@@ -49,10 +49,10 @@ case ${GRID_PRECISION:-auto} in
     auto|highest|3xtf32|high) ;;
     *) echo "error: GRID_PRECISION must be auto, highest, 3xtf32 or high, not '$GRID_PRECISION'" >&2; exit 2 ;;
 esac
-case ${MEASURE_S:-540} in
+case ${MEASURE_S:-570} in
     ''|*[!0-9]*) echo "error: MEASURE_S must be a whole number of seconds, not '$MEASURE_S'" >&2; exit 2 ;;
 esac
-deadline=$((SECONDS + ${MEASURE_S:-540}))
+deadline=$((SECONDS + ${MEASURE_S:-570}))
 absolute() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 out=$(absolute "$2")
 data=${DATA:+$(absolute "$DATA")}
@@ -86,7 +86,7 @@ summary=("# scripts/gpu-measure.sh $1" "" "machine: ${gpu//$'\n'/; }" "" "| stag
 notes=()
 
 within() {  # within CAP WHAT CMD...: CMD under timeout, for at most CAP seconds and what the deadline leaves
-    local left=$((deadline - SECONDS - 20))
+    local left=$((deadline - SECONDS - 15))
     [ "$left" -lt "$1" ] || left=$1
     if [ "$left" -lt 30 ]; then
         echo "skipped: $2 ($left s left of MEASURE_S)" >&3  # the script's stderr, not the stage's log
