@@ -105,11 +105,11 @@ find_data() {
     [ -n "$data" ] && [ -d "$data" ] || { echo "error: no CIFAR sample: set DATA=DIR" >&2; return 2; }
 }
 
-compare() {  # compare NAME SWEEP: the sweep held against OUT's bench JSONs -> OUT/NAME.md
+compare() {  # compare NAME SWEEP: the sweep held against OUT's bench JSONs -> OUT/NAME.md (printed at the end)
     local benches=()
     for f in "$out"/bench_cuda*.json; do [ -f "$f" ] && benches+=("$f"); done
     [ ${#benches[@]} -gt 0 ] || benches=(docs/bench.json)
-    "$py" -m prefit.bench.compare "${benches[@]}" --sweep "$2" --out "$out/$1.md"
+    "$py" -m prefit.bench.compare "${benches[@]}" --sweep "$2" --out "$out/$1.md" >> "$logs/$1.log"
 }
 
 run_tests() {
