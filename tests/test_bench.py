@@ -19,7 +19,8 @@ from prefit.engine import flops_per_member_epoch
 from prefit.model import member_params
 
 ENGINES = ("batched", "sequential", "original")
-MACHINE = {"device": str, "threads": int, "torch": str, "ceiling_gflops": float, "matmul_error": dict}
+MACHINE = {"device": str, "threads": int, "torch": str, "ceiling_gflops": float, "matmul_error": dict,
+           "bandwidth_gbs": float}  # fmt: skip
 CELL = {
     "hls": int,
     "hfs": int,
@@ -107,6 +108,22 @@ def test_table_is_printed(quick_run):
         f"products against float64 (relative error, train.matmul_precision): highest {errors['highest']:.2g}, "
         f"3xtf32 {errors['3xtf32']:.2g}, high {errors['high']:.2g} (on a CPU all three are fp32 products)"
     )
+
+
+def test_the_floor_is_the_products_at_their_ceiling_plus_the_passes_at_the_copy_rate():
+    from prefit.bench.steady import floor_ms
+
+    h100 = {"fp32": 51_000.0, "tf32": 318_000.0}  # GFLOP/s, torch.mm, measured earlier on an H100
+    fp32 = floor_ms("fused_graph", 8, 1024, 1024, 60, h100, 3000.0)
+    assert 69.5 < fp32 < 70.5  # docs/performance.md: 60.7 ms of products, 27.7 GB at 3 TB/s
+    assert floor_ms("fused_eager", 8, 1024, 1024, 60, h100, 3000.0) == fp32  # capture saves launches, not work
+    assert floor_ms("torch_eager", 8, 1024, 1024, 60, h100, 3000.0) is None  # its passes are not counted
+    assert floor_ms("fused_graph_tf32", 8, 1024, 1024, 60, h100, 3000.0) < fp32 / 3
+    cpu = {"fp32": 180.0}  # no TF32: three fp32 products
+    assert floor_ms("fused_graph_3xtf32", 2, 32, 1024, 10, cpu, 20.0) > 3 * floor_ms("fused_graph", 2, 32, 1024, 10,
+                                                                                      cpu, 1e12)  # fmt: skip
+    assert floor_ms("fused_graph", 2, 32, 1024, 20, cpu, 20.0) == pytest.approx(
+        2 * floor_ms("fused_graph", 2, 32, 1024, 10, cpu, 20.0))  # fmt: skip
 
 
 def test_matmul_errors_measure_each_precision_against_float64():

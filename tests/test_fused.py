@@ -260,3 +260,36 @@ def test_a_chunk_run_again_repeats_its_steady_epochs_without_warming_up_again():
     single = FusedChunk(params, coords.to(DEVICE), target, FitOptions(epochs=1, progress=False), 30.0, {})
     single.run(capture=False)
     assert single.steady_seconds() == (0.0, 0)
+
+
+@pytest.mark.parametrize("precision", ["highest", "3xtf32"])
+def test_fused_bytes_per_member_epoch_counts_the_passes_an_epoch_makes(monkeypatch, precision):
+    """The memory term of the benchmark's floor: each fused pass's large operands, counted as an epoch calls the
+    passes (hfs differs from the pixels, so activation-sized and weight-sized splits cannot stand in for each
+    other)."""
+    from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
+    from prefit.engine.options import FitOptions
+
+    moved = []
+
+    def count(name, words):
+        real = getattr(fused, name)
+
+        def counted(*args, **kwargs):
+            moved.append(4 * words(*args))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(fused, name, counted)
+
+    count("sincos_bias_", lambda s, *_: 3 * s.numel())  # product read, sine and cosine written
+    count("cos_grad_", lambda g, *_: 3 * g.numel())  # gradient and cosine read, gradient written
+    count("head", lambda pred_t, *_: 4 * pred_t.numel())
+    count("adam", lambda layout, flat, *_: 7 * sum(v.numel() for v in layout.views(flat)))
+    count("split_tf32_", lambda x, *_: 3 * x.numel())
+    n, hls, hfs, side = 3, 2, 8, 4
+    coords = small_grid(side)
+    params = [(w.to(DEVICE), b.to(DEVICE)) for w, b in members(n, hls, hfs)]
+    fit = FitOptions(epochs=2, progress=False, snapshot_epochs=[], matmul_precision=precision)
+    chunk = FusedChunk(params, coords.to(DEVICE), targets(n, coords).to(DEVICE), fit, 30.0, {})
+    chunk.epoch()
+    assert sum(moved) == n * fused_bytes_per_member_epoch(hls, hfs, side * side, precision)

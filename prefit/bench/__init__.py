@@ -19,7 +19,8 @@ engine uses.
 
 Output: a table on stdout, progress on stderr, and `bench.json` (`--out`), written atomically:
 
-    {"machine": {"device", "threads", "torch", "ceiling_gflops", "matmul_error": {"highest", "3xtf32", "high"}, ...},
+    {"machine": {"device", "threads", "torch", "ceiling_gflops", "bandwidth_gbs",
+                 "matmul_error": {"highest", "3xtf32", "high"}, ...},
      "cells": [{"hls", "hfs", "resolution", "members", "epochs",
                 "ms_per_member_epoch": {"batched", "sequential", "original"},
                 "speedup_vs_sequential", "speedup_vs_original", "gflops", "ceiling_fraction", "peak_mem_mb",
@@ -28,7 +29,9 @@ Output: a table on stdout, progress on stderr, and `bench.json` (`--out`), writt
 
 On CUDA (or with `--steady`) each cell also gets `steady_state` (`prefit.bench.steady`): one chunk's epochs timed
 after a warm-up, per form (`fused_graph`, `fused_eager`, `torch_eager`): `ms_per_epoch`, `ms_per_member_epoch`,
-`ms_range`, `gflops`, `fraction_fp32` and `fraction_tf32` (the machine's `ceiling_tf32_gflops`, CUDA only). On
+`ms_range`, `gflops`, `fraction_fp32` and `fraction_tf32` (the machine's `ceiling_tf32_gflops`, CUDA only),
+and for the fused forms `floor_ms` and `fraction_floor`: the least the epoch can take here, its products at
+the measured `torch.mm` rate and its other passes' bytes at the measured copy rate (`bandwidth_gbs`). On
 CUDA the batched figure is `fused_graph`'s (`batched_timing: "steady_state"`): transfers and set-up are not an
 epoch's cost.
 

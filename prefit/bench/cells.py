@@ -139,6 +139,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
             W0,
             opts.ceilings,
             seconds_per_repeat=seconds,
+            bandwidth_gbs=opts.bandwidth_gbs,
         )
         log(f"[{name}] steady state: " + format_steady([{"hls": hls, "hfs": hfs, "steady_state": steady}])[0])
         if device.type == "cuda":  # the figure a study sees: captured epochs, transfers and set-up outside

@@ -1,5 +1,5 @@
-"""The machine the benchmark runs on: which device, its fp32 matrix-product ceiling, its name, and how much
-memory a run takes (`PeakMemory`)."""
+"""The machine the benchmark runs on: which device, its fp32 matrix-product ceiling, its memory's copy rate,
+its products' errors, its name, and how much memory a run takes (`PeakMemory`)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,22 @@ def measure_ceiling(device: torch.device, n: int, repeats: int = 5) -> float:
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / best / 1e9
+
+
+def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> float:
+    """The device memory's rate in GB/s for a large copy (bytes read plus bytes written), the best of a few:
+    the rate the fused engine's elementwise passes and Adam can reach at most."""
+    src = torch.ones(mib * 2**18, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up: pages touched, kernels loaded
+    best = math.inf
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
 
 
 def matmul_errors(device: torch.device, side: int, batch: int = 4) -> dict[str, float]:

@@ -36,7 +36,9 @@ class Options:
     warmup: int = 3
     budget: float = 25.0  # seconds of timed runs per engine and cell, estimated from the warm-up
     ceiling_size: int | None = None  # None: 2048 on a CPU, 4096 on a GPU
+    bandwidth_mib: int | None = None  # the copy that measures the memory's rate; None: 256 on a CPU, 1024 on a GPU
     ceilings: dict[str, float] = field(default_factory=dict)  # measured by run_bench: fp32 (and tf32 on CUDA)
+    bandwidth_gbs: float | None = None  # measured by run_bench: the memory's copy rate
     out: Path = Path("bench.json")
     steady: bool | None = None  # steady-state epoch times of one chunk (None: on CUDA only)
 
@@ -50,6 +52,7 @@ QUICK = {
     "warmup": 1,
     "budget": 5.0,
     "ceiling_size": 256,
+    "bandwidth_mib": 16,
 }
 
 
@@ -122,6 +125,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--ceiling-size", type=_positive(int), help="side of the torch.mm that measures the ceiling (default 2048 "
         "on a CPU, 4096 on a GPU)"
     )
+    p.add_argument(
+        "--bandwidth-mib", type=_positive(int), help="MiB copied to measure the memory's rate (default 256 on a CPU, "
+        "1024 on a GPU)"
+    )
     p.add_argument("--out", type=Path, help="where to write the JSON (default: ./bench.json)")
     p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
     p.add_argument(
@@ -134,7 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
     keys = ("device", "threads", "members", "subset", "max_members", "epochs", "repeats", "warmup", "budget",
-            "ceiling_size")  # fmt: skip
+            "ceiling_size", "bandwidth_mib")  # fmt: skip
     for key in (*keys, "resolution"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)

@@ -14,7 +14,7 @@ import torch
 
 import prefit
 from prefit.bench.cells import bench_cell, log, rounded, warm_process
-from prefit.bench.machine import matmul_errors, measure_ceiling, memory_measure, pick_device
+from prefit.bench.machine import matmul_errors, measure_bandwidth, measure_ceiling, memory_measure, pick_device
 from prefit.bench.options import ENGINES, BenchError, Options, parse_args
 from prefit.bench.steady import format_steady
 from prefit.engine import device_name
@@ -69,7 +69,8 @@ def format_table(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines.insert(1, "-" * len(lines[0]))
     lines.append(
-        f"ceiling: {m['ceiling_gflops']:.4g} GFLOP/s fp32 ({m['ceiling_size']}^2 torch.mm) on {m['device']}"
+        f"ceiling: {m['ceiling_gflops']:.4g} GFLOP/s fp32 ({m['ceiling_size']}^2 torch.mm), memory"
+        f" {m['bandwidth_gbs']:.4g} GB/s ({m['bandwidth_mib']} MiB copied) on {m['device']}"
         f" ({m['device_name']}), {m['threads']} threads, torch {m['torch']}; ms per member-epoch, medians of"
         f" {result['settings']['repeats']} turns; x seq best: the sequential engine's fastest turn over the batched"
         " median"
@@ -97,6 +98,8 @@ def run_bench(opts: Options) -> dict[str, Any]:
     if device.type == "cuda":
         with tf32(True):
             opts.ceilings["tf32"] = measure_ceiling(device, opts.ceiling_size)
+    opts.bandwidth_mib = opts.bandwidth_mib or (1024 if device.type == "cuda" else 256)
+    opts.bandwidth_gbs = measure_bandwidth(device, opts.bandwidth_mib)
     machine = {
         "device": device.type,
         "threads": torch.get_num_threads(),
@@ -107,6 +110,8 @@ def run_bench(opts: Options) -> dict[str, Any]:
         "device_name": device_name(device),
         "cpu_count": os.cpu_count(),
         "ceiling_size": opts.ceiling_size,
+        "bandwidth_gbs": rounded(opts.bandwidth_gbs),
+        "bandwidth_mib": opts.bandwidth_mib,
         "matmul_precision": torch.get_float32_matmul_precision(),
         "peak_mem": memory_measure(device),
         "matmul_error": {k: rounded(v, 3) for k, v in matmul_errors(device, min(1024, opts.ceiling_size)).items()},

@@ -11,6 +11,10 @@ with CUDA events around the loop alone, and the median counts. Three forms of th
 - `torch_eager`: the plain torch step with `prefit.optim`'s Adam and plateau (`train.kernels=torch`);
 - `fused_graph_3xtf32`, `fused_graph_tf32`: `fused_graph` with `train.matmul_precision=3xtf32` and `high`
   (what the products' precision costs or buys, in the same run as fp32).
+
+Each fused form also gets its floor (`floor_ms`): its products at the measured `torch.mm` rate of their
+precision plus the bytes its other passes move at the measured copy rate. The share of the floor a form
+reaches says whether launches and kernel quality (narrow cells) or the design itself (wide ones) bound it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 from prefit.engine.common import flops_per_member_epoch, mark, seconds_between
-from prefit.engine.cuda import FusedChunk
+from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
 from prefit.engine.options import FitOptions
 from prefit.engine.steps import SirenStep
 from prefit.model import Params
@@ -116,6 +120,23 @@ def epoch_times(
     return out
 
 
+def floor_ms(
+    form: str, hls: int, hfs: int, pixels: int, members: int, ceilings: dict[str, float], bandwidth_gbs: float
+) -> float | None:
+    """The least a fused form's epoch of `members` can take on this machine: its products at the measured
+    `torch.mm` rate of their precision (`3xtf32`: three TF32 products) plus the bytes its other passes move
+    (`fused_bytes_per_member_epoch`) at the measured copy rate, one after the other as the epoch runs them.
+    None for the torch form, whose passes are not counted. Without a TF32 ceiling (a CPU) TF32 products run
+    at the fp32 one."""
+    kernels, _, precision = FORMS[form]
+    if kernels != "fused":
+        return None
+    flops = flops_per_member_epoch(hls, hfs, pixels) * (3 if precision == "3xtf32" else 1)
+    rate = ceilings["fp32"] if precision == "highest" else ceilings.get("tf32") or ceilings["fp32"]
+    moved = fused_bytes_per_member_epoch(hls, hfs, pixels, precision)
+    return 1e3 * members * (flops / (rate * 1e9) + moved / (bandwidth_gbs * 1e9))
+
+
 def steady_state_cell(
     params: Params,
     coords: torch.Tensor,
@@ -124,10 +145,12 @@ def steady_state_cell(
     ceilings: dict[str, float],
     seconds_per_repeat: float = 2.0,
     repeats: int = 3,
+    bandwidth_gbs: float | None = None,
 ) -> dict:
     """`epoch_times` for a cell's chunk, with epochs per repeat chosen from its flops (about
     `seconds_per_repeat` at 60 % of the fp32 ceiling, 10 to 500 epochs), and each form's share of the fp32 and
-    TF32 ceilings. What bench.json records under a cell's `steady_state`."""
+    TF32 ceilings and, given the memory's rate, its `floor_ms` and the share of it that the form reaches
+    (`fraction_floor`). What bench.json records under a cell's `steady_state`."""
     members = target.shape[0]
     hls, hfs = len(params) - 2, params[0][0].shape[2]
     per_member = flops_per_member_epoch(hls, hfs, target.shape[1])
@@ -144,6 +167,9 @@ def steady_state_cell(
             "gflops": t["gflops"],
             **{f"fraction_{name}": t["gflops"] / c for name, c in ceilings.items() if c},
         }
+        floor = bandwidth_gbs and floor_ms(form, hls, hfs, target.shape[1], members, ceilings, bandwidth_gbs)
+        if floor:
+            record[form].update(floor_ms=floor, fraction_floor=floor / t["ms_per_epoch"])
     return record
 
 
@@ -157,6 +183,7 @@ def format_steady(cells: list[dict]) -> list[str]:
         parts = [
             f"{form} {s['ms_per_epoch']:.3g} ms ({s['gflops']:.3g} GFLOP/s"
             + "".join(f", {100 * v:.0f} % {k[9:]}" for k, v in s.items() if k.startswith("fraction_"))
+            + (f"; floor {s['floor_ms']:.3g} ms" if "floor_ms" in s else "")
             + ")"
             for form, s in steady.items()
             if isinstance(s, dict)

@@ -22,7 +22,7 @@ import torch
 from prefit import fused
 from prefit.engine.common import FitResult, flops_per_member_epoch, mark, psnr_from_loss, seconds_between
 from prefit.engine.options import FitOptions
-from prefit.model import Params
+from prefit.model import Params, n_weights
 from prefit.precision import SplitWork, presplit, product
 
 # A captured graph holds enough epochs that one replay is about this many flops of work (a narrow cell's
@@ -31,6 +31,24 @@ FLOPS_PER_REPLAY = 2e10
 MAX_EPOCHS_PER_GRAPH = 50
 # Progress (a read-back of the loss) at most every this many epochs.
 PROGRESS_EVERY = 250
+
+
+def fused_bytes_per_member_epoch(hls: int, hfs: int, pixels: int = 1024, precision: str = "highest") -> int:
+    """Bytes one member's epoch moves through device memory in `FusedStep`'s and Adam's passes, outside the
+    matrix products: with the products' flops, what bounds a wide cell's epoch (`prefit.bench.steady`'s floor).
+
+    Per sine layer, the forward pass reads the product and writes the sine and the cosine, and the backward
+    pass reads the gradient and the cosine and writes the gradient; the head reads the prediction and the target
+    and writes both back (prediction, output gradient); Adam reads parameters, gradients and both moments and
+    writes three of them back. `3xtf32` splits (`prefit.precision.split_tf32`: one operand read, two halves
+    written) 3L - 1 activations for L sine layers, each hidden weight twice (forward, back) and a few small
+    operands (coordinates, the output's gradient and weights). Per-member vectors (biases, losses) are left out.
+    """
+    sine_layers, words = hls + 1, 0
+    words += 6 * sine_layers * pixels * hfs + 12 * pixels + 7 * n_weights(hls, hfs)
+    if precision == "3xtf32":
+        words += 3 * ((3 * sine_layers - 1) * pixels * hfs + 2 * hls * hfs**2 + 10 * pixels + 8 * hfs)
+    return 4 * words
 
 
 def _pairs(views: list[torch.Tensor]) -> Params:
