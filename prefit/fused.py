@@ -14,6 +14,9 @@ passes for Adam. These kernels do that work in as few passes as the arithmetic a
 - `adam`: Adam over every parameter of a chunk in one launch (one flat buffer, one learning rate per member);
 - `split_tf32_`: the operands of `3xtf32` products, split into a TF32 head and its remainder.
 
+At `3xtf32` the sine pass, the cosine pass and Adam can write their result split (`split=(hi, lo)`), so that the
+products read halves made in the same pass instead of splitting each operand in a pass of its own.
+
 Nothing here reads a value back to the host, so an epoch can be captured as a CUDA graph and replayed.
 The arithmetic is that of `prefit.engine.SirenStep`, `prefit.optim.BatchedAdam` and `BatchedPlateau`; the
 tests compare them. Under `TRITON_INTERPRET=1` the kernels run on CPU tensors, which is how CI (no GPU)
@@ -77,17 +80,33 @@ if triton is not None:
             return tl.sin(x), tl.cos(x)
 
     @triton.jit
-    def _sincos_bias_kernel(s_ptr, c_ptr, b_ptr, w0, n, per_member, width, BLOCK: tl.constexpr, PRECISE: tl.constexpr):
+    def _store(ptr, hi_ptr, lo_ptr, offs, x, mask, SPLIT: tl.constexpr):
+        """x to ptr, or (SPLIT) its TF32 head and remainder to hi_ptr and lo_ptr: x = hi + lo exactly."""
+        if SPLIT:
+            hi = ((x.to(tl.int32, bitcast=True) + 0x1000) & -0x2000).to(tl.float32, bitcast=True)  # nearest
+            tl.store(hi_ptr + offs, hi, mask=mask)
+            tl.store(lo_ptr + offs, x - hi, mask=mask)
+        else:
+            tl.store(ptr + offs, x, mask=mask)
+
+    @triton.jit
+    def _sincos_bias_kernel(
+        s_ptr, c_ptr, b_ptr, hi_ptr, lo_ptr, w0, n, per_member, width,
+        BLOCK: tl.constexpr, PRECISE: tl.constexpr, SPLIT: tl.constexpr,
+    ):  # fmt: skip
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         bias = tl.load(b_ptr + (offs // per_member) * width + offs % width, mask=mask)
         x = tl.load(s_ptr + offs, mask=mask) + w0 * bias
         sin, cos = _sin_cos(x, PRECISE)
         tl.store(c_ptr + offs, cos, mask=mask)
-        tl.store(s_ptr + offs, sin, mask=mask)
+        _store(s_ptr, hi_ptr, lo_ptr, offs, sin, mask, SPLIT)
 
     @triton.jit
-    def _cos_grad_kernel(g_ptr, c_ptr, gb_ptr, w0, pixels, width, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr):
+    def _cos_grad_kernel(
+        g_ptr, c_ptr, gb_ptr, hi_ptr, lo_ptr, w0, pixels, width,
+        BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr,
+    ):  # fmt: skip
         member = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         base = member * pixels * width
@@ -97,7 +116,7 @@ if triton is not None:
             idx = base + rows[:, None] * width + cols[None, :]
             mask = (rows[:, None] < pixels) & (cols[None, :] < width)
             g = tl.load(g_ptr + idx, mask=mask, other=0.0) * tl.load(c_ptr + idx, mask=mask, other=0.0)
-            tl.store(g_ptr + idx, g, mask=mask)
+            _store(g_ptr, hi_ptr, lo_ptr, idx, g, mask, SPLIT)
             acc += tl.sum(g, axis=0)
         tl.store(gb_ptr + member * width + cols, acc * w0, mask=cols < width)
 
@@ -173,8 +192,8 @@ if triton is not None:
 
     @triton.jit
     def _adam_kernel(
-        p_ptr, g_ptr, m_ptr, v_ptr, step_size_ptr, powers_ptr, block_start_ptr, block_tensor_ptr,
-        offsets_ptr, numels_ptr, per_member_ptr, beta1, beta2, eps, BLOCK: tl.constexpr,
+        p_ptr, g_ptr, m_ptr, v_ptr, hi_ptr, lo_ptr, step_size_ptr, powers_ptr, block_start_ptr, block_tensor_ptr,
+        offsets_ptr, numels_ptr, per_member_ptr, beta1, beta2, eps, BLOCK: tl.constexpr, SPLIT: tl.constexpr,
     ):  # fmt: skip
         pid = tl.program_id(0)
         tensor = tl.load(block_tensor_ptr + pid)
@@ -195,39 +214,50 @@ if triton is not None:
         tl.store(m_ptr + offs, m, mask=mask)
         tl.store(v_ptr + offs, v, mask=mask)
         tl.store(p_ptr + offs, p, mask=mask)
+        if SPLIT:  # the next epoch's 3xtf32 products read the weights split
+            _store(p_ptr, hi_ptr, lo_ptr, offs, p, mask, True)
 
     @triton.jit
     def _split_tf32_kernel(x_ptr, hi_ptr, lo_ptr, n, BLOCK: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        bits = x.to(tl.int32, bitcast=True)
-        hi = ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)  # round to 10 mantissa bits
-        tl.store(hi_ptr + offs, hi, mask=mask)
-        tl.store(lo_ptr + offs, x - hi, mask=mask)
+        _store(x_ptr, hi_ptr, lo_ptr, offs, tl.load(x_ptr + offs, mask=mask, other=0.0), mask, True)
 
 
 ELEMENTWISE_BLOCK = 1024
 ADAM_BLOCK = 1024
 
 
-def sincos_bias_(s: torch.Tensor, c: torch.Tensor, b: torch.Tensor, w0: float) -> None:
-    """s <- sin(s + w0 b), c <- cos(s + w0 b) for s [M, pixels, H], b [M, 1, H]: one pass."""
+Halves = tuple[torch.Tensor, torch.Tensor]  # (hi, lo): a tensor split for 3xtf32 products (`split_tf32_`)
+
+
+def sincos_bias_(s: torch.Tensor, c: torch.Tensor, b: torch.Tensor, w0: float, split: Halves | None = None) -> None:
+    """s <- sin(s + w0 b), c <- cos(s + w0 b) for s [M, pixels, H], b [M, 1, H]: one pass. With `split`, the
+    sine goes to its halves instead of s (the 3xtf32 products read only those)."""
     n, width = s.numel(), s.shape[2]
+    hi, lo = split or (s, s)
     grid = (triton.cdiv(n, ELEMENTWISE_BLOCK),)
     # enable_fp_fusion=False: s + w0 b rounded twice, as torch does; a fused multiply-add moves the sine's
     # argument by an ulp, and at a hundred radians an ulp is 8e-6
     _sincos_bias_kernel[grid](
-        s, c, b, w0, n, s.shape[1] * width, width, BLOCK=ELEMENTWISE_BLOCK, PRECISE=PRECISE, enable_fp_fusion=False
-    )
+        s, c, b, hi, lo, w0, n, s.shape[1] * width, width,
+        BLOCK=ELEMENTWISE_BLOCK, PRECISE=PRECISE, SPLIT=split is not None, enable_fp_fusion=False,
+    )  # fmt: skip
 
 
-def cos_grad_(g: torch.Tensor, c: torch.Tensor, gb: torch.Tensor, w0: float) -> None:
-    """g <- g * c, gb <- w0 * sum over pixels of g, for g, c [M, pixels, H], gb [M, 1, H]: one pass."""
+def cos_grad_(g: torch.Tensor, c: torch.Tensor, gb: torch.Tensor, w0: float, split: Halves | None = None) -> None:
+    """g <- g * c, gb <- w0 * sum over pixels of g, for g, c [M, pixels, H], gb [M, 1, H]: one pass. With
+    `split`, g * c goes to its halves instead of g."""
     members, pixels, width = g.shape
+    hi, lo = split or (g, g)
     block_h = min(64, triton.next_power_of_2(width))
     grid = (members, triton.cdiv(width, block_h))
-    _cos_grad_kernel[grid](g, c, gb, w0, pixels, width, BLOCK_P=max(16, 4096 // block_h), BLOCK_H=block_h)
+    # enable_fp_fusion=False: g * c rounded before it is summed or split, as torch does; a fused multiply-add
+    # would take the split's remainder (g * c - hi) from the unrounded product, so hi + lo would not be g
+    _cos_grad_kernel[grid](
+        g, c, gb, hi, lo, w0, pixels, width,
+        BLOCK_P=max(16, 4096 // block_h), BLOCK_H=block_h, SPLIT=split is not None, enable_fp_fusion=False,
+    )  # fmt: skip
 
 
 def head(
@@ -356,12 +386,15 @@ def adam(
     state: Schedule,
     betas: tuple[float, float],
     eps: float,
+    split: Halves | None = None,
 ) -> None:
-    """Adam on flat buffers laid out by `layout`, with `state`'s per-member step sizes: one launch."""
+    """Adam on flat buffers laid out by `layout`, with `state`'s per-member step sizes: one launch. With
+    `split`, the updated parameters are also written split, for the next epoch's 3xtf32 products."""
+    hi, lo = split or (params, params)
     grid = (layout.tables[0].shape[0],)
     _adam_kernel[grid](
-        params, grads, exp_avg, exp_avg_sq, state.step_size, state.powers, *layout.tables,
-        betas[0], betas[1], eps, BLOCK=ADAM_BLOCK,
+        params, grads, exp_avg, exp_avg_sq, hi, lo, state.step_size, state.powers, *layout.tables,
+        betas[0], betas[1], eps, BLOCK=ADAM_BLOCK, SPLIT=split is not None,
     )  # fmt: skip
 
 

@@ -49,7 +49,8 @@ class SplitWork:
 
 
 class Split(NamedTuple):
-    """An operand split once (hi + lo) for several `3xtf32` products that read it (see `presplit`)."""
+    """An operand split once (hi + lo), by the pass that made it, for the `3xtf32` products that read it
+    (`prefit.engine.cuda.FusedStep`)."""
 
     hi: torch.Tensor
     lo: torch.Tensor
@@ -60,15 +61,6 @@ class Split(NamedTuple):
 
 
 Operand = torch.Tensor | Split
-
-
-def presplit(x: torch.Tensor, precision: str, work: SplitWork | None, side: str = "held") -> Operand:
-    """`x` split once into `work`'s pair for `side` when two products in a row read it at `3xtf32` (one split
-    pass instead of two); `x` itself at other precisions. The pair is overwritten by the next `presplit` for
-    the same side, so the caller uses it before then."""
-    if precision != "3xtf32":
-        return x
-    return Split(*split_tf32(x, work.pair(side, _memory_order(x)) if work else None))
 
 
 def split_tf32(
@@ -109,7 +101,7 @@ def product(
 ) -> torch.Tensor:
     """out <- alpha * (a @ b) for batched a [M, n, k], b [M, k, m], at `precision` (see the module's doc).
     `work` holds the `3xtf32` split buffers between calls (None: fresh ones each call); an operand may come
-    split already (`presplit`)."""
+    split already (a `Split`)."""
     if precision == "3xtf32":
         a_hi, a_lo = a if isinstance(a, Split) else split_tf32(a, work.pair("a", _memory_order(a)) if work else None)
         b_hi, b_lo = b if isinstance(b, Split) else split_tf32(b, work.pair("b", _memory_order(b)) if work else None)

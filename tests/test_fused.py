@@ -166,12 +166,44 @@ def test_3xtf32_needs_the_fused_step():
         fit_batched(members(1, 1, 4), targets(1, coords), coords, train, 30.0, torch.device("cpu"), max_members=1)
 
 
-def test_3xtf32_splits_reuse_their_buffers_and_copy_no_transpose(monkeypatch):
-    """The split of a transposed operand is the split of its memory, transposed back (no copy); a step's split
-    buffers are made once, one pair per side and shape, so a captured epoch allocates nothing; an activation or
-    gradient that two products read in a row is split once (`presplit`); and the gradients are bit for bit
-    those of a step that splits every operand afresh for every product."""
-    import prefit.engine.cuda as engine_cuda
+def fresh_split_step(params, coords, target, w0):
+    """The oracle: the fused step at 3xtf32 with every product splitting its operands afresh (`product` without
+    buffers), the elementwise passes writing whole tensors. Loss and gradients."""
+    members, pixels = target.shape[:2]
+    x0 = coords.expand(members, pixels, 2).contiguous()
+    x, sines, cosines = x0, [], []
+    for w, b in params[:-1]:
+        s = product(x.new_empty(members, pixels, w.shape[2]), x, w, w0, "3xtf32")
+        c = torch.empty_like(s)
+        fused.sincos_bias_(s, c, b, w0)
+        x = s
+        sines.append(s), cosines.append(c)
+    w, b = params[-1]
+    pred_t = product(x.new_empty(members, 3, pixels), w.mT, x.mT, 1.0, "3xtf32")
+    grad_t, loss, gb = torch.empty_like(pred_t), x.new_empty(members), torch.empty_like(b)
+    no_snapshot = (x.new_empty(members, 1, pixels, 3), torch.full((1,), -1, dtype=torch.int32, device=x.device))
+    epoch = torch.zeros(1, dtype=torch.int64, device=x.device)
+    fused.head(pred_t, b, target.mT.contiguous(), grad_t, loss, gb, *no_snapshot, epoch, 2.0 / (pixels * 3))
+    grads = [(product(x.new_empty(members, 3, w.shape[1]), grad_t, x, 1.0, "3xtf32").mT, gb)]
+    grad = product(x.new_empty(members, pixels, w.shape[1]), grad_t.mT, w.mT, 1.0, "3xtf32")
+    for layer in range(len(params) - 2, -1, -1):
+        w, b = params[layer]
+        gb = torch.empty_like(b)
+        fused.cos_grad_(grad, cosines[layer], gb, w0)
+        inputs = x0 if layer == 0 else sines[layer - 1]
+        grads.insert(0, (product(torch.empty_like(w), inputs.mT, grad, w0, "3xtf32"), gb))
+        if layer > 0:
+            grad = product(torch.empty_like(sines[0]), grad, w.mT, w0, "3xtf32")
+    return loss, grads
+
+
+def test_3xtf32_operands_are_split_where_they_are_made_bit_for_bit_as_if_split_afresh():
+    """At 3xtf32 the sine pass, the cosine pass and Adam write their results split, so products split only the
+    small operands (coordinates, the output's gradient), in buffers made once; the loss and gradients are bit
+    for bit those of splitting every operand afresh for every product; after Adam the weights' halves are
+    those of the updated weights. A transposed operand is split in its memory order, without a copy."""
+    from prefit.engine.cuda import FusedChunk
+    from prefit.engine.options import FitOptions
 
     x = torch.randn(3, 10, 7, generator=torch.Generator().manual_seed(6)) * 50
     hi, lo = split_tf32(x.mT)
@@ -179,25 +211,27 @@ def test_3xtf32_splits_reuse_their_buffers_and_copy_no_transpose(monkeypatch):
     ref_hi, ref_lo = split_tf32(x.mT.contiguous())
     assert torch.equal(hi, ref_hi) and torch.equal(lo, ref_lo)
 
-    coords = small_grid()
-    params, target = members(2, 2, 6), targets(2, coords)
+    coords, hls, width = small_grid(), 2, 6
+    params, target = members(2, hls, width), targets(2, coords)
     on = [(w.to(DEVICE), b.to(DEVICE)) for w, b in params]
     step = FusedStep(on, coords.to(DEVICE), target.to(DEVICE), 30.0, precision="3xtf32")
-    first = [g.clone() for pair in step()[2] for g in pair]
+    loss, _, grads = step()
+    want_loss, want_grads = fresh_split_step(on, coords.to(DEVICE), target.to(DEVICE), 30.0)
+    assert torch.equal(loss, want_loss)
+    for (gw, gb), (want_gw, want_gb) in zip(grads, want_grads, strict=True):
+        assert torch.equal(gw, want_gw) and torch.equal(gb, want_gb)
+    pixels = coords.shape[0]
     buffers = {k: (h.data_ptr(), lo.data_ptr()) for k, (h, lo) in step.work.pairs.items()}
-    shapes = {(side, shape[1:]) for side, shape, _, _ in buffers}
-    pixels, width = coords.shape[0], 6
-    assert ("a", (pixels, width)) in shapes and ("held", (pixels, width)) in shapes  # activations, gradients
-    assert ("b", (pixels, width)) not in shapes  # no activation-sized operand is split twice in a row
-    assert ("b", (width, width)) in shapes  # a hidden layer's weights
+    assert {(side, shape[1:]) for side, shape, _, _ in buffers} == {("a", (pixels, 2)), ("a", (3, pixels))}
     step()
     assert {k: (h.data_ptr(), lo.data_ptr()) for k, (h, lo) in step.work.pairs.items()} == buffers
 
-    monkeypatch.setattr(engine_cuda, "presplit", lambda x, precision, work: x)  # every product splits its own
-    fresh = FusedStep(on, coords.to(DEVICE), target.to(DEVICE), 30.0, precision="3xtf32")
-    fresh.work = None  # and into fresh buffers
-    for g, f in zip(first, (g for pair in fresh()[2] for g in pair)):
-        assert torch.equal(g, f)
+    fit = FitOptions(epochs=2, progress=False, matmul_precision="3xtf32")
+    chunk = FusedChunk(on, coords.to(DEVICE), target.to(DEVICE), fit, 30.0, {})
+    chunk.epoch()  # Adam wrote the weights and their halves
+    assert not torch.equal(chunk.step.flat, torch.cat([t.flatten() for pair in on for t in pair]))
+    want_hi, want_lo = split_tf32(chunk.step.flat)
+    assert torch.equal(chunk.step.flat_split[0], want_hi) and torch.equal(chunk.step.flat_split[1], want_lo)
 
 
 def held_bytes(root: object) -> int:
@@ -265,31 +299,33 @@ def test_a_chunk_run_again_repeats_its_steady_epochs_without_warming_up_again():
 @pytest.mark.parametrize("precision", ["highest", "3xtf32"])
 def test_fused_bytes_per_member_epoch_counts_the_passes_an_epoch_makes(monkeypatch, precision):
     """The memory term of the benchmark's floor: each fused pass's large operands, counted as an epoch calls the
-    passes (hfs differs from the pixels, so activation-sized and weight-sized splits cannot stand in for each
-    other)."""
+    passes (hfs differs from the pixels, so activation-sized and weight-sized operands cannot stand in for each
+    other). A pass that writes its result split writes two halves instead of one tensor."""
     from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
     from prefit.engine.options import FitOptions
 
-    moved = []
-
-    def count(name, words):
-        real = getattr(fused, name)
-
-        def counted(*args, **kwargs):
-            moved.append(4 * words(*args))
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(fused, name, counted)
-
-    count("sincos_bias_", lambda s, *_: 3 * s.numel())  # product read, sine and cosine written
-    count("cos_grad_", lambda g, *_: 3 * g.numel())  # gradient and cosine read, gradient written
-    count("head", lambda pred_t, *_: 4 * pred_t.numel())
-    count("adam", lambda layout, flat, *_: 7 * sum(v.numel() for v in layout.views(flat)))
-    count("split_tf32_", lambda x, *_: 3 * x.numel())
     n, hls, hfs, side = 3, 2, 8, 4
     coords = small_grid(side)
     params = [(w.to(DEVICE), b.to(DEVICE)) for w, b in members(n, hls, hfs)]
     fit = FitOptions(epochs=2, progress=False, snapshot_epochs=[], matmul_precision=precision)
     chunk = FusedChunk(params, coords.to(DEVICE), targets(n, coords).to(DEVICE), fit, 30.0, {})
+    moved = []
+
+    def count(name, words):
+        real = getattr(fused, name)
+
+        def counted(*args, split=None):
+            moved.append(4 * words(*args, halves=split is not None))
+            return real(*args) if split is None else real(*args, split=split)
+
+        monkeypatch.setattr(fused, name, counted)
+
+    # sine pass: product read, cosine and the sine (or its halves) written; cosine pass: gradient and cosine
+    # read, the product (or its halves) written; Adam: 4 reads, 3 writes (and the parameters' halves)
+    count("sincos_bias_", lambda s, *_, halves: (3 + halves) * s.numel())
+    count("cos_grad_", lambda g, *_, halves: (3 + halves) * g.numel())
+    count("head", lambda pred_t, *_, halves: 4 * pred_t.numel())
+    count("adam", lambda layout, flat, *_, halves: (7 + 2 * halves) * sum(v.numel() for v in layout.views(flat)))
+    count("split_tf32_", lambda x, *_, halves: 3 * x.numel())
     chunk.epoch()
     assert sum(moved) == n * fused_bytes_per_member_epoch(hls, hfs, side * side, precision)

@@ -31,11 +31,15 @@ SCRIPT = textwrap.dedent(
 
     f32, f64, i64, i32 = "*fp32", "*fp64", "*i64", "*i32"
     KERNELS = [  # (kernel, argument types, constexprs, launch options), as prefit.fused launches them
-        (F._sincos_bias_kernel,
-         dict(s_ptr=f32, c_ptr=f32, b_ptr=f32, w0="fp32", n="i32", per_member="i32", width="i32"),
-         dict(BLOCK=F.ELEMENTWISE_BLOCK, PRECISE=True), dict(enable_fp_fusion=False)),
-        *[(F._cos_grad_kernel, dict(g_ptr=f32, c_ptr=f32, gb_ptr=f32, w0="fp32", pixels="i32", width="i32"),
-           dict(BLOCK_P=max(16, 4096 // h), BLOCK_H=h), {}) for h in (1, 8, 64)],
+        *[(F._sincos_bias_kernel,
+           dict(s_ptr=f32, c_ptr=f32, b_ptr=f32, hi_ptr=f32, lo_ptr=f32, w0="fp32", n="i32", per_member="i32",
+                width="i32"),
+           dict(BLOCK=F.ELEMENTWISE_BLOCK, PRECISE=True, SPLIT=split), dict(enable_fp_fusion=False))
+          for split in (False, True)],
+        *[(F._cos_grad_kernel,
+           dict(g_ptr=f32, c_ptr=f32, gb_ptr=f32, hi_ptr=f32, lo_ptr=f32, w0="fp32", pixels="i32", width="i32"),
+           dict(BLOCK_P=max(16, 4096 // h), BLOCK_H=h, SPLIT=split), dict(enable_fp_fusion=False))
+          for h, split in ((1, False), (8, False), (64, False), (64, True))],
         *[(F._head_kernel,
            dict(pred_ptr=f32, b_ptr=f32, target_ptr=f32, grad_ptr=f32, loss_ptr=f32, gb_ptr=f32, snaps_ptr=f32,
                 slot_ptr=i32, t_ptr=i64, scale="fp32", pixels="i32", epochs="i32", n_slots="i32"),
@@ -45,11 +49,11 @@ SCRIPT = textwrap.dedent(
                 step_size_ptr=f32, powers_ptr=f64, t_ptr=i64, consts_ptr=f64, members="i32", epochs="i32",
                 patience="i32"),
            dict(BLOCK=b), dict(num_warps=1)) for b in (1, 1024)],
-        (F._adam_kernel,
-         dict(p_ptr=f32, g_ptr=f32, m_ptr=f32, v_ptr=f32, step_size_ptr=f32, powers_ptr=f64, block_start_ptr=i64,
-              block_tensor_ptr=i32, offsets_ptr=i64, numels_ptr=i64, per_member_ptr=i64, beta1="fp32",
-              beta2="fp32", eps="fp32"),
-         dict(BLOCK=F.ADAM_BLOCK), {}),
+        *[(F._adam_kernel,
+           dict(p_ptr=f32, g_ptr=f32, m_ptr=f32, v_ptr=f32, hi_ptr=f32, lo_ptr=f32, step_size_ptr=f32,
+                powers_ptr=f64, block_start_ptr=i64, block_tensor_ptr=i32, offsets_ptr=i64, numels_ptr=i64,
+                per_member_ptr=i64, beta1="fp32", beta2="fp32", eps="fp32"),
+           dict(BLOCK=F.ADAM_BLOCK, SPLIT=split), {}) for split in (False, True)],
         (F._split_tf32_kernel, dict(x_ptr=f32, hi_ptr=f32, lo_ptr=f32, n="i32"), dict(BLOCK=F.ELEMENTWISE_BLOCK), {}),
     ]
     for kernel, types, constexprs, options in KERNELS:
@@ -75,4 +79,4 @@ def test_every_kernel_compiles_for_hopper():
     if proc.returncode == 0 and out.startswith("SKIP: "):
         pytest.skip(out.splitlines()[0][6:])
     assert proc.returncode == 0, out[-4000:]
-    assert out.count("compiled ") == 10
+    assert out.count("compiled ") == 13

@@ -80,14 +80,15 @@ def cuda_bytes_per_member(hls: int, hfs: int, pixels: int = 1024, fit: FitOption
     Parameters, gradients, Adam's two moments and the chunk's copy of the start while the step is built (5
     copies of the weights); the sine and cosine of every sine layer and two back-propagated gradients;
     coordinates, prediction, residual and target; the kept snapshots; the per-epoch loss and learning rate.
-    `3xtf32` adds its split operands (`prefit.precision.SplitWork`): a (hi, lo) pair for each side of a
-    product, 4 activation sets, and 2 copies of the weights. A quarter more for the allocator's rounding.
+    `3xtf32` adds the halves its products read (`prefit.engine.cuda.FusedStep`): 2 copies of the weights, each
+    sine as two halves (one activation more per sine layer), the product each sine pass reads, a gradient's two
+    halves, and the split coordinates and output gradient. A quarter more for the allocator's rounding.
     """
     fit = fit or FitOptions()
     split = fit.matmul_precision == "3xtf32"
     copies = 5 + (2 if split else 0)
-    activations = (2 * (hls + 1) + 2 + (4 if split else 0)) * pixels * hfs
-    images = (2 + 3 * 3 + 3 * len(fit.snapshot_epochs)) * pixels
+    activations = (2 * (hls + 1) + 2 + (hls + 1 + 3 if split else 0)) * pixels * hfs
+    images = (2 + 3 * 3 + 3 * len(fit.snapshot_epochs) + (10 if split else 0)) * pixels
     return int(1.25 * (4 * (copies * n_weights(hls, hfs) + activations + images) + 12 * fit.epochs))
 
 

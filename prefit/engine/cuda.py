@@ -23,7 +23,7 @@ from prefit import fused
 from prefit.engine.common import FitResult, flops_per_member_epoch, mark, psnr_from_loss, seconds_between
 from prefit.engine.options import FitOptions
 from prefit.model import Params, n_weights
-from prefit.precision import SplitWork, presplit, product
+from prefit.precision import Operand, Split, SplitWork, product, split_tf32
 
 # A captured graph holds enough epochs that one replay is about this many flops of work (a narrow cell's
 # epoch is tens of microseconds), and never more than MAX_EPOCHS_PER_GRAPH epochs.
@@ -40,14 +40,14 @@ def fused_bytes_per_member_epoch(hls: int, hfs: int, pixels: int = 1024, precisi
     Per sine layer, the forward pass reads the product and writes the sine and the cosine, and the backward
     pass reads the gradient and the cosine and writes the gradient; the head reads the prediction and the target
     and writes both back (prediction, output gradient); Adam reads parameters, gradients and both moments and
-    writes three of them back. `3xtf32` splits (`prefit.precision.split_tf32`: one operand read, two halves
-    written) 3L - 1 activations for L sine layers, each hidden weight twice (forward, back) and a few small
-    operands (coordinates, the output's gradient and weights). Per-member vectors (biases, losses) are left out.
+    writes three of them back. At `3xtf32` the sine, the gradient and the parameters are written as two halves
+    (one more write each), and the products split the coordinates and the output's gradient (a read and two
+    writes each, twice). Per-member vectors (biases, losses) are left out.
     """
-    sine_layers, words = hls + 1, 0
-    words += 6 * sine_layers * pixels * hfs + 12 * pixels + 7 * n_weights(hls, hfs)
-    if precision == "3xtf32":
-        words += 3 * ((3 * sine_layers - 1) * pixels * hfs + 2 * hls * hfs**2 + 10 * pixels + 8 * hfs)
+    split = precision == "3xtf32"
+    words = (6 + 2 * split) * (hls + 1) * pixels * hfs + 12 * pixels + (7 + 2 * split) * n_weights(hls, hfs)
+    if split:
+        words += 3 * 2 * (2 + 3) * pixels  # coordinates [pixels, 2] and output gradient [3, pixels], twice each
     return 4 * words
 
 
@@ -61,6 +61,12 @@ class FusedStep:
     Parameters and gradients live in flat buffers (`fused.FlatParams`) so that Adam is one launch; `params` and
     `grads` are (W, b) views into them in the engine's usual layout. `epoch` is the device-side counter that
     picks the snapshot slot (`slots[epoch]`, -1 for none); `snaps` [M, S, pixels, 3] receives them.
+
+    At `3xtf32` every large operand of a product is split where it is made, in the pass that writes it: the
+    weights by Adam (`flat_split`, split once here for the first epoch), each sine layer's activation by its
+    sine pass (`sines` holds (hi, lo) pairs), each back-propagated gradient by its cosine pass. So no product
+    splits an activation or a weight again (`fused_bytes_per_member_epoch`); only the coordinates and the
+    output's gradient, a few pixels wide, are split by the product that reads them (in `work`'s buffers).
     """
 
     def __init__(
@@ -78,7 +84,8 @@ class FusedStep:
         like = params[0][0]
         device = like.device
         self.w0, self.precision = w0, precision
-        self.work = SplitWork() if precision == "3xtf32" else None  # made in the first (eager) epoch
+        self.split = precision == "3xtf32"
+        self.work = SplitWork() if self.split else None  # the small operands' halves, made in the first epoch
         self.scale = 2.0 / (pixels * target.shape[2])
         self.layout = fused.FlatParams([t.shape for pair in params for t in pair], device)
         self.flat, self.grad_flat = self.layout.buffer(like), self.layout.buffer(like)
@@ -86,13 +93,28 @@ class FusedStep:
             view.copy_(t)
         self.params = _pairs(self.layout.views(self.flat))
         self.grads = _pairs(self.layout.views(self.grad_flat))
+        self.flat_split: fused.Halves | None = None
+        self.weights: list[Operand] = [w for w, _ in self.params]
+        if self.split:
+            self.flat_split = split_tf32(self.flat, (self.layout.buffer(like), self.layout.buffer(like)))
+            halves = [self.layout.views(half) for half in self.flat_split]
+            self.weights = [Split(hi, lo) for hi, lo in zip(halves[0][::2], halves[1][::2])]
         self.coords = coords.to(like).expand(members, pixels, coords.shape[1]).contiguous()
         self.target_t = target.transpose(1, 2).contiguous()
         width = params[0][0].shape[2]
         sine_layers = len(params) - 1
-        self.sines = [like.new_empty(members, pixels, width) for _ in range(sine_layers)]
-        self.cosines = [like.new_empty(members, pixels, width) for _ in range(sine_layers)]
-        self.back = [like.new_empty(members, pixels, width) for _ in range(2)]
+
+        def activation() -> torch.Tensor:
+            return like.new_empty(members, pixels, width)
+
+        def activations() -> Operand:
+            return Split(activation(), activation()) if self.split else activation()
+
+        self.sines = [activations() for _ in range(sine_layers)]
+        self.cosines = [activation() for _ in range(sine_layers)]
+        self.pre = activation() if self.split else None  # a product's output, read by the sine pass alone
+        self.grad_split = Split(activation(), activation()) if self.split else None
+        self.back = [activation() for _ in range(2)]
         self.pred_t = like.new_empty(members, 3, pixels)
         self.grad_t = like.new_empty(members, 3, pixels)
         self.last_grad_t = like.new_empty(members, 3, width)
@@ -103,30 +125,32 @@ class FusedStep:
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """Loss [M] and predictions [M, pixels, 3] before the update, and the gradients (workspace views)."""
-        params, grads, w0, precision, work = self.params, self.grads, self.w0, self.precision, self.work
-        x = self.coords
-        for (w, b), s, c in zip(params[:-1], self.sines, self.cosines):
-            product(s, x, w, w0, precision, work)
-            fused.sincos_bias_(s, c, b, w0)
+        params, grads, weights, w0, precision, work = (
+            self.params, self.grads, self.weights, self.w0, self.precision, self.work
+        )  # fmt: skip
+        x: Operand = self.coords
+        for (_, b), w, s, c in zip(params[:-1], weights, self.sines, self.cosines):
+            out = self.pre if self.split else s
+            product(out, x, w, w0, precision, work)
+            fused.sincos_bias_(out, c, b, w0, split=s if self.split else None)
             x = s
-        w, b = params[-1]
-        x = presplit(x, precision, work)  # the last activation: read by the head's product and its weight gradient
-        product(self.pred_t, w.transpose(1, 2), x.mT, 1.0, precision, work)
+        w, b = weights[-1], params[-1][1]
+        product(self.pred_t, w.mT, x.mT, 1.0, precision, work)
         gw, gb = grads[-1]
         fused.head(
             self.pred_t, b, self.target_t, self.grad_t, self.loss, gb, self.snaps, self.slots, self.epoch, self.scale
         )
-        gw.copy_(product(self.last_grad_t, self.grad_t, x, 1.0, precision, work).transpose(1, 2))
-        grad = product(self.back[0], self.grad_t.transpose(1, 2), w.transpose(1, 2), 1.0, precision, work)
+        gw.copy_(product(self.last_grad_t, self.grad_t, x, 1.0, precision, work).mT)
+        grad = product(self.back[0], self.grad_t.mT, w.mT, 1.0, precision, work)
         for layer in range(len(params) - 2, -1, -1):
             gw, gb = grads[layer]
-            fused.cos_grad_(grad, self.cosines[layer], gb, w0)
-            g = presplit(grad, precision, work)  # read by the weight gradient and by the next layer's gradient
+            fused.cos_grad_(grad, self.cosines[layer], gb, w0, split=self.grad_split)
+            g = grad if self.grad_split is None else self.grad_split  # read by the next two products
             inputs = self.coords if layer == 0 else self.sines[layer - 1]
-            product(gw, inputs.transpose(1, 2), g, w0, precision, work)
+            product(gw, inputs.mT, g, w0, precision, work)
             if layer > 0:
                 free = self.back[1] if grad.data_ptr() == self.back[0].data_ptr() else self.back[0]
-                grad = product(free, g, params[layer][0].transpose(1, 2), w0, precision, work)
+                grad = product(free, g, weights[layer].mT, w0, precision, work)
         return self.loss, self.pred_t.transpose(1, 2), grads
 
 
@@ -173,7 +197,7 @@ class FusedChunk:
         )  # fmt: skip
         fused.adam(
             self.step.layout, self.step.flat, self.step.grad_flat, self.exp_avg, self.exp_avg_sq, self.state,
-            betas, train.eps,
+            betas, train.eps, split=self.step.flat_split,
         )  # fmt: skip
 
     def run(self, capture: bool, progress=None) -> None:
