@@ -127,3 +127,7 @@ def test_bench_on_cuda_reports_the_steady_state(tmp_path):
     steady = cell["steady_state"]
     assert set(FORMS) <= set(steady)  # fp32 captured and eager, the torch path, and the products' precisions
     assert cell["ms_per_member_epoch"]["batched"] == pytest.approx(steady["fused_graph"]["ms_per_member_epoch"], 1e-3)
+    assert data["machine"]["bandwidth_gbs"] > 100  # a GPU's memory, not a host copy
+    for form in ("fused_graph", "fused_eager", "fused_graph_3xtf32", "fused_graph_tf32"):
+        assert 0 < steady[form]["floor_ms"] <= steady[form]["ms_per_epoch"] * 1.05, (form, steady[form])
+    assert "floor_ms" not in steady["torch_eager"]
