@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from prefit.bench.compare import SweepRuns, agreement, main, target_rows
+from prefit.bench.compare import SweepRuns, agreement, main, render, target_rows
 from prefit.schema import GRID_HFS, GRID_HLS
 
 GPU = "NVIDIA H100 80GB HBM3"
@@ -20,11 +20,14 @@ def bench_json(path: Path, cells: list[dict], device: str = "cuda", name: str = 
     return path
 
 
-def cell(hls: int, hfs: int, ms: float, steady_members: int | None = None, epoch_ms: float = 0.0) -> dict:
+def cell(hls: int, hfs: int, ms: float, steady_members: int | None = None, epoch_ms: float = 0.0,
+         floor_ms: float | None = None) -> dict:  # fmt: skip
     steady = None
     if steady_members:
         graph = {"ms_per_epoch": epoch_ms, "ms_per_member_epoch": epoch_ms / steady_members, "gflops": 1.0,
                  "fraction_fp32": 0.5}  # fmt: skip
+        if floor_ms is not None:
+            graph.update(floor_ms=floor_ms, fraction_floor=floor_ms / epoch_ms)
         steady = {"members": steady_members, "epochs": 100, "fused_graph": graph}
     return {"hls": hls, "hfs": hfs, "resolution": 32, "members": 100, "ms_per_member_epoch": {"batched": ms},
             "batched_timing": "steady_state", "steady_state": steady}  # fmt: skip
@@ -104,7 +107,8 @@ def test_a_sweep_span_scales_the_steady_epochs_and_keeps_the_rest(tmp_path):
 
 def test_targets_take_the_steady_state_and_the_scaled_grid_span(tmp_path):
     benches = [json.loads(bench_json(tmp_path / "b.json", [
-        cell(2, 32, 0.002, steady_members=100, epoch_ms=0.25), cell(8, 1024, 1.0, steady_members=100, epoch_ms=120.0),
+        cell(2, 32, 0.002, steady_members=100, epoch_ms=0.25),
+        cell(8, 1024, 1.0, steady_members=100, epoch_ms=120.0, floor_ms=110.0),
     ]).read_text())]  # fmt: skip
     for k, (hls, hfs) in enumerate((h, f) for h in GRID_HLS for f in GRID_HFS):
         # every job 4 s, 2 of them fitting; all side by side over 10 s: at 2000 epochs fits x10 -> 22/4 x span
@@ -113,6 +117,10 @@ def test_targets_take_the_steady_state_and_the_scaled_grid_span(tmp_path):
     assert rows["2 x 32"]["value"] == pytest.approx(0.25) and rows["2 x 32"]["met"]
     assert rows["8 x 1024"]["value"] == pytest.approx(120.0 / 100 * 60) and rows["8 x 1024"]["met"] is False
     assert "scaled from a chunk of 100" in rows["8 x 1024"]["source"]
+    assert rows["8 x 1024"]["floor"] == pytest.approx(110.0 / 100 * 60) and rows["2 x 32"]["floor"] is None
+    report = render(benches, [SweepRuns.read(tmp_path / "grid")], 2000)
+    assert "| 8 x 1024, 60 members, one epoch, fp32 | <= 66 ms | 72 ms | no | 66 ms |" in report
+    assert "| 8x1024 | 100 | 120 ms; 1; 50 %; 92 % of 110 ms |" in report  # the steady table: share of the floor
     assert rows["full grid"]["value"] == pytest.approx(10 * 22 / 4 / 60) and rows["full grid"]["met"]
     # without a whole grid of 20 triples, the grid's target stays unmeasured
     rows = target_rows(benches, [SweepRuns.read(tmp_path / "grid" / "0")])

@@ -223,10 +223,10 @@ def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) ->
     return rows, notes
 
 
-def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[float, str] | None:
+def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[float, str, float | None] | None:
     """A chunk's fp32 epoch at the target's cell and the study's resolution: the steady-state figure of a
     chunk of the target's members where a benchmark timed one, else one scaled from another chunk (and said
-    so), or None if no benchmark timed the cell."""
+    so), with the benchmark's floor for it (None where it gave none), or None if no benchmark timed the cell."""
     found = [
         (cell["steady_state"], bench["machine"].get("device_name"))
         for bench in benches for cell in bench["cells"]
@@ -235,10 +235,13 @@ def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[floa
     ]  # fmt: skip
     for steady, name in found:
         if steady["members"] == target.members:
-            return steady["fused_graph"]["ms_per_epoch"], f"{name}, steady state"
+            fp32 = steady["fused_graph"]
+            return fp32["ms_per_epoch"], f"{name}, steady state", fp32.get("floor_ms")
     for steady, name in found:
-        scaled = steady["fused_graph"]["ms_per_member_epoch"] * target.members
-        return scaled, f"{name}, scaled from a chunk of {steady['members']} members"
+        fp32, scale = steady["fused_graph"], target.members / steady["members"]
+        floor = fp32.get("floor_ms")
+        return (fp32["ms_per_epoch"] * scale, f"{name}, scaled from a chunk of {steady['members']} members",
+                None if floor is None else floor * scale)  # fmt: skip
     return None
 
 
@@ -265,10 +268,10 @@ def target_rows(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) 
     rows = []
     for target in TARGETS:
         found = chunk_epoch(benches, target) if target.cell else grid_span(sweeps, target)
-        value, source = found if found else (None, "unmeasured")
+        value, source, floor = (*found, None)[:3] if found else (None, "unmeasured", None)
         rows.append({"what": target.what, "target": f"<= {target.limit:g} {target.unit}", "value": value,
                      "unit": target.unit, "met": None if value is None else value <= target.limit,
-                     "source": source})  # fmt: skip
+                     "source": source, "floor": floor})  # fmt: skip
     return rows
 
 
@@ -281,12 +284,16 @@ def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epoch
         fp32 = f"{m['ceiling_gflops']:.4g}" if m.get("ceiling_gflops") else "-"
         lines.append(f"- bench on {m['device']} ({m.get('device_name')}), torch {m.get('torch')}: `torch.mm` "
                      f"ceiling fp32 {fp32} GFLOP/s{tf32}")  # fmt: skip
-    lines += ["", "## Targets", "", "| what | target | measured | met | from |", "| --- | --- | --- | --- | --- |"]
+    lines += ["", "## Targets", "", "The floor: the least this design's epoch can take on the benchmark's machine "
+              "(its products at the measured `torch.mm` rate, its other passes' bytes at the measured copy rate).",
+              "", "| what | target | measured | met | floor | from |", "| --- | --- | --- | --- | --- | --- |"]
     for r in target_rows(benches, sweeps):
         value = "unmeasured" if r["value"] is None else f"{r['value']:.3g} {r['unit']}"
         met = "-" if r["met"] is None else ("yes" if r["met"] else "no")
-        lines.append(f"| {r['what']} | {r['target']} | {value} | {met} | {r['source']} |")
-    lines += ["", "## Steady-state epochs (one chunk, ms per epoch; GFLOP/s; share of the fp32 ceiling)", ""]
+        floor = "-" if r["floor"] is None else f"{r['floor']:.3g} {r['unit']}"
+        lines.append(f"| {r['what']} | {r['target']} | {value} | {met} | {floor} | {r['source']} |")
+    lines += ["", "## Steady-state epochs (one chunk, ms per epoch; GFLOP/s; share of the fp32 ceiling; "
+              "share of the design's floor)", ""]
     lines += steady_table(benches) or ["No benchmark here timed steady-state epochs (`--steady`, default on CUDA)."]
     lines += ["", f"## The benchmark against `prefit.train` (agree: within {AGREE:.0%})", ""]
     rows, notes = agreement(benches, sweeps)
@@ -326,8 +333,12 @@ def steady_table(benches: Sequence[dict[str, Any]]) -> list[str]:
             parts = []
             for form in forms:
                 s = steady.get(form)
-                parts.append("-" if not s else f"{s['ms_per_epoch']:.4g} ms; {s['gflops']:.4g}; "
-                             f"{100 * s.get('fraction_fp32', float('nan')):.0f} %")  # fmt: skip
+                if not s:
+                    parts.append("-")
+                    continue
+                floor = f"; {100 * s['fraction_floor']:.0f} % of {s['floor_ms']:.4g} ms" if "floor_ms" in s else ""
+                parts.append(f"{s['ms_per_epoch']:.4g} ms; {s['gflops']:.4g}; "
+                             f"{100 * s.get('fraction_fp32', float('nan')):.0f} %{floor}")  # fmt: skip
             rows.append(f"| {cell['hls']}x{cell['hfs']} | {steady['members']} | " + " | ".join(parts) + " |")
     if not rows:
         return []
