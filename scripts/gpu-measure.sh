@@ -81,8 +81,10 @@ else
     "$py" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'" || exit 2
 fi
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -4)
-echo "$gpu" > "$logs/gpu.txt"
-summary=("# scripts/gpu-measure.sh $1" "" "machine: ${gpu//$'\n'/; }" "" "| stage | exit | seconds |" "| --- | --- | --- |")
+versions=$("$py" -c 'import torch, triton; print(f"torch {torch.__version__}, Triton {triton.__version__}")' 2>&1)
+printf '%s\n' "$gpu" "$versions" > "$logs/gpu.txt"
+summary=("# scripts/gpu-measure.sh $1" "" "machine: ${gpu//$'\n'/; }; ${versions//$'\n'/; }" ""
+         "| stage | exit | seconds |" "| --- | --- | --- |")
 notes=()
 
 within() {  # within CAP WHAT CMD...: CMD under timeout, for at most CAP seconds and what the deadline leaves

@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu-measure.sh"
@@ -52,6 +53,7 @@ def test_stages_the_deadline_leaves_no_time_for_are_skipped_and_the_files_still_
     assert proc.returncode == 124, (proc.stdout + proc.stderr)[-3000:]
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| grid | 124 (out of time) |" in summary and "| agree | 124 (out of time) |" in summary
+    assert f"; torch {torch.__version__}, Triton " in summary.splitlines()[2]  # the versions beside the machine
     assert "grid: train.matmul_precision=highest (GRID_PRECISION=auto)" in summary  # no benchmark to choose by
     skipped = ("grid", "agree 2x32", "agree 3x128", "agree 3x512", "agree 8x1024")
     said = [re.sub(r"\(\d+ s left", "(N s left", line) for line in proc.stderr.splitlines()]  # 25, or 24 late
