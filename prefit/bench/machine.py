@@ -9,6 +9,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,24 +35,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_ceiling(device: torch.device, n: int, repeats: int = 5) -> float:
-    """The machine's fp32 matrix-product rate in GFLOP/s: the best of a few n x n `torch.mm` (2 n^3 flops).
-
-    The best, not the median: a ceiling is what the hardware can do; a shared machine's hiccups only lower it.
-    """
-    g = torch.Generator().manual_seed(SEED)
-    a = torch.randn(n, n, generator=g).to(device)
-    b = torch.randn(n, n, generator=g).to(device)
-    out = torch.empty(n, n, device=device)
-    torch.mm(a, b, out=out)  # warm-up: library set-up, thread pool start
+def best_seconds(device: torch.device, work: Callable[[], object], repeats: int = 5) -> float:
+    """The shortest of `repeats` timed calls of `work`, after one untimed call (library set-up, thread pools,
+    pages touched). The best, not the median: a ceiling is what the hardware can do; a shared machine's
+    hiccups only lower it."""
+    work()
     best = math.inf
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
-        torch.mm(a, b, out=out)
+        work()
         synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best / 1e9
+    return best
+
+
+def measure_ceiling(device: torch.device, n: int, repeats: int = 5) -> float:
+    """The machine's fp32 matrix-product rate in GFLOP/s: the best of a few n x n `torch.mm` (2 n^3 flops)."""
+    g = torch.Generator().manual_seed(SEED)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    out = torch.empty(n, n, device=device)
+    return 2.0 * n**3 / best_seconds(device, lambda: torch.mm(a, b, out=out), repeats) / 1e9
 
 
 def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> float:
@@ -59,15 +64,7 @@ def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> float
     the rate the fused engine's elementwise passes and Adam can reach at most."""
     src = torch.ones(mib * 2**18, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)  # warm-up: pages touched, kernels loaded
-    best = math.inf
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * 4 / best / 1e9
+    return 2 * src.numel() * 4 / best_seconds(device, lambda: dst.copy_(src), repeats) / 1e9
 
 
 def matmul_errors(device: torch.device, side: int, batch: int = 4) -> dict[str, float]:

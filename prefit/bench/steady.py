@@ -4,7 +4,7 @@ A fit's first epochs pay for things a study pays once: Triton's compilation, cuB
 capture, and the weights' trip to the device and back. Timing whole short fits counts them per epoch
 (an 8 x 1024 cell cut to 5 epochs read 12 % of the ceiling this way, against about 60 % in a real run).
 Here a chunk is built and warmed up outside the clock, then `repeats` runs of `epochs` epochs are timed
-with CUDA events around the loop alone, and the median counts. Three forms of the epoch:
+with CUDA events around the loop alone, and the median counts. Five forms of the epoch:
 
 - `fused_graph`: the CUDA engine as `prefit.train` runs it (fused kernels, captured epochs replayed);
 - `fused_eager`: the same launches, not captured (what capture buys);
@@ -167,8 +167,8 @@ def steady_state_cell(
             "gflops": t["gflops"],
             **{f"fraction_{name}": t["gflops"] / c for name, c in ceilings.items() if c},
         }
-        floor = bandwidth_gbs and floor_ms(form, hls, hfs, target.shape[1], members, ceilings, bandwidth_gbs)
-        if floor:
+        floor = floor_ms(form, hls, hfs, target.shape[1], members, ceilings, bandwidth_gbs) if bandwidth_gbs else None
+        if floor is not None:
             record[form].update(floor_ms=floor, fraction_floor=floor / t["ms_per_epoch"])
     return record
 

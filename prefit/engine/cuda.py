@@ -265,7 +265,6 @@ class FusedChunk:
         return seconds_between(start, end), epochs
 
 
-
 def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, result: FitResult, bar) -> Params:
     """One chunk of `fit_batched` through `FusedChunk`; CUDA graphs when on CUDA and train.cuda_graphs."""
     target = targets[chunk].to(device)
