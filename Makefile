@@ -20,7 +20,7 @@ SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
 
 .PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness test-fast \
-	tiles resolution
+	tiles resolution ci
 
 help:
 	@echo "make run       small study (hls 2,3 x hfs 32,64, 20 triples, 2000 epochs) + analysis -> $(RUN_DIR)"
@@ -36,6 +36,7 @@ help:
 	@echo "make resolution  hls 3 x hfs $(RESOLUTION_HFS) on the tiles at $(RESOLUTIONS) pixels a side + report"
 	@echo "make bench     time both engines -> bench.json"
 	@echo "make test | test-fast (no subprocess sweeps) | lint | install | clean.   Hydra overrides: ARGS='...'"
+	@echo "make ci        .ci/run in a fresh clone of the committed work, with and without ../shared (clones removed)"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -111,6 +112,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" -n auto $(PYTEST_ARGS)
+
+# CI as a submission gets it, twice (with ../shared, then without), each in a temporary clone removed afterwards.
+ci:
+	bash scripts/ci-clone.sh
+	bash scripts/ci-clone.sh --no-shared
 
 lint: install
 	$(PY) -m ruff check prefit tests hydra_plugins

@@ -1,4 +1,5 @@
-"""scripts/: the GPU measurement script's plumbing, run on the CPU (ALLOW_CPU=1) with this environment's Python.
+"""scripts/: the GPU measurement script's plumbing, run on the CPU (ALLOW_CPU=1) with this environment's Python,
+and the CI-in-a-clone script on a toy repository.
 
 A lent GPU is rare and its minutes are few, so what can go wrong before the GPU matters (paths, the sweep's
 overrides, the records that come back, the comparison at the end) is checked here.
@@ -19,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu-measure.sh"
+CI_CLONE = ROOT / "scripts" / "ci-clone.sh"
 
 
 def measure(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -88,3 +90,41 @@ def test_the_grid_and_agree_stages_run_their_sweeps_and_bring_back_records_and_r
         "agree/1x8/run.json": (1, 8), "agree/1x4/run.json": (1, 4)}  # fmt: skip
     assert "## The benchmark against `prefit.train`" in (out / "agree.md").read_text()
     assert len(list(out.iterdir())) <= 8  # what one device call brings back
+
+
+def toy_project(tmp_path: Path) -> Path:
+    """A committed repository whose .ci/run reports what it sees, leaves a file behind and exits 3."""
+    repo, shared = tmp_path / "proj", tmp_path / "shared"
+    (repo / ".ci").mkdir(parents=True)
+    shared.mkdir()
+    (shared / "PROTOCOL.md").write_text("the study\n")
+    (repo / ".ci" / "run").write_text(
+        'echo "CI=$CI"\n'
+        'if [ -d ../shared ]; then echo "shared $(stat -c %A ../shared/PROTOCOL.md)"; else echo "no shared"; fi\n'
+        "if [ -e uncommitted.txt ]; then echo dirty; fi\ntouch left-behind\nexit 3\n")
+    (repo / "uncommitted.txt").write_text("not in the clone\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", ".ci"], check=True)
+    subprocess.run([*git, "commit", "-qm", "toy"], check=True)
+    return repo
+
+
+@pytest.mark.parametrize("flags, seen", [((), "shared -r--r--r--"), (("--no-shared",), "no shared")])
+def test_ci_clone_runs_ci_in_a_fresh_clone_and_removes_it_whatever_the_outcome(tmp_path, flags, seen):
+    repo, scratch = toy_project(tmp_path), tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.run(["bash", str(CI_CLONE), *flags, str(repo)], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(scratch)}, timeout=60)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr  # .ci/run's own status
+    assert "CI=true" in proc.stdout.splitlines() and seen in proc.stdout.splitlines()
+    assert "ci-clone: .ci/run exited 3" in proc.stdout and "dirty" not in proc.stdout  # committed work only
+    assert list(scratch.iterdir()) == []  # the clone, its leftovers and the read-only shared copy are gone
+    assert not (repo / "left-behind").exists()
+
+
+def test_ci_clone_refuses_what_is_not_a_repository_in_one_line(tmp_path):
+    proc = subprocess.run(["bash", str(CI_CLONE), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: not a git repository: {tmp_path}"]
+    proc = subprocess.run(["bash", str(CI_CLONE), "--shared"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: usage:")
