@@ -106,6 +106,26 @@ def test_a_disagreement_is_shown(tmp_path: Path) -> None:
     assert "`train.engine` — (A) / sequential (B)" in text
 
 
+def test_a_key_added_with_a_null_default_is_no_difference(tmp_path: Path) -> None:
+    """A run.json written before `dataset.resolution` existed and one that records it as null: the same study."""
+    a, b = write_pair(tmp_path, [(2, 32)])
+
+    def set_resolution(job: Path, value: object) -> None:
+        run = json.loads((job / "run.json").read_text())
+        run["config"].setdefault("dataset", {}).pop("resolution", None)
+        if value != "absent":
+            run["config"]["dataset"]["resolution"] = value
+        (job / "run.json").write_text(json.dumps(run))
+
+    set_resolution(a / "0", None)
+    set_resolution(b / "0", "absent")
+    comparison = compare(analyse(a), analyse(b))
+    assert "dataset.resolution" not in comparison.config and not comparison.study_keys
+    set_resolution(b / "0", 64)
+    comparison = compare(analyse(a), analyse(b))
+    assert comparison.config["dataset.resolution"] == ("—", "64") and comparison.study_keys == ["dataset.resolution"]
+
+
 def test_mismatched_triples_are_left_out_and_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     a, b = write_pair(tmp_path, [(2, 32), (3, 32)])
     path = b / "0" / "psnr.parquet"  # 2x32 of B: triple 1 fits another A

@@ -105,6 +105,10 @@ def same_triples(check: pd.DataFrame) -> pd.Series:
 
 
 def _flatten(data: object, prefix: str = "") -> dict[str, str]:
+    """{dotted key: value as text}; a null is left out, so that a key added to the config since (with a null
+    default, like `dataset.resolution`) reads the same as its absence in an older run.json (`records.decide`)."""
+    if data is None:
+        return {}
     if isinstance(data, dict):
         return {k: v for key, value in data.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): str(data)}
