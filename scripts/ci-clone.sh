@@ -24,7 +24,7 @@ if [[ $with_shared == 1 && -d "$repo/../shared" ]]; then
   cp -r "$repo/../shared" "$work/shared"
   chmod -R a-w "$work/shared"
 fi
-echo "ci-clone: $(git -C "$work/repo" log -1 --format='%h %s') in $work/repo" \
+echo "ci-clone: $(git -C "$work/repo" log -1 --format='%h %<(60,trunc)%s') in $work/repo" \
   "($([[ -d $work/shared ]] && echo "with" || echo "without") ../shared; $(df -h --output=avail "$work" | tail -1 | tr -d ' ') free)"
 status=0
 (cd "$work/repo" && CI=true bash .ci/run </dev/null) || status=$?
