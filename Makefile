@@ -120,6 +120,7 @@ ci:
 
 lint: install
 	$(PY) -m ruff check prefit tests hydra_plugins
+	$(PY) -m ruff format --check prefit tests hydra_plugins
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -42,6 +42,7 @@ class DatasetConfig:
     def side(self) -> int:
         """Pixels a side of the images the study fits: the resolution, else the dataset's own."""
         return self.resolution or (IMAGE_DIR_SIDE if self.name == "image_dir" else CIFAR_SIDE)
+
     url: str = "https://github.com/cvjena/cifair/releases/download/v1.0/ciFAIR-10.zip"
 
 
@@ -113,8 +114,6 @@ class SchemesConfig:
 
     def selected(self) -> list[str]:
         return [name for name in SCHEME_ORDER if getattr(self, name) is not None]
-
-
 
 
 @dataclass

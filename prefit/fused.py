@@ -91,9 +91,19 @@ if triton is not None:
 
     @triton.jit
     def _sincos_bias_kernel(
-        s_ptr, c_ptr, b_ptr, hi_ptr, lo_ptr, w0, n, per_member, width,
-        BLOCK: tl.constexpr, PRECISE: tl.constexpr, SPLIT: tl.constexpr,
-    ):  # fmt: skip
+        s_ptr,
+        c_ptr,
+        b_ptr,
+        hi_ptr,
+        lo_ptr,
+        w0,
+        n,
+        per_member,
+        width,
+        BLOCK: tl.constexpr,
+        PRECISE: tl.constexpr,
+        SPLIT: tl.constexpr,
+    ):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         bias = tl.load(b_ptr + (offs // per_member) * width + offs % width, mask=mask)
@@ -104,9 +114,18 @@ if triton is not None:
 
     @triton.jit
     def _cos_grad_kernel(
-        g_ptr, c_ptr, gb_ptr, hi_ptr, lo_ptr, w0, pixels, width,
-        BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr,
-    ):  # fmt: skip
+        g_ptr,
+        c_ptr,
+        gb_ptr,
+        hi_ptr,
+        lo_ptr,
+        w0,
+        pixels,
+        width,
+        BLOCK_P: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        SPLIT: tl.constexpr,
+    ):
         member = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         base = member * pixels * width
@@ -122,9 +141,21 @@ if triton is not None:
 
     @triton.jit
     def _head_kernel(
-        pred_ptr, b_ptr, target_ptr, grad_ptr, loss_ptr, gb_ptr, snaps_ptr, slot_ptr, t_ptr,
-        scale, pixels, epochs, n_slots, BLOCK_P: tl.constexpr,
-    ):  # fmt: skip
+        pred_ptr,
+        b_ptr,
+        target_ptr,
+        grad_ptr,
+        loss_ptr,
+        gb_ptr,
+        snaps_ptr,
+        slot_ptr,
+        t_ptr,
+        scale,
+        pixels,
+        epochs,
+        n_slots,
+        BLOCK_P: tl.constexpr,
+    ):
         member = tl.program_id(0).to(tl.int64)
         t = tl.load(t_ptr)
         slot = tl.load(slot_ptr + tl.minimum(t, epochs - 1))
@@ -151,9 +182,21 @@ if triton is not None:
 
     @triton.jit
     def _schedule_kernel(
-        loss_ptr, lr_ptr, best_ptr, bad_ptr, losses_ptr, lrs_ptr, step_size_ptr, powers_ptr, t_ptr, consts_ptr,
-        members, epochs, patience, BLOCK: tl.constexpr,
-    ):  # fmt: skip
+        loss_ptr,
+        lr_ptr,
+        best_ptr,
+        bad_ptr,
+        losses_ptr,
+        lrs_ptr,
+        step_size_ptr,
+        powers_ptr,
+        t_ptr,
+        consts_ptr,
+        members,
+        epochs,
+        patience,
+        BLOCK: tl.constexpr,
+    ):
         # float64 constants from memory: Triton passes Python floats as float32 (1e-4 would not be 1e-4)
         beta1, beta2 = tl.load(consts_ptr), tl.load(consts_ptr + 1)
         factor, threshold = tl.load(consts_ptr + 2), tl.load(consts_ptr + 3)
@@ -192,9 +235,25 @@ if triton is not None:
 
     @triton.jit
     def _adam_kernel(
-        p_ptr, g_ptr, m_ptr, v_ptr, hi_ptr, lo_ptr, step_size_ptr, powers_ptr, block_start_ptr, block_tensor_ptr,
-        offsets_ptr, numels_ptr, per_member_ptr, beta1, beta2, eps, BLOCK: tl.constexpr, SPLIT: tl.constexpr,
-    ):  # fmt: skip
+        p_ptr,
+        g_ptr,
+        m_ptr,
+        v_ptr,
+        hi_ptr,
+        lo_ptr,
+        step_size_ptr,
+        powers_ptr,
+        block_start_ptr,
+        block_tensor_ptr,
+        offsets_ptr,
+        numels_ptr,
+        per_member_ptr,
+        beta1,
+        beta2,
+        eps,
+        BLOCK: tl.constexpr,
+        SPLIT: tl.constexpr,
+    ):
         pid = tl.program_id(0)
         tensor = tl.load(block_tensor_ptr + pid)
         start = tl.load(block_start_ptr + pid)
@@ -240,9 +299,20 @@ def sincos_bias_(s: torch.Tensor, c: torch.Tensor, b: torch.Tensor, w0: float, s
     # enable_fp_fusion=False: s + w0 b rounded twice, as torch does; a fused multiply-add moves the sine's
     # argument by an ulp, and at a hundred radians an ulp is 8e-6
     _sincos_bias_kernel[grid](
-        s, c, b, hi, lo, w0, n, s.shape[1] * width, width,
-        BLOCK=ELEMENTWISE_BLOCK, PRECISE=PRECISE, SPLIT=split is not None, enable_fp_fusion=False,
-    )  # fmt: skip
+        s,
+        c,
+        b,
+        hi,
+        lo,
+        w0,
+        n,
+        s.shape[1] * width,
+        width,
+        BLOCK=ELEMENTWISE_BLOCK,
+        PRECISE=PRECISE,
+        SPLIT=split is not None,
+        enable_fp_fusion=False,
+    )
 
 
 def cos_grad_(g: torch.Tensor, c: torch.Tensor, gb: torch.Tensor, w0: float, split: Halves | None = None) -> None:
@@ -255,9 +325,19 @@ def cos_grad_(g: torch.Tensor, c: torch.Tensor, gb: torch.Tensor, w0: float, spl
     # enable_fp_fusion=False: g * c rounded before it is summed or split, as torch does; a fused multiply-add
     # would take the split's remainder (g * c - hi) from the unrounded product, so hi + lo would not be g
     _cos_grad_kernel[grid](
-        g, c, gb, hi, lo, w0, pixels, width,
-        BLOCK_P=max(16, 4096 // block_h), BLOCK_H=block_h, SPLIT=split is not None, enable_fp_fusion=False,
-    )  # fmt: skip
+        g,
+        c,
+        gb,
+        hi,
+        lo,
+        w0,
+        pixels,
+        width,
+        BLOCK_P=max(16, 4096 // block_h),
+        BLOCK_H=block_h,
+        SPLIT=split is not None,
+        enable_fp_fusion=False,
+    )
 
 
 def head(
@@ -280,9 +360,21 @@ def head(
     """
     members, _, pixels = pred_t.shape
     _head_kernel[(members,)](
-        pred_t, bias, target_t, grad_t, loss, grad_bias, snaps, slots, epoch,
-        scale, pixels, slots.shape[0], snaps.shape[1], BLOCK_P=min(1024, triton.next_power_of_2(pixels)),
-    )  # fmt: skip
+        pred_t,
+        bias,
+        target_t,
+        grad_t,
+        loss,
+        grad_bias,
+        snaps,
+        slots,
+        epoch,
+        scale,
+        pixels,
+        slots.shape[0],
+        snaps.shape[1],
+        BLOCK_P=min(1024, triton.next_power_of_2(pixels)),
+    )
 
 
 @dataclass
@@ -337,9 +429,22 @@ def schedule(
     members = loss.shape[0]
     consts = state.constants(betas, factor, threshold, min_lr, eps)
     _schedule_kernel[(1,)](
-        loss, state.lr, state.best, state.bad_epochs, losses, lrs, state.step_size, state.powers, state.epoch,
-        consts, members, losses.shape[0], patience, BLOCK=min(1024, triton.next_power_of_2(members)), num_warps=1,
-    )  # fmt: skip
+        loss,
+        state.lr,
+        state.best,
+        state.bad_epochs,
+        losses,
+        lrs,
+        state.step_size,
+        state.powers,
+        state.epoch,
+        consts,
+        members,
+        losses.shape[0],
+        patience,
+        BLOCK=min(1024, triton.next_power_of_2(members)),
+        num_warps=1,
+    )
 
 
 class FlatParams:
@@ -393,9 +498,21 @@ def adam(
     hi, lo = split or (params, params)
     grid = (layout.tables[0].shape[0],)
     _adam_kernel[grid](
-        params, grads, exp_avg, exp_avg_sq, hi, lo, state.step_size, state.powers, *layout.tables,
-        betas[0], betas[1], eps, BLOCK=ADAM_BLOCK, SPLIT=split is not None,
-    )  # fmt: skip
+        params,
+        grads,
+        exp_avg,
+        exp_avg_sq,
+        hi,
+        lo,
+        state.step_size,
+        state.powers,
+        *layout.tables,
+        betas[0],
+        betas[1],
+        eps,
+        BLOCK=ADAM_BLOCK,
+        SPLIT=split is not None,
+    )
 
 
 def split_tf32_(x: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor) -> None:

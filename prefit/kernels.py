@@ -106,8 +106,22 @@ def _matmul(a, b, out, trans_a, trans_b, alpha):
     ta = _TRANS if trans_a else _NO_TRANS
     tb = _TRANS if trans_b else _NO_TRANS
     rows, cols = out.shape
-    _sgemm(_ROW_MAJOR, ta, tb, rows, cols, k, alpha, a.ctypes, a.shape[1], b.ctypes, b.shape[1], np.float32(0.0),
-           out.ctypes, cols)  # fmt: skip
+    _sgemm(
+        _ROW_MAJOR,
+        ta,
+        tb,
+        rows,
+        cols,
+        k,
+        alpha,
+        a.ctypes,
+        a.shape[1],
+        b.ctypes,
+        b.shape[1],
+        np.float32(0.0),
+        out.ctypes,
+        cols,
+    )
 
 
 @njit(inline="always", **_JIT)
@@ -214,10 +228,31 @@ def _last_layer_backward(a, cosine, resid, wt, dwt, grad, bias_sum):
 
 @njit(**_JIT)
 def siren_step(
-    coords, first_w, first_b, hidden_w, hidden_b, last_w, last_b, target_t, w0, scale,
-    loss, pred_t, grad_first_w, grad_first_b, grad_hidden_w, grad_hidden_b, grad_last_w, grad_last_b,
-    sines, cosines, back, rows, bias, resid,
-):  # fmt: skip
+    coords,
+    first_w,
+    first_b,
+    hidden_w,
+    hidden_b,
+    last_w,
+    last_b,
+    target_t,
+    w0,
+    scale,
+    loss,
+    pred_t,
+    grad_first_w,
+    grad_first_b,
+    grad_hidden_w,
+    grad_hidden_b,
+    grad_last_w,
+    grad_last_b,
+    sines,
+    cosines,
+    back,
+    rows,
+    bias,
+    resid,
+):
     """Forward and backward of `members` SIRENs on shared coordinates; see `CpuStep` for the shapes.
 
     Writes per member the loss (mean squared error, summed in float64), the prediction (transposed) and the

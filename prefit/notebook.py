@@ -18,8 +18,14 @@ from prefit.schema import AUC_FILE
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
 
 
-def execute_notebook(analysis_dir: str | Path, out: str | Path | None = None, cell: str | None = None,
-                     kernel_name: str = "python3", timeout: int = 300, notebook: Path = NOTEBOOK) -> Path:
+def execute_notebook(
+    analysis_dir: str | Path,
+    out: str | Path | None = None,
+    cell: str | None = None,
+    kernel_name: str = "python3",
+    timeout: int = 300,
+    notebook: Path = NOTEBOOK,
+) -> Path:
     """Run the analysis notebook on `analysis_dir`; write the executed notebook to `out` and return its path."""
     try:
         import nbclient
@@ -29,13 +35,15 @@ def execute_notebook(analysis_dir: str | Path, out: str | Path | None = None, ce
 
     analysis_dir = Path(analysis_dir).resolve()
     if not (analysis_dir / AUC_FILE).is_file():
-        raise FileNotFoundError(f"{analysis_dir} is not an analysis folder (no {AUC_FILE}): "
-                                "run `python -m prefit.analyze SWEEP_DIR` first")
+        raise FileNotFoundError(
+            f"{analysis_dir} is not an analysis folder (no {AUC_FILE}): run `python -m prefit.analyze SWEEP_DIR` first"
+        )
     nb = nbformat.read(notebook, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params.source = f"ANALYSIS_DIR = {str(analysis_dir)!r}\nCELL = {cell!r}\n"
-    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name=kernel_name,
-                                     resources={"metadata": {"path": str(notebook.parent)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(notebook.parent)}}
+    )
     client.execute()
     out = Path(out) if out else analysis_dir / "analysis.ipynb"
     with atomic_path(out) as tmp:

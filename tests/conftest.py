@@ -66,11 +66,7 @@ def write_cifar_dir(folder: Path, per_batch: int = 10, style: str = "mixed", see
     rng = np.random.default_rng(seed)
     train_style = "py3" if style == "py3" else "py2"
     test_style = "py2" if style == "py2" else "py3"
-    meta = {
-        b"label_names": [n.encode() for n in LABEL_NAMES],
-        b"num_cases_per_batch": per_batch,
-        b"num_vis": 3072,
-    }
+    meta = {b"label_names": [n.encode() for n in LABEL_NAMES], b"num_cases_per_batch": per_batch, b"num_vis": 3072}
     dump_batch(meta, folder / "batches.meta", train_style)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for b, name in enumerate(names):

@@ -58,10 +58,20 @@ def _rows(hls: int, hfs: int, protocol: str, scheme: str, triple: int, seed: int
         loss = 4.0 / np.power(10.0, psnr / 10.0)
     base = {"hls": hls, "hfs": hfs, "protocol": protocol, "scheme": scheme}
     return pd.DataFrame(
-        {**base, "phase": columns.pop("phase"), "stage": columns.pop("stage"), "triple": triple,
-         "epoch": np.arange(len(psnr)), "psnr": psnr, "loss": loss, "lr": 1e-4, **columns,
-         "seed": seed, "engine": "batched"}
-    )  # fmt: skip
+        {
+            **base,
+            "phase": columns.pop("phase"),
+            "stage": columns.pop("stage"),
+            "triple": triple,
+            "epoch": np.arange(len(psnr)),
+            "psnr": psnr,
+            "loss": loss,
+            "lr": 1e-4,
+            **columns,
+            "seed": seed,
+            "engine": "batched",
+        }
+    )
 
 
 def _prefit_plan(scheme: str, triple: int) -> list[tuple[int, int | None, int]]:
@@ -101,16 +111,35 @@ def psnr_frame(
         for stage, (image, _, label) in enumerate(plan):
             if with_prefit_rows:
                 # Pre-fit rows: another image, absurd PSNR values that would show up in any mean.
-                parts.append(_rows(**key, phase="prefit", stage=stage, psnr=np.full(len(curve), 500.0 + stage),
-                                   target_index=image, target_label=label,
-                                   prefit_index=pd.NA, prefit_label=pd.NA))  # fmt: skip
+                parts.append(
+                    _rows(
+                        **key,
+                        phase="prefit",
+                        stage=stage,
+                        psnr=np.full(len(curve), 500.0 + stage),
+                        target_index=image,
+                        target_label=label,
+                        prefit_index=pd.NA,
+                        prefit_label=pd.NA,
+                    )
+                )
         if plan:
             prefit = pd.NA if plan[-1][1] is None else plan[-1][1]
             prefit_label = plan[-1][2]
         else:
             prefit, prefit_label = pd.NA, pd.NA
-        parts.append(_rows(**key, phase="fit", stage=len(plan), psnr=curve, target_index=target,
-                           target_label=target_label, prefit_index=prefit, prefit_label=prefit_label))  # fmt: skip
+        parts.append(
+            _rows(
+                **key,
+                phase="fit",
+                stage=len(plan),
+                psnr=curve,
+                target_index=target,
+                target_label=target_label,
+                prefit_index=prefit,
+                prefit_label=prefit_label,
+            )
+        )
     frame = pd.concat(parts, ignore_index=True)
     return frame[list(PSNR_DTYPES)].astype(PSNR_DTYPES)
 
@@ -142,12 +171,18 @@ def study_of(hls: int, hfs: int, protocol: str = "independent", **overrides: obj
     study: dict = {
         "dataset": {"name": "cifar_dir", "path": "/data/cifar", "split": "train", "n_triples": 3},
         "model": {"hls": hls, "hfs": hfs, "w0": 30.0},
-        "scheme": {"random": {"prefit": "none"}, "same_class": {"prefit": "same_class"},
-                   "other_class": {"prefit": "other_class"}, "class_mean": None, "multi_same": None, "meta": None},
+        "scheme": {
+            "random": {"prefit": "none"},
+            "same_class": {"prefit": "same_class"},
+            "other_class": {"prefit": "other_class"},
+            "class_mean": None,
+            "multi_same": None,
+            "meta": None,
+        },
         "protocol": {"name": protocol},
         "train": {"epochs": 40, "lr": 1e-4, "betas": [0.9, 0.999], "snapshot_epochs": [0, 100, 500, -1]},
         "seed": 42,
-    }  # fmt: skip
+    }
     for key, value in overrides.items():
         *parents, leaf = key.split("__")
         node = study

@@ -49,9 +49,22 @@ def test_robustness_figure_rings_the_disagreements() -> None:
     rows = []
     for hfs, (a, b, agree) in zip((32, 64), ((5.0, 5.2, True), (4.0, -0.5, False)), strict=True):
         for measure in ("auc_capped", "epochs_to_30db"):
-            rows.append({"hls": 2, "hfs": hfs, "protocol": "independent", "scheme": "other_class", "measure": measure,
-                         "mean_diff_a": a, "ci_low_a": a - 1, "ci_high_a": a + 1, "mean_diff_b": b,
-                         "ci_low_b": b - 1, "ci_high_b": b + 1, "agree": agree})  # fmt: skip
+            rows.append(
+                {
+                    "hls": 2,
+                    "hfs": hfs,
+                    "protocol": "independent",
+                    "scheme": "other_class",
+                    "measure": measure,
+                    "mean_diff_a": a,
+                    "ci_low_a": a - 1,
+                    "ci_high_a": a + 1,
+                    "mean_diff_b": b,
+                    "ci_low_b": b - 1,
+                    "ci_high_b": b + 1,
+                    "agree": agree,
+                }
+            )
     measures = [MEASURE_BY_NAME["auc_capped"], MEASURE_BY_NAME["epochs_to_30db"]]
     fig = plot_robustness(pd.DataFrame(rows), measures, ("A", "B"))
     assert [ax.get_title() for ax in fig.axes] == ["capped AUC", "epochs to 30 dB"]

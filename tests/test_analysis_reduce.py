@@ -114,10 +114,13 @@ def test_curves_mean_std_count_over_two_triples(tmp_path: Path) -> None:
 
 def test_paired_difference_matched_on_triple(tmp_path: Path) -> None:
     trajectories = {  # 3 epochs of a constant c have AUC 2c
-        ("random", 0): np.full(3, 10.0), ("random", 1): np.full(3, 20.0),
-        ("same_class", 0): np.full(3, 13.0), ("same_class", 1): np.full(3, 18.0),  # +6, -4
-        ("other_class", 0): np.array([30.0, np.nan, 30.0]), ("other_class", 1): np.full(3, 25.0),  # out, +10
-    }  # fmt: skip
+        ("random", 0): np.full(3, 10.0),
+        ("random", 1): np.full(3, 20.0),
+        ("same_class", 0): np.full(3, 13.0),
+        ("same_class", 1): np.full(3, 18.0),  # +6, -4
+        ("other_class", 0): np.array([30.0, np.nan, 30.0]),
+        ("other_class", 1): np.full(3, 25.0),  # out, +10
+    }
     paired = paired_differences(auc_of(tmp_path, trajectories), "auc").set_index("scheme")
     assert paired.loc["same_class", "mean_diff"] == pytest.approx(1.0) and paired.loc["same_class", "n_pairs"] == 2
     assert paired.loc["same_class", "n_better"] == 1
@@ -134,21 +137,39 @@ def test_cells_ordered_by_size_then_hidden_layers() -> None:
     order = cell_order(shuffled + shuffled[:5])
     assert len(order) == 42
     assert [cell_label(*c) for c in order[:11]] == [
-        "2x32", "3x32", "2x64", "4x32", "5x32", "3x64", "6x32", "7x32", "2x128", "4x64", "8x32",
-    ]  # fmt: skip
+        "2x32",
+        "3x32",
+        "2x64",
+        "4x32",
+        "5x32",
+        "3x64",
+        "6x32",
+        "7x32",
+        "2x128",
+        "4x64",
+        "8x32",
+    ]
     assert [cell_label(*c) for c in order[-3:]] == ["6x1024", "7x1024", "8x1024"]
 
 
 def test_rows_sort_through_the_schema_orders() -> None:
-    frame = pd.DataFrame({
-        "hls": [2, 3, 2, 2, 2], "hfs": [64, 32, 32, 32, 32],
-        "protocol": ["independent", "independent", "chained", "independent", "independent"],
-        "scheme": ["random", "random", "random", "zeta", "meta"],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "hls": [2, 3, 2, 2, 2],
+            "hfs": [64, 32, 32, 32, 32],
+            "protocol": ["independent", "independent", "chained", "independent", "independent"],
+            "scheme": ["random", "random", "random", "zeta", "meta"],
+        }
+    )
     rows = sort_rows(frame, ["hls", "hfs", "protocol", "scheme"])
     got = list(zip(rows["hls"], rows["hfs"], rows["protocol"], rows["scheme"]))
-    assert got == [(2, 32, "independent", "meta"), (2, 32, "independent", "zeta"), (2, 32, "chained", "random"),
-                   (3, 32, "independent", "random"), (2, 64, "independent", "random")]  # fmt: skip
+    assert got == [
+        (2, 32, "independent", "meta"),
+        (2, 32, "independent", "zeta"),
+        (2, 32, "chained", "random"),
+        (3, 32, "independent", "random"),
+        (2, 64, "independent", "random"),
+    ]
     assert not isinstance(rows["scheme"].dtype, pd.CategoricalDtype)  # sorted through categoricals, kept as strings
     mixed = ["meta", "zeta", "other_class", "random", "multi_same", "alpha", "class_mean", "same_class"]
     assert scheme_order(mixed) == [*ALL_SCHEMES, "alpha", "zeta"]

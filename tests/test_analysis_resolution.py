@@ -72,8 +72,13 @@ def test_the_lead_is_the_last_epoch_a_pre_fit_start_is_ahead() -> None:
     from prefit.analysis.resolution import BY, ByResolution, lead_table
 
     means = {"random": [10, 20, 30, 40], "same_class": [15, 25, 28, 39], "other_class": [5, 6, 7, 8]}
-    curves = pd.DataFrame([{"hls": 2, "hfs": 32, BY: "64x64", "scheme": s, "epoch": e, "mean": float(v)}
-                           for s, values in means.items() for e, v in enumerate(values)])  # fmt: skip
+    curves = pd.DataFrame(
+        [
+            {"hls": 2, "hfs": 32, BY: "64x64", "scheme": s, "epoch": e, "mean": float(v)}
+            for s, values in means.items()
+            for e, v in enumerate(values)
+        ]
+    )
     data = ByResolution(run=None, long=pd.DataFrame(), auc=pd.DataFrame(), sides=[64], variant_labels={})
     table = lead_table(curves, data)
     assert "| 2x32 | same_class | 1 | -1.00 |" in table  # ahead at epochs 0 and 1, behind from 2 on

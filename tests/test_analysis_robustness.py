@@ -30,10 +30,23 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run_sweep(data: Path, out: Path, *extra: str) -> None:
-    command = [sys.executable, "-m", "prefit.train", "-m", "+experiment=smoke", "model.hls=1", "model.hfs=8",
-               "dataset=cifar_dir", f"dataset.path={data}", "dataset.n_triples=8",
-               f"hydra.sweep.dir={out}", "hydra.launcher.n_jobs=1", "train.progress=false",
-               "train.threads=1", *extra]  # fmt: skip  one thread: on a busy machine two contend for seconds
+    command = [
+        sys.executable,
+        "-m",
+        "prefit.train",
+        "-m",
+        "+experiment=smoke",
+        "model.hls=1",
+        "model.hfs=8",
+        "dataset=cifar_dir",
+        f"dataset.path={data}",
+        "dataset.n_triples=8",
+        f"hydra.sweep.dir={out}",
+        "hydra.launcher.n_jobs=1",
+        "train.progress=false",
+        "train.threads=1",  # one thread: on a busy machine two contend for seconds
+        *extra,
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -62,8 +75,13 @@ def test_engines_reach_the_same_verdicts(real_sweeps: tuple[Path, Path], tmp_pat
     assert (gaps < 1e-2).all() and (gaps > 0).any()  # other arithmetic, the same fits to within float noise
 
     out = tmp_path / "robustness.md"
-    result = subprocess.run([sys.executable, "-m", "prefit.report", "robustness", str(batched), str(sequential),
-                             "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "prefit.report", "robustness", str(batched), str(sequential), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert "The verdicts agree in 8 of 8 comparisons" in text and "No verdict changes between the sweeps." in text
@@ -148,17 +166,21 @@ def test_sweeps_without_common_cells_and_bad_arguments(tmp_path: Path, capsys: p
     _, b = write_pair(tmp_path / "y", [(2, 64)])
     with pytest.raises(AnalysisError, match="no cell is in both sweeps"):
         compare(analyse(a), analyse(b))
-    for argv, message in [(["robustness", str(a), str(b)], "no cell is in both sweeps"),
-                          (["robustness", str(a)], "expected two sweep folders"),
-                          (["robustness", str(a), str(tmp_path / "nowhere")], "no such folder")]:  # fmt: skip
+    for argv, message in [
+        (["robustness", str(a), str(b)], "no cell is in both sweeps"),
+        (["robustness", str(a)], "expected two sweep folders"),
+        (["robustness", str(a), str(tmp_path / "nowhere")], "no such folder"),
+    ]:
         assert report_main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
 def test_default_output_beside_sweep_a_never_in_docs(tmp_path: Path) -> None:
-    assert default_out(tmp_path / "runs" / "fp32", tmp_path / "other" / "tf32") == (
-        tmp_path / "runs" / "robustness_fp32_vs_tf32.md").resolve()  # fmt: skip
+    assert (
+        default_out(tmp_path / "runs" / "fp32", tmp_path / "other" / "tf32")
+        == (tmp_path / "runs" / "robustness_fp32_vs_tf32.md").resolve()
+    )
     with pytest.raises(AnalysisError, match="would land in docs/"):
         default_out(REPO / "docs" / "sweeps" / "a", tmp_path / "b")
 

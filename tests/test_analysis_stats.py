@@ -65,8 +65,13 @@ def test_paired_stats_against_a_hand_computed_example(tmp_path: Path) -> None:
     assert other["p_wilcoxon"] == scipy_stats.wilcoxon(KNOWN_DIFFS).pvalue
     # The interval is scipy.stats.bootstrap's percentile interval, from the generator of this cell and scheme:
     # the old hand-rolled resampling drew other resamples, so the numbers moved (its bounds checks still hold).
-    expected = scipy_stats.bootstrap((np.array(KNOWN_DIFFS),), np.mean, n_resamples=10_000, method="percentile",
-                                     rng=group_rng(0, (2, 32, "independent", "other_class")))  # fmt: skip
+    expected = scipy_stats.bootstrap(
+        (np.array(KNOWN_DIFFS),),
+        np.mean,
+        n_resamples=10_000,
+        method="percentile",
+        rng=group_rng(0, (2, 32, "independent", "other_class")),
+    )
     assert (other["ci_low"], other["ci_high"]) == pytest.approx(tuple(expected.confidence_interval), abs=1e-12)
     assert min(KNOWN_DIFFS) <= other["ci_low"] < other["mean_diff"] < other["ci_high"] <= max(KNOWN_DIFFS)
     assert other["verdict"] == "unclear"  # 5 pairs: the smallest two-sided p is 0.0625
@@ -135,8 +140,9 @@ def test_reaching_a_threshold_sooner_beats_random(tmp_path: Path) -> None:
 
 
 def test_stats_parquet_layout(tmp_path: Path) -> None:
-    sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32), (3, 32)], n_triples=4, epochs=30, recon=False,
-                                  nonfinite=True)  # fmt: skip
+    sweep = write_synthetic_sweep(
+        tmp_path / "s", cells=[(2, 32), (3, 32)], n_triples=4, epochs=30, recon=False, nonfinite=True
+    )
     loaded = load_sweep(sweep)
     auc = auc_table(loaded.fits, loaded.members, 59.0)
     stats = stats_table(auc)

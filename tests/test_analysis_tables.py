@@ -18,13 +18,33 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "prefit" / "analysis" / "templ
 
 def long_rows() -> pd.DataFrame:
     rows = []
-    for measure, diff, verdict in (("auc_capped", 500.0, "beats"), ("epochs_to_30db", -12.0, "beats"),
-                                   ("epochs_to_40db", 3.0, "unclear"), ("auc", 90_000.0, "worse")):  # fmt: skip
+    for measure, diff, verdict in (
+        ("auc_capped", 500.0, "beats"),
+        ("epochs_to_30db", -12.0, "beats"),
+        ("epochs_to_40db", 3.0, "unclear"),
+        ("auc", 90_000.0, "worse"),
+    ):
         for hfs, flag in ((32, True), (64, False)):
-            rows.append({"hls": 2, "hfs": hfs, "protocol": "independent", "scheme": "same_class", "measure": measure,
-                         "baseline": "random", "n": 20, "mean_diff": diff, "ci_low": diff - 1, "ci_high": diff + 1,
-                         "p_wilcoxon": 0.0004, "verdict": verdict, "n_diverged": 0, "n_saturated": 0,
-                         "n_unreached": 2, "flag_raw_auc": flag})  # fmt: skip
+            rows.append(
+                {
+                    "hls": 2,
+                    "hfs": hfs,
+                    "protocol": "independent",
+                    "scheme": "same_class",
+                    "measure": measure,
+                    "baseline": "random",
+                    "n": 20,
+                    "mean_diff": diff,
+                    "ci_low": diff - 1,
+                    "ci_high": diff + 1,
+                    "p_wilcoxon": 0.0004,
+                    "verdict": verdict,
+                    "n_diverged": 0,
+                    "n_saturated": 0,
+                    "n_unreached": 2,
+                    "flag_raw_auc": flag,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -42,8 +62,9 @@ def test_verdict_table_leads_with_capped_auc_and_flags_the_raw_auc() -> None:
     measures = [MEASURE_BY_NAME[m] for m in ("auc_capped", "epochs_to_30db", "epochs_to_40db", "auc")]
     lines = verdict_table(long, measures).splitlines()
     assert lines[0] == "| cell | scheme | capped AUC | epochs to 30 dB | epochs to 40 dB | raw AUC |"
-    assert lines[2] == ("| 2x32 | same_class | **beats** (+500) | **beats** (-12) | unclear (+3) | "
-                        f"**worse** (+90,000) {RAW_FLAG} |")
+    assert lines[2] == (
+        f"| 2x32 | same_class | **beats** (+500) | **beats** (-12) | unclear (+3) | **worse** (+90,000) {RAW_FLAG} |"
+    )
     assert lines[3].endswith("| **worse** (+90,000) |")  # 2x64: no fit past 100 dB, no marker
     assert verdict_text(None) == "—"
 
@@ -51,8 +72,9 @@ def test_verdict_table_leads_with_capped_auc_and_flags_the_raw_auc() -> None:
 def test_stats_markdown_per_measure() -> None:
     table = stats_markdown(long_rows(), MEASURE_BY_NAME["epochs_to_30db"])
     header, _, first, _ = table.splitlines()
-    assert header == ("| cell | scheme | Δ epochs to 30 dB [95% CI] | p (Wilcoxon) | n | verdict | unreached | "
-                      "diverged |")  # fmt: skip
+    assert header == (
+        "| cell | scheme | Δ epochs to 30 dB [95% CI] | p (Wilcoxon) | n | verdict | unreached | diverged |"
+    )
     assert first == "| 2x32 | same_class | -12 [-13, -11] | <0.001 | 20 | **beats** | 2 | 0 |"
     raw = stats_markdown(long_rows(), MEASURE_BY_NAME["auc"]).splitlines()[2]
     assert f"+90,000 [+89,999, +90,001] {RAW_FLAG}" in raw

@@ -35,10 +35,16 @@ def lr_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 def test_variants_name_the_keys_that_differ() -> None:
     a, b, c = Path("a"), Path("b"), Path("c")
-    studies = {a: study_of(2, 32, seed=1, train__lr=2e-4), b: study_of(3, 64, "chained", seed=2, train__lr=2e-4),
-               c: study_of(2, 32, seed=1, train__lr=1e-4)}  # fmt: skip
-    assert study_variants(studies) == {a: "seed=1,train.lr=0.0002", b: "seed=2,train.lr=0.0002",
-                                       c: "seed=1,train.lr=0.0001"}  # fmt: skip
+    studies = {
+        a: study_of(2, 32, seed=1, train__lr=2e-4),
+        b: study_of(3, 64, "chained", seed=2, train__lr=2e-4),
+        c: study_of(2, 32, seed=1, train__lr=1e-4),
+    }
+    assert study_variants(studies) == {
+        a: "seed=1,train.lr=0.0002",
+        b: "seed=2,train.lr=0.0002",
+        c: "seed=1,train.lr=0.0001",
+    }
     # the cell's own keys never count; nothing else differs: no variants
     assert set(study_variants({a: study_of(2, 32), b: study_of(3, 64, "chained")}).values()) == {""}
     # a key only some studies hold (an earlier version's run.json) counts only if its values differ
@@ -49,12 +55,19 @@ def test_variants_name_the_keys_that_differ() -> None:
     picked = study_of(2, 32, scheme__same_class=None)
     assert flatten(picked)["scheme"] == ["random", "other_class"]
     assert study_variants({a: picked, b: study_of(2, 32), c: None}) == {
-        a: "scheme=[random,other_class]", b: "scheme=[random,same_class,other_class]", c: ""}  # fmt: skip
+        a: "scheme=[random,other_class]",
+        b: "scheme=[random,same_class,other_class]",
+        c: "",
+    }
 
 
 def test_variant_order_and_file_names() -> None:
     assert variant_order(["train.lr=0.0001", "train.lr=5e-05", "", "train.lr=0.001"]) == [
-        "", "train.lr=5e-05", "train.lr=0.0001", "train.lr=0.001"]  # fmt: skip
+        "",
+        "train.lr=5e-05",
+        "train.lr=0.0001",
+        "train.lr=0.001",
+    ]
     assert variant_suffix("") == "" and variant_suffix("seed=1,train.lr=0.0002") == "_seed=1_train.lr=0.0002"
     long = variant_suffix("dataset.path=/a/b c/" + "x" * 100)
     assert "/" not in long and " " not in long and len(long) < 80
@@ -115,8 +128,9 @@ def test_robustness_matches_cell_and_variant(lr_sweep: tuple[Path, dict[str, Pat
     assert "2x32 train.lr=0.0002" in text
 
 
-def test_the_protocol_report_refuses_variants_in_one_line(lr_sweep: tuple[Path, dict[str, Path]],
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_the_protocol_report_refuses_variants_in_one_line(
+    lr_sweep: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
     sweep, _ = lr_sweep
     chained = tmp_path / "chained"
     traj = {(s, t): ramp_trajectories(4, 20)[(s, t)] for s in SCHEMES for t in range(4)}
@@ -131,9 +145,23 @@ def test_the_protocol_report_refuses_variants_in_one_line(lr_sweep: tuple[Path, 
 def test_a_real_sweep_over_the_learning_rate(cifar_dir: Path, tmp_path: Path) -> None:
     """`python -m prefit.train -m ... train.lr=1e-4,2e-4`: two jobs of one cell, analysed one group per lr."""
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "prefit.train", "-m", "+experiment=smoke", "model.hls=1", "model.hfs=8",
-               "train.epochs=20", "dataset.n_triples=3", "dataset=cifar_dir", f"dataset.path={cifar_dir}",
-               f"hydra.sweep.dir={out}", "hydra.launcher.n_jobs=1", "train.progress=false", "train.lr=1e-4,2e-4"]
+    command = [
+        sys.executable,
+        "-m",
+        "prefit.train",
+        "-m",
+        "+experiment=smoke",
+        "model.hls=1",
+        "model.hfs=8",
+        "train.epochs=20",
+        "dataset.n_triples=3",
+        "dataset=cifar_dir",
+        f"dataset.path={cifar_dir}",
+        f"hydra.sweep.dir={out}",
+        "hydra.launcher.n_jobs=1",
+        "train.progress=false",
+        "train.lr=1e-4,2e-4",
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     outputs = analyze(out)
     stats = pd.read_parquet(outputs["stats.parquet"])

@@ -24,8 +24,12 @@ except ImportError:  # tests/ is not a package: pytest puts it on sys.path itsel
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
 CELLS = [(3, 32), (2, 32)]
-MEASURE_FIGURES = {"paired_differences.png", "paired_differences_capped.png", "paired_differences_epochs_to_30db.png",
-                   "paired_differences_epochs_to_40db.png"}  # fmt: skip
+MEASURE_FIGURES = {
+    "paired_differences.png",
+    "paired_differences_capped.png",
+    "paired_differences_epochs_to_30db.png",
+    "paired_differences_epochs_to_40db.png",
+}
 
 
 def check_png(path: Path) -> None:
@@ -36,8 +40,9 @@ def check_png(path: Path) -> None:
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
     """A sweep with a diverged and a saturated fit in its first cell, analysed with the defaults."""
-    sweep = write_synthetic_sweep(tmp_path_factory.mktemp("an") / "sweep", cells=CELLS, n_triples=6, epochs=30,
-                                  nonfinite=True)  # fmt: skip
+    sweep = write_synthetic_sweep(
+        tmp_path_factory.mktemp("an") / "sweep", cells=CELLS, n_triples=6, epochs=30, nonfinite=True
+    )
     return sweep, analyze(sweep)
 
 
@@ -83,8 +88,11 @@ def test_summary_leads_with_capped_auc_and_time(analysed: tuple[Path, dict[str, 
     assert "- PSNR cap: 59 dB" in summary and "percentile bootstrap, 10,000 resamples" in summary
     headings = [line for line in summary.splitlines() if line.startswith("#")]
     assert headings[1] == "## Verdicts: each scheme against `random`"
-    assert headings.index("### capped AUC") < headings.index("### epochs to 30 dB") < headings.index(
-        "### raw AUC (for comparison with the original)")  # fmt: skip
+    assert (
+        headings.index("### capped AUC")
+        < headings.index("### epochs to 30 dB")
+        < headings.index("### raw AUC (for comparison with the original)")
+    )
     header = next(line for line in summary.splitlines() if line.startswith("| cell | scheme | capped AUC |"))
     assert header == "| cell | scheme | capped AUC | epochs to 30 dB | epochs to 40 dB | raw AUC |"
     assert summary.index("## Capped AUC and time to PSNR") < summary.index("## Raw AUC (the original study's measure)")
@@ -93,18 +101,26 @@ def test_summary_leads_with_capped_auc_and_time(analysed: tuple[Path, dict[str, 
 
 def test_summary_numbers_match_the_tables(tmp_path: Path) -> None:
     trajectories = {  # 3 epochs of a constant c have AUC 2c
-        ("random", 0): np.full(3, 10.0), ("random", 1): np.full(3, 20.0),
-        ("same_class", 0): np.full(3, 13.0), ("same_class", 1): np.full(3, 18.0),  # +6, -4 -> +1
-        ("other_class", 0): np.array([30.0, np.nan, 30.0]), ("other_class", 1): np.full(3, 25.0),  # out, +10
-    }  # fmt: skip
+        ("random", 0): np.full(3, 10.0),
+        ("random", 1): np.full(3, 20.0),
+        ("same_class", 0): np.full(3, 13.0),
+        ("same_class", 1): np.full(3, 18.0),  # +6, -4 -> +1
+        ("other_class", 0): np.array([30.0, np.nan, 30.0]),
+        ("other_class", 1): np.full(3, 25.0),  # out, +10
+    }
     write_cell(tmp_path / "s" / "0", 2, 32, trajectories, recon=False)
     summary = analyze(tmp_path / "s", tmp_path / "out")["summary.md"].read_text()
     lines = summary.splitlines()
     start = lines.index("## Raw AUC (the original study's measure) per cell")
     header = next(line for line in lines[start:] if line.startswith("| cell |"))
     row = next(line for line in lines[start:] if line.startswith("| 2x32 |"))
-    values = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")],
-                      strict=True))  # fmt: skip
+    values = dict(
+        zip(
+            [c.strip() for c in header.strip("|").split("|")],
+            [c.strip() for c in row.strip("|").split("|")],
+            strict=True,
+        )
+    )
     assert values["Δ same_class − random (pairs)"] == "+1 (2)" and values["Δ other_class − random (pairs)"] == "+10 (1)"
     assert values["mean raw AUC random"] == "30" and values["best"] == "other_class"
     assert values["diverged (random/same_class/other_class)"] == "0/0/1"
@@ -176,8 +192,9 @@ def test_options_by_flag_or_hydra_key(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prefit.analyze", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "prefit.analyze", *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
 
 
 @pytest.mark.slow  # seconds of fitting or a subprocess: `make test` runs it, `make test-fast` not

@@ -19,8 +19,14 @@ from prefit.engine import flops_per_member_epoch
 from prefit.model import member_params
 
 ENGINES = ("batched", "sequential", "original")
-MACHINE = {"device": str, "threads": int, "torch": str, "ceiling_gflops": float, "matmul_error": dict,
-           "bandwidth_gbs": float}  # fmt: skip
+MACHINE = {
+    "device": str,
+    "threads": int,
+    "torch": str,
+    "ceiling_gflops": float,
+    "matmul_error": dict,
+    "bandwidth_gbs": float,
+}
 CELL = {
     "hls": int,
     "hfs": int,
@@ -120,10 +126,12 @@ def test_the_floor_is_the_products_at_their_ceiling_plus_the_passes_at_the_copy_
     assert floor_ms("torch_eager", 8, 1024, 1024, 60, h100, 3000.0) is None  # its passes are not counted
     assert floor_ms("fused_graph_tf32", 8, 1024, 1024, 60, h100, 3000.0) < fp32 / 3
     cpu = {"fp32": 180.0}  # no TF32: three fp32 products
-    assert floor_ms("fused_graph_3xtf32", 2, 32, 1024, 10, cpu, 20.0) > 3 * floor_ms("fused_graph", 2, 32, 1024, 10,
-                                                                                      cpu, 1e12)  # fmt: skip
+    assert floor_ms("fused_graph_3xtf32", 2, 32, 1024, 10, cpu, 20.0) > 3 * floor_ms(
+        "fused_graph", 2, 32, 1024, 10, cpu, 1e12
+    )
     assert floor_ms("fused_graph", 2, 32, 1024, 20, cpu, 20.0) == pytest.approx(
-        2 * floor_ms("fused_graph", 2, 32, 1024, 10, cpu, 20.0))  # fmt: skip
+        2 * floor_ms("fused_graph", 2, 32, 1024, 10, cpu, 20.0)
+    )
 
 
 def test_matmul_errors_measure_each_precision_against_float64():

@@ -20,35 +20,71 @@ def bench_json(path: Path, cells: list[dict], device: str = "cuda", name: str = 
     return path
 
 
-def cell(hls: int, hfs: int, ms: float, steady_members: int | None = None, epoch_ms: float = 0.0,
-         floor_ms: float | None = None) -> dict:  # fmt: skip
+def cell(
+    hls: int,
+    hfs: int,
+    ms: float,
+    steady_members: int | None = None,
+    epoch_ms: float = 0.0,
+    floor_ms: float | None = None,
+) -> dict:
     steady = None
     if steady_members:
-        graph = {"ms_per_epoch": epoch_ms, "ms_per_member_epoch": epoch_ms / steady_members, "gflops": 1.0,
-                 "fraction_fp32": 0.5}  # fmt: skip
+        graph = {
+            "ms_per_epoch": epoch_ms,
+            "ms_per_member_epoch": epoch_ms / steady_members,
+            "gflops": 1.0,
+            "fraction_fp32": 0.5,
+        }
         if floor_ms is not None:
             graph.update(floor_ms=floor_ms, fraction_floor=floor_ms / epoch_ms)
         steady = {"members": steady_members, "epochs": 100, "fused_graph": graph}
-    return {"hls": hls, "hfs": hfs, "resolution": 32, "members": 100, "ms_per_member_epoch": {"batched": ms},
-            "batched_timing": "steady_state", "steady_state": steady}  # fmt: skip
+    return {
+        "hls": hls,
+        "hfs": hfs,
+        "resolution": 32,
+        "members": 100,
+        "ms_per_member_epoch": {"batched": ms},
+        "batched_timing": "steady_state",
+        "steady_state": steady,
+    }
 
 
-def job(folder: Path, hls: int, hfs: int, stages: list[tuple], wall_s: float, start: float, epochs: int = 200,
-        device: str = "cuda:0", triples: int = 20, status: str = "complete") -> None:  # fmt: skip
+def job(
+    folder: Path,
+    hls: int,
+    hfs: int,
+    stages: list[tuple],
+    wall_s: float,
+    start: float,
+    epochs: int = 200,
+    device: str = "cuda:0",
+    triples: int = 20,
+    status: str = "complete",
+) -> None:
     """A job's run.json, `start` seconds into the sweep: `stages` as (members fitted together, seconds inside
     the fit[, seconds of the steady epochs, their member-epochs])."""
     folder.mkdir(parents=True)
     fit_s = sum(t[1] for t in stages)
     t0 = datetime(2026, 11, 25, 10, tzinfo=timezone.utc) + timedelta(seconds=start)
     record = {
-        "status": status, "cell": {"hls": hls, "hfs": hfs}, "resolution": 32, "triples": triples,
-        "device": device, "device_name": GPU, "wall_s": wall_s, "fit_s": fit_s,
+        "status": status,
+        "cell": {"hls": hls, "hfs": hfs},
+        "resolution": 32,
+        "triples": triples,
+        "device": device,
+        "device_name": GPU,
+        "wall_s": wall_s,
+        "fit_s": fit_s,
         "member_epochs": sum(t[0] for t in stages) * epochs,
-        "stages": [{"members": t[0], "fit_s": t[1], **({"steady_s": t[2], "steady_member_epochs": t[3]} if len(t) > 2
-                                                       else {})} for t in stages],
-        "started": t0.isoformat(), "finished": (t0 + timedelta(seconds=wall_s)).isoformat(),
+        "stages": [
+            {"members": t[0], "fit_s": t[1], **({"steady_s": t[2], "steady_member_epochs": t[3]} if len(t) > 2 else {})}
+            for t in stages
+        ],
+        "started": t0.isoformat(),
+        "finished": (t0 + timedelta(seconds=wall_s)).isoformat(),
         "config": {"train": {"epochs": epochs}, "protocol": {"name": "independent"}},
-    }  # fmt: skip
+    }
     (folder / "run.json").write_text(json.dumps(record))
 
 
@@ -77,8 +113,10 @@ def test_jobs_that_shared_the_device_are_left_out(tmp_path):
     job(tmp_path / "s" / "2", 2, 32, [(100, 0.22)], wall_s=6, start=20)  # alone
     (row,), notes = agreement([bench], [SweepRuns.read(tmp_path / "s")])
     assert row["stages"] == 1 and row["ratio"] == pytest.approx(1.1)
-    assert notes == ["2 job(s) left out: they ran beside other jobs, which shared their device "
-                     "(`hydra.launcher.n_jobs=1` runs one at a time)"]  # fmt: skip
+    assert notes == [
+        "2 job(s) left out: they ran beside other jobs, which shared their device "
+        "(`hydra.launcher.n_jobs=1` runs one at a time)"
+    ]
 
 
 def test_a_run_that_timed_its_steady_epochs_is_held_by_them(tmp_path):
@@ -106,10 +144,17 @@ def test_a_sweep_span_scales_the_steady_epochs_and_keeps_the_rest(tmp_path):
 
 
 def test_targets_take_the_steady_state_and_the_scaled_grid_span(tmp_path):
-    benches = [json.loads(bench_json(tmp_path / "b.json", [
-        cell(2, 32, 0.002, steady_members=100, epoch_ms=0.25),
-        cell(8, 1024, 1.0, steady_members=100, epoch_ms=120.0, floor_ms=110.0),
-    ]).read_text())]  # fmt: skip
+    benches = [
+        json.loads(
+            bench_json(
+                tmp_path / "b.json",
+                [
+                    cell(2, 32, 0.002, steady_members=100, epoch_ms=0.25),
+                    cell(8, 1024, 1.0, steady_members=100, epoch_ms=120.0, floor_ms=110.0),
+                ],
+            ).read_text()
+        )
+    ]
     for k, (hls, hfs) in enumerate((h, f) for h in GRID_HLS for f in GRID_HFS):
         # every job 4 s, 2 of them fitting; all side by side over 10 s: at 2000 epochs fits x10 -> 22/4 x span
         job(tmp_path / "grid" / str(k), hls, hfs, [(60, 1.5), (40, 0.5)], wall_s=4, start=k % 7)

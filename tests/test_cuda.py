@@ -110,8 +110,20 @@ def test_fused_sine_is_accurate_for_large_arguments():
 
 def test_bench_on_cuda_reports_the_steady_state(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "prefit.bench", "--quick", "--device", "cuda", "--cells", "2x32", "--out", "b.json",
-         "--ceiling-size", "4096"],  # --quick's 256 x 256 product would time launches, not the tensor cores
+        [
+            sys.executable,
+            "-m",
+            "prefit.bench",
+            "--quick",
+            "--device",
+            "cuda",
+            "--cells",
+            "2x32",
+            "--out",
+            "b.json",
+            "--ceiling-size",
+            "4096",
+        ],  # --quick's 256 x 256 product would time launches, not the tensor cores
         capture_output=True,
         text=True,
         timeout=300,

@@ -67,8 +67,9 @@ def test_read_synthetic_folder(make_cifar_dir, style):
 
     test = read_cifar_dir(folder, "test")
     assert test.images.shape == (10, 32, 32, 3) and test.labels.tolist() == [(j + 5) % 10 for j in range(10)]
-    np.testing.assert_array_equal(test.images.reshape(10, -1, 3).transpose(0, 2, 1).reshape(10, -1),
-                                  raw(folder / "test_batch")[b"data"])  # fmt: skip
+    np.testing.assert_array_equal(
+        test.images.reshape(10, -1, 3).transpose(0, 2, 1).reshape(10, -1), raw(folder / "test_batch")[b"data"]
+    )
 
 
 def test_read_protocol5_str_keys_numpy_labels(cifar_dir):
@@ -243,10 +244,7 @@ def server(monkeypatch, cifar_dir):
         payload=payload,
         length=None,  # Content-Length to announce; None: the payload's
         requests=0,
-        md5s={
-            "archive_md5": hashlib.md5(payload).hexdigest(),
-            "file_md5s": {n: md5(cifar_dir / n) for n in FILES},
-        },
+        md5s={"archive_md5": hashlib.md5(payload).hexdigest(), "file_md5s": {n: md5(cifar_dir / n) for n in FILES}},
     )
 
     class Handler(BaseHTTPRequestHandler):
@@ -365,9 +363,7 @@ def test_fetch_offline(tmp_path, monkeypatch):
 def test_load_images_cifair10(tmp_path, server, monkeypatch):
     monkeypatch.setattr(data.cifar, "ARCHIVE_MD5", server.md5s["archive_md5"])
     monkeypatch.setattr(data.cifar, "FILE_MD5S", server.md5s["file_md5s"])
-    images = data.load_images(
-        DatasetConfig(name="cifair10", root=str(tmp_path), url=server.url, split="test")
-    )
+    images = data.load_images(DatasetConfig(name="cifair10", root=str(tmp_path), url=server.url, split="test"))
     assert len(images) == 10 and "ciFAIR-10" in images.source and server.requests == 1
 
 

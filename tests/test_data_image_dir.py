@@ -64,8 +64,16 @@ def test_layout_labels_and_file_order(tmp_path):
     assert isinstance(images, ImageSet) and images.side == 8
     assert images.label_names == ["Mole", "ant", "bee", "zebra"]  # sorted as Python sorts str: by code point
     assert images.labels.dtype == np.int64 and images.labels.tolist() == [0, 1, 1, 1, 2, 2, 3, 3]
-    order = [("Mole", "x.png"), ("ant", "1.Png"), ("ant", "10.png"), ("ant", "2.png"), ("bee", "B.png"),
-             ("bee", "a.png"), ("zebra", "a.PNG"), ("zebra", "b.png")]  # fmt: skip
+    order = [
+        ("Mole", "x.png"),
+        ("ant", "1.Png"),
+        ("ant", "10.png"),
+        ("ant", "2.png"),
+        ("bee", "B.png"),
+        ("bee", "a.png"),
+        ("zebra", "a.PNG"),
+        ("zebra", "b.png"),
+    ]
     assert images.images.shape == (8, 8, 8, 3) and images.images.dtype == np.uint8
     for i, key in enumerate(order):
         assert (images.images[i] == colours[key]).all(), key

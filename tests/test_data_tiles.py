@@ -163,8 +163,11 @@ def test_cli_help_lists_the_subcommand(capsys):
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "prefit.data", "build-tiles", str(tmp_path / "t"), "--size", "0"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "--size must be >= 2" in result.stderr and not (tmp_path / "t").exists()

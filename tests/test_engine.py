@@ -161,7 +161,9 @@ def test_the_numeric_modules_import_neither_hydra_nor_numba_up_front():
     import subprocess
     import sys
 
-    code = ("import sys, prefit.engine, prefit.model, prefit.optim, prefit.precision; "
-            "print(','.join(m for m in ('hydra', 'omegaconf', 'numba') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys, prefit.engine, prefit.model, prefit.optim, prefit.precision; "
+        "print(','.join(m for m in ('hydra', 'omegaconf', 'numba') if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", loaded

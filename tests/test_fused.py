@@ -153,7 +153,7 @@ def test_3xtf32_products_are_fp32_accurate():
 
     one = torch.bmm(tf32(a), tf32(b)) * 30.0
     (a_hi, a_lo), (b_hi, b_lo) = split_tf32(a), split_tf32(b)
-    three = (torch.bmm(tf32(a_hi), tf32(b_lo)) + torch.bmm(tf32(a_lo), tf32(b_hi)) + torch.bmm(tf32(a_hi), tf32(b_hi)))
+    three = torch.bmm(tf32(a_hi), tf32(b_lo)) + torch.bmm(tf32(a_lo), tf32(b_hi)) + torch.bmm(tf32(a_hi), tf32(b_hi))
     one_err = ((one - exact).abs().max() / exact.abs().max()).item()
     three_err = ((three * 30.0 - exact).abs().max() / exact.abs().max()).item()
     assert three_err < 1e-6 < 1e-4 < one_err

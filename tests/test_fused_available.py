@@ -18,9 +18,14 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 @pytest.mark.parametrize(
     ("triton_version", "numpy_version", "runs"),
-    [("3.6.0", "2.4.6", False), ("3.6.0", "2.3.5", True), ("3.7.0", "2.4.6", True), ("3.10.1", "2.5.0", True),
-     ("3.6.0", "2.10.0rc1", False)],
-)  # fmt: skip
+    [
+        ("3.6.0", "2.4.6", False),
+        ("3.6.0", "2.3.5", True),
+        ("3.7.0", "2.4.6", True),
+        ("3.10.1", "2.5.0", True),
+        ("3.6.0", "2.10.0rc1", False),
+    ],
+)
 def test_the_interpreter_is_refused_where_its_triton_cannot_run_with_this_numpy(
     monkeypatch, triton_version, numpy_version, runs
 ):

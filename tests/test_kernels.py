@@ -107,10 +107,21 @@ def test_fallback_products_equal_numpy(trans_a, trans_b):
     c = np.full((m, n), np.nan, np.float32)
     pointer = ctypes.POINTER(ctypes.c_float)
     _sgemm_fallback.ctypes(
-        101, 112 if trans_a else 111, 112 if trans_b else 111, m, n, k, alpha,
-        a.ctypes.data_as(pointer), a.shape[1], b.ctypes.data_as(pointer), b.shape[1], 0.0,
-        c.ctypes.data_as(pointer), n,
-    )  # fmt: skip
+        101,
+        112 if trans_a else 111,
+        112 if trans_b else 111,
+        m,
+        n,
+        k,
+        alpha,
+        a.ctypes.data_as(pointer),
+        a.shape[1],
+        b.ctypes.data_as(pointer),
+        b.shape[1],
+        0.0,
+        c.ctypes.data_as(pointer),
+        n,
+    )
     want = alpha * ((a.T if trans_a else a) @ (b.T if trans_b else b))
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-4)
 

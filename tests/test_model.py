@@ -7,15 +7,7 @@ import torch
 
 from prefit.data import coordinate_grid
 from prefit.engine import batched_forward
-from prefit.model import (
-    Siren,
-    init_params,
-    layer_sizes,
-    member_params,
-    n_weights,
-    stack_params,
-    triple_generator,
-)
+from prefit.model import Siren, init_params, layer_sizes, member_params, n_weights, stack_params, triple_generator
 
 
 def test_layers_match_the_protocol():

@@ -40,8 +40,9 @@ def kernel_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture(scope="module")
 def analysis_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("nb")
-    sweep = write_synthetic_sweep(root / "sweep", cells=[(2, 32), (3, 32)], n_triples=3, epochs=25, nonfinite=True,
-                                  new_schemes=True)  # fmt: skip
+    sweep = write_synthetic_sweep(
+        root / "sweep", cells=[(2, 32), (3, 32)], n_triples=3, epochs=25, nonfinite=True, new_schemes=True
+    )
     analyze(sweep, root / "analysis")  # the default cap, 59 dB
     return root / "analysis"
 

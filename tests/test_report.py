@@ -61,9 +61,18 @@ def report(sweeps: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 def test_report_files_and_links(report: dict[str, Path]) -> None:
     out = report["findings.md"]
     figures = {f"findings/psnr_{h}hls_{f}hfs.png" for h, f in COMMON}
-    figures |= {f"findings/{n}.png" for n in ("auc_boxplot", "auc_capped_boxplot", "paired_differences",
-                "paired_differences_capped", "paired_differences_epochs_to_30db", "paired_differences_epochs_to_40db",
-                "robustness_independent")}  # fmt: skip
+    figures |= {
+        f"findings/{n}.png"
+        for n in (
+            "auc_boxplot",
+            "auc_capped_boxplot",
+            "paired_differences",
+            "paired_differences_capped",
+            "paired_differences_epochs_to_30db",
+            "paired_differences_epochs_to_40db",
+            "robustness_independent",
+        )
+    }
     assert set(report) == {"findings.md", "findings/robustness_independent.md"} | figures
     for name in figures:
         data = report[name].read_bytes()
@@ -78,8 +87,10 @@ def test_report_files_and_links(report: dict[str, Path]) -> None:
 
 def test_report_states_what_it_covers(report: dict[str, Path]) -> None:
     text = report["findings.md"].read_text()
-    assert "**cells covered**: 2 of the 42 cells of the full grid (hls 2–8 x hfs 32–1024), those both sweeps ran: " \
-           "2x32, 3x32" in text  # fmt: skip
+    assert (
+        "**cells covered**: 2 of the 42 cells of the full grid (hls 2–8 x hfs 32–1024), those both sweeps ran: "
+        "2x32, 3x32" in text
+    )
     assert "- not covered (40 cells, not run under both protocols yet" in text and "8x1024" in text
     assert "only in the independent sweep (left out): 2x64" in text
     assert "the two sweeps hold the same triples" in text and "`target_index` matches" in text
@@ -100,8 +111,11 @@ def test_verdict_table_over_every_cell_and_measure(report: dict[str, Path]) -> N
     cells = [c.strip() for c in other.strip("|").split("|")]
     assert cells[2].startswith("**beats**") and cells[3].startswith("unclear")  # capped AUC: chained, independent
     headings = [line for line in text.splitlines() if line.startswith("## ")]
-    assert headings[:3] == ["## Verdicts: each scheme against random, in every covered cell",
-                            "## What changes in the conclusion", "## Paired differences from random"]  # fmt: skip
+    assert headings[:3] == [
+        "## Verdicts: each scheme against random, in every covered cell",
+        "## What changes in the conclusion",
+        "## Paired differences from random",
+    ]
     assert {"## AUC of every fit", "## PSNR curves per cell", "## Robustness", "## Runs"} <= set(headings)
 
 
@@ -128,9 +142,23 @@ def long_frame(rows: dict[tuple[str, int, int, str], tuple[float, float, float, 
     (the same numbers) the raw AUC."""
     from prefit.analysis.stats import decide
 
-    records = [{"hls": h, "hfs": f, "protocol": p, "scheme": s, "measure": m, "n": n, "mean_diff": mean, "ci_low": lo,
-                "ci_high": hi, "p_wilcoxon": pv, "verdict": decide(n, lo, hi, pv)}
-               for (p, h, f, s), (mean, lo, hi, pv) in rows.items() for m in ("auc_capped", "auc")]  # fmt: skip
+    records = [
+        {
+            "hls": h,
+            "hfs": f,
+            "protocol": p,
+            "scheme": s,
+            "measure": m,
+            "n": n,
+            "mean_diff": mean,
+            "ci_low": lo,
+            "ci_high": hi,
+            "p_wilcoxon": pv,
+            "verdict": decide(n, lo, hi, pv),
+        }
+        for (p, h, f, s), (mean, lo, hi, pv) in rows.items()
+        for m in ("auc_capped", "auc")
+    ]
     return pd.DataFrame.from_records(records)
 
 
@@ -154,10 +182,16 @@ def conclusion_text(long: pd.DataFrame, cells: list[tuple[int, int]]) -> str:
 )
 def test_conclusion_follows_the_numbers(chained: tuple, independent: tuple, expected: str) -> None:
     cells = [(2, 32), (2, 64)]
-    long = long_frame({("chained", 2, 32, "other_class"): chained, ("chained", 2, 64, "other_class"): UNCLEAR,
-                       ("chained", 2, 32, "same_class"): BETTER, ("independent", 2, 32, "other_class"): independent,
-                       ("independent", 2, 64, "other_class"): UNCLEAR,
-                       ("independent", 2, 32, "same_class"): UNCLEAR})  # fmt: skip
+    long = long_frame(
+        {
+            ("chained", 2, 32, "other_class"): chained,
+            ("chained", 2, 64, "other_class"): UNCLEAR,
+            ("chained", 2, 32, "same_class"): BETTER,
+            ("independent", 2, 32, "other_class"): independent,
+            ("independent", 2, 64, "other_class"): UNCLEAR,
+            ("independent", 2, 32, "same_class"): UNCLEAR,
+        }
+    )
     text = conclusion_text(long, cells)
     assert expected in text
     assert "pre-fitting on an image of a different class helps small models most" in text
@@ -182,8 +216,10 @@ def test_mismatched_triples_are_reported(sweeps: dict[str, Path], tmp_path: Path
     frame.loc[(frame["triple"] == 1) & (frame["phase"] == "fit"), "target_index"] += 7
     frame.to_parquet(path, index=False)
     text = write_report(other, sweeps["chained"], tmp_path / "f.md", psnr_cap=None)["f.md"].read_text()
-    assert "**The triples differ** in 1 of 2 common cell(s): 2x32 (chained: 8 triples, independent: 8, 8 in both, " \
-           "1 with a different A)" in text  # fmt: skip
+    assert (
+        "**The triples differ** in 1 of 2 common cell(s): 2x32 (chained: 8 triples, independent: 8, 8 in both, "
+        "1 with a different A)" in text
+    )
     assert "PSNR cap: off" in text and "capped AUC" not in text.split("## Runs")[0].split("## Verdicts")[1]
 
 
@@ -210,32 +246,47 @@ def test_cli(sweeps: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixt
     assert not (tmp_path / "notes" / "protocols" / "paired_differences_capped.png").exists()
     capsys.readouterr()
     bad = ["--independent", str(sweeps["chained"]), "--chained", str(sweeps["chained"]), "--out", str(out)]
-    for args, message in [(bad, "no fits with protocol 'independent'"),
-                          ([*argv, "analysis.psnr_cap=oops"], "analysis.psnr_cap must be a number"),
-                          (argv[:2], "the following arguments are required: --chained"),
-                          ([*argv, "extra"], "unexpected argument(s): extra")]:  # fmt: skip
+    for args, message in [
+        (bad, "no fits with protocol 'independent'"),
+        ([*argv, "analysis.psnr_cap=oops"], "analysis.psnr_cap must be a number"),
+        (argv[:2], "the following arguments are required: --chained"),
+        ([*argv, "extra"], "unexpected argument(s): extra"),
+    ]:
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    result = subprocess.run([sys.executable, "-m", "prefit.report", *argv], capture_output=True, text=True, cwd=REPO,
-                            timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "prefit.report", *argv], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert result.returncode == 0 and "wrote" in result.stdout, result.stderr
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_report_target() -> None:
     result = subprocess.run(
-        ["make", "-n", "report", "SWEEP_INDEPENDENT=a/i", "SWEEP_CHAINED=b/c",
-         "REPORT_ARGS=--robust r analysis.ci_method=bca"],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )  # fmt: skip
+        [
+            "make",
+            "-n",
+            "report",
+            "SWEEP_INDEPENDENT=a/i",
+            "SWEEP_CHAINED=b/c",
+            "REPORT_ARGS=--robust r analysis.ci_method=bca",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    assert "-m prefit.report --independent a/i --chained b/c --out docs/findings.md --robust r analysis.ci_method=bca" \
-        in result.stdout  # fmt: skip
+    assert (
+        "-m prefit.report --independent a/i --chained b/c --out docs/findings.md --robust r analysis.ci_method=bca"
+        in result.stdout
+    )
 
 
-def test_default_out_is_beside_the_sweeps_not_in_docs(sweeps: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
-                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_default_out_is_beside_the_sweeps_not_in_docs(
+    sweeps: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(tmp_path)  # a docs/ folder here would be written into by the old default
     (tmp_path / "docs").mkdir()
     assert main(["--independent", str(sweeps["independent"]), "--chained", str(sweeps["chained"])]) == 0

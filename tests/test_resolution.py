@@ -117,8 +117,16 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("side", [16, 48])
 def test_an_image_folder_runs_through_both_engines_at_its_resolution(side, image_folder, tmp_path):
-    common = ["dataset=image_dir", f"dataset.path={image_folder}", f"dataset.resolution={side}", "model.hls=1",
-              "model.hfs=8", "train.epochs=15", "train.lr=1e-3", "dataset.n_triples=2"]  # fmt: skip
+    common = [
+        "dataset=image_dir",
+        f"dataset.path={image_folder}",
+        f"dataset.resolution={side}",
+        "model.hls=1",
+        "model.hfs=8",
+        "train.epochs=15",
+        "train.lr=1e-3",
+        "dataset.n_triples=2",
+    ]
     runs = {e: run_cell(tmp_path, e, *common, f"train.engine={e}") for e in ("batched", "sequential")}
     rows = {e: pd.read_parquet(out / "psnr.parquet") for e, out in runs.items()}
     assert len(rows["batched"]) == len(rows["sequential"]) == 2 * 5 * 15  # triples x fits x epochs

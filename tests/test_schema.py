@@ -16,12 +16,29 @@ def rows(n_epochs: int = 50) -> pd.DataFrame:
     parts = []
     for scheme, triple, prefit in members:
         loss = np.exp(-np.linspace(0, 8, n_epochs)) * (1 + 0.01 * rng.random(n_epochs))
-        parts.append(pd.DataFrame({
-            "hls": 2, "hfs": 32, "protocol": "independent", "scheme": scheme, "phase": "fit", "stage": 0,
-            "triple": triple, "epoch": np.arange(n_epochs), "psnr": 10 * np.log10(4 / loss), "loss": loss,
-            "lr": 1e-4, "target_index": 3, "target_label": 1, "prefit_index": pd.array([prefit] * n_epochs, "Int64"),
-            "prefit_label": pd.array([prefit] * n_epochs, "Int64"), "seed": 42, "engine": "batched",
-        }))  # fmt: skip
+        parts.append(
+            pd.DataFrame(
+                {
+                    "hls": 2,
+                    "hfs": 32,
+                    "protocol": "independent",
+                    "scheme": scheme,
+                    "phase": "fit",
+                    "stage": 0,
+                    "triple": triple,
+                    "epoch": np.arange(n_epochs),
+                    "psnr": 10 * np.log10(4 / loss),
+                    "loss": loss,
+                    "lr": 1e-4,
+                    "target_index": 3,
+                    "target_label": 1,
+                    "prefit_index": pd.array([prefit] * n_epochs, "Int64"),
+                    "prefit_label": pd.array([prefit] * n_epochs, "Int64"),
+                    "seed": 42,
+                    "engine": "batched",
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 

@@ -26,8 +26,9 @@ CI_CLONE = ROOT / "scripts" / "ci-clone.sh"
 def measure(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     """The script run from tmp_path (relative paths are the caller's), on the CPU, with this Python."""
     environ = {**os.environ, "PYTHON": sys.executable, "ALLOW_CPU": "1", "SWEEP_ROOT": str(tmp_path), **env}
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=environ, timeout=600,
-                          cwd=tmp_path)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=environ, timeout=600, cwd=tmp_path
+    )
 
 
 def test_bad_usage_is_one_line_and_exit_2_before_anything_runs(tmp_path):
@@ -39,7 +40,8 @@ def test_bad_usage_is_one_line_and_exit_2_before_anything_runs(tmp_path):
     for args in (("grid",), (",", str(tmp_path / "out"))):
         proc = measure(*args, tmp_path=tmp_path)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-            "error: usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: tests, bench, grid, agree, all)"]
+            "error: usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: tests, bench, grid, agree, all)"
+        ]
     for env, line in (
         ({"GRID_PRECISION": "fp16"}, "error: GRID_PRECISION must be auto, highest, 3xtf32 or high, not 'fp16'"),
         ({"MEASURE_S": "9m"}, "error: MEASURE_S must be a whole number of seconds, not '9m'"),
@@ -66,8 +68,13 @@ def test_stages_the_deadline_leaves_no_time_for_are_skipped_and_the_files_still_
 
 @pytest.mark.slow
 def test_the_grid_and_agree_stages_run_their_sweeps_and_bring_back_records_and_reports(cifar_dir, tmp_path):
-    env = dict(DATA=str(cifar_dir), GRID_EPOCHS="3", AGREE_EPOCHS="3", AGREE_CELLS="1x8 1x4",
-               TRAIN_ARGS="model.hls=2 model.hfs=8 dataset.n_triples=2")  # fmt: skip
+    env = dict(
+        DATA=str(cifar_dir),
+        GRID_EPOCHS="3",
+        AGREE_EPOCHS="3",
+        AGREE_CELLS="1x8 1x4",
+        TRAIN_ARGS="model.hls=2 model.hfs=8 dataset.n_triples=2",
+    )
     proc = measure("grid", "out", tmp_path=tmp_path, **env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     out = tmp_path / "out"  # relative to where the script was called from
@@ -87,7 +94,9 @@ def test_the_grid_and_agree_stages_run_their_sweeps_and_bring_back_records_and_r
     with tarfile.open(out / "logs.tar.gz") as tar:
         records = {n: json.load(tar.extractfile(n)) for n in tar.getnames() if n.endswith(".json")}
     assert {n: (r["cell"]["hls"], r["cell"]["hfs"]) for n, r in records.items()} == {
-        "agree/1x8/run.json": (1, 8), "agree/1x4/run.json": (1, 4)}  # fmt: skip
+        "agree/1x8/run.json": (1, 8),
+        "agree/1x4/run.json": (1, 4),
+    }
     assert "## The benchmark against `prefit.train`" in (out / "agree.md").read_text()
     assert len(list(out.iterdir())) <= 8  # what one device call brings back
 
@@ -101,7 +110,8 @@ def toy_project(tmp_path: Path) -> Path:
     (repo / ".ci" / "run").write_text(
         'echo "CI=$CI"\n'
         'if [ -d ../shared ]; then echo "shared $(stat -c %A ../shared/PROTOCOL.md)"; else echo "no shared"; fi\n'
-        "if [ -e uncommitted.txt ]; then echo dirty; fi\ntouch left-behind\nexit 3\n")
+        "if [ -e uncommitted.txt ]; then echo dirty; fi\ntouch left-behind\nexit 3\n"
+    )
     (repo / "uncommitted.txt").write_text("not in the clone\n")
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
@@ -114,8 +124,13 @@ def toy_project(tmp_path: Path) -> Path:
 def test_ci_clone_runs_ci_in_a_fresh_clone_and_removes_it_whatever_the_outcome(tmp_path, flags, seen):
     repo, scratch = toy_project(tmp_path), tmp_path / "tmp"
     scratch.mkdir()
-    proc = subprocess.run(["bash", str(CI_CLONE), *flags, str(repo)], capture_output=True, text=True,
-                          env={**os.environ, "TMPDIR": str(scratch)}, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(CI_CLONE), *flags, str(repo)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        timeout=60,
+    )
     assert proc.returncode == 3, proc.stderr  # .ci/run's own status
     assert "CI=true" in proc.stdout.splitlines() and seen in proc.stdout.splitlines()
     assert "ci-clone: .ci/run exited 3" in proc.stdout and "dirty" not in proc.stdout  # committed work only

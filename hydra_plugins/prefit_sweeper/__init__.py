@@ -8,7 +8,6 @@ both) times its epochs and triples; ties keep the command line's order. Nothing 
 by cell, so an interrupted sweep resumes the same way.
 """
 
-
 from dataclasses import dataclass
 from typing import Any
 

@@ -32,8 +32,10 @@ from .stats import CI_METHODS, DEFAULT_CI_METHOD
 
 OVERRIDE_PATTERN = re.compile(r"\+?[A-Za-z_]\w*(\.\w+)+=.*")  # a Hydra-style key=value, e.g. analysis.psnr_cap=59
 NULLS = ("null", "none", "off", "~", "")
-CAP_HELP = (f"AUC with PSNR clipped at DB, and epochs to 59 dB (default {DEFAULT_PSNR_CAP:g}, the PSNR of 8-bit "
-            f"quantisation, 10 log10(12 x 255^2) = {QUANTISATION_PSNR_DB:.1f} dB; null: off)")  # fmt: skip
+CAP_HELP = (
+    f"AUC with PSNR clipped at DB, and epochs to 59 dB (default {DEFAULT_PSNR_CAP:g}, the PSNR of 8-bit "
+    f"quantisation, 10 log10(12 x 255^2) = {QUANTISATION_PSNR_DB:.1f} dB; null: off)"
+)
 METHOD_HELP = f"bootstrap CI method: {' or '.join(CI_METHODS)} (default {DEFAULT_CI_METHOD})"
 
 
@@ -84,16 +86,22 @@ def _parser(prog: str, description: str, epilog: str = "") -> _Parser:
     parser = _Parser(prog=prog, description=description, epilog=epilog)
     parser.add_argument("--psnr-cap", default=None, metavar="DB", help=CAP_HELP)
     parser.add_argument("--ci-method", default=None, metavar="METHOD", help=METHOD_HELP)
-    parser.add_argument("overrides", nargs="*", metavar="analysis.KEY=VALUE",
-                        help="Hydra-style spelling of the options: analysis.psnr_cap=DB, analysis.ci_method=NAME")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="analysis.KEY=VALUE",
+        help="Hydra-style spelling of the options: analysis.psnr_cap=DB, analysis.ci_method=NAME",
+    )
     return parser
 
 
 def resolve(args: argparse.Namespace, overrides: dict[str, object]) -> tuple[float | None, str]:
     """The PSNR cap and CI method from the flags and the overrides; both given must agree."""
     values = []
-    for flag, key, parse, default in (("psnr_cap", "analysis.psnr_cap", parse_cap, DEFAULT_PSNR_CAP),
-                                      ("ci_method", "analysis.ci_method", parse_method, DEFAULT_CI_METHOD)):
+    for flag, key, parse, default in (
+        ("psnr_cap", "analysis.psnr_cap", parse_cap, DEFAULT_PSNR_CAP),
+        ("ci_method", "analysis.ci_method", parse_method, DEFAULT_CI_METHOD),
+    ):
         given = getattr(args, flag)
         value = parse(given) if given is not None else default
         if key in overrides:
@@ -128,8 +136,11 @@ def _run(action: Callable[[], str]) -> int:
 
 def analyze_main(argv: Sequence[str] | None = None) -> int:
     """`python -m prefit.analyze SWEEP [--out DIR] [options]`: the analysis files of one sweep."""
-    parser = _parser("python -m prefit.analyze", "Curves, AUCs, paired statistics and verdicts, figures and a "
-                     "summary of a prefit sweep.", "Example: python -m prefit.analyze outputs/sweeps/run")
+    parser = _parser(
+        "python -m prefit.analyze",
+        "Curves, AUCs, paired statistics and verdicts, figures and a summary of a prefit sweep.",
+        "Example: python -m prefit.analyze outputs/sweeps/run",
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: SWEEP/{ANALYSIS_DIR})")
 
     def action() -> str:
@@ -148,30 +159,48 @@ def report_main(argv: Sequence[str] | None = None) -> int:
         return robustness_main(argv[1:])
     if argv[:1] == ["resolution"]:
         return resolution_main(argv[1:])
-    parser = _parser("python -m prefit.report", "Compare a sweep run under protocol=chained with one under "
-                     "protocol=independent (docs/findings.md and its figures). `python -m prefit.report robustness "
-                     "A B` compares two sweeps that differ only in arithmetic; `python -m prefit.report "
-                     "resolution SWEEP` one sweep's cells at several image sizes.")  # fmt: skip
+    parser = _parser(
+        "python -m prefit.report",
+        "Compare a sweep run under protocol=chained with one under "
+        "protocol=independent (docs/findings.md and its figures). `python -m prefit.report robustness "
+        "A B` compares two sweeps that differ only in arithmetic; `python -m prefit.report "
+        "resolution SWEEP` one sweep's cells at several image sizes.",
+    )
     parser.add_argument("--independent", required=True, help="sweep folder run with protocol=independent")
     parser.add_argument("--chained", required=True, help="sweep folder run with protocol=chained")
-    parser.add_argument("--out", type=Path, default=None, help=f"the report (default: {DEFAULT_NAME} beside the "
-                        "independent sweep; `make report` writes docs/findings.md); its "
-                        "figures go into the folder of the same name without the suffix")  # fmt: skip
-    parser.add_argument("--robust", default=None, metavar="SWEEP", help="a rerun of some of the same cells with other "
-                        "arithmetic: adds a robustness section")  # fmt: skip
-    parser.add_argument("--resolution", default=None, metavar="SWEEP", help="a sweep of some cells at several "
-                        "dataset.resolution values: adds a resolution section")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"the report (default: {DEFAULT_NAME} beside the "
+        "independent sweep; `make report` writes docs/findings.md); its "
+        "figures go into the folder of the same name without the suffix",
+    )
+    parser.add_argument(
+        "--robust",
+        default=None,
+        metavar="SWEEP",
+        help="a rerun of some of the same cells with other arithmetic: adds a robustness section",
+    )
+    parser.add_argument(
+        "--resolution",
+        default=None,
+        metavar="SWEEP",
+        help="a sweep of some cells at several dataset.resolution values: adds a resolution section",
+    )
 
     def action() -> str:
         args = parser.parse_intermixed_args(argv)
         positional, overrides = split_overrides(args.overrides)
         if positional:
-            raise AnalysisError(f"unexpected argument(s): {' '.join(positional)} (use --independent/--chained, or "
-                                "`robustness A B`)")  # fmt: skip
+            raise AnalysisError(
+                f"unexpected argument(s): {' '.join(positional)} (use --independent/--chained, or `robustness A B`)"
+            )
         psnr_cap, ci_method = resolve(args, overrides)
         out = args.out if args.out is not None else default_report(args.independent)
-        outputs = write_report(args.independent, args.chained, out, psnr_cap, ci_method, args.robust,
-                               resolution=args.resolution)
+        outputs = write_report(
+            args.independent, args.chained, out, psnr_cap, ci_method, args.robust, resolution=args.resolution
+        )
         return f"wrote {out} and {len(outputs) - 1} more file(s) in {out.with_suffix('')}"
 
     return _run(action)
@@ -179,10 +208,17 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
 def robustness_main(argv: Sequence[str]) -> int:
     """`python -m prefit.report robustness SWEEP_A SWEEP_B [--out FILE] [options]`."""
-    parser = _parser("python -m prefit.report robustness", "Do two sweeps of the same cells and triples that differ "
-                     "only in arithmetic (device, matmul precision, engine, chunking) reach the same verdicts?")
-    parser.add_argument("--out", type=Path, default=None, help="the report (default: robustness_A_vs_B.md beside "
-                        "sweep A); its figure goes beside it, same name, .png")  # fmt: skip
+    parser = _parser(
+        "python -m prefit.report robustness",
+        "Do two sweeps of the same cells and triples that differ "
+        "only in arithmetic (device, matmul precision, engine, chunking) reach the same verdicts?",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the report (default: robustness_A_vs_B.md beside sweep A); its figure goes beside it, same name, .png",
+    )
 
     def action() -> str:
         args, positional, psnr_cap, ci_method = _parse(parser, argv, 2, "two sweep folders, SWEEP_A SWEEP_B")
@@ -195,11 +231,19 @@ def robustness_main(argv: Sequence[str]) -> int:
 
 def resolution_main(argv: Sequence[str]) -> int:
     """`python -m prefit.report resolution SWEEP [--out FILE] [options]`."""
-    parser = _parser("python -m prefit.report resolution", "Verdicts of one sweep's cells at several image sizes "
-                     "(its jobs differ only in the cell and dataset.resolution), side by side.",
-                     "Example: python -m prefit.report resolution outputs/sweeps/resolution")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None, help=f"the report (default: {RESOLUTION_NAME} beside the "
-                        "sweep); its figures go into the folder of the same name without the suffix")  # fmt: skip
+    parser = _parser(
+        "python -m prefit.report resolution",
+        "Verdicts of one sweep's cells at several image sizes "
+        "(its jobs differ only in the cell and dataset.resolution), side by side.",
+        "Example: python -m prefit.report resolution outputs/sweeps/resolution",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"the report (default: {RESOLUTION_NAME} beside the "
+        "sweep); its figures go into the folder of the same name without the suffix",
+    )
 
     def action() -> str:
         args, positional, psnr_cap, ci_method = _parse(parser, argv, 1, "one SWEEP folder")

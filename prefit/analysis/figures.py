@@ -70,12 +70,18 @@ def _merged_legend(fig: Figure, axes: Sequence[Axes], fontsize: int = 8) -> None
                 handles.append(handle)
                 labels.append(label)
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=fontsize,
-                   frameon=False)  # fmt: skip
+        fig.legend(
+            handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=fontsize, frameon=False
+        )
 
 
-def draw_cell_curves(ax: Axes, curves: pd.DataFrame, palette: dict[str, str], labels: dict[str, str] | None = None,
-                     cap: float | None = None) -> None:  # fmt: skip
+def draw_cell_curves(
+    ax: Axes,
+    curves: pd.DataFrame,
+    palette: dict[str, str],
+    labels: dict[str, str] | None = None,
+    cap: float | None = None,
+) -> None:
     """Onto ax: mean PSNR per scheme over epochs with a +-1 std band, a note of any non-finite values left
     out, and the PSNR cap as a dotted line. labels: legend text per scheme (default SCHEME_LABELS)."""
     labels = SCHEME_LABELS if labels is None else labels
@@ -90,31 +96,54 @@ def draw_cell_curves(ax: Axes, curves: pd.DataFrame, palette: dict[str, str], la
     if cap is not None:
         ax.axhline(cap, color="dimgrey", lw=0.8, ls=":", label=f"PSNR cap {cap:g} dB")
     if dropped:
-        ax.text(0.01, 0.01, "non-finite PSNR values left out: " + ", ".join(dropped), transform=ax.transAxes,
-                fontsize=8, color="dimgrey", va="bottom")  # fmt: skip
+        ax.text(
+            0.01,
+            0.01,
+            "non-finite PSNR values left out: " + ", ".join(dropped),
+            transform=ax.transAxes,
+            fontsize=8,
+            color="dimgrey",
+            va="bottom",
+        )
     ax.set_xlabel("Epoch")
     ax.set_ylabel("PSNR (dB)")
     ax.grid(alpha=0.3)
 
 
-def plot_cell_curves(curves: pd.DataFrame, hls: int, hfs: int, n_triples: int, palette: dict[str, str],
-                     protocol: str = "", cap: float | None = None, variant: str = "") -> Figure:  # fmt: skip
+def plot_cell_curves(
+    curves: pd.DataFrame,
+    hls: int,
+    hfs: int,
+    n_triples: int,
+    palette: dict[str, str],
+    protocol: str = "",
+    cap: float | None = None,
+    variant: str = "",
+) -> Figure:
     """Mean PSNR per scheme over epochs with a +-1 std band, for one cell (and variant): the original's per-cell
     plot."""
     fig = Figure(figsize=(10, 6), dpi=DPI)
     ax = fig.subplots()
     draw_cell_curves(ax, curves, palette, cap=cap)
     suffix = (f", {protocol} protocol" if protocol else "") + (f", {variant}" if variant else "")
-    ax.set_title(f"SIREN with {hls} hidden layers, {hfs} hidden features{suffix}\n"
-                 f"PSNR vs epoch: mean and ±1 std over {n_triples} triples")  # fmt: skip
+    ax.set_title(
+        f"SIREN with {hls} hidden layers, {hfs} hidden features{suffix}\n"
+        f"PSNR vs epoch: mean and ±1 std over {n_triples} triples"
+    )
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def plot_cell_pair(curves: dict[str, pd.DataFrame], hls: int, hfs: int, triples: dict[str, int],
-                   palette: dict[str, str], cap: float | None = None,
-                   panel: str = "{} protocol") -> Figure:  # fmt: skip
+def plot_cell_pair(
+    curves: dict[str, pd.DataFrame],
+    hls: int,
+    hfs: int,
+    triples: dict[str, int],
+    palette: dict[str, str],
+    cap: float | None = None,
+    panel: str = "{} protocol",
+) -> Figure:
     """One cell under several protocols (or resolutions: `panel` words each panel's key), in the order of
     `curves`, side by side on one y axis."""
     fig = Figure(figsize=(6.5 * len(curves), 5.2), dpi=DPI, layout="constrained")
@@ -129,9 +158,14 @@ def plot_cell_pair(curves: dict[str, pd.DataFrame], hls: int, hfs: int, triples:
     return fig
 
 
-def plot_paired_stats(long: pd.DataFrame, palette: dict[str, str], measure: Measure | str = "auc",
-                      protocols: Sequence[str] | None = None, title: str = "Paired difference from random",
-                      by: str = "protocol") -> Figure:  # fmt: skip
+def plot_paired_stats(
+    long: pd.DataFrame,
+    palette: dict[str, str],
+    measure: Measure | str = "auc",
+    protocols: Sequence[str] | None = None,
+    title: str = "Paired difference from random",
+    by: str = "protocol",
+) -> Figure:
     """Per cell (x, by size, then variant) and scheme: the mean paired difference of one measure from random with
     its CI as an error bar, one panel per protocol (or per value of column `by`, e.g. the resolution) on a shared y
     axis; a dashed line at 0 (`long`: stats_long rows)."""
@@ -152,11 +186,22 @@ def plot_paired_stats(long: pd.DataFrame, palette: dict[str, str], measure: Meas
         part = data[data[by] == protocol]
         for offset, scheme in zip(offsets, schemes, strict=True):
             rows = part[(part["scheme"] == scheme) & part["mean_diff"].notna()]
-            x = [cells.index((int(h), int(f), str(v))) + offset
-                 for h, f, v in zip(rows["hls"], rows["hfs"], rows[VARIANT], strict=True)]  # fmt: skip
+            x = [
+                cells.index((int(h), int(f), str(v))) + offset
+                for h, f, v in zip(rows["hls"], rows["hfs"], rows[VARIANT], strict=True)
+            ]
             if x:
-                ax.errorbar(x, rows["mean_diff"], yerr=_error_bars(rows), fmt="o", ms=4, capsize=3, lw=1,
-                            color=palette.get(scheme, "grey"), label=scheme)  # fmt: skip
+                ax.errorbar(
+                    x,
+                    rows["mean_diff"],
+                    yerr=_error_bars(rows),
+                    fmt="o",
+                    ms=4,
+                    capsize=3,
+                    lw=1,
+                    color=palette.get(scheme, "grey"),
+                    label=scheme,
+                )
         ax.axhline(0.0, color="black", lw=0.8, ls="--")
         _cell_axis(ax, [group_label(*c) for c in cells], has_variants(data))
         ax.set_title(f"{protocol} protocol" if by == "protocol" else str(protocol), fontsize=10)
@@ -165,13 +210,21 @@ def plot_paired_stats(long: pd.DataFrame, palette: dict[str, str], measure: Meas
     axes[0].set_ylabel(f"Δ {m.label} vs random ({m.unit})")
     _merged_legend(fig, axes)
     better = "above 0 is better" if m.higher_is_better else "below 0 is better (sooner)"
-    fig.suptitle(f"{title}: {m.label}\n{m.label}(scheme) − {m.label}(random) per triple: mean, "
-                 f"{CONFIDENCE:.0%} bootstrap CI; {better}", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"{title}: {m.label}\n{m.label}(scheme) − {m.label}(random) per triple: mean, "
+        f"{CONFIDENCE:.0%} bootstrap CI; {better}",
+        fontsize=10,
+    )
     return fig
 
 
-def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "auc", title: str = "",
-                     protocols: Sequence[str] | None = None) -> Figure:  # fmt: skip
+def plot_auc_boxplot(
+    auc: pd.DataFrame,
+    palette: dict[str, str],
+    metric: str = "auc",
+    title: str = "",
+    protocols: Sequence[str] | None = None,
+) -> Figure:
     """Box plot of a measure of every fit per cell and scheme, cells ordered by hls*hfs then hls (then variant,
     named under the cell), one panel per protocol (default: the study's order): with metric "auc", the
     original's auc.png."""
@@ -190,29 +243,50 @@ def plot_auc_boxplot(auc: pd.DataFrame, palette: dict[str, str], metric: str = "
         if len(finite):
             with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`
                 warnings.filterwarnings("ignore", message="vert: bool", category=DeprecationWarning)
-                sns.boxplot(data=finite, x="cell", y=metric, hue="scheme", hue_order=schemes, palette=palette,
-                            ax=ax, fliersize=2, linewidth=0.8, width=0.8)  # fmt: skip
+                sns.boxplot(
+                    data=finite,
+                    x="cell",
+                    y=metric,
+                    hue="scheme",
+                    hue_order=schemes,
+                    palette=palette,
+                    ax=ax,
+                    fliersize=2,
+                    linewidth=0.8,
+                    width=0.8,
+                )
             ax.legend(title="scheme", loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, title_fontsize=8)
         else:
             ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
         if len(data) > len(finite):
-            ax.text(0.99, 0.01, f"{len(data) - len(finite)} non-finite value(s) not shown", transform=ax.transAxes,
-                    ha="right", va="bottom", fontsize=8, color="dimgrey")  # fmt: skip
+            ax.text(
+                0.99,
+                0.01,
+                f"{len(data) - len(finite)} non-finite value(s) not shown",
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=8,
+                color="dimgrey",
+            )
         for tick in ax.get_xticklabels():
             tick.set(rotation=60, ha="right", rotation_mode="anchor")
-        ax.set_xlabel("cell: hidden layers x hidden features, by size (hls·hfs)" + (", then variant"
-                                                                                     if has_variants(auc) else ""))
+        ax.set_xlabel(
+            "cell: hidden layers x hidden features, by size (hls·hfs)" + (", then variant" if has_variants(auc) else "")
+        )
         ax.set_ylabel(f"{label}: area under PSNR vs epoch (dB·epoch)")
         ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.grid(axis="y", alpha=0.3)
-        ax.set_title(f"{title} ({span(data['n_epochs'])} epochs" + (f", {protocol} protocol)" if len(protocols) > 1
-                                                                    else ")"))  # fmt: skip
+        ax.set_title(
+            f"{title} ({span(data['n_epochs'])} epochs" + (f", {protocol} protocol)" if len(protocols) > 1 else ")")
+        )
     fig.tight_layout()
     return fig
 
 
-def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triples: int = 4,
-               protocol: str = "", variant: str = "") -> Figure:  # fmt: skip
+def plot_recon(
+    recon: dict[str, np.ndarray], palette: dict[str, str], max_triples: int = 4, protocol: str = "", variant: str = ""
+) -> Figure:
     """Rows: a few triples. Columns: A, the same- and other-class images, then each scheme's reconstruction of
     A at each snapshot epoch, titled with its PSNR."""
     epochs = [int(e) for e in recon["epochs"]]
@@ -224,8 +298,9 @@ def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triple
     fig = Figure(figsize=(1.2 * n_cols + 0.3, height), dpi=DPI)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     # Fixed margins rather than a layout engine: a constrained layout of ~50 axes costs seconds per cell.
-    fig.subplots_adjust(left=0.3 / (1.2 * n_cols + 0.3), right=0.995, bottom=0.02, top=1 - 0.75 / height,
-                        wspace=0.08, hspace=0.42)  # fmt: skip
+    fig.subplots_adjust(
+        left=0.3 / (1.2 * n_cols + 0.3), right=0.995, bottom=0.02, top=1 - 0.75 / height, wspace=0.08, hspace=0.42
+    )
     n_shown = min(3, recon["triple_images"].shape[1], recon["triple_indices"].shape[1])
     for row, triple in enumerate(triples):
         for col, name in enumerate(("A (target)", "same class", "other class")[:n_shown]):
@@ -236,14 +311,20 @@ def plot_recon(recon: dict[str, np.ndarray], palette: dict[str, str], max_triple
             fit = fit_of.get((scheme, triple))
             if fit is not None:
                 axes[row, 3 + k].imshow(recon["recon"][fit, e])
-                axes[row, 3 + k].set_title(f"{scheme} @{epoch}\n{recon['psnr'][fit, e]:.1f} dB", fontsize=7,
-                                           color=palette.get(scheme, "black"))  # fmt: skip
+                axes[row, 3 + k].set_title(
+                    f"{scheme} @{epoch}\n{recon['psnr'][fit, e]:.1f} dB", fontsize=7, color=palette.get(scheme, "black")
+                )
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"Reconstructions of A, {int(recon['hls'])} hidden layers x {int(recon['hfs'])} hidden features"
-                 + (f", {protocol} protocol" if protocol else "") + (f", {variant}" if variant else ""), fontsize=10,
-                 y=1 - 0.08 / height, va="top")  # fmt: skip
+    fig.suptitle(
+        f"Reconstructions of A, {int(recon['hls'])} hidden layers x {int(recon['hfs'])} hidden features"
+        + (f", {protocol} protocol" if protocol else "")
+        + (f", {variant}" if variant else ""),
+        fontsize=10,
+        y=1 - 0.08 / height,
+        va="top",
+    )
     return fig
 
 
@@ -265,22 +346,44 @@ def plot_robustness(table: pd.DataFrame, measures: Sequence[Measure], names: tup
         for scheme in scheme_order(rows["scheme"].unique()):
             r = rows[rows["scheme"] == scheme]
             xerr, yerr = (_error_bars(r, f"_{side}") for side in "ab")
-            ax.errorbar(r["mean_diff_a"], r["mean_diff_b"], xerr=xerr, yerr=yerr, fmt="o", ms=4, lw=0.8, capsize=2,
-                        color=palette[scheme], label=scheme)  # fmt: skip
+            ax.errorbar(
+                r["mean_diff_a"],
+                r["mean_diff_b"],
+                xerr=xerr,
+                yerr=yerr,
+                fmt="o",
+                ms=4,
+                lw=0.8,
+                capsize=2,
+                color=palette[scheme],
+                label=scheme,
+            )
         off = rows[~rows["agree"]]
         if len(off):
-            ax.scatter(off["mean_diff_a"], off["mean_diff_b"], s=160, facecolors="none", edgecolors="red", lw=1.5,
-                       label="verdicts disagree", zorder=5)  # fmt: skip
+            ax.scatter(
+                off["mean_diff_a"],
+                off["mean_diff_b"],
+                s=160,
+                facecolors="none",
+                edgecolors="red",
+                lw=1.5,
+                label="verdicts disagree",
+                zorder=5,
+            )
         values = pd.concat([rows[c] for c in ("ci_low_a", "ci_high_a", "ci_low_b", "ci_high_b")]).dropna()
         low, high = (float(values.min()), float(values.max())) if len(values) else (-1.0, 1.0)
         pad = 0.05 * (high - low) or 1.0
         ax.plot([low - pad, high + pad], [low - pad, high + pad], color="black", lw=0.7, ls="--")
         ax.axhline(0, color="grey", lw=0.5)
         ax.axvline(0, color="grey", lw=0.5)
-        ax.set(xlabel=f"Δ vs random, {names[0]} ({m.unit})", ylabel=f"Δ vs random, {names[1]} ({m.unit})",
-               title=m.label)  # fmt: skip
+        ax.set(
+            xlabel=f"Δ vs random, {names[0]} ({m.unit})", ylabel=f"Δ vs random, {names[1]} ({m.unit})", title=m.label
+        )
         ax.grid(alpha=0.3)
     _merged_legend(fig, axes)
-    fig.suptitle(f"Paired differences from random per cell and scheme: {names[0]} against {names[1]} "
-                 f"(mean, {CONFIDENCE:.0%} CI)", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Paired differences from random per cell and scheme: {names[0]} against {names[1]} "
+        f"(mean, {CONFIDENCE:.0%} CI)",
+        fontsize=10,
+    )
     return fig

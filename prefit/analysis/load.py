@@ -55,13 +55,15 @@ class Sweep:
         """The same sweep with only the fits (and jobs) of one protocol."""
         keep = {folder for folder, cell in self.job_cells.items() if cell[2] == protocol}
         return Sweep(
-            self.root, [f for f in self.files if f.parent in keep],
+            self.root,
+            [f for f in self.files if f.parent in keep],
             self.fits[self.fits["protocol"] == protocol].reset_index(drop=True),
             self.members[self.members["protocol"] == protocol].reset_index(drop=True),
             {c: p for c, p in self.recon_files.items() if c[2] == protocol},
-            {f: r for f, r in self.runs.items() if f in keep}, {f: c for f, c in self.job_cells.items() if f in keep},
+            {f: r for f, r in self.runs.items() if f in keep},
+            {f: c for f, c in self.job_cells.items() if f in keep},
             {f: v for f, v in self.variants.items() if f in keep},
-        )  # fmt: skip
+        )
 
 
 def one_line(exc: BaseException | str, limit: int = 2000) -> str:
@@ -92,9 +94,10 @@ def find_psnr_files(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
     """Every psnr.parquet below the sweep folder, in a stable order, skipping the analysis output folder."""
     exclude = exclude.resolve() if exclude is not None else None
     return [
-        path for path in sorted(Path(sweep_dir).rglob(PSNR_FILE))
+        path
+        for path in sorted(Path(sweep_dir).rglob(PSNR_FILE))
         if exclude is None or not path.resolve().is_relative_to(exclude)
-    ]  # fmt: skip
+    ]
 
 
 def load_sweep(sweep_dir: str | os.PathLike, exclude: Path | None = None) -> Sweep:
@@ -130,8 +133,7 @@ def load_sweep(sweep_dir: str | os.PathLike, exclude: Path | None = None) -> Swe
             recon_files[(*cell, variants[path.parent]) if varied else cell] = path.parent / RECON_FILE
 
     all_fits = pd.concat(fits, ignore_index=True).sort_values([*keys, "epoch"], ignore_index=True)
-    return Sweep(root, files, all_fits, pd.concat(members, ignore_index=True), recon_files, runs, job_cells,
-                 variants)  # fmt: skip
+    return Sweep(root, files, all_fits, pd.concat(members, ignore_index=True), recon_files, runs, job_cells, variants)
 
 
 def read_run(path: Path) -> dict | None:
@@ -193,8 +195,9 @@ def read_fit_rows(path: Path) -> pd.DataFrame:
     dup = frame.duplicated([*MEMBER_KEYS, "epoch"])
     if dup.any():
         row = frame[dup].iloc[0]
-        raise AnalysisError(f"{path}: epoch {row['epoch']} of {member_name(tuple(row[MEMBER_KEYS]))} appears more "
-                            "than once")  # fmt: skip
+        raise AnalysisError(
+            f"{path}: epoch {row['epoch']} of {member_name(tuple(row[MEMBER_KEYS]))} appears more than once"
+        )
     extent = frame.groupby(MEMBER_KEYS)["epoch"].agg(["min", "max", "size"])
     gaps = extent[(extent["min"] != 0) | (extent["max"] != extent["size"] - 1)]
     if len(gaps):

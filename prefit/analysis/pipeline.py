@@ -19,15 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from prefit.io import atomic_write
-from prefit.schema import (
-    ANALYSIS_DIR,
-    AUC_CSV_FILE,
-    AUC_FILE,
-    CURVES_FILE,
-    FIGURES_DIR,
-    STATS_FILE,
-    SUMMARY_FILE,
-)
+from prefit.schema import ANALYSIS_DIR, AUC_CSV_FILE, AUC_FILE, CURVES_FILE, FIGURES_DIR, STATS_FILE, SUMMARY_FILE
 
 from .figures import plot_auc_boxplot, plot_cell_curves, plot_paired_stats, plot_recon, scheme_palette, write_figure
 from .load import AnalysisError, Sweep, load_recon, load_sweep
@@ -69,9 +61,13 @@ def check_options(psnr_cap: float | None, ci_method: str) -> None:
         raise AnalysisError(f"ci_method must be one of {', '.join(CI_METHODS)}, got {ci_method!r}")
 
 
-def analyse(sweep_dir: str | os.PathLike, psnr_cap: float | None = DEFAULT_PSNR_CAP,
-            ci_method: str = DEFAULT_CI_METHOD, protocol: str | None = None,
-            exclude: Path | None = None) -> Analysed:  # fmt: skip
+def analyse(
+    sweep_dir: str | os.PathLike,
+    psnr_cap: float | None = DEFAULT_PSNR_CAP,
+    ci_method: str = DEFAULT_CI_METHOD,
+    protocol: str | None = None,
+    exclude: Path | None = None,
+) -> Analysed:
     """Load a sweep and reduce it in memory; with `protocol`, only that protocol's fits (an error if none)."""
     check_options(psnr_cap, ci_method)
     sweep = load_sweep(sweep_dir, exclude=exclude)
@@ -120,8 +116,11 @@ def write_figures(analysed: Analysed, figures_dir: Path) -> list[Path]:
 
     grouping = group_keys(auc)  # (hls, hfs, protocol[, variant]): the keys of the frames and of recon_files
     triples = auc.groupby(grouping)["triple"].nunique()
-    keys = [(h, f, p, *([v] if VARIANT in grouping else [])) for h, f, v in group_order(auc)
-            for p in protocol_order(auc["protocol"])]  # fmt: skip
+    keys = [
+        (h, f, p, *([v] if VARIANT in grouping else []))
+        for h, f, v in group_order(auc)
+        for p in protocol_order(auc["protocol"])
+    ]
     by_cell = dict(tuple(analysed.curves.groupby(grouping, sort=False)))
     for key in tqdm([k for k in keys if k in triples.index], desc="figures", unit="cell", disable=None):
         hls, hfs, protocol, variant = (*key, "")[:4]
@@ -144,8 +143,12 @@ def write_figures(analysed: Analysed, figures_dir: Path) -> list[Path]:
     return written
 
 
-def analyze(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None,
-            psnr_cap: float | None = DEFAULT_PSNR_CAP, ci_method: str = DEFAULT_CI_METHOD) -> dict[str, Path]:
+def analyze(
+    sweep_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    psnr_cap: float | None = DEFAULT_PSNR_CAP,
+    ci_method: str = DEFAULT_CI_METHOD,
+) -> dict[str, Path]:
     """Analyse a sweep folder and write its files; returns {path relative to out: path} of every file written.
 
     All or nothing: the files are written into a fresh folder beside `out`, which then takes `out`'s place, so a
@@ -200,7 +203,15 @@ def _swap_in(fresh: Path, out: Path, written: list[Path]) -> None:
 
 def restricted(analysed: Analysed, protocol: str) -> Analysed:
     """One protocol's share of an analysed sweep (its statistics are per cell, so they carry over unchanged)."""
-    keep = {name: frame[frame["protocol"] == protocol].reset_index(drop=True)
-            for name, frame in (("curves", analysed.curves), ("auc", analysed.auc), ("long", analysed.long))}
-    return Analysed(analysed.sweep.restricted(protocol), keep["curves"], keep["auc"], keep["long"], analysed.psnr_cap,
-                    analysed.ci_method)  # fmt: skip
+    keep = {
+        name: frame[frame["protocol"] == protocol].reset_index(drop=True)
+        for name, frame in (("curves", analysed.curves), ("auc", analysed.auc), ("long", analysed.long))
+    }
+    return Analysed(
+        analysed.sweep.restricted(protocol),
+        keep["curves"],
+        keep["auc"],
+        keep["long"],
+        analysed.psnr_cap,
+        analysed.ci_method,
+    )

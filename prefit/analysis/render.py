@@ -27,9 +27,13 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(
-        fmt=fmt, signed=lambda v: fmt(v, sign=True), p=fmt_p, describe=describe,
-        cell=lambda c: cell_label(*c[:2]), cells=lambda cs: ", ".join(cell_label(*c[:2]) for c in cs) or "none",
-    )  # fmt: skip
+        fmt=fmt,
+        signed=lambda v: fmt(v, sign=True),
+        p=fmt_p,
+        describe=describe,
+        cell=lambda c: cell_label(*c[:2]),
+        cells=lambda cs: ", ".join(cell_label(*c[:2]) for c in cs) or "none",
+    )
     return env
 
 

@@ -63,15 +63,19 @@ class ByResolution:
 def split_by_resolution(run: Analysed) -> ByResolution:
     """The sweep's variants read as resolutions; a sweep that varies anything else is refused in one line."""
     if VARIANT not in run.auc.columns:
-        raise AnalysisError(f"{run.sweep.root}: its jobs do not differ in {KEY}; run the cells at two resolutions "
-                            f"in one sweep (e.g. {KEY}=32,64)")  # fmt: skip
+        raise AnalysisError(
+            f"{run.sweep.root}: its jobs do not differ in {KEY}; run the cells at two resolutions "
+            f"in one sweep (e.g. {KEY}=32,64)"
+        )
     variants = sorted(set(run.auc[VARIANT].astype(str)))
     sides = {}
     for v in variants:
         found = PATTERN.fullmatch(v)
         if found is None:
-            raise AnalysisError(f"{run.sweep.root}: its jobs differ in more than the cell and {KEY} (variant {v!r}); "
-                                "the resolution report compares one study at several resolutions")  # fmt: skip
+            raise AnalysisError(
+                f"{run.sweep.root}: its jobs differ in more than the cell and {KEY} (variant {v!r}); "
+                "the resolution report compares one study at several resolutions"
+            )
         sides[v] = int(found.group(1))
     if len(run.long["protocol"].unique()) > 1:
         raise AnalysisError(f"{run.sweep.root}: holds more than one protocol; give the report one")
@@ -88,8 +92,15 @@ def difficulty_table(data: ByResolution) -> str:
     """Per cell and resolution: weights per image value, and how far the random start gets (final PSNR, the
     epochs to 30 dB): what 'hard for the network' means in numbers."""
     random = data.auc[data.auc["scheme"] == BASELINE]
-    header = ["cell", "resolution", "weights / image values", "random: final PSNR (dB, mean ± std)",
-              "random: reached 30 dB", "random: reached 40 dB", "triples"]  # fmt: skip
+    header = [
+        "cell",
+        "resolution",
+        "weights / image values",
+        "random: final PSNR (dB, mean ± std)",
+        "random: reached 30 dB",
+        "random: reached 40 dB",
+        "triples",
+    ]
     rows = []
     for hls, hfs in cell_order({(int(h), int(f)) for h, f in zip(data.auc["hls"], data.auc["hfs"], strict=True)}):
         for side in data.sides:
@@ -98,9 +109,16 @@ def difficulty_table(data: ByResolution) -> str:
                 continue
             final = part["final_psnr"].to_numpy(dtype=float)
             reached = {db: int(part[f"epochs_to_{db}db"].notna().sum()) for db in (30, 40)}
-            rows.append([cell_label(hls, hfs), side_label(side), f"{n_weights(hls, hfs) / (3 * side * side):.2f}",
-                         f"{np.nanmean(final):.1f} ± {np.nanstd(final):.1f}",
-                         *(f"{reached[db]} of {len(part)}" for db in (30, 40)), part["triple"].nunique()])  # fmt: skip
+            rows.append(
+                [
+                    cell_label(hls, hfs),
+                    side_label(side),
+                    f"{n_weights(hls, hfs) / (3 * side * side):.2f}",
+                    f"{np.nanmean(final):.1f} ± {np.nanstd(final):.1f}",
+                    *(f"{reached[db]} of {len(part)}" for db in (30, 40)),
+                    part["triple"].nunique(),
+                ]
+            )
     return markdown_table(header, rows)
 
 
@@ -109,8 +127,9 @@ def lead_table(curves: pd.DataFrame, data: ByResolution) -> str:
     start's (the last epoch it leads), and the gap of the means at the last epoch. `curves`: curves.parquet rows
     with the resolution column."""
     schemes = [s for s in scheme_order(curves["scheme"].unique()) if s != BASELINE]
-    header = ["cell", "scheme"] + [f"{k} ({label})" for label in data.labels
-                                   for k in ("leads random until epoch", "final gap, dB")]  # fmt: skip
+    header = ["cell", "scheme"] + [
+        f"{k} ({label})" for label in data.labels for k in ("leads random until epoch", "final gap, dB")
+    ]
     rows = []
     for hls, hfs in cell_order({(int(h), int(f)) for h, f in zip(curves["hls"], curves["hfs"], strict=True)}):
         for scheme in schemes:
@@ -123,8 +142,10 @@ def lead_table(curves: pd.DataFrame, data: ByResolution) -> str:
                     continue
                 ahead = means.index[(means[scheme] > means[BASELINE]).to_numpy()]
                 last = int(means.index.max())
-                row += ["never" if len(ahead) == 0 else ("the end" if ahead.max() == last else int(ahead.max())),
-                        f"{means[scheme].iloc[-1] - means[BASELINE].iloc[-1]:+.2f}"]  # fmt: skip
+                row += [
+                    "never" if len(ahead) == 0 else ("the end" if ahead.max() == last else int(ahead.max())),
+                    f"{means[scheme].iloc[-1] - means[BASELINE].iloc[-1]:+.2f}",
+                ]
             rows.append(row)
     return markdown_table(header, rows)
 
@@ -140,11 +161,21 @@ def jobs_table(data: ByResolution) -> tuple[str, float, list[str]]:
         total += float(wall) if isinstance(wall, (int, float)) else 0.0
         device = str(info.get("device", "?")) + (f" ({info['device_name']})" if info.get("device_name") else "")
         devices.add(device)
-        rows.append([cell_label(hls, hfs), side_label(int(side)) if side else "?",
-                     f"{wall:,.0f} s" if isinstance(wall, (int, float)) else "—", info.get("threads", "—"),
-                     device, info.get("members", "—")])  # fmt: skip
-    return markdown_table(["cell", "resolution", "wall time", "threads", "device", "members"], rows), total, \
-        sorted(devices)
+        rows.append(
+            [
+                cell_label(hls, hfs),
+                side_label(int(side)) if side else "?",
+                f"{wall:,.0f} s" if isinstance(wall, (int, float)) else "—",
+                info.get("threads", "—"),
+                device,
+                info.get("members", "—"),
+            ]
+        )
+    return (
+        markdown_table(["cell", "resolution", "wall time", "threads", "device", "members"], rows),
+        total,
+        sorted(devices),
+    )
 
 
 def tally(data: ByResolution) -> list[dict[str, object]]:
@@ -153,11 +184,19 @@ def tally(data: ByResolution) -> list[dict[str, object]]:
     for label in data.labels:
         for scheme in scheme_order(s for s in data.long["scheme"].unique() if s != BASELINE):
             for m in measures_in(data.auc.columns):
-                v = data.long[(data.long[BY] == label) & (data.long["scheme"] == scheme)
-                              & (data.long["measure"] == m.name)]["verdict"]  # fmt: skip
-                out.append({"resolution": label, "scheme": scheme, "measure": m.label,
-                            "beats": int((v == "beats").sum()), "worse": int((v == "worse").sum()),
-                            "of": int((v != "no data").sum())})  # fmt: skip
+                v = data.long[
+                    (data.long[BY] == label) & (data.long["scheme"] == scheme) & (data.long["measure"] == m.name)
+                ]["verdict"]
+                out.append(
+                    {
+                        "resolution": label,
+                        "scheme": scheme,
+                        "measure": m.label,
+                        "beats": int((v == "beats").sum()),
+                        "worse": int((v == "worse").sum()),
+                        "of": int((v != "no data").sum()),
+                    }
+                )
     return out
 
 
@@ -171,8 +210,9 @@ def verdict_changes(data: ByResolution) -> list[str]:
         by_label = {str(r[BY]): r for _, r in part.iterrows()}
         if len({r["verdict"] for r in by_label.values()}) > 1:
             shown = ", ".join(f"{verdict_text(by_label[k])} at {k}" for k in data.labels if k in by_label)
-            changed[(int(hls), int(hfs)), scheme, name] = f"{cell_label(int(hls), int(hfs))} {scheme}, " \
-                f"{measures[name].label}: {shown}"
+            changed[(int(hls), int(hfs)), scheme, name] = (
+                f"{cell_label(int(hls), int(hfs))} {scheme}, {measures[name].label}: {shown}"
+            )
     cells = {c: i for i, c in enumerate(cell_order({cell for cell, _, _ in changed}))}
     schemes = {s: i for i, s in enumerate(scheme_order({s for _, s, _ in changed}))}
     order = {n: i for i, n in enumerate(measures)}
@@ -210,20 +250,37 @@ def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dic
     jobs, total, devices = jobs_table(data)
     sources = sorted({str(info.get("data", "?")) for info in run.sweep.runs.values()})
     return {
-        **method_context(run.ci_method), "root": run.sweep.root, "sources": sources, "cells": cells,
-        "labels": data.labels, "protocol": str(data.long["protocol"].iloc[0]), "psnr_cap": run.psnr_cap,
-        "epochs": span(data.auc["n_epochs"]), "triples": span(data.auc.groupby(["hls", "hfs", BY])["triple"].nunique()),
-        "schemes": scheme_order(data.auc["scheme"].unique()), "difficulty": difficulty_table(data),
+        **method_context(run.ci_method),
+        "root": run.sweep.root,
+        "sources": sources,
+        "cells": cells,
+        "labels": data.labels,
+        "protocol": str(data.long["protocol"].iloc[0]),
+        "psnr_cap": run.psnr_cap,
+        "epochs": span(data.auc["n_epochs"]),
+        "triples": span(data.auc.groupby(["hls", "hfs", BY])["triple"].nunique()),
+        "schemes": scheme_order(data.auc["scheme"].unique()),
+        "difficulty": difficulty_table(data),
         "verdicts": verdict_table(data.long, measures, BY, data.labels),
-        "counts": count_table(data.long, measures, BY, data.labels), "tally": tally(data), "figures": figures,
-        "jobs": jobs, "total": total, "devices": devices, "changes": verdict_changes(data),
-        "span": duration(sweep_span(data)), "curves": links, "lead": lead_table(curves, data),
-    }, written  # fmt: skip
+        "counts": count_table(data.long, measures, BY, data.labels),
+        "tally": tally(data),
+        "figures": figures,
+        "jobs": jobs,
+        "total": total,
+        "devices": devices,
+        "changes": verdict_changes(data),
+        "span": duration(sweep_span(data)),
+        "curves": links,
+        "lead": lead_table(curves, data),
+    }, written
 
 
-def write_resolution_report(sweep: str | os.PathLike, out: str | os.PathLike | None = None,
-                            psnr_cap: float | None = DEFAULT_PSNR_CAP,
-                            ci_method: str = DEFAULT_CI_METHOD) -> dict[str, Path]:  # fmt: skip
+def write_resolution_report(
+    sweep: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    psnr_cap: float | None = DEFAULT_PSNR_CAP,
+    ci_method: str = DEFAULT_CI_METHOD,
+) -> dict[str, Path]:
     """Analyse a resolution sweep and write its report (beside the sweep by default) with its figures."""
     out = Path(sweep).resolve().parent / DEFAULT_NAME if out is None else Path(out)
     data = split_by_resolution(analyse(sweep, psnr_cap, ci_method))

@@ -46,8 +46,15 @@ from .variants import VARIANT, group_label, variant_sort_key, with_variant
 
 # run.json config keys that change how a job computes but not what (prefit.train's EXECUTION_KEYS, the engine
 # and the precision of products), and keys that change neither.
-ARITHMETIC_KEYS = ("train.engine", "train.matmul_precision", "train.kernels", "train.cuda_graphs", "train.device",
-                   "train.max_members", "train.threads")  # fmt: skip
+ARITHMETIC_KEYS = (
+    "train.engine",
+    "train.matmul_precision",
+    "train.kernels",
+    "train.cuda_graphs",
+    "train.device",
+    "train.max_members",
+    "train.threads",
+)
 IGNORED_KEYS = ("train.overwrite", "train.progress", "experiment")
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("A", "B")
@@ -87,21 +94,39 @@ def compare_triples(a: pd.DataFrame, b: pd.DataFrame, cells: list[tuple], keys: 
         both = random_auc[0].index.intersection(random_auc[1].index)
         with np.errstate(invalid="ignore"):
             gap = (random_auc[0][both] - random_auc[1][both]).abs().dropna()
-        rows.append({
-            **dict(zip(keys, cell, strict=True)), "triples_a": len(targets[0]), "triples_b": len(targets[1]),
-            "common": len(common), "target_mismatch": int(sum(targets[0][t] != targets[1][t] for t in common)),
-            "prefit_compared": len(shared), "prefit_mismatch": int((prefit[0][shared] != prefit[1][shared]).sum()),
-            "random_auc_max_gap": float(gap.max()) if len(gap) else np.nan,
-        })  # fmt: skip
-    columns = [*keys, "triples_a", "triples_b", "common", "target_mismatch", "prefit_compared", "prefit_mismatch",
-               "random_auc_max_gap"]  # fmt: skip
+        rows.append(
+            {
+                **dict(zip(keys, cell, strict=True)),
+                "triples_a": len(targets[0]),
+                "triples_b": len(targets[1]),
+                "common": len(common),
+                "target_mismatch": int(sum(targets[0][t] != targets[1][t] for t in common)),
+                "prefit_compared": len(shared),
+                "prefit_mismatch": int((prefit[0][shared] != prefit[1][shared]).sum()),
+                "random_auc_max_gap": float(gap.max()) if len(gap) else np.nan,
+            }
+        )
+    columns = [
+        *keys,
+        "triples_a",
+        "triples_b",
+        "common",
+        "target_mismatch",
+        "prefit_compared",
+        "prefit_mismatch",
+        "random_auc_max_gap",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
 def same_triples(check: pd.DataFrame) -> pd.Series:
     """Per row of compare_triples: both sides hold the same triples, on the same target and pre-fit images."""
-    return ((check["triples_a"] == check["triples_b"]) & (check["common"] == check["triples_a"])
-            & (check["target_mismatch"] == 0) & (check["prefit_mismatch"] == 0))  # fmt: skip
+    return (
+        (check["triples_a"] == check["triples_b"])
+        & (check["common"] == check["triples_a"])
+        & (check["target_mismatch"] == 0)
+        & (check["prefit_mismatch"] == 0)
+    )
 
 
 def _flatten(data: object, prefix: str = "") -> dict[str, str]:
@@ -127,12 +152,14 @@ def config_differences(a: Analysed, b: Analysed, cells: list[tuple]) -> dict[str
             flat = _flatten(run.get("config", {})) | {"device (run.json)": str(run.get("device", "?"))}
             for key, value in flat.items():
                 values.setdefault(key, (set(), set()))[side].add(value)
-    return {k: (", ".join(sorted(va)) or "—", ", ".join(sorted(vb)) or "—") for k, (va, vb) in sorted(values.items())
-            if va != vb and k not in IGNORED_KEYS and not k.startswith(("model.", "hydra."))}  # fmt: skip
+    return {
+        k: (", ".join(sorted(va)) or "—", ", ".join(sorted(vb)) or "—")
+        for k, (va, vb) in sorted(values.items())
+        if va != vb and k not in IGNORED_KEYS and not k.startswith(("model.", "hydra."))
+    }
 
 
-def fit_gaps(a: pd.DataFrame, b: pd.DataFrame, measures: list[Measure],
-             keys: list[str] = CELL_KEYS) -> pd.DataFrame:  # fmt: skip
+def fit_gaps(a: pd.DataFrame, b: pd.DataFrame, measures: list[Measure], keys: list[str] = CELL_KEYS) -> pd.DataFrame:
     """Per cell (the values of `keys`), scheme and measure: the largest |value in A − value in B| over the
     triples (same fit)."""
     both = a.merge(b, on=[*keys, "scheme", "triple"], suffixes=("_a", "_b"))
@@ -153,8 +180,9 @@ def compare(a: Analysed, b: Analysed) -> Comparison:
     group = [*CELL_KEYS, VARIANT] if variants else list(CELL_KEYS)
     auc = [with_variant(x.auc) if variants else x.auc for x in (a, b)]
     longs = [with_variant(x.long) if variants else x.long for x in (a, b)]
-    cells_a, cells_b = ({(int(k[0]), int(k[1]), *map(str, k[2:])) for k in t[group].itertuples(index=False, name=None)}
-                        for t in auc)  # fmt: skip
+    cells_a, cells_b = (
+        {(int(k[0]), int(k[1]), *map(str, k[2:])) for k in t[group].itertuples(index=False, name=None)} for t in auc
+    )
     rank = {c: i for i, c in enumerate(cell_order(c[:2] for c in cells_a | cells_b))}
     prank = {p: i for i, p in enumerate(protocol_order(c[2] for c in cells_a | cells_b))}
     both = sorted(
@@ -167,8 +195,10 @@ def compare(a: Analysed, b: Analysed) -> Comparison:
     ok = same_triples(triples)
     cells = [c for c, good in zip(both, ok, strict=True) if good]
     if not cells:
-        raise AnalysisError(f"no cell of both sweeps holds the same triples (compared {_cells(both)}: the target or "
-                            "pre-fit images, or the triple numbers, differ)")  # fmt: skip
+        raise AnalysisError(
+            f"no cell of both sweeps holds the same triples (compared {_cells(both)}: the target or "
+            "pre-fit images, or the triple numbers, differ)"
+        )
     measures = [m for m in measures_in(a.auc.columns) if m.name in b.auc.columns]
     keys = [*group, "scheme", "measure"]
     stats = ["n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon", "verdict", "flag_raw_auc"]
@@ -182,8 +212,9 @@ def compare(a: Analysed, b: Analysed) -> Comparison:
     table = table.sort_values("_m", kind="stable").drop(columns="_m").reset_index(drop=True)
     only = (sorted(cells_a - cells_b), sorted(cells_b - cells_a))
     mismatched = [c for c, good in zip(both, ok, strict=True) if not good]
-    return Comparison((a.sweep.root, b.sweep.root), cells, only, mismatched, triples, table, measures,
-                      config_differences(a, b, cells))  # fmt: skip
+    return Comparison(
+        (a.sweep.root, b.sweep.root), cells, only, mismatched, triples, table, measures, config_differences(a, b, cells)
+    )
 
 
 def _cells(cells: object) -> str:
@@ -193,8 +224,12 @@ def _cells(cells: object) -> str:
         key=lambda c: (c[0] * c[1], c[0], c[1], *c[2:3], variant_sort_key(c[3] if len(c) > 3 else "")),
     )
     several = len({c[2] for c in found if len(c) > 2}) > 1
-    return ", ".join(group_label(c[0], c[1], c[3] if len(c) > 3 else "") + (f" ({c[2]})" if several else "")
-                     for c in found) or "none"  # fmt: skip
+    return (
+        ", ".join(
+            group_label(c[0], c[1], c[3] if len(c) > 3 else "") + (f" ({c[2]})" if several else "") for c in found
+        )
+        or "none"
+    )
 
 
 def agreement_table(comparison: Comparison) -> str:
@@ -227,8 +262,11 @@ def side_by_side(comparison: Comparison, measure: Measure, only_disagreements: b
             side = {k: r[f"{k}_{s}"] for k in ("mean_diff", "ci_low", "ci_high", "verdict", "flag_raw_auc")}
             side["measure"] = measure.name
             flag = f" {RAW_FLAG}" if measure.name == "auc" and bool(side["flag_raw_auc"]) else ""
-            row += [fmt_diff_ci(side) + flag, fmt_p(r[f"p_wilcoxon_{s}"]),
-                    verdict_text(side, with_diff=False).replace(f" {RAW_FLAG}", "")]  # fmt: skip
+            row += [
+                fmt_diff_ci(side) + flag,
+                fmt_p(r[f"p_wilcoxon_{s}"]),
+                verdict_text(side, with_diff=False).replace(f" {RAW_FLAG}", ""),
+            ]
         row += ["yes" if r["agree"] else "**no**", fmt(r["gap"])]
         rows.append(row)
     return markdown_table(header, rows)
@@ -239,15 +277,22 @@ def triples_text(check: pd.DataFrame) -> dict[str, object]:
     gap = check["random_auc_max_gap"].dropna()
     keys = [k for k in (*CELL_KEYS, VARIANT) if k in check.columns]
     return {
-        "n_both": len(check), "triples": ", ".join(sorted({str(int(v)) for v in check["common"]})),
+        "n_both": len(check),
+        "triples": ", ".join(sorted({str(int(v)) for v in check["common"]})),
         "prefit_compared": int(check["prefit_compared"].sum()),
         "random_gap": fmt(float(gap.max())) if len(gap) else None,
         "mismatched": [
-            {"cell": _cells([tuple(r[k] for k in keys)]), "a": int(r["triples_a"]), "b": int(r["triples_b"]),
-             "common": int(r["common"]), "targets": int(r["target_mismatch"]), "prefits": int(r["prefit_mismatch"])}
+            {
+                "cell": _cells([tuple(r[k] for k in keys)]),
+                "a": int(r["triples_a"]),
+                "b": int(r["triples_b"]),
+                "common": int(r["common"]),
+                "targets": int(r["target_mismatch"]),
+                "prefits": int(r["prefit_mismatch"]),
+            }
             for _, r in check[~same_triples(check)].iterrows()
         ],
-    }  # fmt: skip
+    }
 
 
 def context(comparison: Comparison, figure: str | None, ci_method: str, psnr_cap: float | None) -> dict[str, object]:
@@ -255,17 +300,30 @@ def context(comparison: Comparison, figure: str | None, ci_method: str, psnr_cap
     t = comparison.table
     lead = comparison.measures[0] if comparison.measures else MEASURE_BY_NAME["auc"]
     return {
-        **method_context(ci_method), "roots": comparison.roots, "names": NAMES, "psnr_cap": psnr_cap,
-        "cells": _cells(comparison.cells), "n_cells": len(comparison.cells),
-        "only": [_cells(c) if c else "" for c in comparison.only], "check": triples_text(comparison.triples),
-        "config": comparison.config, "study_keys": comparison.study_keys, "n_compared": len(t),
-        "n_agree": int(t["agree"].sum()), "agreement": agreement_table(comparison), "figure": figure,
-        "lead": lead.label, "lead_agree": int(t[t["measure"] == lead.name]["agree"].sum()),
+        **method_context(ci_method),
+        "roots": comparison.roots,
+        "names": NAMES,
+        "psnr_cap": psnr_cap,
+        "cells": _cells(comparison.cells),
+        "n_cells": len(comparison.cells),
+        "only": [_cells(c) if c else "" for c in comparison.only],
+        "check": triples_text(comparison.triples),
+        "config": comparison.config,
+        "study_keys": comparison.study_keys,
+        "n_compared": len(t),
+        "n_agree": int(t["agree"].sum()),
+        "agreement": agreement_table(comparison),
+        "figure": figure,
+        "lead": lead.label,
+        "lead_agree": int(t[t["measure"] == lead.name]["agree"].sum()),
         "lead_compared": int((t["measure"] == lead.name).sum()),
-        "disagreements": [{"label": m.label, "table": side_by_side(comparison, m, True)} for m in comparison.measures
-                          if not t[t["measure"] == m.name]["agree"].all()],
+        "disagreements": [
+            {"label": m.label, "table": side_by_side(comparison, m, True)}
+            for m in comparison.measures
+            if not t[t["measure"] == m.name]["agree"].all()
+        ],
         "tables": [{"label": m.label, "table": side_by_side(comparison, m)} for m in comparison.measures],
-    }  # fmt: skip
+    }
 
 
 def default_out(sweep_a: str | os.PathLike, sweep_b: str | os.PathLike) -> Path:
@@ -289,9 +347,13 @@ def write_comparison(comparison: Comparison, out: Path, ci_method: str, psnr_cap
     return written
 
 
-def write_robustness_report(sweep_a: str | os.PathLike, sweep_b: str | os.PathLike,
-                            out: str | os.PathLike | None = None, psnr_cap: float | None = DEFAULT_PSNR_CAP,
-                            ci_method: str = DEFAULT_CI_METHOD) -> dict[str, Path]:  # fmt: skip
+def write_robustness_report(
+    sweep_a: str | os.PathLike,
+    sweep_b: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    psnr_cap: float | None = DEFAULT_PSNR_CAP,
+    ci_method: str = DEFAULT_CI_METHOD,
+) -> dict[str, Path]:
     """Analyse both sweeps, compare them, and write the report (default: `default_out`) and its figure;
     returns {file name: path}."""
     out = Path(out) if out is not None else default_out(sweep_a, sweep_b)

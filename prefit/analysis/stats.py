@@ -39,8 +39,18 @@ VERDICTS = ("beats", "worse", "unclear", "no data")
 STAT_COLUMNS = ["n", "mean_diff", "ci_low", "ci_high", "p_wilcoxon", "verdict"]
 # stats.parquet: the columns of the original format first (docs/formats.md), then the rest; in a sweep with
 # variants `variant` follows `protocol` (`base_columns`).
-BASE_COLUMNS = [*CELL_KEYS, "scheme", "baseline", "n", "mean_diff_auc", "ci_low", "ci_high", "p_wilcoxon",
-                "n_diverged", "n_saturated"]  # fmt: skip
+BASE_COLUMNS = [
+    *CELL_KEYS,
+    "scheme",
+    "baseline",
+    "n",
+    "mean_diff_auc",
+    "ci_low",
+    "ci_high",
+    "p_wilcoxon",
+    "n_diverged",
+    "n_saturated",
+]
 _RNG_KEYWORD = "rng" if "rng" in inspect.signature(scipy_stats.bootstrap).parameters else "random_state"
 
 
@@ -76,10 +86,15 @@ def bootstrap_ci(
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")  # BCa on a handful of pairs may warn that it is degenerate
         result = scipy_stats.bootstrap(
-            (d,), np.mean, n_resamples=n_resamples, confidence_level=confidence, vectorized=True,
-            method="BCa" if method == "bca" else "percentile", batch=max(1, 4_000_000 // len(d)),
+            (d,),
+            np.mean,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            vectorized=True,
+            method="BCa" if method == "bca" else "percentile",
+            batch=max(1, 4_000_000 // len(d)),
             **{_RNG_KEYWORD: rng},
-        )  # fmt: skip
+        )
     low, high = result.confidence_interval
     return float(low), float(high)
 
@@ -131,17 +146,27 @@ def paired_stats(
         d = group["diff"].dropna().to_numpy(dtype=np.float64)
         low, high = bootstrap_ci(d, group_rng(seed, key), n_resamples, confidence, ci_method)
         p = wilcoxon_p(d)
-        rows.append({
-            **dict(zip(keys, key, strict=True)), "baseline": baseline, "measure": m.name,
-            "n": len(d), "mean_diff": float(d.mean()) if len(d) else np.nan, "ci_low": low, "ci_high": high,
-            "p_wilcoxon": p, "verdict": decide(len(d), low, high, p, m.higher_is_better),
-            "n_diverged": int(group["diverged"].sum()), "n_saturated": int(group["saturated"].sum()),
-            "n_unreached": int((group["unreached"] & group["diff"].notna()).sum()),
-        })  # fmt: skip
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "baseline": baseline,
+                "measure": m.name,
+                "n": len(d),
+                "mean_diff": float(d.mean()) if len(d) else np.nan,
+                "ci_low": low,
+                "ci_high": high,
+                "p_wilcoxon": p,
+                "verdict": decide(len(d), low, high, p, m.higher_is_better),
+                "n_diverged": int(group["diverged"].sum()),
+                "n_saturated": int(group["saturated"].sum()),
+                "n_unreached": int((group["unreached"] & group["diff"].notna()).sum()),
+            }
+        )
     table = pd.DataFrame.from_records(rows, columns=columns)
     ints = ["hls", "hfs", "n", "n_diverged", "n_saturated", "n_unreached"]
-    table = table.astype({**dict.fromkeys(ints, "int64"), **dict.fromkeys(["mean_diff", "ci_low", "ci_high",
-                                                                           "p_wilcoxon"], "float64")})  # fmt: skip
+    table = table.astype(
+        {**dict.fromkeys(ints, "int64"), **dict.fromkeys(["mean_diff", "ci_low", "ci_high", "p_wilcoxon"], "float64")}
+    )
     for name in ("protocol", "scheme", "baseline", "measure", "verdict", VARIANT):
         if name in table.columns:
             table[name] = table[name].astype(str)
@@ -185,16 +210,18 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
 def long_from_wide(stats: pd.DataFrame) -> pd.DataFrame:
     """stats.parquet back into the long layout (one row per measure), e.g. for a report reading the file."""
     keys = [*group_keys(stats), "scheme", "baseline"]
-    shared = [c for c in ("n_diverged", "n_saturated", "flag_raw_auc", "n_fits_over_100db", "ci_method")
-              if c in stats.columns]  # fmt: skip
+    shared = [
+        c for c in ("n_diverged", "n_saturated", "flag_raw_auc", "n_fits_over_100db", "ci_method") if c in stats.columns
+    ]
     parts = []
     for m in measures_in(stats.columns):
         stats_cols = STAT_COLUMNS + (["n_unreached"] if m.is_time else [])
         present = {m.col(s): s for s in stats_cols if m.col(s) in stats.columns}
         part = stats[[*keys, *shared, *present]].rename(columns=present).assign(measure=m.name)
         if "verdict" not in part.columns:  # a stats.parquet of the earlier format
-            part["verdict"] = [decide(r.n, r.ci_low, r.ci_high, r.p_wilcoxon, m.higher_is_better)
-                               for r in part.itertuples()]  # fmt: skip
+            part["verdict"] = [
+                decide(r.n, r.ci_low, r.ci_high, r.p_wilcoxon, m.higher_is_better) for r in part.itertuples()
+            ]
         parts.append(part)
     return pd.concat(parts, ignore_index=True)
 

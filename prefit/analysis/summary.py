@@ -44,20 +44,27 @@ CI_NAMES = {"percentile": "percentile", "bca": "bias-corrected and accelerated (
 def method_context(ci_method: str) -> dict[str, object]:
     """What every report says about how its intervals, tests and verdicts were computed."""
     return {
-        "ci_name": CI_NAMES.get(ci_method, ci_method), "confidence": f"{CONFIDENCE:.0%}", "alpha": f"{ALPHA:g}",
-        "resamples": f"{BOOTSTRAP_RESAMPLES:,}", "seed": BOOTSTRAP_SEED, "raw_flag": RAW_FLAG,
-        "raw_flag_db": f"{RAW_AUC_FLAG_DB:g}", "quantisation": f"{QUANTISATION_PSNR_DB:.1f}",
-    }  # fmt: skip
+        "ci_name": CI_NAMES.get(ci_method, ci_method),
+        "confidence": f"{CONFIDENCE:.0%}",
+        "alpha": f"{ALPHA:g}",
+        "resamples": f"{BOOTSTRAP_RESAMPLES:,}",
+        "seed": BOOTSTRAP_SEED,
+        "raw_flag": RAW_FLAG,
+        "raw_flag_db": f"{RAW_AUC_FLAG_DB:g}",
+        "quantisation": f"{QUANTISATION_PSNR_DB:.1f}",
+    }
 
 
-def measure_sections(long: pd.DataFrame, measures: Sequence[Measure],
-                     protocol_column: bool | None = None) -> list[dict[str, object]]:  # fmt: skip
+def measure_sections(
+    long: pd.DataFrame, measures: Sequence[Measure], protocol_column: bool | None = None
+) -> list[dict[str, object]]:
     """Per measure (lead order): the measure, its statistics table and its multiplicity note."""
     sections = []
     for m in measures:
         rows = long[long["measure"] == m.name]
-        sections.append({"measure": m, "table": stats_markdown(long, m, protocol_column),
-                         "multiplicity": multiplicity_note(rows)})  # fmt: skip
+        sections.append(
+            {"measure": m, "table": stats_markdown(long, m, protocol_column), "multiplicity": multiplicity_note(rows)}
+        )
     return sections
 
 
@@ -74,20 +81,32 @@ def summary_markdown(analysed: Analysed) -> str:
             tables[metric] = {"table": table, "best": ", ".join(f"{s} in {n} cell(s)" for s, n in best.items())}
     context = {
         **method_context(analysed.ci_method),
-        "root": sweep.root, "root_resolved": sweep.root.resolve(), "psnr_file": PSNR_FILE, "run_file": RUN_FILE,
+        "root": sweep.root,
+        "root_resolved": sweep.root.resolve(),
+        "psnr_file": PSNR_FILE,
+        "run_file": RUN_FILE,
         "n_files": len(sweep.files),
         "n_complete": sum(1 for run in sweep.runs.values() if run and run.get("status") == "complete"),
-        "n_cells": auc.groupby(["hls", "hfs", "protocol"]).ngroups, "hls": span(auc["hls"]), "hfs": span(auc["hfs"]),
+        "n_cells": auc.groupby(["hls", "hfs", "protocol"]).ngroups,
+        "hls": span(auc["hls"]),
+        "hfs": span(auc["hfs"]),
         "variants": [f"`{v}`" if v else "(none)" for v in variant_order(auc[VARIANT])] if has_variants(auc) else [],
-        "protocols": ", ".join(protocol_order(auc["protocol"])), "triples": span(triples),
-        "epochs": span(auc["n_epochs"]), "schemes": ", ".join(scheme_order(auc["scheme"].unique())),
-        "n_fits": len(auc), "n_diverged": int(auc["diverged"].sum()), "n_saturated": int(auc["saturated"].sum()),
-        "psnr_cap": analysed.psnr_cap, "measures": measures, "has_stats": bool(len(long)),
+        "protocols": ", ".join(protocol_order(auc["protocol"])),
+        "triples": span(triples),
+        "epochs": span(auc["n_epochs"]),
+        "schemes": ", ".join(scheme_order(auc["scheme"].unique())),
+        "n_fits": len(auc),
+        "n_diverged": int(auc["diverged"].sum()),
+        "n_saturated": int(auc["saturated"].sum()),
+        "psnr_cap": analysed.psnr_cap,
+        "measures": measures,
+        "has_stats": bool(len(long)),
         "verdicts": verdict_table(long, measures) if len(long) else "",
         "counts": count_table(long, measures) if len(long) else "",
-        "flagged_cells": int(flags["flag_raw_auc"].sum()), "flag_note": RAW_FLAG_NOTE,
+        "flagged_cells": int(flags["flag_raw_auc"].sum()),
+        "flag_note": RAW_FLAG_NOTE,
         "threshold_table": threshold_markdown(auc, flags),
         "metric_tables": tables,
         "sections": measure_sections(long, measures) if len(long) else [],
-    }  # fmt: skip
+    }
     return render("summary.md.j2", **context)

@@ -32,8 +32,10 @@ from .variants import VARIANT, group_label, has_variants, with_variant
 GROUP = [*CELL_KEYS, VARIANT]  # the keys of a group in frames passed through with_variant
 
 RAW_FLAG = "†"
-RAW_FLAG_NOTE = (f"{RAW_FLAG}: a fit in this cell passes {RAW_AUC_FLAG_DB:g} dB, far beyond what an 8-bit image shows "
-                 "(58.9 dB): its raw AUC there mostly measures float precision; read the capped AUC.")  # fmt: skip
+RAW_FLAG_NOTE = (
+    f"{RAW_FLAG}: a fit in this cell passes {RAW_AUC_FLAG_DB:g} dB, far beyond what an 8-bit image shows "
+    "(58.9 dB): its raw AUC there mostly measures float precision; read the capped AUC."
+)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -118,8 +120,9 @@ def _label(row: pd.Series | dict) -> str:
     return group_label(int(row["hls"]), int(row["hfs"]), str(row.get(VARIANT, "") or ""))
 
 
-def verdict_table(long: pd.DataFrame, measures: Sequence[Measure], by: str = "protocol",
-                  groups: Sequence[str] | None = None) -> str:  # fmt: skip
+def verdict_table(
+    long: pd.DataFrame, measures: Sequence[Measure], by: str = "protocol", groups: Sequence[str] | None = None
+) -> str:
     """Per cell and scheme, the verdict (and Δ) of every measure, one column per measure and group (a value of
     the `by` column: protocol, or the sweep in a robustness report)."""
     groups = list(groups) if groups is not None else protocol_order(long[by])
@@ -134,13 +137,15 @@ def verdict_table(long: pd.DataFrame, measures: Sequence[Measure], by: str = "pr
     return markdown_table(header, rows)
 
 
-def count_table(long: pd.DataFrame, measures: Sequence[Measure], by: str = "protocol",
-                groups: Sequence[str] | None = None) -> str:  # fmt: skip
+def count_table(
+    long: pd.DataFrame, measures: Sequence[Measure], by: str = "protocol", groups: Sequence[str] | None = None
+) -> str:
     """Per scheme, measure and group: in how many cells it beats random and is worse (of those with pairs)."""
     groups = list(groups) if groups is not None else protocol_order(long[by])
     of = "of cells and variants" if has_variants(long) else "of cells"
-    header = ["scheme", "measure"] + [f"beats / worse ({g})" if len(groups) > 1 else f"beats / worse ({of})"
-                                      for g in groups]  # fmt: skip
+    header = ["scheme", "measure"] + [
+        f"beats / worse ({g})" if len(groups) > 1 else f"beats / worse ({of})" for g in groups
+    ]
     rows = []
     for scheme in scheme_order(long["scheme"].unique()):
         for m in measures:
@@ -166,8 +171,12 @@ def stats_markdown(long: pd.DataFrame, measure: Measure, protocol_column: bool |
     rows = []
     for _, r in rows_of.iterrows():
         row = [_label(r)] + ([r["protocol"]] if protocol_column else []) + [r["scheme"]]
-        row += [fmt_diff_ci(r) + (f" {RAW_FLAG}" if flagged(r) else ""), fmt_p(r["p_wilcoxon"]), int(r["n"]),
-                verdict_text(r, with_diff=False).replace(f" {RAW_FLAG}", "")]  # fmt: skip
+        row += [
+            fmt_diff_ci(r) + (f" {RAW_FLAG}" if flagged(r) else ""),
+            fmt_p(r["p_wilcoxon"]),
+            int(r["n"]),
+            verdict_text(r, with_diff=False).replace(f" {RAW_FLAG}", ""),
+        ]
         row += [int(r["n_unreached"])] if measure.is_time else []
         row += [int(r["n_diverged"])] + ([int(r["n_saturated"])] if saturated else [])
         rows.append(row)
@@ -186,8 +195,16 @@ def compare_markdown(long: pd.DataFrame, measure: Measure, by: str, groups: Sequ
         row = [group_label(hls, hfs, variant), scheme]
         for g in groups:
             r = found.get((hls, hfs, variant, scheme, g))
-            row += ["—"] * 4 if r is None else [fmt_diff_ci(r) + (f" {RAW_FLAG}" if flagged(r) else ""),
-                                                 fmt_p(r["p_wilcoxon"]), int(r["n"]), verdict_text(r, False)]
+            row += (
+                ["—"] * 4
+                if r is None
+                else [
+                    fmt_diff_ci(r) + (f" {RAW_FLAG}" if flagged(r) else ""),
+                    fmt_p(r["p_wilcoxon"]),
+                    int(r["n"]),
+                    verdict_text(r, False),
+                ]
+            )
         rows.append(row)
     return markdown_table(header, rows)
 
@@ -198,8 +215,10 @@ def multiplicity_note(long: pd.DataFrame) -> str:
     below = int((long["p_wilcoxon"] < ALPHA).sum())
     if not tested:
         return "No test could be made (fewer than 2 pairs, or all differences 0, in every cell)."
-    return (f"{below} of {tested} tests have p < {ALPHA:g}; the p-values are not corrected for multiple comparisons "
-            f"(were no scheme to make any difference, about {ALPHA * tested:.1f} of {tested} would by chance alone).")
+    return (
+        f"{below} of {tested} tests have p < {ALPHA:g}; the p-values are not corrected for multiple comparisons "
+        f"(were no scheme to make any difference, about {ALPHA * tested:.1f} of {tested} would by chance alone)."
+    )
 
 
 def metric_table(auc: pd.DataFrame, metric: str, flags: pd.DataFrame | None = None) -> tuple[str, pd.Series]:
@@ -255,15 +274,17 @@ def threshold_cell(values: pd.Series) -> str:
     return f"{reached.median():.0f} ({len(reached)}/{len(values)})" if len(reached) else f"— (0/{len(values)})"
 
 
-def threshold_markdown(auc: pd.DataFrame, flags: pd.DataFrame | None = None,
-                       protocols: Sequence[str] | None = None) -> str:  # fmt: skip
+def threshold_markdown(
+    auc: pd.DataFrame, flags: pd.DataFrame | None = None, protocols: Sequence[str] | None = None
+) -> str:
     """Per cell and scheme: mean capped AUC, the epochs to each threshold, and the raw AUC last (flagged)."""
     auc = with_variant(auc)
     thresholds = [c for c in auc.columns if c.startswith("epochs_to_")]
     protocols = list(protocols) if protocols is not None else protocol_order(auc["protocol"])
     capped = "auc_capped" in auc.columns
-    means = {m: mean_table(auc, m).set_index([*GROUP, "scheme"])["mean"] for m in ("auc", "auc_capped")
-             if m in auc.columns}  # fmt: skip
+    means = {
+        m: mean_table(auc, m).set_index([*GROUP, "scheme"])["mean"] for m in ("auc", "auc_capped") if m in auc.columns
+    }
     flag = _flagged_groups(flags)
     header = ["cell"] + (["protocol"] if len(protocols) > 1 else []) + ["scheme"]
     header += (["mean capped AUC"] if capped else []) + [f"epochs to {c[10:-2]} dB" for c in thresholds]

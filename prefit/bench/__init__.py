@@ -46,14 +46,7 @@ whole run, the table, `main`).
 """
 
 from prefit.bench.cells import bench_cell, interleaved, log, plan, rounded, timed, warm_process
-from prefit.bench.machine import (
-    SAMPLE_S,
-    PeakMemory,
-    measure_ceiling,
-    memory_measure,
-    pick_device,
-    synchronize,
-)
+from prefit.bench.machine import SAMPLE_S, PeakMemory, measure_ceiling, memory_measure, pick_device, synchronize
 from prefit.bench.options import (
     DEFAULT_CELLS,
     ENGINES,

@@ -88,8 +88,9 @@ def checked_run(path: Path, run: dict[str, Any]) -> dict[str, Any]:
         float(run["wall_s"])
         run["interval"] = interval(run)
     except (KeyError, TypeError, ValueError) as e:
-        raise BenchError(f"{path}: a run.json without a usable {e} (cell, config.train.epochs, wall_s, started, "
-                         "finished)") from None  # fmt: skip
+        raise BenchError(
+            f"{path}: a run.json without a usable {e} (cell, config.train.epochs, wall_s, started, finished)"
+        ) from None
     return run
 
 
@@ -165,11 +166,24 @@ def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, dict[str, Any]
             epochs = int(r["config"]["train"]["epochs"])
             for stage in r["stages"]:
                 key = (
-                    int(r["cell"]["hls"]), int(r["cell"]["hfs"]), int(r.get("resolution") or SIDE),
-                    device_kind(r.get("device", "?")), r.get("device_name"), int(stage["members"]),
-                )  # fmt: skip
-                into = rates.setdefault(key, {"fit_s": 0.0, "member_epochs": 0, "stages": 0, "steady_s": 0.0,
-                                              "steady_member_epochs": 0, "steady_stages": 0})  # fmt: skip
+                    int(r["cell"]["hls"]),
+                    int(r["cell"]["hfs"]),
+                    int(r.get("resolution") or SIDE),
+                    device_kind(r.get("device", "?")),
+                    r.get("device_name"),
+                    int(stage["members"]),
+                )
+                into = rates.setdefault(
+                    key,
+                    {
+                        "fit_s": 0.0,
+                        "member_epochs": 0,
+                        "stages": 0,
+                        "steady_s": 0.0,
+                        "steady_member_epochs": 0,
+                        "steady_stages": 0,
+                    },
+                )
                 into["fit_s"] += float(stage["fit_s"])
                 into["member_epochs"] += int(stage["members"]) * epochs
                 into["stages"] += 1
@@ -179,8 +193,10 @@ def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, dict[str, Any]
                     into["steady_stages"] += 1
     notes = []
     if shared:
-        notes.append(f"{shared} job(s) left out: they ran beside other jobs, which shared their device "
-                     "(`hydra.launcher.n_jobs=1` runs one at a time)")  # fmt: skip
+        notes.append(
+            f"{shared} job(s) left out: they ran beside other jobs, which shared their device "
+            "(`hydra.launcher.n_jobs=1` runs one at a time)"
+        )
     if unrecorded:
         notes.append(f"{unrecorded} job(s) left out: their run.json predates the stages' timings")
     return rates, notes
@@ -198,28 +214,42 @@ def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) ->
             if not bench_ms:
                 continue
             where = (
-                int(cell["hls"]), int(cell["hfs"]), int(cell.get("resolution") or SIDE),
-                device_kind(machine["device"]), machine.get("device_name"),
-            )  # fmt: skip
+                int(cell["hls"]),
+                int(cell["hfs"]),
+                int(cell.get("resolution") or SIDE),
+                device_kind(machine["device"]),
+                machine.get("device_name"),
+            )
             key = (*where, int(cell["members"]))
             if key not in rates:
                 others = sorted({k[-1] for k in rates if k[:-1] == where}, reverse=True)
                 if others:
-                    notes.append(f"{cell['hls']}x{cell['hfs']}: benchmarked with {cell['members']} members, "
-                                 f"trained in stages of {', '.join(map(str, others))} (`--members N` matches)")
+                    notes.append(
+                        f"{cell['hls']}x{cell['hfs']}: benchmarked with {cell['members']} members, "
+                        f"trained in stages of {', '.join(map(str, others))} (`--members N` matches)"
+                    )
                 continue
             rate = rates[key]
             train_ms = 1e3 * rate["fit_s"] / rate["member_epochs"]
             steady = rate["steady_stages"] == rate["stages"]  # every stage timed its steady epochs
             steady_ms = 1e3 * rate["steady_s"] / rate["steady_member_epochs"] if steady else None
             held = steady_ms if steady_ms is not None else train_ms
-            rows.append({
-                "cell": f"{cell['hls']}x{cell['hfs']}", "resolution": key[2], "device": machine.get("device_name"),
-                "members": key[-1], "bench_ms": bench_ms, "bench_timing": cell.get("batched_timing", "whole_fits"),
-                "train_ms": train_ms, "train_steady_ms": steady_ms, "stages": rate["stages"],
-                "basis": "steady" if steady else "whole fit", "ratio": held / bench_ms,
-                "agrees": abs(held / bench_ms - 1.0) <= AGREE,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "cell": f"{cell['hls']}x{cell['hfs']}",
+                    "resolution": key[2],
+                    "device": machine.get("device_name"),
+                    "members": key[-1],
+                    "bench_ms": bench_ms,
+                    "bench_timing": cell.get("batched_timing", "whole_fits"),
+                    "train_ms": train_ms,
+                    "train_steady_ms": steady_ms,
+                    "stages": rate["stages"],
+                    "basis": "steady" if steady else "whole fit",
+                    "ratio": held / bench_ms,
+                    "agrees": abs(held / bench_ms - 1.0) <= AGREE,
+                }
+            )
     return rows, notes
 
 
@@ -229,10 +259,12 @@ def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[floa
     so), with the benchmark's floor for it (None where it gave none), or None if no benchmark timed the cell."""
     found = [
         (cell["steady_state"], bench["machine"].get("device_name"))
-        for bench in benches for cell in bench["cells"]
-        if (cell["hls"], cell["hfs"]) == target.cell and int(cell.get("resolution") or SIDE) == SIDE
+        for bench in benches
+        for cell in bench["cells"]
+        if (cell["hls"], cell["hfs"]) == target.cell
+        and int(cell.get("resolution") or SIDE) == SIDE
         and (cell.get("steady_state") or {}).get("fused_graph")
-    ]  # fmt: skip
+    ]
     for steady, name in found:
         if steady["members"] == target.members:
             fp32 = steady["fused_graph"]
@@ -240,8 +272,11 @@ def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[floa
     for steady, name in found:
         fp32, scale = steady["fused_graph"], target.members / steady["members"]
         floor = fp32.get("floor_ms")
-        return (fp32["ms_per_epoch"] * scale, f"{name}, scaled from a chunk of {steady['members']} members",
-                None if floor is None else floor * scale)  # fmt: skip
+        return (
+            fp32["ms_per_epoch"] * scale,
+            f"{name}, scaled from a chunk of {steady['members']} members",
+            None if floor is None else floor * scale,
+        )
     return None
 
 
@@ -251,8 +286,10 @@ def grid_span(sweeps: Sequence[SweepRuns], target: Target) -> tuple[float, str] 
     full = {(h, f) for h in GRID_HLS for f in GRID_HFS}
     for sweep in sweeps:
         protocols = {str(r["config"].get("protocol", {}).get("name")) for r in sweep.runs}
-        if not full <= sweep.cells() or len(protocols) != 1 or any(
-            r.get("triples") != target.triples or int(r.get("resolution") or SIDE) != SIDE for r in sweep.runs
+        if (
+            not full <= sweep.cells()
+            or len(protocols) != 1
+            or any(r.get("triples") != target.triples or int(r.get("resolution") or SIDE) != SIDE for r in sweep.runs)
         ):
             continue
         span = sweep.span_at(target.epochs)
@@ -269,9 +306,17 @@ def target_rows(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) 
     for target in TARGETS:
         found = chunk_epoch(benches, target) if target.cell else grid_span(sweeps, target)
         value, source, floor = (*found, None)[:3] if found else (None, "unmeasured", None)
-        rows.append({"what": target.what, "target": f"<= {target.limit:g} {target.unit}", "value": value,
-                     "unit": target.unit, "met": None if value is None else value <= target.limit,
-                     "source": source, "floor": floor})  # fmt: skip
+        rows.append(
+            {
+                "what": target.what,
+                "target": f"<= {target.limit:g} {target.unit}",
+                "value": value,
+                "unit": target.unit,
+                "met": None if value is None else value <= target.limit,
+                "source": source,
+                "floor": floor,
+            }
+        )
     return rows
 
 
@@ -282,48 +327,79 @@ def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epoch
         m = bench["machine"]
         tf32 = f", TF32 {m['ceiling_tf32_gflops']:.4g}" if m.get("ceiling_tf32_gflops") else ""
         fp32 = f"{m['ceiling_gflops']:.4g}" if m.get("ceiling_gflops") else "-"
-        lines.append(f"- bench on {m['device']} ({m.get('device_name')}), torch {m.get('torch')}: `torch.mm` "
-                     f"ceiling fp32 {fp32} GFLOP/s{tf32}")  # fmt: skip
-    lines += ["", "## Targets", "", "The floor: the least this design's epoch can take on the benchmark's machine "
-              "(its products at the measured `torch.mm` rate, its other passes' bytes at the measured copy rate).",
-              "", "| what | target | measured | met | floor | from |", "| --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"- bench on {m['device']} ({m.get('device_name')}), torch {m.get('torch')}: `torch.mm` "
+            f"ceiling fp32 {fp32} GFLOP/s{tf32}"
+        )
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "The floor: the least this design's epoch can take on the benchmark's machine "
+        "(its products at the measured `torch.mm` rate, its other passes' bytes at the measured copy rate).",
+        "",
+        "| what | target | measured | met | floor | from |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in target_rows(benches, sweeps):
         value = "unmeasured" if r["value"] is None else f"{r['value']:.3g} {r['unit']}"
         met = "-" if r["met"] is None else ("yes" if r["met"] else "no")
         floor = "-" if r["floor"] is None else f"{r['floor']:.3g} {r['unit']}"
         lines.append(f"| {r['what']} | {r['target']} | {value} | {met} | {floor} | {r['source']} |")
-    lines += ["", "## Steady-state epochs (one chunk, ms per epoch; GFLOP/s; share of the fp32 ceiling; "
-              "share of the design's floor)", ""]
+    lines += [
+        "",
+        "## Steady-state epochs (one chunk, ms per epoch; GFLOP/s; share of the fp32 ceiling; "
+        "share of the design's floor)",
+        "",
+    ]
     lines += steady_table(benches) or ["No benchmark here timed steady-state epochs (`--steady`, default on CUDA)."]
     lines += ["", f"## The benchmark against `prefit.train` (agree: within {AGREE:.0%})", ""]
     rows, notes = agreement(benches, sweeps)
     if rows:
-        lines += ["Train's figures per member-epoch: its whole fits (transfers, compilation, capture included) and, "
-                  "where the engine timed them, its steady epochs; the ratio holds the steady one against the bench "
-                  "where there is one.", "",
-                  "| cell | resolution | device | members | bench ms | timing | train ms, whole fits | "
-                  "train ms, steady | stages | train / bench | basis | agree |", "|" + " --- |" * 12]  # fmt: skip
-        lines += [f"| {r['cell']} | {r['resolution']} | {r['device']} | {r['members']} | {r['bench_ms']:.4g} | "
-                  f"{r['bench_timing']} | {r['train_ms']:.4g} | "
-                  f"{'-' if r['train_steady_ms'] is None else format(r['train_steady_ms'], '.4g')} | {r['stages']} | "
-                  f"{r['ratio']:.3f} | {r['basis']} | {'yes' if r['agrees'] else 'no'} |" for r in rows]  # fmt: skip
+        lines += [
+            "Train's figures per member-epoch: its whole fits (transfers, compilation, capture included) and, "
+            "where the engine timed them, its steady epochs; the ratio holds the steady one against the bench "
+            "where there is one.",
+            "",
+            "| cell | resolution | device | members | bench ms | timing | train ms, whole fits | "
+            "train ms, steady | stages | train / bench | basis | agree |",
+            "|" + " --- |" * 12,
+        ]
+        lines += [
+            f"| {r['cell']} | {r['resolution']} | {r['device']} | {r['members']} | {r['bench_ms']:.4g} | "
+            f"{r['bench_timing']} | {r['train_ms']:.4g} | "
+            f"{'-' if r['train_steady_ms'] is None else format(r['train_steady_ms'], '.4g')} | {r['stages']} | "
+            f"{r['ratio']:.3f} | {r['basis']} | {'yes' if r['agrees'] else 'no'} |"
+            for r in rows
+        ]
     else:
-        lines.append("No cell was benchmarked with as many members as a stage of a job that ran alone fitted "
-                     "together, on the same device model and resolution.")  # fmt: skip
+        lines.append(
+            "No cell was benchmarked with as many members as a stage of a job that ran alone fitted "
+            "together, on the same device model and resolution."
+        )
     lines += [f"- {line}" for line in notes]
     lines += ["", f"## Sweeps (span: first start to last finish; at {epochs} epochs: steady epochs scaled)", ""]
     for sweep in sweeps:
         span, scaled = sweep.span_s(), sweep.span_at(epochs)
         job = sum(float(r["wall_s"]) for r in sweep.runs)
-        lines.append(f"- `{sweep.root}`: cells {len(sweep.cells())}, jobs {len(sweep.runs)}, "
-                     f"epochs {sweep.epochs() or 'mixed'}; span {_minutes(span)}, job time {_minutes(job)}; "
-                     f"at {epochs} epochs {_minutes(scaled)}")  # fmt: skip
+        lines.append(
+            f"- `{sweep.root}`: cells {len(sweep.cells())}, jobs {len(sweep.runs)}, "
+            f"epochs {sweep.epochs() or 'mixed'}; span {_minutes(span)}, job time {_minutes(job)}; "
+            f"at {epochs} epochs {_minutes(scaled)}"
+        )
     return "\n".join(lines) + "\n"
 
 
 def steady_table(benches: Sequence[dict[str, Any]]) -> list[str]:
-    forms = sorted({f for b in benches for c in b["cells"] for f in (c.get("steady_state") or {})
-                    if isinstance((c.get("steady_state") or {})[f], dict)})  # fmt: skip
+    forms = sorted(
+        {
+            f
+            for b in benches
+            for c in b["cells"]
+            for f in (c.get("steady_state") or {})
+            if isinstance((c.get("steady_state") or {})[f], dict)
+        }
+    )
     rows = []
     for bench in benches:
         for cell in bench["cells"]:
@@ -337,8 +413,10 @@ def steady_table(benches: Sequence[dict[str, Any]]) -> list[str]:
                     parts.append("-")
                     continue
                 floor = f"; {100 * s['fraction_floor']:.0f} % of {s['floor_ms']:.4g} ms" if "floor_ms" in s else ""
-                parts.append(f"{s['ms_per_epoch']:.4g} ms; {s['gflops']:.4g}; "
-                             f"{100 * s.get('fraction_fp32', float('nan')):.0f} %{floor}")  # fmt: skip
+                parts.append(
+                    f"{s['ms_per_epoch']:.4g} ms; {s['gflops']:.4g}; "
+                    f"{100 * s.get('fraction_fp32', float('nan')):.0f} %{floor}"
+                )
             rows.append(f"| {cell['hls']}x{cell['hfs']} | {steady['members']} | " + " | ".join(parts) + " |")
     if not rows:
         return []

@@ -122,12 +122,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--warmup", type=_positive(int), help="untimed epochs before timing (default 3)")
     p.add_argument("--budget", type=_positive(float), help="seconds of timed runs per engine and cell (default 25)")
     p.add_argument(
-        "--ceiling-size", type=_positive(int), help="side of the torch.mm that measures the ceiling (default 2048 "
-        "on a CPU, 4096 on a GPU)"
+        "--ceiling-size",
+        type=_positive(int),
+        help="side of the torch.mm that measures the ceiling (default 2048 on a CPU, 4096 on a GPU)",
     )
     p.add_argument(
-        "--bandwidth-mib", type=_positive(int), help="MiB copied to measure the memory's rate (default 256 on a CPU, "
-        "1024 on a GPU)"
+        "--bandwidth-mib",
+        type=_positive(int),
+        help="MiB copied to measure the memory's rate (default 256 on a CPU, 1024 on a GPU)",
     )
     p.add_argument("--out", type=Path, help="where to write the JSON (default: ./bench.json)")
     p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
@@ -140,8 +142,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     args = p.parse_args(argv)
 
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
-    keys = ("device", "threads", "members", "subset", "max_members", "epochs", "repeats", "warmup", "budget",
-            "ceiling_size", "bandwidth_mib")  # fmt: skip
+    keys = (
+        "device",
+        "threads",
+        "members",
+        "subset",
+        "max_members",
+        "epochs",
+        "repeats",
+        "warmup",
+        "budget",
+        "ceiling_size",
+        "bandwidth_mib",
+    )
     for key in (*keys, "resolution"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)

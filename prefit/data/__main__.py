@@ -56,9 +56,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"photographs: {', '.join(PHOTOS)}",
     )
     tiles.add_argument("out", metavar="OUT", help="the folder to create (refused if it exists and is not empty)")
-    tiles.add_argument(
-        "--size", type=_size, default=64, help="tile side in source pixels, >= 2 (default: %(default)s)"
-    )
+    tiles.add_argument("--size", type=_size, default=64, help="tile side in source pixels, >= 2 (default: %(default)s)")
     tiles.add_argument(
         "--photos",
         type=_photos,

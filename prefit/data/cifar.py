@@ -249,17 +249,12 @@ def fetch_cifair10(
             base.mkdir(parents=True, exist_ok=True)
             with _quiet_pooch():
                 pooch.retrieve(
-                    url,
-                    known_hash=f"md5:{archive_md5}",
-                    fname=ARCHIVE_NAME,
-                    path=base,
-                    progressbar=sys.stderr.isatty(),
+                    url, known_hash=f"md5:{archive_md5}", fname=ARCHIVE_NAME, path=base, progressbar=sys.stderr.isatty()
                 )
         except requests.exceptions.RequestException as e:
             archive.unlink(missing_ok=True)
             raise DataError(
-                f"ciFAIR-10 is not in {base} and could not be downloaded from {url} ({_download_reason(e)}): "
-                + provide
+                f"ciFAIR-10 is not in {base} and could not be downloaded from {url} ({_download_reason(e)}): " + provide
             ) from e
         except ValueError as e:  # pooch: the downloaded file's hash does not match (it deleted the file)
             archive.unlink(missing_ok=True)

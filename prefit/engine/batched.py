@@ -135,4 +135,3 @@ def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result,
     result.lr[chunk] = lrs.T.cpu()
     result.snapshots[chunk] = snaps.cpu()
     return [(w.cpu(), b.cpu()) for w, b in work]
-

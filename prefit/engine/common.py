@@ -127,7 +127,6 @@ def snapshot_epochs_resolved(epochs: int, snapshot_epochs: Sequence[int]) -> lis
     return list(snapshot_index(epochs, snapshot_epochs))
 
 
-
 def flops_per_member_epoch(hls: int, hfs: int, pixels: int = 1024) -> float:
     """The study's work unit: 6 x pixels x weights (forward 2, backward 4 flops per weight and pixel)."""
     return 6.0 * pixels * n_weights(hls, hfs)
@@ -146,7 +145,6 @@ def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     )
 
 
-
 def new_result(members: int, epochs: int, snapshots: int, pixels: int) -> FitResult:
     return FitResult(
         loss=torch.empty(members, epochs, dtype=torch.float32),
@@ -154,4 +152,3 @@ def new_result(members: int, epochs: int, snapshots: int, pixels: int) -> FitRes
         snapshots=torch.empty(members, snapshots, pixels, 3, dtype=torch.float32),
         params=[],
     )
-

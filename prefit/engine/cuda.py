@@ -126,8 +126,13 @@ class FusedStep:
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """Loss [M] and predictions [M, pixels, 3] before the update, and the gradients (workspace views)."""
         params, grads, weights, w0, precision, work = (
-            self.params, self.grads, self.weights, self.w0, self.precision, self.work
-        )  # fmt: skip
+            self.params,
+            self.grads,
+            self.weights,
+            self.w0,
+            self.precision,
+            self.work,
+        )
         x: Operand = self.coords
         for (_, b), w, s, c in zip(params[:-1], weights, self.sines, self.cosines):
             out = self.pre if self.split else s
@@ -192,13 +197,26 @@ class FusedChunk:
         betas = tuple(train.betas)
         loss, _, _ = self.step()
         fused.schedule(
-            self.state, loss, self.losses, self.lrs, betas,
-            train.plateau_factor, train.plateau_patience, train.plateau_threshold,
-        )  # fmt: skip
+            self.state,
+            loss,
+            self.losses,
+            self.lrs,
+            betas,
+            train.plateau_factor,
+            train.plateau_patience,
+            train.plateau_threshold,
+        )
         fused.adam(
-            self.step.layout, self.step.flat, self.step.grad_flat, self.exp_avg, self.exp_avg_sq, self.state,
-            betas, train.eps, split=self.step.flat_split,
-        )  # fmt: skip
+            self.step.layout,
+            self.step.flat,
+            self.step.grad_flat,
+            self.exp_avg,
+            self.exp_avg_sq,
+            self.state,
+            betas,
+            train.eps,
+            split=self.step.flat_split,
+        )
 
     def run(self, capture: bool, progress=None) -> None:
         """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The first call begins with

@@ -63,4 +63,3 @@ def fit_sequential(
                 bar.set_postfix(member=f"{i + 1}/{members}", psnr=f"{psnr_from_loss(losses[-1]).item():.1f}")
     result.params = stack_params([[(w.cpu(), b.cpu()) for w, b in p] for p in final])
     return result
-

@@ -164,4 +164,3 @@ def loss_and_grads(
     """One forward and backward pass of the torch step (the engine keeps a step per chunk)."""
     loss, pred, grads = SirenStep(params, coords, target, w0)()
     return loss, pred.clone(), [(gw.clone(), gb.clone()) for gw, gb in grads]
-
