@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# CI as it runs on a submission: `CI=true bash .ci/run` in a fresh clone of the committed work, with a read-only
-# copy of ../shared beside it (left out with --no-shared). The clone, its 3 GB virtual environment and the copy
-# live in one temporary folder that is removed when the run ends, however it ends: CI runs on the same disk, and
-# clones left behind have filled it before. Exits with .ci/run's status.
+# Runs CI as CI does: `CI=true bash .ci/run` in a fresh clone of the committed work (uncommitted changes are
+# not in it), with a read-only copy of ../shared beside it (left out with --no-shared). The clone, its 3 GB
+# virtual environment and the copy live in one temporary folder that is removed when the run ends, however it
+# ends: clones left behind would fill the disk that later runs need. Exits with .ci/run's status.
 #   scripts/ci-clone.sh [--no-shared] [REPO]     (REPO: default, the repository holding this script)
 set -euo pipefail
 
@@ -24,8 +24,9 @@ if [[ $with_shared == 1 && -d "$repo/../shared" ]]; then
   cp -r "$repo/../shared" "$work/shared"
   chmod -R a-w "$work/shared"
 fi
-echo "ci-clone: $(git -C "$work/repo" log -1 --format='%h %<(60,trunc)%s') in $work/repo" \
-  "($([[ -d $work/shared ]] && echo "with" || echo "without") ../shared; $(df -h --output=avail "$work" | tail -1 | tr -d ' ') free)"
+shared=$([[ -d $work/shared ]] && echo "with" || echo "without")
+free=$(df -h --output=avail "$work" | tail -1 | tr -d ' ')
+echo "ci-clone: $(git -C "$work/repo" log -1 --format='%h %<(60,trunc)%s') in $work/repo ($shared ../shared; $free free)"
 status=0
 (cd "$work/repo" && CI=true bash .ci/run </dev/null) || status=$?
 echo "ci-clone: .ci/run exited $status; removing $work"

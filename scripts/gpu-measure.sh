@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Measure the CUDA engine against docs/performance.md's targets on a lent GPU machine, in one device call.
+# A time-boxed measurement of the CUDA engine against docs/performance.md's targets, for any machine with a GPU:
+# the stages share one wall-time budget, and the script always ends with its files written.
 #
 #   scripts/gpu-measure.sh STAGES OUT       # STAGES: tests, bench, grid, agree or all; several with commas
 #
@@ -11,28 +12,33 @@
 #          at GRID_EPOCHS epochs (default 200), then python -m prefit.bench.compare: the targets filled
 #   agree  the benchmarked cells (AGREE_CELLS) trained one at a time (AGREE_EPOCHS, default 100), then
 #          python -m prefit.bench.compare: the benchmark against training's own steady rate (each job alone)
-#   all    tests, bench, grid, agree: in that order, the order of what the issue needs most
+#   all    tests, bench, grid, agree: in that order, the most needed first
 #
-# A lent GPU gives a session 15 minutes, its start included, and 10 a call, so the stages share one deadline:
-# MEASURE_S seconds (default 570) from the script's start. Each stage runs under `timeout` with at most its own
-# cap and what is left of the deadline (less 15 s to pack), a stage with under 30 s left is skipped, and the
-# script always ends with its files written: run it with the call's timeout_s at 600.
-#
-# OUT holds at most 7 files (a device call brings back 8): summary.md (the machine, each stage's exit status and
-# seconds, the grid's products), tests.log, bench_cuda.json, bench_cuda_60.json, grid.md, agree.md, and
-# logs.tar.gz (every stage's log, nvidia-smi's line and the sweeps' run.json records, to run
-# python -m prefit.bench.compare again here). The summary and the reports are also printed at the end.
-#
-# GRID_PRECISION: train.matmul_precision of the grid. auto (default): 3xtf32 when the benchmark's steady
-# 8x1024 epoch with 60 members was faster with 3xtf32 products than with fp32 ones, else highest (the target is
-# fp32-level accuracy); or highest, 3xtf32, high. TRAIN_ARGS: more overrides for grid's and agree's training
-# (TRAIN_ARGS='model.hfs=32,64' narrows the grid).
+# Options (environment variables):
+#   MEASURE_S   the whole run's wall-time budget in seconds, default 570, counted from the script's start. Each
+#               stage runs under `timeout` with at most its own cap (tests 150 s, the two benchmarks 60 and 150 s,
+#               the grid 270 s, each agree job 120 s) and what is left of the budget less 15 s to pack; a stage
+#               with under 30 s left is skipped. Set it some seconds under any limit the machine or its scheduler
+#               puts on the run (the default fits a 600-second limit).
+#   MAX_FILES   the most files the script leaves in OUT, default 7 (all of them), at least 2. The files are
+#               summary.md (the machine, each stage's exit status and seconds, the grid's products), tests.log,
+#               bench_cuda.json, bench_cuda_60.json, grid.md, agree.md and logs.tar.gz (every stage's log,
+#               nvidia-smi's line and the sweeps' run.json records, to run python -m prefit.bench.compare again
+#               elsewhere). summary.md and logs.tar.gz always stay; then grid.md, agree.md, bench_cuda_60.json,
+#               bench_cuda.json and tests.log, in that order, as many as the cap allows; the rest are moved into
+#               logs.tar.gz (under out/), and summary.md says which. The summary and the reports are also
+#               printed at the end, so the output's last lines hold them.
+#   GRID_PRECISION  train.matmul_precision of the grid. auto (default): 3xtf32 when the benchmark's steady
+#               8x1024 epoch with 60 members was faster with 3xtf32 products than with fp32 ones, else highest
+#               (the target is fp32-level accuracy); or highest, 3xtf32, high.
+#   TRAIN_ARGS  more overrides for grid's and agree's training (TRAIN_ARGS='model.hfs=32,64' narrows the grid).
 #
 # Runs without the project installed: python3 (PYTHON) with the repository on PYTHONPATH, and the wheels of
 # scripts/offline-wheels.sh installed from WHEELS (default .whl) when Hydra is missing. Training reads CIFAR
 # images from DATA (default: the sample in ../shared/data, else .device/cifar10-jpeg-sample); sweeps and logs go
 # to a new folder under SWEEP_ROOT (default /tmp). ALLOW_CPU=1 lets it run without a GPU (to check the script
 # itself; its figures are then the CPU's). Relative paths (OUT, DATA, WHEELS, SWEEP_ROOT) are the caller's.
+# Bad arguments or options end with one line, `error: ...`, and exit status 2, before anything runs.
 set -uo pipefail
 usage="usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: tests, bench, grid, agree, all)"
 [ $# -eq 2 ] || { echo "error: $usage" >&2; exit 2; }
@@ -50,9 +56,14 @@ case ${GRID_PRECISION:-auto} in
     *) echo "error: GRID_PRECISION must be auto, highest, 3xtf32 or high, not '$GRID_PRECISION'" >&2; exit 2 ;;
 esac
 case ${MEASURE_S:-570} in
-    ''|*[!0-9]*) echo "error: MEASURE_S must be a whole number of seconds, not '$MEASURE_S'" >&2; exit 2 ;;
+    *[!0-9]*) echo "error: MEASURE_S must be a whole number of seconds, not '$MEASURE_S'" >&2; exit 2 ;;
 esac
-deadline=$((SECONDS + ${MEASURE_S:-570}))
+case ${MAX_FILES:-7} in
+    *[!0-9]*) max_files=0 ;;
+    *) max_files=$((10#${MAX_FILES:-7})) ;;  # 10#: 08 is eight, not a bad octal number
+esac
+[ "$max_files" -ge 2 ] || { echo "error: MAX_FILES must be a whole number, at least 2, not '$MAX_FILES'" >&2; exit 2; }
+deadline=$((SECONDS + 10#${MEASURE_S:-570}))
 absolute() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 out=$(absolute "$2")
 data=${DATA:+$(absolute "$DATA")}
@@ -61,7 +72,7 @@ sweep_root=$(absolute "${SWEEP_ROOT:-/tmp}")
 cd "$(dirname "$0")/.." || exit 2
 py=${PYTHON:-python3}
 mkdir -p "$out" || exit 2
-work=$(mktemp -d "$sweep_root/prefit-measure.XXXXXX") || exit 2  # new each call: a rerun never reads an old one
+work=$(mktemp -d "$sweep_root/prefit-measure.XXXXXX") || exit 2  # new each run: a rerun never reads an old one
 logs=$work/logs
 mkdir -p "$logs" || exit 2
 exec 3>&2
@@ -166,10 +177,24 @@ run_agree() {
     return $rc
 }
 
-pack() {  # the logs and the sweeps' records -> OUT/logs.tar.gz, written whole or not at all
-    local records
+pack() {  # the logs, the sweeps' records and the files moved out of OUT -> OUT/logs.tar.gz, whole or not at all
+    local records moved=()
     records=$(cd "$work" && find grid agree -name run.json 2>/dev/null)
-    tar -czf "$out/logs.tar.gz.tmp" -C "$work" logs $records && mv "$out/logs.tar.gz.tmp" "$out/logs.tar.gz"
+    [ -d "$work/out" ] && moved=(out)
+    tar -czf "$out/logs.tar.gz.tmp" -C "$work" logs $records "${moved[@]}" \
+        && mv "$out/logs.tar.gz.tmp" "$out/logs.tar.gz"
+}
+
+cap() {  # at most MAX_FILES files in OUT: past summary.md and logs.tar.gz, the least needed move into logs.tar.gz
+    local f keep=$((max_files - 2)) moved=()
+    for f in grid.md agree.md bench_cuda_60.json bench_cuda.json tests.log; do
+        [ -f "$out/$f" ] || continue
+        if [ $keep -gt 0 ]; then keep=$((keep - 1)); else moved+=("$f"); fi
+    done
+    [ ${#moved[@]} -gt 0 ] || return 0
+    mkdir -p "$work/out" && for f in "${moved[@]}"; do mv "$out/$f" "$work/out/"; done
+    notes+=("moved into logs.tar.gz (out/), MAX_FILES=$max_files: ${moved[*]}")
+    pack
 }
 
 rc=0
@@ -181,8 +206,9 @@ for stage in $stages; do  # each runs whatever an earlier one did; the exit stat
     summary+=("| $stage | $stage_rc$([ $stage_rc -eq 124 ] && echo ' (out of time)') | $((SECONDS - started)) |")
     pack
 done
+cap
 printf '%s\n' "${summary[@]}" "" "${notes[@]}" > "$out/summary.md"
-for f in "$out/summary.md" "$out/grid.md" "$out/agree.md"; do
+for f in "$out/summary.md" "$out/grid.md" "$work/out/grid.md" "$out/agree.md" "$work/out/agree.md"; do
     [ -f "$f" ] && { echo; cat "$f"; }
 done
 exit $rc

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Wheels for a GPU machine that has PyTorch and the scientific stack (numpy, pandas, pyarrow, scipy, numba,
-# seaborn, tqdm, joblib, ...) but no internet (a cluster's compute node, a lent device): the packages prefit
-# needs beyond those, at the versions installed in this project's virtual environment, for CPython 3.12 on
-# x86-64 Linux (PY_VERSION=3.11 ... to change).
+# seaborn, tqdm, joblib, ...) but no internet (a cluster's compute node, a rented GPU machine): the packages
+# prefit needs beyond those, at the versions installed in this project's virtual environment, for CPython 3.12
+# on x86-64 Linux (PY_VERSION=3.11 ... to change).
 #
 #   scripts/offline-wheels.sh [DIR]          # here, with internet; DIR defaults to .whl
 #   # there:

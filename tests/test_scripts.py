@@ -1,8 +1,8 @@
 """scripts/: the GPU measurement script's plumbing, run on the CPU (ALLOW_CPU=1) with this environment's Python,
 and the CI-in-a-clone script on a toy repository.
 
-A lent GPU is rare and its minutes are few, so what can go wrong before the GPU matters (paths, the sweep's
-overrides, the records that come back, the comparison at the end) is checked here.
+GPU time is scarce and a measurement is time-boxed, so what can go wrong before the GPU matters (paths, the
+sweep's overrides, the options, the files and records it leaves, the comparison at the end) is checked here.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def test_bad_usage_is_one_line_and_exit_2_before_anything_runs(tmp_path):
     for env, line in (
         ({"GRID_PRECISION": "fp16"}, "error: GRID_PRECISION must be auto, highest, 3xtf32 or high, not 'fp16'"),
         ({"MEASURE_S": "9m"}, "error: MEASURE_S must be a whole number of seconds, not '9m'"),
+        ({"MAX_FILES": "1"}, "error: MAX_FILES must be a whole number, at least 2, not '1'"),
+        ({"MAX_FILES": "all"}, "error: MAX_FILES must be a whole number, at least 2, not 'all'"),
     ):
         proc = measure("grid", str(tmp_path / "out"), tmp_path=tmp_path, **env)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [line]
@@ -66,6 +68,22 @@ def test_stages_the_deadline_leaves_no_time_for_are_skipped_and_the_files_still_
         assert "logs/gpu.txt" in tar.getnames()
 
 
+def test_max_files_moves_the_least_needed_files_into_the_archive(cifar_dir, tmp_path):
+    out = tmp_path / "out"  # an earlier run's files: the cap counts every file of the script's in OUT
+    out.mkdir()
+    for name in ("tests.log", "bench_cuda.json", "grid.md"):
+        (out / name).write_text(f"earlier {name}\n")
+    proc = measure("grid", "out", tmp_path=tmp_path, DATA=str(cifar_dir), MEASURE_S="40", MAX_FILES="3")
+    assert proc.returncode == 124, (proc.stdout + proc.stderr)[-3000:]  # the grid skipped: no time left
+    assert sorted(p.name for p in out.iterdir()) == ["grid.md", "logs.tar.gz", "summary.md"]
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        assert {"out/bench_cuda.json", "out/tests.log", "logs/gpu.txt"} <= set(tar.getnames())
+        assert tar.extractfile("out/tests.log").read() == b"earlier tests.log\n"  # moved whole
+    summary = (out / "summary.md").read_text()
+    assert "moved into logs.tar.gz (out/), MAX_FILES=3: bench_cuda.json tests.log" in summary
+    assert "earlier grid.md" in proc.stdout  # the kept report is printed at the end
+
+
 @pytest.mark.slow
 def test_the_grid_and_agree_stages_run_their_sweeps_and_bring_back_records_and_reports(cifar_dir, tmp_path):
     env = dict(
@@ -84,7 +102,7 @@ def test_the_grid_and_agree_stages_run_their_sweeps_and_bring_back_records_and_r
     report = (out / "grid.md").read_text()
     assert "| full grid, one protocol, 20 triples, 2000 epochs | <= 15 min | unmeasured |" in report  # not 42 cells
     assert "cells 1, jobs 1, epochs 3" in report
-    assert report in proc.stdout  # the reports are printed too: a device call returns the output's tail
+    assert report in proc.stdout  # printed too: where only the output's tail is kept, it holds the reports
     assert "| grid | 0 |" in (out / "summary.md").read_text()
 
     env["TRAIN_ARGS"] = "dataset.n_triples=2"
@@ -98,7 +116,7 @@ def test_the_grid_and_agree_stages_run_their_sweeps_and_bring_back_records_and_r
         "agree/1x4/run.json": (1, 4),
     }
     assert "## The benchmark against `prefit.train`" in (out / "agree.md").read_text()
-    assert len(list(out.iterdir())) <= 8  # what one device call brings back
+    assert len(list(out.iterdir())) <= 7  # MAX_FILES' default
 
 
 def toy_project(tmp_path: Path) -> Path:
