@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+CIFAR_SIDE = 32  # pixels a side of a CIFAR image: the study's images unless dataset.resolution says otherwise
+
 
 class Choice(str, Enum):
     """A config choice: a str whose value is its name."""

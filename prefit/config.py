@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from prefit.choices import DatasetName, Device, Engine, Protocol, Split
-from prefit.data import DEFAULT_IMAGE_DIR_RESOLUTION as IMAGE_DIR_SIDE
-from prefit.data import SIDE as CIFAR_SIDE
-from prefit.engine.options import RUNTIME, FitOptions
+from prefit.choices import CIFAR_SIDE, DatasetName, Device, Engine, Protocol, Split
+from prefit.engine.options import FitOptions
 from prefit.errors import ConfigError
-from prefit.records import runtime_keys
+from prefit.keys import ARITHMETIC, RUNTIME, RUNTIME_ARITHMETIC, marked_keys, without
 from prefit.schema import SCHEME_ORDER, cell_dirname
 
 __all__ = ["Config", "ConfigError", "TrainConfig", "validate", "register"]
@@ -38,12 +37,12 @@ class DatasetConfig:
     # pixels a side: image_dir resizes to it (its preset: 64); CIFAR is 32x32 and takes null or 32
     resolution: int | None = None
 
+    url: str = "https://github.com/cvjena/cifair/releases/download/v1.0/ciFAIR-10.zip"
+
     @property
     def side(self) -> int:
-        """Pixels a side of the images the study fits: the resolution, else the dataset's own."""
-        return self.resolution or (IMAGE_DIR_SIDE if self.name == "image_dir" else CIFAR_SIDE)
-
-    url: str = "https://github.com/cvjena/cifair/releases/download/v1.0/ciFAIR-10.zip"
+        """Pixels a side of the images the study fits: the resolution (image_dir needs one), else CIFAR's."""
+        return self.resolution or CIFAR_SIDE
 
 
 @dataclass
@@ -57,19 +56,13 @@ class ModelConfig:
 
 @dataclass
 class SchemeConfig:
-    """One way of starting the fit on A. `prefit` names what the member is pre-fit on first.
-
-    prefit: none (random init), same_class, other_class, class_mean, multi_same, meta.
-    """
-
-    prefit: str = "none"
+    """One way of starting the fit on A (random, same_class, other_class: no options of their own)."""
 
 
 @dataclass
 class ClassMeanConfig(SchemeConfig):
     """Pre-fit on the mean image of A's class over a pool of images outside the triples."""
 
-    prefit: str = "class_mean"
     pool_size: int = 1000
 
 
@@ -77,7 +70,6 @@ class ClassMeanConfig(SchemeConfig):
 class MultiSameConfig(SchemeConfig):
     """Pre-fit on k images of A's class in turn (none of them in any triple), then fit A."""
 
-    prefit: str = "multi_same"
     k: int = 4
 
 
@@ -91,7 +83,6 @@ class MetaConfig(SchemeConfig):
     (defaults: 40,000, half of what the two pre-fit schemes spend on 20 triples x 2000 epochs).
     """
 
-    prefit: str = "meta"
     outer_steps: int = 200
     inner_steps: int = 20
     inner_lr: float = 1e-4
@@ -130,10 +121,12 @@ class ProtocolConfig:
 class TrainConfig(FitOptions):
     """How each fit runs (`FitOptions`: the engine's own options) and how the job executes."""
 
-    engine: Engine = Engine.batched  # batched | sequential
-    device: Device = field(default=Device.auto, metadata=RUNTIME)  # auto | cpu | cuda
-    max_members: int | None = field(default=None, metadata=RUNTIME)  # at once; None: from the device's memory
-    threads: int | None = field(default=None, metadata=RUNTIME)  # torch threads; None: cores / parallel jobs
+    engine: Engine = field(default=Engine.batched, metadata=ARITHMETIC)  # batched | sequential
+    device: Device = field(default=Device.auto, metadata=RUNTIME_ARITHMETIC)  # auto | cpu | cuda
+    # members fitted at once; None: from the device's memory
+    max_members: int | None = field(default=None, metadata=RUNTIME_ARITHMETIC)
+    # torch threads per job; None: the cores divided among parallel jobs
+    threads: int | None = field(default=None, metadata=RUNTIME_ARITHMETIC)
     overwrite: bool = field(default=False, metadata=RUNTIME)
 
 
@@ -148,6 +141,30 @@ class Config:
     experiment: Any = None  # set by +experiment presets, for the record
 
 
+# The key sets of prefit.keys, read from the marks above: every other module imports these.
+RUNTIME_KEYS = tuple(marked_keys(Config, "runtime"))
+ARITHMETIC_KEYS = tuple(marked_keys(Config, "arithmetic"))
+# The keys that are a cell itself, and their columns in every table.
+CELL_KEYS = {"model.hls": "hls", "model.hfs": "hfs", "protocol.name": "protocol"}
+# Overrides that name no cell folder besides the runtime keys and Hydra's own: presets, the data's location.
+UNNAMED_OVERRIDES = ("experiment", "dataset", "dataset.path")
+
+
+def study_of(config: dict[str, Any]) -> dict[str, Any]:
+    """A config (plain data, composed now or recorded in a run.json) as a study: what decides the results. No
+    preset name, no runtime keys, `dataset.path` resolved so that two spellings of one folder are one study."""
+    study = without(config, ("experiment", *RUNTIME_KEYS))
+    dataset = study.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("path"):
+        dataset["path"] = str(Path(dataset["path"]).expanduser().resolve())
+    return study
+
+
+def study_config(cfg: Config) -> dict[str, Any]:
+    """The study of a composed config (`study_of` its plain data)."""
+    return study_of(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True))
+
+
 def register() -> None:
     """Register the schema so that `conf/config.yaml` can extend it, and the `prefit.cell` resolver."""
     cs = ConfigStore.instance()
@@ -158,7 +175,12 @@ def register() -> None:
 
 def cell_folder(hls: int, hfs: int, overrides: str = "") -> str:
     """`hydra.sweep.subdir`: the cell's folder, named by what the job computes (runtime keys left out)."""
-    return cell_dirname(hls, hfs, overrides, exclude=tuple(runtime_keys(Config)))
+
+    def names(item: str) -> bool:
+        key = item.split("=", 1)[0].lstrip("+~")
+        return key not in (*RUNTIME_KEYS, *UNNAMED_OVERRIDES) and not key.startswith("hydra.")
+
+    return cell_dirname(hls, hfs, ",".join(item for item in overrides.split(",") if item and names(item)))
 
 
 def unknown_keys(node: Any, prefix: str = "") -> list[str]:
@@ -221,7 +243,8 @@ def validate(cfg: Config) -> None:
     )
     resolution = cfg.dataset.resolution
     if cfg.dataset.name == "image_dir":
-        need(resolution is None or 2 <= resolution <= 4096, f"dataset.resolution must be in 2..4096, got {resolution}")
+        need(resolution is not None, "dataset=image_dir needs dataset.resolution (pixels a side, e.g. 64)")
+        need(2 <= resolution <= 4096, f"dataset.resolution must be in 2..4096, got {resolution}")
     else:
         need(
             resolution in (None, CIFAR_SIDE),

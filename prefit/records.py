@@ -9,70 +9,26 @@ A job writes `run.json` twice: first a claim (`status: running`, the study it is
 - a folder that holds another study is never overwritten silently: the job stops with one line naming the
   keys that differ, unless `train.overwrite=true`.
 
-`study_config` is the part of the config that decides the results: everything but the fields marked
-`runtime` in `prefit.config` (device, threads, chunking, progress, cache locations, ...), with `dataset.path`
-resolved so that two spellings of one folder are one study.
+The study is `prefit.config.study_of` the config: what decides the results; two are compared by
+`prefit.keys.config_diff`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import typing
 from collections.abc import Iterable
-from dataclasses import fields, is_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
+from prefit.config import study_of
 from prefit.errors import ConfigError
 from prefit.io import write_json
+from prefit.keys import config_diff
 from prefit.schema import PSNR_FILE, RECON_FILE, RUN_FILE
 
 RECORDED_FILES = (PSNR_FILE, RECON_FILE)
-
-
-def runtime_keys(cls: type, prefix: str = "") -> list[str]:
-    """Dotted keys of the dataclass fields marked `metadata={"runtime": True}`: how a job runs, not what it
-    computes. The one list that both `study_config` and the sweep's folder names (`prefit.config`) use."""
-    keys: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        key = f"{prefix}{f.name}"
-        if f.metadata.get("runtime"):
-            keys.append(key)
-            continue
-        for kind in (hints[f.name], *typing.get_args(hints[f.name])):  # X, or the X of `X | None`
-            if isinstance(kind, type) and is_dataclass(kind):
-                keys += runtime_keys(kind, key + ".")
-                break
-    return keys
-
-
-def study_config(cfg: Any) -> dict[str, Any]:
-    """The config as a plain dict, less what does not change results (see the module's doc)."""
-    data = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
-    return comparable(data, runtime_keys(type(cfg)))
-
-
-def comparable(study: dict[str, Any], runtime: list[str]) -> dict[str, Any]:
-    """A study as compared: no preset name, no runtime keys, `dataset.path` resolved. Applied to recorded
-    studies too, so that run.json files of earlier versions (which kept cache locations) compare."""
-    study = json.loads(json.dumps(study))  # a deep copy of plain data
-    study.pop("experiment", None)
-    for key in runtime:
-        *parents, leaf = key.split(".")
-        node: Any = study
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    dataset = study.get("dataset")
-    if isinstance(dataset, dict) and dataset.get("path"):
-        dataset["path"] = str(Path(dataset["path"]).expanduser().resolve())
-    return study
 
 
 def file_record(path: Path) -> dict[str, Any]:
@@ -97,17 +53,6 @@ def files_match(out: Path, recorded: dict[str, Any]) -> bool:
     return True
 
 
-def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts (a key missing on one side differs from any value
-    but null: a field added to the schema with a null default leaves earlier records comparable)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys: list[str] = []
-        for key in sorted(set(a) | set(b), key=str):
-            keys += differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return keys
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def read_record(out: Path) -> dict[str, Any] | None:
     """The folder's run.json, None if it has none. An unreadable one is an error: it cannot say what it holds."""
     path = out / RUN_FILE
@@ -123,7 +68,7 @@ def read_record(out: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else {}
 
 
-def decide(out: Path, study: dict[str, Any], overwrite: bool, runtime: list[str] = ()) -> str:
+def decide(out: Path, study: dict[str, Any], overwrite: bool) -> str:
     """`skip` (a complete, intact result of this study) or `run`; raises ConfigError for another study's folder.
 
     Leftover temporary files of killed writes are removed either way.
@@ -133,8 +78,7 @@ def decide(out: Path, study: dict[str, Any], overwrite: bool, runtime: list[str]
     record = None if overwrite else read_record(out)
     if record is None:
         return "run"
-    recorded = comparable(record.get("study") or {}, list(runtime))
-    keys = differing_keys(recorded, study)  # a key added since (dataset.resolution) is absent there, null here: same
+    keys = config_diff(study_of(record.get("study") or {}), study)
     if keys:
         shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
         raise ConfigError(

@@ -63,12 +63,11 @@ CELL_KEYS = ["hls", "hfs", "protocol"]
 MEMBER_KEYS = [*CELL_KEYS, "scheme", "triple"]
 
 
-def cell_dirname(hls: int, hfs: int, overrides: str = "", exclude: tuple[str, ...] = ()) -> str:
-    """A sweep job's folder name, as the original named its plots: `2hls_32hfs`, then any other swept values
-    (`,protocol=chained`), so that folders never collide when a sweep varies more than hls and hfs. Overrides
-    of the keys in `exclude` (how a job runs, not what it computes) do not name folders."""
-    skip = {"model.hls", "model.hfs", *exclude}
-    others = [item for item in overrides.split(",") if item and item.split("=", 1)[0].lstrip("+~") not in skip]
+def cell_dirname(hls: int, hfs: int, overrides: str = "") -> str:
+    """A sweep job's folder name, as the original named its plots: `2hls_32hfs`, then the job's other overrides
+    that name a cell (`,protocol=chained`; `prefit.config.cell_folder` chooses them), so that folders never
+    collide when a sweep varies more than hls and hfs."""
+    others = [item for item in overrides.split(",") if item and item.split("=", 1)[0] not in ("model.hls", "model.hfs")]
     name = ",".join([cell_stem(hls, hfs), *others])
     return name.replace("/", "_").replace(os.sep, "_")
 

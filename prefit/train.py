@@ -37,13 +37,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 import prefit
 from prefit import records
-from prefit.config import Config, ConfigError, register, validate
+from prefit.config import Config, ConfigError, register, study_config, validate
 from prefit.data import DataError, draw_triples, load_images
 from prefit.devices import acquire, cuda_capacities
 from prefit.engine import auto_max_members, cuda_bytes_per_member, device_name, resolve_device
 from prefit.io import atomic_path
 from prefit.model import n_weights
-from prefit.records import study_config
 from prefit.schema import PSNR_FILE, RECON_FILE, write_psnr
 from prefit.schemes import build_plan, run_plan
 
@@ -69,7 +68,7 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     validate(cfg)
     cell = {"hls": cfg.model.hls, "hfs": cfg.model.hfs}
     study = study_config(cfg)
-    if records.decide(out, study, cfg.train.overwrite, records.runtime_keys(type(cfg))) == "skip":
+    if records.decide(out, study, cfg.train.overwrite) == "skip":
         log.info("%s: complete result already in %s, skipped (train.overwrite=true reruns it)", cell, out)
         return {"status": "skipped", "cell": cell}
     started = time.time()

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from prefit import records
-from prefit.config import Config, MetaConfig, cell_folder
+from prefit.config import ARITHMETIC_KEYS, RUNTIME_KEYS, Config, MetaConfig, cell_folder, study_config
 from prefit.errors import ConfigError
+from prefit.keys import config_diff
 
 
 def study(**changes) -> dict:
@@ -21,7 +22,7 @@ def study(**changes) -> dict:
         for part in parents:
             node = getattr(node, part)
         setattr(node, leaf, value)
-    return records.study_config(cfg)
+    return study_config(cfg)
 
 
 def complete_folder(tmp_path: Path, study_dict: dict) -> Path:
@@ -33,10 +34,13 @@ def complete_folder(tmp_path: Path, study_dict: dict) -> Path:
     return out
 
 
-def test_runtime_keys_are_derived_from_the_schema():
-    keys = records.runtime_keys(Config)
-    assert {"train.device", "train.threads", "train.overwrite", "dataset.root", "scheme.meta.cache_dir"} <= set(keys)
-    assert not {"train.lr", "train.epochs", "dataset.path", "model.hfs", "seed"} & set(keys)
+def test_runtime_and_arithmetic_keys_are_derived_from_the_schema():
+    keys = set(RUNTIME_KEYS)
+    assert {"train.device", "train.threads", "train.overwrite", "dataset.root", "scheme.meta.cache_dir"} <= keys
+    assert not {"train.lr", "train.epochs", "train.engine", "dataset.path", "model.hfs", "seed"} & keys
+    arithmetic = set(ARITHMETIC_KEYS)
+    assert {"train.engine", "train.matmul_precision", "train.kernels", "train.device", "train.threads"} <= arithmetic
+    assert not {"train.lr", "train.eps", "train.progress", "train.overwrite", "model.hfs", "seed"} & arithmetic
 
 
 def test_the_study_leaves_out_how_a_job_runs_and_resolves_the_data_path(monkeypatch, tmp_path):
@@ -50,7 +54,7 @@ def test_the_study_leaves_out_how_a_job_runs_and_resolves_the_data_path(monkeypa
     cfg.scheme.meta = MetaConfig(cache_dir="/one")
     other = Config()
     other.scheme.meta = MetaConfig(cache_dir="/two")
-    assert records.study_config(cfg) == records.study_config(other)
+    assert study_config(cfg) == study_config(other)
 
 
 def test_folder_names_leave_out_runtime_keys():
@@ -114,11 +118,13 @@ def test_records_of_earlier_versions_compare_on_what_changes_results(tmp_path):
     out = tmp_path / "cell"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"status": "complete", "study": old}))
-    assert records.decide(out, study(), overwrite=False, runtime=records.runtime_keys(Config)) == "run"
+    assert records.decide(out, study(), overwrite=False) == "run"
 
 
-def test_differing_keys_are_dotted_and_sorted():
-    assert records.differing_keys({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1, "c": 4}, "e": 5}) == ["a.c", "d", "e"]
+def test_config_diff_is_dotted_and_sorted_and_reads_null_as_absent():
+    assert config_diff({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1, "c": 4}, "e": 5}) == ["a.c", "d", "e"]
+    assert config_diff({"a": {"b": None, "x": 1}, "c": None}, {"a": {"x": 1}}) == []
+    assert config_diff({"s": {"random": {}}}, {"s": {"random": None}}) == ["s.random"]  # selected vs not
 
 
 def test_a_record_written_before_a_field_existed_still_names_the_same_study(tmp_path):
@@ -127,6 +133,6 @@ def test_a_record_written_before_a_field_existed_still_names_the_same_study(tmp_
     old = json.loads(json.dumps(study()))
     del old["dataset"]["resolution"]
     out = complete_folder(tmp_path, old)
-    assert records.decide(out, study(), overwrite=False, runtime=records.runtime_keys(Config)) == "skip"
+    assert records.decide(out, study(), overwrite=False) == "skip"
     with pytest.raises(ConfigError, match="dataset.resolution"):
-        records.decide(out, study(dataset__resolution=32), overwrite=False, runtime=records.runtime_keys(Config))
+        records.decide(out, study(dataset__resolution=32), overwrite=False)

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prefit.config import ARITHMETIC_KEYS, RUNTIME_KEYS
+from prefit.keys import flatten
 from prefit.schema import BASELINE, CELL_KEYS
 
 from .figures import plot_robustness, write_figure
@@ -44,18 +46,6 @@ from .summary import method_context
 from .tables import RAW_FLAG, fmt, fmt_diff_ci, fmt_p, markdown_table, verdict_text
 from .variants import VARIANT, group_label, variant_sort_key, with_variant
 
-# run.json config keys that change how a job computes but not what (prefit.train's EXECUTION_KEYS, the engine
-# and the precision of products), and keys that change neither.
-ARITHMETIC_KEYS = (
-    "train.engine",
-    "train.matmul_precision",
-    "train.kernels",
-    "train.cuda_graphs",
-    "train.device",
-    "train.max_members",
-    "train.threads",
-)
-IGNORED_KEYS = ("train.overwrite", "train.progress", "experiment")
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("A", "B")
 
@@ -129,19 +119,10 @@ def same_triples(check: pd.DataFrame) -> pd.Series:
     )
 
 
-def _flatten(data: object, prefix: str = "") -> dict[str, str]:
-    """{dotted key: value as text}; a null is left out, so that a key added to the config since (with a null
-    default, like `dataset.resolution`) reads the same as its absence in an older run.json (`records.decide`)."""
-    if data is None:
-        return {}
-    if isinstance(data, dict):
-        return {k: v for key, value in data.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): str(data)}
-
-
 def config_differences(a: Analysed, b: Analysed, cells: list[tuple]) -> dict[str, tuple[str, str]]:
     """The run.json config keys (and the recorded device) whose values differ between the compared jobs (cells:
     (hls, hfs, protocol), or with a variant last)."""
+    ignored = {"experiment", *RUNTIME_KEYS} - set(ARITHMETIC_KEYS)  # neither what nor how a job computes
     values: dict[str, tuple[set, set]] = {}
     variants = bool(cells) and len(cells[0]) > len(CELL_KEYS)
     for side, analysed in enumerate((a, b)):
@@ -149,13 +130,13 @@ def config_differences(a: Analysed, b: Analysed, cells: list[tuple]) -> dict[str
             run = analysed.sweep.runs.get(folder) or {}
             if (*cell, *([analysed.sweep.variants.get(folder, "")] if variants else [])) not in cells:
                 continue
-            flat = _flatten(run.get("config", {})) | {"device (run.json)": str(run.get("device", "?"))}
+            flat = flatten(run.get("config", {})) | {"device (run.json)": run.get("device", "?")}
             for key, value in flat.items():
-                values.setdefault(key, (set(), set()))[side].add(value)
+                values.setdefault(key, (set(), set()))[side].add(str(value))
     return {
         k: (", ".join(sorted(va)) or "—", ", ".join(sorted(vb)) or "—")
         for k, (va, vb) in sorted(values.items())
-        if va != vb and k not in IGNORED_KEYS and not k.startswith(("model.", "hydra."))
+        if va != vb and k not in ignored and not k.startswith(("model.", "hydra."))
     }
 
 

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from prefit.records import comparable
+from prefit.config import CELL_KEYS as CELL_CONFIG_KEYS
+from prefit.config import study_of
 from prefit.schema import CELL_KEYS, cell_label, cell_stem
 
 VARIANT = "variant"
-# Study keys that are the cell itself (its own columns), never part of a variant.
-CELL_STUDY_KEYS = frozenset({"model.hls", "model.hfs", "protocol.name"})
 # Study entries that select sections (a section is a dict, or null when not selected): `scheme`. They are
 # flattened to the list of what is selected (`scheme=[random,same_class]`) plus the selected sections' keys, so
 # that a sweep over the selection reads as one key.
@@ -89,14 +88,14 @@ def varying_keys(studies: Iterable[Mapping[str, object]]) -> list[str]:
     for study in studies:
         for key, value in flatten(study).items():
             values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
-    return sorted(k for k, seen in values.items() if len(seen) > 1 and k not in CELL_STUDY_KEYS)
+    return sorted(k for k, seen in values.items() if len(seen) > 1 and k not in CELL_CONFIG_KEYS)
 
 
 def study_variants(studies: Mapping[Path, Mapping[str, object] | None]) -> dict[Path, str]:
     """Per job folder its variant: `key=value` of every varying key it holds, comma-separated; "" for a job
     without a recorded study (no run.json, or one written before studies were recorded). Studies are compared
     as prefit.records compares them (dataset.path resolved: a relative and an absolute spelling are one)."""
-    recorded = {folder: comparable(dict(study), []) for folder, study in studies.items() if isinstance(study, Mapping)}
+    recorded = {folder: study_of(dict(study)) for folder, study in studies.items() if isinstance(study, Mapping)}
     known = {folder: flatten(study) for folder, study in recorded.items()}
     keys = varying_keys(recorded.values())
     variants = {}

@@ -15,7 +15,7 @@ resized to a chosen resolution. One module per concern:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from prefit.data import cifar
 from prefit.data.base import DataError, ImageSet
@@ -36,9 +36,6 @@ from prefit.data.image_dir import IMAGE_EXTENSIONS, read_image_dir
 from prefit.data.pickles import safe_load
 from prefit.data.tensors import SIDE, coordinate_grid, side_of, to_signal, to_uint8
 from prefit.data.triples import Triple, draw_pool, draw_triples, max_triples
-
-if TYPE_CHECKING:
-    from prefit.config import DatasetConfig
 
 __all__ = [
     "ARCHIVE_FOLDER",
@@ -76,8 +73,8 @@ DATASET_NAMES = ("image_dir", "cifair10", "cifar_dir")
 DEFAULT_IMAGE_DIR_RESOLUTION = 64  # dataset=image_dir without a dataset.resolution
 
 
-def load_images(cfg: DatasetConfig) -> ImageSet:
-    """The images the config names (a DatasetConfig or its DictConfig).
+def load_images(cfg: Any) -> ImageSet:
+    """The images a dataset config names (`prefit.config.DatasetConfig` or its DictConfig, read by attribute).
 
     image_dir: the folder cfg.path of class sub-folders, at cfg.resolution (None: 64) pixels a side; cfg.split
     is not used. cifair10: the md5-checked ciFAIR-10 (fetched into cfg.root if need be); cifar_dir: any

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import torch
 
-SIDE = 32  # CIFAR's side, and coordinate_grid's default
+from prefit.choices import CIFAR_SIDE
+
+SIDE = CIFAR_SIDE  # coordinate_grid's default
 
 
 def coordinate_grid(side: int = SIDE) -> torch.Tensor:

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from prefit.choices import Kernels, MatmulPrecision
-
-# Marks a field that changes how a job runs, not what it computes (prefit.records.runtime_keys).
-RUNTIME = {"runtime": True}
+from prefit.keys import ARITHMETIC, RUNTIME, RUNTIME_ARITHMETIC
 
 
 @dataclass
@@ -28,8 +26,8 @@ class FitOptions:
     progress: bool = field(default=True, metadata=RUNTIME)
     snapshot_epochs: list[int] = field(default_factory=lambda: [0, 100, 500, -1])  # -1: the last epoch
     # highest (fp32) | 3xtf32 (fp32-accurate on tensor cores) | high (TF32)
-    matmul_precision: MatmulPrecision = MatmulPrecision.highest
+    matmul_precision: MatmulPrecision = field(default=MatmulPrecision.highest, metadata=ARITHMETIC)
     # the batched step: auto | compiled (numba, CPU) | fused (Triton; CUDA) | torch (plain torch ops)
-    kernels: Kernels = field(default=Kernels.auto, metadata=RUNTIME)
+    kernels: Kernels = field(default=Kernels.auto, metadata=RUNTIME_ARITHMETIC)
     # replay captured epochs on CUDA (the same numbers as eager, fewer launches)
-    cuda_graphs: bool = field(default=True, metadata=RUNTIME)
+    cuda_graphs: bool = field(default=True, metadata=RUNTIME_ARITHMETIC)
