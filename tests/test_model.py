@@ -1,4 +1,4 @@
-"""The SIREN's shape and initialisation follow PROTOCOL.md; both engines' models compute the same thing."""
+"""The SIREN's shape and initialisation follow docs/protocol.md; both engines' models compute the same thing."""
 
 import math
 

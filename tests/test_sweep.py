@@ -63,7 +63,7 @@ def test_killed_sweep_resumes_to_the_same_results(cifar_dir, tmp_path):
 
     out = tmp_path / "killed"
     command = sweep_command(cifar_dir, out, "hydra.launcher.n_jobs=1")
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=os.setsid)
     deadline = time.time() + 240
     while not completed(out) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
