@@ -8,7 +8,7 @@ import numpy as np
 
 
 class DataError(Exception):
-    """Data that cannot be used as asked. Its message is one line for the user: the CLI prints it and exits with status 2."""
+    """Data that cannot be used as asked. Its message is one line for the user: the CLI prints it, exit status 2."""
 
 
 @dataclass
