@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-CIFAR_SIDE = 32  # pixels a side of a CIFAR image: the study's images unless dataset.resolution says otherwise
+CIFAR_SIDE = 32  # pixels a side of a CIFAR image
+IMAGE_DIR_SIDE = 64  # pixels a side that dataset=image_dir resizes to without a dataset.resolution
 
 
 class Choice(str, Enum):

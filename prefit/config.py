@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from prefit.choices import CIFAR_SIDE, DatasetName, Device, Engine, Protocol, Split
+from prefit.choices import CIFAR_SIDE, IMAGE_DIR_SIDE, DatasetName, Device, Engine, Protocol, Split
 from prefit.engine.options import FitOptions
 from prefit.errors import ConfigError
 from prefit.keys import ARITHMETIC, RUNTIME, RUNTIME_ARITHMETIC, marked_keys, without
@@ -34,15 +34,15 @@ class DatasetConfig:
     path: str | None = None  # the folder for cifar_dir and image_dir
     split: Split = Split.train  # train (as the original) or test; CIFAR only
     n_triples: int = 20
-    # pixels a side: image_dir resizes to it (its preset: 64); CIFAR is 32x32 and takes null or 32
+    # pixels a side: image_dir resizes to it (null: 64); CIFAR is 32x32 and takes null or 32
     resolution: int | None = None
 
     url: str = "https://github.com/cvjena/cifair/releases/download/v1.0/ciFAIR-10.zip"
 
     @property
     def side(self) -> int:
-        """Pixels a side of the images the study fits: the resolution (image_dir needs one), else CIFAR's."""
-        return self.resolution or CIFAR_SIDE
+        """Pixels a side of the images the study fits: the resolution, else the dataset's own."""
+        return self.resolution or (IMAGE_DIR_SIDE if self.name == "image_dir" else CIFAR_SIDE)
 
 
 @dataclass
@@ -243,8 +243,7 @@ def validate(cfg: Config) -> None:
     )
     resolution = cfg.dataset.resolution
     if cfg.dataset.name == "image_dir":
-        need(resolution is not None, "dataset=image_dir needs dataset.resolution (pixels a side, e.g. 64)")
-        need(2 <= resolution <= 4096, f"dataset.resolution must be in 2..4096, got {resolution}")
+        need(resolution is None or 2 <= resolution <= 4096, f"dataset.resolution must be in 2..4096, got {resolution}")
     else:
         need(
             resolution in (None, CIFAR_SIDE),

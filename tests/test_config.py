@@ -101,5 +101,5 @@ def test_choices_are_enums_and_the_image_side_comes_from_the_dataset():
     assert cfg.train.matmul_precision == "3xtf32" and f"{cfg.train.engine}" == "sequential"
     assert cfg.dataset.side == 32 and cfg.dataset.resolution is None  # CIFAR: 32x32, its own size
     folder = composed("dataset=image_dir", "dataset.path=/tiles")
-    assert (folder.dataset.name, folder.dataset.resolution, folder.dataset.side) == ("image_dir", 64, 64)
+    assert (folder.dataset.name, folder.dataset.resolution, folder.dataset.side) == ("image_dir", None, 64)
     assert composed("dataset=image_dir", "dataset.path=/tiles", "dataset.resolution=48").dataset.side == 48

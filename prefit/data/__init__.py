@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefit.choices import IMAGE_DIR_SIDE
 from prefit.data import cifar
 from prefit.data.base import DataError, ImageSet
 from prefit.data.cifar import (
@@ -42,7 +43,6 @@ __all__ = [
     "ARCHIVE_MD5",
     "ARCHIVE_NAME",
     "DATASET_NAMES",
-    "DEFAULT_IMAGE_DIR_RESOLUTION",
     "FILE_MD5S",
     "IMAGE_EXTENSIONS",
     "META_FILE",
@@ -70,7 +70,6 @@ __all__ = [
 ]
 
 DATASET_NAMES = ("image_dir", "cifair10", "cifar_dir")
-DEFAULT_IMAGE_DIR_RESOLUTION = 64  # dataset=image_dir without a dataset.resolution
 
 
 def load_images(cfg: Any) -> ImageSet:
@@ -84,7 +83,7 @@ def load_images(cfg: Any) -> ImageSet:
     name = str(cfg.name)
     resolution = getattr(cfg, "resolution", None)
     if name == "image_dir":
-        return read_image_dir(cfg.path, DEFAULT_IMAGE_DIR_RESOLUTION if resolution is None else resolution)
+        return read_image_dir(cfg.path, IMAGE_DIR_SIDE if resolution is None else resolution)
     if name in ("cifair10", "cifar_dir") and resolution is not None and resolution != SIDE:
         raise DataError(
             f"CIFAR images are {SIDE}x{SIDE}: dataset.resolution applies to dataset=image_dir only, "
