@@ -68,7 +68,7 @@ def read_record(out: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else {}
 
 
-def decide(out: Path, study: dict[str, Any], overwrite: bool) -> str:
+def job_action(out: Path, study: dict[str, Any], overwrite: bool) -> str:
     """`skip` (a complete, intact result of this study) or `run`; raises ConfigError for another study's folder.
 
     Leftover temporary files of killed writes are removed either way.

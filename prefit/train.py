@@ -68,7 +68,7 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     validate(cfg)
     cell = {"hls": cfg.model.hls, "hfs": cfg.model.hfs}
     study = study_config(cfg)
-    if records.decide(out, study, cfg.train.overwrite) == "skip":
+    if records.job_action(out, study, cfg.train.overwrite) == "skip":
         log.info("%s: complete result already in %s, skipped (train.overwrite=true reruns it)", cell, out)
         return {"status": "skipped", "cell": cell}
     started = time.time()

@@ -64,28 +64,28 @@ def test_folder_names_leave_out_runtime_keys():
 
 def test_complete_intact_result_is_skipped_and_a_damaged_one_is_not(tmp_path):
     out = complete_folder(tmp_path, study())
-    assert records.decide(out, study(), overwrite=False) == "skip"
-    assert records.decide(out, study(), overwrite=True) == "run"
+    assert records.job_action(out, study(), overwrite=False) == "skip"
+    assert records.job_action(out, study(), overwrite=True) == "run"
     recon = out / "recon.npz"
     recon.write_bytes(recon.read_bytes()[:-1] + b"X")  # same size, other content
-    assert records.decide(out, study(), overwrite=False) == "run"
+    assert records.job_action(out, study(), overwrite=False) == "run"
 
 
 def test_truncated_or_missing_files_are_computed_again(tmp_path):
     out = complete_folder(tmp_path, study())
     parquet = out / "psnr.parquet"
     parquet.write_bytes(parquet.read_bytes()[:10])
-    assert records.decide(out, study(), overwrite=False) == "run"
+    assert records.job_action(out, study(), overwrite=False) == "run"
     out2 = complete_folder(tmp_path / "b", study())
     (out2 / "recon.npz").unlink()
-    assert records.decide(out2, study(), overwrite=False) == "run"
+    assert records.job_action(out2, study(), overwrite=False) == "run"
 
 
 def test_another_study_is_refused_with_the_keys_that_differ(tmp_path):
     out = complete_folder(tmp_path, study())
     with pytest.raises(ConfigError, match=r"train\.epochs.*hydra\.sweep\.dir.*train\.overwrite=true"):
-        records.decide(out, study(train__epochs=30), overwrite=False)
-    assert records.decide(out, study(train__epochs=30), overwrite=True) == "run"
+        records.job_action(out, study(train__epochs=30), overwrite=False)
+    assert records.job_action(out, study(train__epochs=30), overwrite=True) == "run"
 
 
 def test_a_claim_left_by_a_killed_job_resumes_for_its_study_only(tmp_path):
@@ -93,20 +93,20 @@ def test_a_claim_left_by_a_killed_job_resumes_for_its_study_only(tmp_path):
     out.mkdir()
     records.claim(out, study(), "2026-01-01T00:00:00")
     (out / "psnr.parquet").write_bytes(b"a parquet of the killed job")
-    assert records.decide(out, study(), overwrite=False) == "run"
+    assert records.job_action(out, study(), overwrite=False) == "run"
     with pytest.raises(ConfigError, match="seed"):
-        records.decide(out, study(seed=1), overwrite=False)
+        records.job_action(out, study(seed=1), overwrite=False)
 
 
 def test_leftover_temporary_files_are_removed_and_an_unreadable_record_refused(tmp_path):
     out = tmp_path / "cell"
     out.mkdir()
     (out / ".psnr.parquet.x1.tmp").write_bytes(b"half")
-    assert records.decide(out, study(), overwrite=False) == "run"
+    assert records.job_action(out, study(), overwrite=False) == "run"
     assert not list(out.glob(".*.tmp"))
     (out / "run.json").write_text('{"status": "compl')
     with pytest.raises(ConfigError, match="unreadable"):
-        records.decide(out, study(), overwrite=False)
+        records.job_action(out, study(), overwrite=False)
 
 
 def test_records_of_earlier_versions_compare_on_what_changes_results(tmp_path):
@@ -118,7 +118,7 @@ def test_records_of_earlier_versions_compare_on_what_changes_results(tmp_path):
     out = tmp_path / "cell"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"status": "complete", "study": old}))
-    assert records.decide(out, study(), overwrite=False) == "run"
+    assert records.job_action(out, study(), overwrite=False) == "run"
 
 
 def test_config_diff_is_dotted_and_sorted_and_reads_null_as_absent():
@@ -133,6 +133,6 @@ def test_a_record_written_before_a_field_existed_still_names_the_same_study(tmp_
     old = json.loads(json.dumps(study()))
     del old["dataset"]["resolution"]
     out = complete_folder(tmp_path, old)
-    assert records.decide(out, study(), overwrite=False) == "skip"
+    assert records.job_action(out, study(), overwrite=False) == "skip"
     with pytest.raises(ConfigError, match="dataset.resolution"):
-        records.decide(out, study(dataset__resolution=32), overwrite=False)
+        records.job_action(out, study(dataset__resolution=32), overwrite=False)
