@@ -41,6 +41,7 @@ from prefit.config import Config, ConfigError, register, study_config, validate
 from prefit.data import DataError, draw_triples, load_images
 from prefit.devices import acquire, cuda_capacities
 from prefit.engine import auto_max_members, cuda_bytes_per_member, device_name, resolve_device
+from prefit.errors import one_line
 from prefit.io import atomic_path
 from prefit.model import n_weights
 from prefit.schema import PSNR_FILE, RECON_FILE, write_psnr
@@ -231,21 +232,6 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 
 USER_ERRORS = (ConfigError, DataError, HydraException, OmegaConfBaseException)
-_NOISE = ("Config search path", "provider=", "full_key:", "reference_type=", "object_type=")
-
-
-def one_line(error: BaseException) -> str:
-    """An error and its cause on one line, without Hydra's search-path and OmegaConf's key-type details."""
-    parts: list[str] = []
-    causes = (error, error.__cause__) if isinstance(error, HydraException) else (error,)
-    for e in causes:
-        if e is None:
-            continue
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(_NOISE)]
-        text = " ".join(lines)
-        if text and not any(text in p for p in parts):
-            parts.append(text)
-    return ": ".join(parts) or type(error).__name__
 
 
 def _check_launcher_overrides(args: list[str]) -> None:
