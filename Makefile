@@ -113,7 +113,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow" -n auto $(PYTEST_ARGS)
 
-# CI as a submission gets it, twice (with ../shared, then without), each in a temporary clone removed afterwards.
+# .ci/run as CI runs it on a fresh clone, twice (with ../shared, then without), each clone removed afterwards.
 ci:
 	bash scripts/ci-clone.sh
 	bash scripts/ci-clone.sh --no-shared
