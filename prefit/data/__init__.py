@@ -20,56 +20,11 @@ from typing import Any
 from prefit.choices import IMAGE_DIR_SIDE
 from prefit.data import cifar
 from prefit.data.base import DataError, ImageSet
-from prefit.data.cifar import (
-    ARCHIVE_FOLDER,
-    ARCHIVE_MD5,
-    ARCHIVE_NAME,
-    FILE_MD5S,
-    META_FILE,
-    N_CLASSES,
-    ROW,
-    SPLIT_FILES,
-    default_data_root,
-    fetch_cifair10,
-    read_cifar_dir,
-)
-from prefit.data.image_dir import IMAGE_EXTENSIONS, read_image_dir
+from prefit.data.cifar import default_data_root, fetch_cifair10, read_cifar_dir
+from prefit.data.image_dir import read_image_dir
 from prefit.data.pickles import safe_load
 from prefit.data.tensors import SIDE, coordinate_grid, side_of, to_signal, to_uint8
 from prefit.data.triples import Triple, draw_pool, draw_triples, max_triples
-
-__all__ = [
-    "ARCHIVE_FOLDER",
-    "ARCHIVE_MD5",
-    "ARCHIVE_NAME",
-    "DATASET_NAMES",
-    "FILE_MD5S",
-    "IMAGE_EXTENSIONS",
-    "META_FILE",
-    "N_CLASSES",
-    "ROW",
-    "SIDE",
-    "SPLIT_FILES",
-    "DataError",
-    "ImageSet",
-    "Triple",
-    "cifar",
-    "coordinate_grid",
-    "default_data_root",
-    "draw_pool",
-    "draw_triples",
-    "fetch_cifair10",
-    "load_images",
-    "max_triples",
-    "read_cifar_dir",
-    "read_image_dir",
-    "safe_load",
-    "to_signal",
-    "side_of",
-    "to_uint8",
-]
-
-DATASET_NAMES = ("image_dir", "cifair10", "cifar_dir")
 
 
 def load_images(cfg: Any) -> ImageSet:
