@@ -12,8 +12,9 @@ pytest.importorskip("triton", reason="Triton is not installed (it is on Linux x8
 
 from prefit import fused  # noqa: E402
 from prefit.config import ConfigError, TrainConfig  # noqa: E402
-from prefit.engine import SirenStep, fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
-from prefit.engine.cuda import FusedStep  # noqa: E402
+from prefit.engine import SirenStep, cuda_bytes_per_member, fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
+from prefit.engine.cuda import FusedChunk, FusedStep, fused_bytes_per_member_epoch  # noqa: E402
+from prefit.engine.options import FitOptions  # noqa: E402
 from prefit.model import init_params, stack_params, triple_generator  # noqa: E402
 from prefit.optim import BatchedAdam, BatchedPlateau  # noqa: E402
 from prefit.precision import product, split_tf32  # noqa: E402
@@ -86,7 +87,10 @@ def test_schedule_and_adam_equal_the_batched_optimisers():
     for view, p in zip(layout.views(flat), start):
         view.copy_(p)
     m, v = layout.buffer(flat), layout.buffer(flat)
-    state = fused.Schedule.start(1e-3, 4, DEVICE)
+    fit = FitOptions(
+        lr=1e-3, betas=(0.9, 0.999), eps=1e-8, plateau_factor=0.5, plateau_patience=2, plateau_threshold=1e-4
+    )
+    state = fused.Schedule.start(fit, 4, DEVICE)
     state.lr.copy_(lr)
     epochs = 12
     losses = torch.empty(epochs, 4, device=DEVICE)
@@ -100,8 +104,8 @@ def test_schedule_and_adam_equal_the_batched_optimisers():
         plateau.step(loss)
         for view, grad in zip(layout.views(grad_flat), grads):
             view.copy_(grad)
-        fused.schedule(state, loss.to(DEVICE), losses, lrs, (0.9, 0.999), 0.5, 2, 1e-4)
-        fused.adam(layout, flat, grad_flat, m, v, state, (0.9, 0.999), 1e-8)
+        fused.schedule(state, loss.to(DEVICE), losses, lrs)
+        fused.adam(layout, flat, grad_flat, m, v, state)
     assert state.epoch.item() == epochs
     torch.testing.assert_close(lrs.cpu(), torch.stack(ref_lrs), rtol=0, atol=0)
     assert lr[1] < 1e-3 and lr[0] == 1e-3  # the schedule did act, on the stuck members only
@@ -202,8 +206,6 @@ def test_3xtf32_operands_are_split_where_they_are_made_bit_for_bit_as_if_split_a
     small operands (coordinates, the output's gradient), in buffers made once; the loss and gradients are bit
     for bit those of splitting every operand afresh for every product; after Adam the weights' halves are
     those of the updated weights. A transposed operand is split in its memory order, without a copy."""
-    from prefit.engine.cuda import FusedChunk
-    from prefit.engine.options import FitOptions
 
     x = torch.randn(3, 10, 7, generator=torch.Generator().manual_seed(6)) * 50
     hi, lo = split_tf32(x.mT)
@@ -259,9 +261,6 @@ def test_cuda_bytes_per_member_covers_what_a_chunk_holds(precision):
     """The memory estimate that sizes CUDA chunks and leases bounds what a FusedChunk really allocates (after
     an epoch, when the 3xtf32 split buffers exist), and is not loose by more than its allocator margin and
     some: counted here from the chunk's own tensors, at a size where the flat buffers' padding is small."""
-    from prefit.engine import cuda_bytes_per_member
-    from prefit.engine.cuda import FusedChunk
-    from prefit.engine.options import FitOptions
 
     n, hls, hfs, side = 32, 2, 32, 8
     coords = small_grid(side)
@@ -277,8 +276,6 @@ def test_cuda_bytes_per_member_covers_what_a_chunk_holds(precision):
 def test_a_chunk_run_again_repeats_its_steady_epochs_without_warming_up_again():
     """What the steady benchmark does: run, reset the epoch counter, run again. The second run's epochs are all
     steady ones, and a one-epoch fit (which compiles) has none."""
-    from prefit.engine.cuda import FusedChunk
-    from prefit.engine.options import FitOptions
 
     coords = small_grid(4)
     params = [(w.to(DEVICE), b.to(DEVICE)) for w, b in members(2, 1, 4)]
@@ -301,8 +298,6 @@ def test_fused_bytes_per_member_epoch_counts_the_passes_an_epoch_makes(monkeypat
     """The memory term of the benchmark's floor: each fused pass's large operands, counted as an epoch calls the
     passes (hfs differs from the pixels, so activation-sized and weight-sized operands cannot stand in for each
     other). A pass that writes its result split writes two halves instead of one tensor."""
-    from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
-    from prefit.engine.options import FitOptions
 
     n, hls, hfs, side = 3, 2, 8, 4
     coords = small_grid(side)

@@ -28,33 +28,34 @@ SCRIPT = textwrap.dedent(
         print(f"SKIP: this Triton cannot compile ahead of time ({e})")
         sys.exit(0)
     from prefit import fused as F
+    from prefit.fused import kernels as K
 
     f32, f64, i64, i32 = "*fp32", "*fp64", "*i64", "*i32"
     KERNELS = [  # (kernel, argument types, constexprs, launch options), as prefit.fused launches them
-        *[(F._sincos_bias_kernel,
+        *[(K.sincos_bias,
            dict(s_ptr=f32, c_ptr=f32, b_ptr=f32, hi_ptr=f32, lo_ptr=f32, w0="fp32", n="i32", per_member="i32",
                 width="i32"),
            dict(BLOCK=F.ELEMENTWISE_BLOCK, PRECISE=True, SPLIT=split), dict(enable_fp_fusion=False))
           for split in (False, True)],
-        *[(F._cos_grad_kernel,
+        *[(K.cos_grad,
            dict(g_ptr=f32, c_ptr=f32, gb_ptr=f32, hi_ptr=f32, lo_ptr=f32, w0="fp32", pixels="i32", width="i32"),
            dict(BLOCK_P=max(16, 4096 // h), BLOCK_H=h, SPLIT=split), dict(enable_fp_fusion=False))
           for h, split in ((1, False), (8, False), (64, False), (64, True))],
-        *[(F._head_kernel,
+        *[(K.head,
            dict(pred_ptr=f32, b_ptr=f32, target_ptr=f32, grad_ptr=f32, loss_ptr=f32, gb_ptr=f32, snaps_ptr=f32,
                 slot_ptr=i32, t_ptr=i64, scale="fp32", pixels="i32", epochs="i32", n_slots="i32"),
            dict(BLOCK_P=p), {}) for p in (1, 1024)],
-        *[(F._schedule_kernel,
+        *[(K.schedule,
            dict(loss_ptr=f32, lr_ptr=f64, best_ptr=f64, bad_ptr=i64, losses_ptr=f32, lrs_ptr=f64,
                 step_size_ptr=f32, powers_ptr=f64, t_ptr=i64, consts_ptr=f64, members="i32", epochs="i32",
                 patience="i32"),
            dict(BLOCK=b), dict(num_warps=1)) for b in (1, 1024)],
-        *[(F._adam_kernel,
+        *[(K.adam,
            dict(p_ptr=f32, g_ptr=f32, m_ptr=f32, v_ptr=f32, hi_ptr=f32, lo_ptr=f32, step_size_ptr=f32,
                 powers_ptr=f64, block_start_ptr=i64, block_tensor_ptr=i32, offsets_ptr=i64, numels_ptr=i64,
                 per_member_ptr=i64, beta1="fp32", beta2="fp32", eps="fp32"),
            dict(BLOCK=F.ADAM_BLOCK, SPLIT=split), {}) for split in (False, True)],
-        (F._split_tf32_kernel, dict(x_ptr=f32, hi_ptr=f32, lo_ptr=f32, n="i32"), dict(BLOCK=F.ELEMENTWISE_BLOCK), {}),
+        (K.split_tf32, dict(x_ptr=f32, hi_ptr=f32, lo_ptr=f32, n="i32"), dict(BLOCK=F.ELEMENTWISE_BLOCK), {}),
     ]
     for kernel, types, constexprs, options in KERNELS:
         name = kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__

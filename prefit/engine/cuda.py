@@ -176,7 +176,7 @@ class FusedChunk:
         table = torch.full((train.epochs,), -1, dtype=torch.int32)
         for epoch, slot in slots.items():
             table[epoch] = slot
-        self.state = fused.Schedule.start(train.lr, members, device)
+        self.state = fused.Schedule.start(train, members, device)
         self.step = FusedStep(
             params, coords, target, w0, train.matmul_precision, table.to(device), len(slots), self.state.epoch
         )
@@ -193,30 +193,10 @@ class FusedChunk:
 
     def epoch(self) -> None:
         """One epoch's launches; nothing is read back."""
-        train = self.train
-        betas = tuple(train.betas)
-        loss, _, _ = self.step()
-        fused.schedule(
-            self.state,
-            loss,
-            self.losses,
-            self.lrs,
-            betas,
-            train.plateau_factor,
-            train.plateau_patience,
-            train.plateau_threshold,
-        )
-        fused.adam(
-            self.step.layout,
-            self.step.flat,
-            self.step.grad_flat,
-            self.exp_avg,
-            self.exp_avg_sq,
-            self.state,
-            betas,
-            train.eps,
-            split=self.step.flat_split,
-        )
+        step = self.step
+        fused.schedule(self.state, step()[0], self.losses, self.lrs)
+        m, v = self.exp_avg, self.exp_avg_sq
+        fused.adam(step.layout, step.flat, step.grad_flat, m, v, self.state, split=step.flat_split)
 
     def run(self, capture: bool, progress=None) -> None:
         """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The first call begins with
