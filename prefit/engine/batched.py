@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 from threadpoolctl import threadpool_limits
 
 from prefit import fused
-from prefit.engine.common import FitResult, new_result, progress_bar, psnr_from_loss, snapshot_index
+from prefit.engine.common import engine, psnr_from_loss
 from prefit.engine.cuda import fit_chunk_fused
-from prefit.engine.options import FitOptions
 from prefit.engine.steps import make_step
 from prefit.errors import ConfigError
 from prefit.model import Params
@@ -37,43 +37,26 @@ def resolve_kernels(name: str, device: torch.device) -> str:
     return name
 
 
-def fit_batched(
-    params: Params,
-    targets: torch.Tensor,
-    coords: torch.Tensor,
-    train: FitOptions,
-    w0: float,
-    device: torch.device,
-    max_members: int,
-    desc: str = "fit",
-) -> FitResult:
+def _fit(params, targets, coords, train, w0, device, max_members, slots, result, bar) -> list[Params]:
     """Fit stacked members to targets [M, pixels, 3], `max_members` at a time (results do not depend on it)."""
-    members, pixels = targets.shape[0], targets.shape[1]
-    slots = snapshot_index(train.epochs, train.snapshot_epochs)
-    result = new_result(members, train.epochs, len(slots), pixels)
-    coords = coords.to(device)
-    threads = torch.get_num_threads()
     kernels = resolve_kernels(train.kernels, device)
     if train.matmul_precision == "3xtf32" and kernels != "fused":
         raise ConfigError(f"train.matmul_precision=3xtf32 needs train.kernels=fused (the step is {kernels})")
+    threads = torch.get_num_threads()
     side_by_side = device.type == "cpu" and kernels == "compiled"
-    chunks = _chunks(members, max_members, threads if side_by_side else 1)
-    with progress_bar(members * train.epochs, desc, train.progress) as bar:
+    chunks = _chunks(targets.shape[0], max_members, threads if side_by_side else 1)
+    fit_chunk = fit_chunk_fused if kernels == "fused" else partial(_fit_chunk, kernels=kernels)
 
-        def run(chunk: slice) -> Params:
-            if kernels == "fused":
-                return fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, result, bar)
-            return _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar, kernels)
+    def run(chunk: slice) -> Params:
+        return fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar)
 
-        if side_by_side and threads > 1 and len(chunks) > 1:
-            final = _on_cores(run, chunks, threads)
-        else:
-            with threadpool_limits(threads, user_api="blas"):
-                final = [run(chunk) for chunk in chunks]
-    result.params = [
-        (torch.cat([p[k][0] for p in final]), torch.cat([p[k][1] for p in final])) for k in range(len(params))
-    ]
-    return result
+    if side_by_side and threads > 1 and len(chunks) > 1:
+        return _on_cores(run, chunks, threads)
+    with threadpool_limits(threads, user_api="blas"):
+        return [run(chunk) for chunk in chunks]
+
+
+fit_batched = engine(_fit)
 
 
 def _chunks(members: int, max_members: int, cores: int) -> list[slice]:

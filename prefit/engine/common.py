@@ -1,10 +1,11 @@
-"""What both engines share: the result record, devices and chunk sizes, snapshots, progress, FLOP count."""
+"""What both engines share: the frame around their loops (`engine`), the result record, devices and chunk sizes,
+snapshots, FLOP count."""
 
 from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,23 +133,39 @@ def flops_per_member_epoch(hls: int, hfs: int, pixels: int = 1024) -> float:
     return 6.0 * pixels * n_weights(hls, hfs)
 
 
-def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="member-epoch",
-        unit_scale=True,
-        disable=not enabled,
-        dynamic_ncols=True,
-        leave=False,
-        mininterval=0.5,
-    )
+# loop(params, targets, coords on the device, train, w0, device, max_members, slots, result, bar) -> the final
+# parameters of each chunk it fitted, in order; it writes losses, learning rates and snapshots into `result`
+Loop = Callable[..., list[Params]]
 
 
-def new_result(members: int, epochs: int, snapshots: int, pixels: int) -> FitResult:
-    return FitResult(
-        loss=torch.empty(members, epochs, dtype=torch.float32),
-        lr=torch.empty(members, epochs, dtype=torch.float64),
-        snapshots=torch.empty(members, snapshots, pixels, 3, dtype=torch.float32),
-        params=[],
-    )
+def engine(loop: Loop) -> Callable[..., FitResult]:
+    """An engine: `loop` in the frame both engines share (the result record, snapshot slots, progress bar, and the
+    chunks' final parameters joined), called `fit(params, targets, coords, train, w0, device, max_members, desc)`."""
+
+    def fit(
+        params: Params,
+        targets: torch.Tensor,
+        coords: torch.Tensor,
+        train: FitOptions,
+        w0: float,
+        device: torch.device,
+        max_members: int | None = None,
+        desc: str = "fit",
+    ) -> FitResult:
+        members, pixels = targets.shape[0], targets.shape[1]
+        slots = snapshot_index(train.epochs, train.snapshot_epochs)
+        result = FitResult(
+            loss=torch.empty(members, train.epochs, dtype=torch.float32),
+            lr=torch.empty(members, train.epochs, dtype=torch.float64),
+            snapshots=torch.empty(members, len(slots), pixels, 3, dtype=torch.float32),
+            params=[],
+        )
+        style = dict(unit="member-epoch", unit_scale=True, dynamic_ncols=True, leave=False, mininterval=0.5)
+        with tqdm(total=members * train.epochs, desc=desc, disable=not train.progress, **style) as bar:
+            args = (coords.to(device), train, w0, device, max_members or members, slots, result, bar)
+            final = loop(params, targets, *args)
+        result.params = [tuple(torch.cat([p[k][i] for p in final]) for i in (0, 1)) for k in range(len(params))]
+        return result
+
+    fit.__module__, fit.__doc__ = loop.__module__, loop.__doc__
+    return fit

@@ -18,6 +18,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
+from torch import Tensor
 
 from prefit import fused
 from prefit.engine.common import FitResult, flops_per_member_epoch, mark, psnr_from_loss, seconds_between
@@ -51,7 +52,7 @@ def fused_bytes_per_member_epoch(hls: int, hfs: int, pixels: int = 1024, precisi
     return 4 * words
 
 
-def _pairs(views: list[torch.Tensor]) -> Params:
+def _pairs(views: list[Tensor]) -> Params:
     return [(views[k], views[k + 1]) for k in range(0, len(views), 2)]
 
 
@@ -72,13 +73,13 @@ class FusedStep:
     def __init__(
         self,
         params: Params,
-        coords: torch.Tensor,
-        target: torch.Tensor,
+        coords: Tensor,
+        target: Tensor,
         w0: float,
         precision: str = "highest",
-        slots: torch.Tensor | None = None,
+        slots: Tensor | None = None,
         n_slots: int = 0,
-        epoch: torch.Tensor | None = None,
+        epoch: Tensor | None = None,
     ):
         members, pixels = target.shape[0], target.shape[1]
         like = params[0][0]
@@ -104,7 +105,7 @@ class FusedStep:
         width = params[0][0].shape[2]
         sine_layers = len(params) - 1
 
-        def activation() -> torch.Tensor:
+        def activation() -> Tensor:
             return like.new_empty(members, pixels, width)
 
         def activations() -> Operand:
@@ -123,16 +124,10 @@ class FusedStep:
         self.snaps = like.new_empty(members, max(1, n_slots), pixels, 3)
         self.epoch = epoch if epoch is not None else torch.zeros(1, dtype=torch.int64, device=device)
 
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
+    def __call__(self) -> tuple[Tensor, Tensor, Params]:
         """Loss [M] and predictions [M, pixels, 3] before the update, and the gradients (workspace views)."""
-        params, grads, weights, w0, precision, work = (
-            self.params,
-            self.grads,
-            self.weights,
-            self.w0,
-            self.precision,
-            self.work,
-        )
+        params, grads, weights = self.params, self.grads, self.weights
+        w0, precision, work = self.w0, self.precision, self.work
         x: Operand = self.coords
         for (_, b), w, s, c in zip(params[:-1], weights, self.sines, self.cosines):
             out = self.pre if self.split else s
@@ -163,13 +158,7 @@ class FusedChunk:
     """A chunk's whole fit on the device: step, schedule, Adam, and the per-epoch records."""
 
     def __init__(
-        self,
-        params: Params,
-        coords: torch.Tensor,
-        target: torch.Tensor,
-        train: FitOptions,
-        w0: float,
-        slots: dict[int, int],
+        self, params: Params, coords: Tensor, target: Tensor, train: FitOptions, w0: float, slots: dict[int, int]
     ):
         members, device = target.shape[0], target.device
         self.train = train
@@ -251,9 +240,6 @@ class FusedChunk:
             for _ in range(self.graph_epochs):
                 self.epoch()
 
-    def snapshots(self) -> torch.Tensor:
-        return self.step.snaps
-
     def steady_seconds(self) -> tuple[float, int]:
         """Seconds and epochs of the last run's steady epochs (0, 0 without any); waits for the device's clock,
         so call it after the results have been read back."""
@@ -271,7 +257,7 @@ def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, re
     del chunk_params  # copied into the runner's flat buffer
     members = target.shape[0]
 
-    def progress(epochs: int, loss: torch.Tensor) -> None:
+    def progress(epochs: int, loss: Tensor) -> None:
         bar.update(epochs * members)
         if bar.disable is False:
             bar.set_postfix(members=members, psnr=f"{psnr_from_loss(loss).nanmean().item():.1f}")
@@ -280,7 +266,7 @@ def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, re
     result.loss[chunk] = runner.losses.T.cpu()
     result.lr[chunk] = runner.lrs.T.cpu()
     if slots:
-        result.snapshots[chunk] = runner.snapshots().cpu()
+        result.snapshots[chunk] = runner.step.snaps.cpu()
     seconds, epochs = runner.steady_seconds()
     result.steady_s += seconds
     result.steady_member_epochs += epochs * members

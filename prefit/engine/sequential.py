@@ -5,61 +5,48 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prefit.engine.common import FitResult, new_result, progress_bar, psnr_from_loss, snapshot_index
-from prefit.engine.options import FitOptions
+from prefit.engine.common import engine, psnr_from_loss
 from prefit.model import Params, Siren, member_params, stack_params
 
 
-def fit_sequential(
-    params: Params,
-    targets: torch.Tensor,
-    coords: torch.Tensor,
-    train: FitOptions,
-    w0: float,
-    device: torch.device,
-    max_members: int | None = None,
-    desc: str = "fit",
-) -> FitResult:
+def _fit(params, targets, coords, train, w0, device, max_members, slots, result, bar) -> list[Params]:
     """The reference: one SIREN module, torch Adam and torch ReduceLROnPlateau per member, one at a time."""
-    members, pixels = targets.shape[0], targets.shape[1]
-    hls, hfs = len(params) - 2, params[0][0].shape[2]
-    slots = snapshot_index(train.epochs, train.snapshot_epochs)
-    result = new_result(members, train.epochs, len(slots), pixels)
-    coords = coords.to(device)
+    members, hls, hfs = targets.shape[0], len(params) - 2, params[0][0].shape[2]
     final: list[Params] = []
-    with progress_bar(members * train.epochs, desc, train.progress) as bar:
-        for i in range(members):
-            model = Siren(hls, hfs, w0).to(device).load_params(member_params(params, i))
-            target = targets[i].to(device)
-            opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas), eps=train.eps)
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt,
-                mode="min",
-                factor=train.plateau_factor,
-                patience=train.plateau_patience,
-                threshold=train.plateau_threshold,
-                threshold_mode="rel",
-                cooldown=0,
-                min_lr=0.0,
-                eps=1e-8,
-            )
-            losses = torch.empty(train.epochs, device=device)
-            for epoch in range(train.epochs):
-                pred = model(coords)
-                loss = F.mse_loss(pred, target)
-                losses[epoch] = loss.detach()
-                result.lr[i, epoch] = opt.param_groups[0]["lr"]
-                slot = slots.get(epoch)
-                if slot is not None:
-                    result.snapshots[i, slot] = pred.detach().cpu()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step(loss.detach())
-            bar.update(train.epochs)
-            result.loss[i] = losses.cpu()
-            final.append(model.params())
-            if bar.disable is False:
-                bar.set_postfix(member=f"{i + 1}/{members}", psnr=f"{psnr_from_loss(losses[-1]).item():.1f}")
-    result.params = stack_params([[(w.cpu(), b.cpu()) for w, b in p] for p in final])
-    return result
+    for i in range(members):
+        model = Siren(hls, hfs, w0).to(device).load_params(member_params(params, i))
+        target = targets[i].to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas), eps=train.eps)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt,
+            mode="min",
+            factor=train.plateau_factor,
+            patience=train.plateau_patience,
+            threshold=train.plateau_threshold,
+            threshold_mode="rel",
+            cooldown=0,
+            min_lr=0.0,
+            eps=1e-8,
+        )
+        losses = torch.empty(train.epochs, device=device)
+        for epoch in range(train.epochs):
+            pred = model(coords)
+            loss = F.mse_loss(pred, target)
+            losses[epoch] = loss.detach()
+            result.lr[i, epoch] = opt.param_groups[0]["lr"]
+            slot = slots.get(epoch)
+            if slot is not None:
+                result.snapshots[i, slot] = pred.detach().cpu()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step(loss.detach())
+        bar.update(train.epochs)
+        result.loss[i] = losses.cpu()
+        final.append([(w.cpu(), b.cpu()) for w, b in model.params()])
+        if bar.disable is False:
+            bar.set_postfix(member=f"{i + 1}/{members}", psnr=f"{psnr_from_loss(losses[-1]).item():.1f}")
+    return [stack_params(final)]
+
+
+fit_sequential = engine(_fit)
