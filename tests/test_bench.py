@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefit.bench import BenchError, fit_original, main, make_members, parse_args, parse_cells, plan, smooth_targets
+from prefit.bench import BenchError, main, parse_args
+from prefit.bench.cells import plan
+from prefit.bench.options import parse_cells
+from prefit.bench.workload import fit_original, make_members, smooth_targets
 from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
 from prefit.engine import flops_per_member_epoch

@@ -8,6 +8,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -46,12 +47,9 @@ def interleaved(
         for engine, run in runs.items():
             if sum(times[engine]) > 2 * opts.budget:
                 continue
-            if engine == "batched":
-                with PeakMemory(device) as memory:
-                    times[engine].append(timed(run, members[engine], epochs, device))
-                memories.append(memory)
-            else:
+            with PeakMemory(device) if engine == "batched" else nullcontext() as memory:
                 times[engine].append(timed(run, members[engine], epochs, device))
+            memories += [memory] if memory else []
     return times, memories
 
 
@@ -89,67 +87,52 @@ def plan(
 
 def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling: float) -> dict[str, Any]:
     """Warm up and calibrate every engine on this cell, then time each `opts.repeats` times."""
-    name = f"{hls}x{hfs}"
-    side, pixels = opts.resolution, opts.resolution**2
-    chunk = min(opts.max_members or auto_max_members(hls, hfs, device, pixels), opts.members)
-    wanted = {"batched": opts.members, "sequential": min(opts.subset, opts.members)}
-    wanted["original"] = wanted["sequential"]
+    name, side = f"{hls}x{hfs}", opts.resolution
+    chunk = min(opts.max_members or auto_max_members(hls, hfs, device, side**2), opts.members)
+    subset = min(opts.subset, opts.members)
+    wanted = {"batched": opts.members, "sequential": subset, "original": subset}
     # on a CPU the engine runs chunks side by side, one per core: time at least one chunk per core
     cores = torch.get_num_threads() if device.type == "cpu" else 1
     least = {"batched": min(opts.members, chunk * cores), "sequential": 1, "original": 1}
     coords = coordinate_grid(side)
-    params, targets = make_members(hls, hfs, least["batched"]), smooth_targets(least["batched"], side=side)
+
+    def runs(n: int) -> dict[str, Run]:
+        """Every engine, ready to fit any of n members."""
+        params, targets = make_members(hls, hfs, n), smooth_targets(n, side=side)
+        return {engine: runner(engine, params, targets, coords, device, chunk) for engine in opts.engines}
 
     rates: dict[str, float] = {}
-    for engine in opts.engines:
-        run = runner(engine, params, targets, coords, device, chunk)
-        seconds = timed(run, least[engine], opts.warmup, device)
-        rates[engine] = seconds / (least[engine] * opts.warmup)
+    for engine, run in runs(least["batched"]).items():
+        rates[engine] = timed(run, least[engine], opts.warmup, device) / (least[engine] * opts.warmup)
         log(f"[{name}] {engine}: warm-up {least[engine]} x {opts.warmup} epochs, {rates[engine] * 1e3:.3g} ms each")
-
-    epochs, members_timed = plan(rates, wanted, least, opts)
-    largest = max(members_timed.values(), default=0)
-    if largest > least["batched"]:
-        params, targets = make_members(hls, hfs, largest), smooth_targets(largest, side=side)
-
-    ms: dict[str, float | None] = dict.fromkeys(ENGINES)
-    repeats: dict[str, int | None] = dict.fromkeys(ENGINES)
-    runs = {engine: runner(engine, params, targets, coords, device, chunk) for engine in opts.engines}
-    timing = ", ".join(f"{engine} {members_timed[engine]} members" for engine in runs)
+    epochs, members = plan(rates, wanted, least, opts)
+    timing = ", ".join(f"{engine} {n} members" for engine, n in members.items())
     log(f"[{name}] timing {timing}, {epochs} epochs, {opts.repeats} turns")
-    times, memories = interleaved(runs, members_timed, epochs, device, opts)
-    spread: dict[str, list[float] | None] = dict.fromkeys(ENGINES)
+    times, memories = interleaved(runs(max([least["batched"], *members.values()])), members, epochs, device, opts)
+    ms, spread, repeats = dict.fromkeys(ENGINES), dict.fromkeys(ENGINES), dict.fromkeys(ENGINES)
     for engine, seconds in times.items():
-        per = 1e3 / (members_timed[engine] * epochs)
+        per = 1e3 / (members[engine] * epochs)
         ms[engine] = statistics.median(seconds) * per
         spread[engine] = [rounded(min(seconds) * per), rounded(max(seconds) * per)]
         repeats[engine] = len(seconds)
-    fastest = {engine: (s[0] if s else None) for engine, s in spread.items()}
     memory = max(memories, key=lambda m: m.peak_mb if not math.isnan(m.peak_mb) else -1.0, default=None)
 
     steady = None
     if opts.steady if opts.steady is not None else device.type == "cuda":
-        n = min(chunk, opts.members)
-        on_device = [(w[:n].to(device), b[:n].to(device)) for w, b in make_members(hls, hfs, n)]
+        start = [(w.to(device), b.to(device)) for w, b in make_members(hls, hfs, chunk)]
+        target = smooth_targets(chunk, side=side).to(device)
         seconds = min(2.0, opts.budget / 10)
-        steady = steady_state_cell(
-            on_device,
-            coords.to(device),
-            smooth_targets(n, side=side).to(device),
-            W0,
-            opts.ceilings,
-            seconds_per_repeat=seconds,
-            bandwidth_gbs=opts.bandwidth_gbs,
-        )
+        steady = steady_state_cell(start, coords.to(device), target, W0, opts.ceilings, seconds, 3, opts.bandwidth_gbs)
         log(f"[{name}] steady state: " + format_steady([{"hls": hls, "hfs": hfs, "steady_state": steady}])[0])
         if device.type == "cuda":  # the figure a study sees: captured epochs, transfers and set-up outside
             ms["batched"] = steady["fused_graph"]["ms_per_member_epoch"]
 
-    flops = flops_per_member_epoch(hls, hfs, pixels)
+    flops = flops_per_member_epoch(hls, hfs, side**2)
     gflops = flops / (ms["batched"] * 1e-3) / 1e9 if ms["batched"] else None
+    fastest_sequential = (spread["sequential"] or [None])[0]
 
     def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a and b else None
+        return rounded(a / b) if a and b else None
 
     return {
         "hls": hls,
@@ -158,17 +141,17 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
         "members": opts.members,
         "epochs": epochs,
         "ms_per_member_epoch": {e: rounded(v) for e, v in ms.items()},
-        "speedup_vs_sequential": rounded(ratio(ms["sequential"], ms["batched"])),
-        "speedup_vs_original": rounded(ratio(ms["original"], ms["batched"])),
+        "speedup_vs_sequential": ratio(ms["sequential"], ms["batched"]),
+        "speedup_vs_original": ratio(ms["original"], ms["batched"]),
         # the baseline at its best: its fastest turn against the batched engine's median (a shared machine
         # slows the sequential engine's two threads now and then; this ratio does not count that in)
-        "speedup_vs_sequential_best": rounded(ratio(fastest["sequential"], ms["batched"])),
+        "speedup_vs_sequential_best": ratio(fastest_sequential, ms["batched"]),
         "gflops": rounded(gflops),
-        "ceiling_fraction": rounded(ratio(gflops, ceiling)),
+        "ceiling_fraction": ratio(gflops, ceiling),
         "peak_mem_mb": rounded(memory.peak_mb) if memory else None,
         # extra fields
         "max_members": chunk,
-        "members_timed": {e: members_timed.get(e) for e in ENGINES},
+        "members_timed": {e: members.get(e) for e in ENGINES},
         "repeats": repeats,
         "ms_per_member_epoch_range": spread,  # fastest and slowest turn: how noisy the medians are
         "warmup_epochs": opts.warmup,

@@ -2,20 +2,13 @@
 
     python -m prefit.bench.compare BENCH.json [BENCH.json ...] [--sweep DIR ...] [--epochs 2000] [--out FILE.md]
 
-A benchmark is only worth its figure if a study runs at that rate. `prefit.train` records in run.json the
-seconds inside the engine's fits of each stage (`stages`: the members fitted together, `fit_s`, transfers and
-compilation included, and on CUDA `steady_s` over `steady_member_epochs`, the epochs after compilation and
-capture). A cell's stages fit different numbers of members (independent protocol: 60, the random fits and
-the pre-fits, then 40), and a narrow cell's epoch costs about the same for 40 members as for 100, so the
-benchmark's figure for N members is held against the stages that fitted N members together, per cell, device
-model and resolution, in jobs that ran alone (jobs side by side share a GPU); the steady epochs where a stage
-timed them, else the whole fits. The two agree when they differ by at most 10 %.
-
-It also reports each sweep's span (first job's start to last job's finish, jobs side by side) and what that
-span comes to at `--epochs` epochs: each job's steady epochs (else its whole fits) scaled, the rest of its
-time (loading data, compiling, capturing, writing) kept, and the span scaled as the summed job time. Last,
-the targets of docs/performance.md ("The targets") are filled from whatever the inputs measured; a target
-nothing here measured reads "unmeasured".
+A benchmark is only worth its figure if a study runs at that rate. Its figure for N members is held against the
+stages of `prefit.train` jobs (run.json `stages`) that fitted N members together, per cell, device model and
+resolution, in jobs that ran alone (jobs side by side share a GPU): their steady epochs (`steady_s` over
+`steady_member_epochs`, CUDA) where a stage timed them, else their whole fits (`fit_s`). The two agree within 10 %.
+Each sweep's span (first start to last finish) is also given at `--epochs` epochs: each job's steady epochs (else
+its whole fits) scaled, the rest of its time kept. Last, the targets of docs/performance.md are filled from
+whatever the inputs measured ("unmeasured" where nothing did).
 
 Markdown on stdout (and in `--out`, written atomically). Bad input: one line `error: ...`, exit 2.
 """
@@ -24,7 +17,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,19 +67,16 @@ def read_json(path: Path) -> dict[str, Any]:
 def read_bench(path: Path) -> dict[str, Any]:
     data = read_json(path)
     machine, cells = data.get("machine"), data.get("cells")
-    if not isinstance(machine, dict) or not isinstance(cells, list):
-        raise BenchError(f"{path}: not a prefit.bench output (no machine and cells)")
-    if "device" not in machine or not all(isinstance(c, dict) and {"hls", "hfs", "members"} <= set(c) for c in cells):
-        raise BenchError(f"{path}: a prefit.bench output without a machine's device or a cell's hls, hfs, members")
+    shaped = isinstance(machine, dict) and "device" in machine and isinstance(cells, list)
+    if not shaped or not all(isinstance(c, dict) and {"hls", "hfs", "members"} <= set(c) for c in cells):
+        raise BenchError(f"{path}: not prefit.bench output (without a machine's device or a cell's hls, hfs, members)")
     return data
 
 
 def checked_run(path: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """A complete job's run.json, read from `path`, with what the comparison reads (and its `interval`), or a
-    BenchError naming the file."""
+    """A complete job's run.json (from `path`) with its `interval`, checked for what the comparison reads."""
     try:
-        int(run["cell"]["hls"]), int(run["cell"]["hfs"]), int(run["config"]["train"]["epochs"])
-        float(run["wall_s"])
+        int(run["cell"]["hls"]), int(run["cell"]["hfs"]), int(run["config"]["train"]["epochs"]), float(run["wall_s"])
         run["interval"] = interval(run)
     except (KeyError, TypeError, ValueError) as e:
         raise BenchError(
@@ -119,8 +110,7 @@ class SweepRuns:
         return {(int(r["cell"]["hls"]), int(r["cell"]["hfs"])) for r in self.runs}
 
     def alone(self, run: dict[str, Any]) -> bool:
-        """Whether no other job of the sweep ran at the same time (jobs side by side share the device, so
-        their timings are not an engine's)."""
+        """Whether no other job ran at the same time (jobs side by side share the device)."""
         start, end = run["interval"]
         return not any(r is not run and r["interval"][0] < end and start < r["interval"][1] for r in self.runs)
 
@@ -128,8 +118,7 @@ class SweepRuns:
         return span_s(r["interval"] for r in self.runs)
 
     def span_at(self, epochs: int) -> float | None:
-        """The span at `epochs` epochs (see the module's doc): each job's steady epochs, where it timed them,
-        else its whole fits, scaled to `epochs`; the rest of its time kept; the span scaled as the jobs' sum."""
+        """The span at `epochs` epochs (see the module's doc); None where a job recorded no fit time."""
         now = self.epochs()
         if not now or any(r.get("fit_s") is None for r in self.runs):
             return None
@@ -145,15 +134,14 @@ class SweepRuns:
         return self.span_s() * (job + extra) / job
 
 
-def device_kind(name: str) -> str:
-    """'cuda:0' -> 'cuda': a benchmark on `cuda` is held against jobs on any GPU of the same model."""
-    return str(name).split(":")[0]
+def _where(cell: dict[str, Any], resolution: Any, device: Any, name: Any) -> tuple:
+    """(hls, hfs, resolution, device kind, device model): where a benchmark and a job can meet (`cuda:0`: cuda)."""
+    return int(cell["hls"]), int(cell["hfs"]), int(resolution or SIDE), str(device).split(":")[0], name
 
 
-def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, dict[str, Any]], list[str]]:
-    """(hls, hfs, resolution, device kind, device name, members) -> the summed seconds and member-epochs of
-    the stages that fitted that many members together, in jobs that ran alone; and why other jobs left."""
-    rates: dict[tuple, dict[str, Any]] = {}
+def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, Counter], list[str]]:
+    """(*`_where`, members) -> the stages' summed seconds and member-epochs, of jobs that ran alone; and notes."""
+    rates: dict[tuple, Counter] = defaultdict(Counter)
     shared = unrecorded = 0
     for sweep in sweeps:
         for r in sweep.runs:
@@ -164,33 +152,13 @@ def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, dict[str, Any]
                 shared += 1
                 continue
             epochs = int(r["config"]["train"]["epochs"])
+            where = _where(r["cell"], r.get("resolution"), r.get("device", "?"), r.get("device_name"))
             for stage in r["stages"]:
-                key = (
-                    int(r["cell"]["hls"]),
-                    int(r["cell"]["hfs"]),
-                    int(r.get("resolution") or SIDE),
-                    device_kind(r.get("device", "?")),
-                    r.get("device_name"),
-                    int(stage["members"]),
-                )
-                into = rates.setdefault(
-                    key,
-                    {
-                        "fit_s": 0.0,
-                        "member_epochs": 0,
-                        "stages": 0,
-                        "steady_s": 0.0,
-                        "steady_member_epochs": 0,
-                        "steady_stages": 0,
-                    },
-                )
-                into["fit_s"] += float(stage["fit_s"])
-                into["member_epochs"] += int(stage["members"]) * epochs
-                into["stages"] += 1
+                into = rates[(*where, int(stage["members"]))]
+                into.update(fit_s=float(stage["fit_s"]), member_epochs=int(stage["members"]) * epochs, stages=1)
                 if stage.get("steady_member_epochs"):
-                    into["steady_s"] += float(stage["steady_s"])
-                    into["steady_member_epochs"] += int(stage["steady_member_epochs"])
-                    into["steady_stages"] += 1
+                    steady = float(stage["steady_s"]), int(stage["steady_member_epochs"])
+                    into.update(steady_s=steady[0], steady_member_epochs=steady[1], steady_stages=1)
     notes = []
     if shared:
         notes.append(
@@ -213,13 +181,7 @@ def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) ->
             bench_ms = (cell.get("ms_per_member_epoch") or {}).get("batched")
             if not bench_ms:
                 continue
-            where = (
-                int(cell["hls"]),
-                int(cell["hfs"]),
-                int(cell.get("resolution") or SIDE),
-                device_kind(machine["device"]),
-                machine.get("device_name"),
-            )
+            where = _where(cell, cell.get("resolution"), machine["device"], machine.get("device_name"))
             key = (*where, int(cell["members"]))
             if key not in rates:
                 others = sorted({k[-1] for k in rates if k[:-1] == where}, reverse=True)
@@ -254,9 +216,8 @@ def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) ->
 
 
 def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[float, str, float | None] | None:
-    """A chunk's fp32 epoch at the target's cell and the study's resolution: the steady-state figure of a
-    chunk of the target's members where a benchmark timed one, else one scaled from another chunk (and said
-    so), with the benchmark's floor for it (None where it gave none), or None if no benchmark timed the cell."""
+    """A cell target's fp32 epoch, its source and its floor: the steady state of a chunk of the target's members,
+    else one scaled from another chunk (None where no benchmark timed the cell at the study's resolution)."""
     found = [
         (cell["steady_state"], bench["machine"].get("device_name"))
         for bench in benches
@@ -265,38 +226,29 @@ def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[floa
         and int(cell.get("resolution") or SIDE) == SIDE
         and (cell.get("steady_state") or {}).get("fused_graph")
     ]
-    for steady, name in found:
-        if steady["members"] == target.members:
-            fp32 = steady["fused_graph"]
-            return fp32["ms_per_epoch"], f"{name}, steady state", fp32.get("floor_ms")
-    for steady, name in found:
-        fp32, scale = steady["fused_graph"], target.members / steady["members"]
-        floor = fp32.get("floor_ms")
-        return (
-            fp32["ms_per_epoch"] * scale,
-            f"{name}, scaled from a chunk of {steady['members']} members",
-            None if floor is None else floor * scale,
-        )
-    return None
+    if not found:
+        return None
+    steady, name = min(found, key=lambda f: f[0]["members"] != target.members)  # a chunk of as many members first
+    fp32, scale = steady["fused_graph"], target.members / steady["members"]
+    how = "steady state" if scale == 1 else f"scaled from a chunk of {steady['members']} members"
+    floor = fp32.get("floor_ms")
+    return fp32["ms_per_epoch"] * scale, f"{name}, {how}", None if floor is None else floor * scale
 
 
-def grid_span(sweeps: Sequence[SweepRuns], target: Target) -> tuple[float, str] | None:
-    """Minutes of the first sweep that ran the whole grid, one protocol, with the target's triples at the study's
-    resolution, scaled to the target's epochs."""
+def grid_span(sweeps: Sequence[SweepRuns], target: Target) -> tuple[float, str, None] | None:
+    """Minutes of the first sweep of the whole grid (one protocol, the target's triples, the study's resolution),
+    scaled to the target's epochs, its source, and no floor."""
     full = {(h, f) for h in GRID_HLS for f in GRID_HFS}
     for sweep in sweeps:
         protocols = {str(r["config"].get("protocol", {}).get("name")) for r in sweep.runs}
+        alike = all(r.get("triples") == target.triples and int(r.get("resolution") or SIDE) == SIDE for r in sweep.runs)
         if (
-            not full <= sweep.cells()
-            or len(protocols) != 1
-            or any(r.get("triples") != target.triples or int(r.get("resolution") or SIDE) != SIDE for r in sweep.runs)
+            not (full <= sweep.cells() and len(protocols) == 1 and alike)
+            or (span := sweep.span_at(target.epochs)) is None
         ):
             continue
-        span = sweep.span_at(target.epochs)
-        if span is None:
-            continue
         names = ", ".join(sorted({str(r.get("device_name")) for r in sweep.runs}))
-        return span / 60, f"{names}; {sweep.root.name} at {sweep.epochs()} epochs, scaled"
+        return span / 60, f"{names}; {sweep.root.name} at {sweep.epochs()} epochs, scaled", None
     return None
 
 
@@ -305,7 +257,7 @@ def target_rows(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) 
     rows = []
     for target in TARGETS:
         found = chunk_epoch(benches, target) if target.cell else grid_span(sweeps, target)
-        value, source, floor = (*found, None)[:3] if found else (None, "unmeasured", None)
+        value, source, floor = found or (None, "unmeasured", None)
         rows.append(
             {
                 "what": target.what,
@@ -320,40 +272,47 @@ def target_rows(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) 
     return rows
 
 
+def _table(header: str, rows: Iterable[str]) -> list[str]:
+    """A Markdown table's lines from its header and rows, each with its cells joined by ' | '."""
+    return [f"| {line} |" for line in (header, " | ".join(["---"] * (header.count(" | ") + 1)), *rows)]
+
+
+def _number(x: float | None, fmt: str, unit: str = "", per: float = 1) -> str:
+    return "-" if x is None else f"{format(x / per, fmt)}{unit}"
+
+
 def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epochs: int) -> str:
     """The whole report as Markdown."""
     lines = ["# Benchmark against training", ""]
     for bench in benches:
         m = bench["machine"]
         tf32 = f", TF32 {m['ceiling_tf32_gflops']:.4g}" if m.get("ceiling_tf32_gflops") else ""
-        fp32 = f"{m['ceiling_gflops']:.4g}" if m.get("ceiling_gflops") else "-"
         lines.append(
             f"- bench on {m['device']} ({m.get('device_name')}), torch {m.get('torch')}: `torch.mm` "
-            f"ceiling fp32 {fp32} GFLOP/s{tf32}"
+            f"ceiling fp32 {_number(m.get('ceiling_gflops') or None, '.4g')} GFLOP/s{tf32}"
         )
-    lines += [
+
+    def section(title: str, *text: str) -> None:
+        lines.extend(["", f"## {title}", "", *text])
+
+    section(
+        "Targets",
+        "The floor: the least this design's epoch can take on the benchmark's machine (its products at the "
+        "measured `torch.mm` rate, its other passes' bytes at the measured copy rate).",
         "",
-        "## Targets",
-        "",
-        "The floor: the least this design's epoch can take on the benchmark's machine "
-        "(its products at the measured `torch.mm` rate, its other passes' bytes at the measured copy rate).",
-        "",
-        "| what | target | measured | met | floor | from |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    )
+    targets = []
     for r in target_rows(benches, sweeps):
         value = "unmeasured" if r["value"] is None else f"{r['value']:.3g} {r['unit']}"
         met = "-" if r["met"] is None else ("yes" if r["met"] else "no")
-        floor = "-" if r["floor"] is None else f"{r['floor']:.3g} {r['unit']}"
-        lines.append(f"| {r['what']} | {r['target']} | {value} | {met} | {floor} | {r['source']} |")
-    lines += [
-        "",
-        "## Steady-state epochs (one chunk, ms per epoch; GFLOP/s; share of the fp32 ceiling; "
-        "share of the design's floor)",
-        "",
-    ]
+        floor = _number(r["floor"], ".3g", f" {r['unit']}")
+        targets.append(f"{r['what']} | {r['target']} | {value} | {met} | {floor} | {r['source']}")
+    lines += _table("what | target | measured | met | floor | from", targets)
+    section(
+        "Steady-state epochs (one chunk, ms per epoch; GFLOP/s; share of the fp32 ceiling; share of the design's floor)"
+    )
     lines += steady_table(benches) or ["No benchmark here timed steady-state epochs (`--steady`, default on CUDA)."]
-    lines += ["", f"## The benchmark against `prefit.train` (agree: within {AGREE:.0%})", ""]
+    section(f"The benchmark against `prefit.train` (agree: within {AGREE:.0%})")
     rows, notes = agreement(benches, sweeps)
     if rows:
         lines += [
@@ -361,70 +320,52 @@ def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epoch
             "where the engine timed them, its steady epochs; the ratio holds the steady one against the bench "
             "where there is one.",
             "",
-            "| cell | resolution | device | members | bench ms | timing | train ms, whole fits | "
-            "train ms, steady | stages | train / bench | basis | agree |",
-            "|" + " --- |" * 12,
         ]
-        lines += [
-            f"| {r['cell']} | {r['resolution']} | {r['device']} | {r['members']} | {r['bench_ms']:.4g} | "
-            f"{r['bench_timing']} | {r['train_ms']:.4g} | "
-            f"{'-' if r['train_steady_ms'] is None else format(r['train_steady_ms'], '.4g')} | {r['stages']} | "
-            f"{r['ratio']:.3f} | {r['basis']} | {'yes' if r['agrees'] else 'no'} |"
-            for r in rows
-        ]
+        header = "cell | resolution | device | members | bench ms | timing | train ms, whole fits | "
+        header += "train ms, steady | stages | train / bench | basis | agree"
+        lines += _table(
+            header,
+            (
+                f"{r['cell']} | {r['resolution']} | {r['device']} | {r['members']} | {r['bench_ms']:.4g} | "
+                f"{r['bench_timing']} | {r['train_ms']:.4g} | {_number(r['train_steady_ms'], '.4g')} | "
+                f"{r['stages']} | {r['ratio']:.3f} | {r['basis']} | {'yes' if r['agrees'] else 'no'}"
+                for r in rows
+            ),
+        )
     else:
         lines.append(
             "No cell was benchmarked with as many members as a stage of a job that ran alone fitted "
             "together, on the same device model and resolution."
         )
     lines += [f"- {line}" for line in notes]
-    lines += ["", f"## Sweeps (span: first start to last finish; at {epochs} epochs: steady epochs scaled)", ""]
+    section(f"Sweeps (span: first start to last finish; at {epochs} epochs: steady epochs scaled)")
     for sweep in sweeps:
-        span, scaled = sweep.span_s(), sweep.span_at(epochs)
         job = sum(float(r["wall_s"]) for r in sweep.runs)
+        span, job, scaled = (_number(s, ".1f", " min", 60) for s in (sweep.span_s(), job, sweep.span_at(epochs)))
         lines.append(
             f"- `{sweep.root}`: cells {len(sweep.cells())}, jobs {len(sweep.runs)}, "
-            f"epochs {sweep.epochs() or 'mixed'}; span {_minutes(span)}, job time {_minutes(job)}; "
-            f"at {epochs} epochs {_minutes(scaled)}"
+            f"epochs {sweep.epochs() or 'mixed'}; span {span}, job time {job}; at {epochs} epochs {scaled}"
         )
     return "\n".join(lines) + "\n"
 
 
 def steady_table(benches: Sequence[dict[str, Any]]) -> list[str]:
-    forms = sorted(
-        {
-            f
-            for b in benches
-            for c in b["cells"]
-            for f in (c.get("steady_state") or {})
-            if isinstance((c.get("steady_state") or {})[f], dict)
-        }
-    )
+    """Per cell with a steady state, each form's ms per epoch, GFLOP/s, shares of the fp32 ceiling and the floor."""
+    cells = [c for b in benches for c in b["cells"] if c.get("steady_state")]
+    forms = sorted({f for c in cells for f, s in c["steady_state"].items() if isinstance(s, dict)})
+
+    def entry(s: dict[str, Any] | None) -> str:
+        if not s:
+            return "-"
+        floor = f"; {100 * s['fraction_floor']:.0f} % of {s['floor_ms']:.4g} ms" if "floor_ms" in s else ""
+        fp32 = 100 * s.get("fraction_fp32", float("nan"))
+        return f"{s['ms_per_epoch']:.4g} ms; {s['gflops']:.4g}; {fp32:.0f} %{floor}"
+
     rows = []
-    for bench in benches:
-        for cell in bench["cells"]:
-            steady = cell.get("steady_state")
-            if not steady:
-                continue
-            parts = []
-            for form in forms:
-                s = steady.get(form)
-                if not s:
-                    parts.append("-")
-                    continue
-                floor = f"; {100 * s['fraction_floor']:.0f} % of {s['floor_ms']:.4g} ms" if "floor_ms" in s else ""
-                parts.append(
-                    f"{s['ms_per_epoch']:.4g} ms; {s['gflops']:.4g}; "
-                    f"{100 * s.get('fraction_fp32', float('nan')):.0f} %{floor}"
-                )
-            rows.append(f"| {cell['hls']}x{cell['hfs']} | {steady['members']} | " + " | ".join(parts) + " |")
-    if not rows:
-        return []
-    return ["| cell | members | " + " | ".join(forms) + " |", "| --- | --- |" + " --- |" * len(forms), *rows]
-
-
-def _minutes(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+    for c in cells:
+        steady = c["steady_state"]
+        rows.append(" | ".join([f"{c['hls']}x{c['hfs']}", str(steady["members"]), *map(entry, map(steady.get, forms))]))
+    return _table(" | ".join(["cell", "members", *forms]), rows) if rows else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,16 +17,17 @@ import torch
 from prefit.bench.options import BenchError
 from prefit.bench.workload import SEED
 from prefit.choices import MatmulPrecision
+from prefit.engine import resolve_device
+from prefit.errors import ConfigError
 from prefit.precision import product
 
 
 def pick_device(name: str) -> torch.device:
-    """auto -> cuda when torch sees one, else cpu; asking for cuda without one is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda, but torch sees no CUDA device (use --device auto or cpu)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    """auto -> cuda when torch sees one, else cpu (`prefit.engine.resolve_device`); cuda without one is an error."""
+    try:
+        return resolve_device(name)
+    except ConfigError:
+        raise BenchError("--device cuda, but torch sees no CUDA device (use --device auto or cpu)") from None
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,10 +1,12 @@
-"""What the benchmark is asked to do: the command line parsed into `Options` (bad input raises `BenchError`)."""
+"""What the benchmark is asked to do: the command line parsed into `Options` (bad input raises `BenchError`).
+
+Each option is declared once, as a field of `Options` with its default, parser and help (`_option`)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,42 +20,60 @@ class BenchError(ValueError):
     """Unusable input; reported as one line `error: ...` with exit status 2."""
 
 
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
+
+    convert.__name__ = f"positive {kind.__name__}"
+    return convert
+
+
+INT, FLOAT = _positive(int), _positive(float)
+
+
+def _option(default: Any, kind: Callable[[str], Any], text: str) -> Any:
+    """A field that is also the option `--name`, read by `kind`; its help says the default unless `text` does."""
+    shown = "" if "default" in text else f" (default {default})"
+    return field(default=default, metadata={"kind": kind, "help": text + shown})
+
+
 @dataclass
 class Options:
-    """The resolved command line. `--quick` only changes the defaults; explicit options still win."""
+    """The resolved command line (`--quick` changes only the defaults), and what `run_bench` measures first."""
 
     device: str = "auto"
-    threads: int | None = None
-    cells: tuple[tuple[int, int], ...] = DEFAULT_CELLS
-    resolution: int = SIDE  # pixels a side of the fitted images (the study's CIFAR: 32)
-    engines: tuple[str, ...] = ENGINES
-    members: int = 100  # a study cell: 20 triples x 5 fits
-    subset: int = 4  # members timed by the sequential and original loops (at most)
-    max_members: int | None = None  # batched chunk; None: the engine's automatic choice
-    epochs: int = 30
+    threads: int | None = _option(None, INT, "torch intra-op threads (default: torch's)")
+    cells: tuple[tuple[int, int], ...] = _option(
+        DEFAULT_CELLS, str, f"HLSxHFS,... (default: {','.join(f'{h}x{f}' for h, f in DEFAULT_CELLS)})"
+    )
+    resolution: int = _option(SIDE, INT, "pixels a side of the fitted images, as CIFAR's")
+    engines: tuple[str, ...] = _option(ENGINES, str, "subset of batched,sequential,original (default: all)")
+    members: int = _option(100, INT, "members of a cell, 20 triples x 5 fits")
+    subset: int = _option(4, INT, "members timed by sequential and original, at most")
+    max_members: int | None = _option(None, INT, "batched chunk (default: the engine's choice)")
+    epochs: int = _option(30, INT, "timed epochs per run; the budget may cut")
     min_epochs: int = 5  # the budget may cut epochs down to this, never below
-    repeats: int = 5
-    warmup: int = 3
-    budget: float = 25.0  # seconds of timed runs per engine and cell, estimated from the warm-up
-    ceiling_size: int | None = None  # None: 2048 on a CPU, 4096 on a GPU
-    bandwidth_mib: int | None = None  # the copy that measures the memory's rate; None: 256 on a CPU, 1024 on a GPU
+    repeats: int = _option(5, INT, "timed runs per engine; the median counts")
+    warmup: int = _option(3, INT, "untimed epochs before timing")
+    budget: float = _option(25.0, FLOAT, "seconds of timed runs per engine and cell")
+    ceiling_size: int | None = _option(
+        None, INT, "side of the torch.mm that measures the ceiling (default 2048 on a CPU, 4096 on a GPU)"
+    )
+    bandwidth_mib: int | None = _option(
+        None, INT, "MiB copied to measure the memory's rate (default 256 on a CPU, 1024 on a GPU)"
+    )
+    out: Path = _option(Path("bench.json"), Path, "where to write the JSON")
+    steady: bool | None = None  # steady-state epoch times of one chunk (None: on CUDA only)
     ceilings: dict[str, float] = field(default_factory=dict)  # measured by run_bench: fp32 (and tf32 on CUDA)
     bandwidth_gbs: float | None = None  # measured by run_bench: the memory's copy rate
-    out: Path = Path("bench.json")
-    steady: bool | None = None  # steady-state epoch times of one chunk (None: on CUDA only)
 
 
-QUICK = {
-    "members": 4,
-    "subset": 1,
-    "epochs": 3,
-    "min_epochs": 1,
-    "repeats": 1,
-    "warmup": 1,
-    "budget": 5.0,
-    "ceiling_size": 256,
-    "bandwidth_mib": 16,
-}
+QUICK = dict(  # --quick: a tiny run
+    members=4, subset=1, epochs=3, min_epochs=1, repeats=1, warmup=1, budget=5.0, ceiling_size=256, bandwidth_mib=16
+)
 
 
 def parse_cells(text: str) -> tuple[tuple[int, int], ...]:
@@ -73,8 +93,7 @@ def parse_cells(text: str) -> tuple[tuple[int, int], ...]:
 def parse_engines(text: str) -> tuple[str, ...]:
     """'batched,original' -> the engines to time, in the table's order."""
     names = {n.strip() for n in text.split(",") if n.strip()}
-    unknown = sorted(names - set(ENGINES))
-    if unknown or not names:
+    if names - set(ENGINES) or not names:
         raise BenchError(f"--engines: expected a subset of {','.join(ENGINES)}, got {text!r}")
     return tuple(e for e in ENGINES if e in names)
 
@@ -86,86 +105,26 @@ class Parser(argparse.ArgumentParser):
         raise BenchError(message)
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        value = kind(text)
-        if not value > 0:
-            raise ValueError(text)
-        return value
-
-    convert.__name__ = f"positive {kind.__name__}"
-    return convert
-
-
-def _description() -> str:
-    """The first paragraph of the package's docstring (the command's documentation)."""
-    import prefit.bench  # the package imports this module: look it up at call time
-
-    return (prefit.bench.__doc__ or "").split("\n\n")[0]
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Command line -> Options (raises BenchError on bad input)."""
-    p = Parser(prog="python -m prefit.bench", description=_description())
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=_positive(int), help="torch intra-op threads (default: torch's)")
-    p.add_argument("--cells", type=str, help="HLSxHFS,... (default: 2x32,3x128,3x512,8x1024)")
-    p.add_argument(
-        "--resolution", type=_positive(int), help="pixels a side of the fitted images (default 32, as CIFAR)"
-    )
-    p.add_argument("--engines", type=str, help="subset of batched,sequential,original (default: all)")
-    p.add_argument("--members", type=_positive(int), help="members of a cell (default 100: 20 triples x 5 fits)")
-    p.add_argument("--subset", type=_positive(int), help="members timed by sequential and original (default 4)")
-    p.add_argument("--max-members", type=_positive(int), help="batched chunk (default: the engine's choice)")
-    p.add_argument("--epochs", type=_positive(int), help="timed epochs per run (default 30; the budget may cut)")
-    p.add_argument("--repeats", type=_positive(int), help="timed runs per engine; the median counts (default 5)")
-    p.add_argument("--warmup", type=_positive(int), help="untimed epochs before timing (default 3)")
-    p.add_argument("--budget", type=_positive(float), help="seconds of timed runs per engine and cell (default 25)")
-    p.add_argument(
-        "--ceiling-size",
-        type=_positive(int),
-        help="side of the torch.mm that measures the ceiling (default 2048 on a CPU, 4096 on a GPU)",
-    )
-    p.add_argument(
-        "--bandwidth-mib",
-        type=_positive(int),
-        help="MiB copied to measure the memory's rate (default 256 on a CPU, 1024 on a GPU)",
-    )
-    p.add_argument("--out", type=Path, help="where to write the JSON (default: ./bench.json)")
-    p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
-    p.add_argument(
-        "--steady",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also time one chunk's steady-state epochs (prefit.bench.steady; default: on CUDA only)",
-    )
-    args = p.parse_args(argv)
+    import prefit.bench  # the package imports this module: its docstring documents the command
 
-    values: dict[str, Any] = dict(QUICK) if args.quick else {}
-    keys = (
-        "device",
-        "threads",
-        "members",
-        "subset",
-        "max_members",
-        "epochs",
-        "repeats",
-        "warmup",
-        "budget",
-        "ceiling_size",
-        "bandwidth_mib",
-    )
-    for key in (*keys, "resolution"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    if args.cells is not None:
-        values["cells"] = parse_cells(args.cells)
-    if args.engines is not None:
-        values["engines"] = parse_engines(args.engines)
-    if args.out is not None:
-        values["out"] = args.out
-    if args.steady is not None:
-        values["steady"] = args.steady
+    description = (prefit.bench.__doc__ or "").split("\n\n")[0]
+    p = Parser(prog="python -m prefit.bench", description=description, argument_default=argparse.SUPPRESS)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="(default: auto)")
+    for f in fields(Options):
+        if f.metadata:
+            p.add_argument("--" + f.name.replace("_", "-"), type=f.metadata["kind"], help=f.metadata["help"])
+    p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
+    steady = "also time one chunk's steady-state epochs (prefit.bench.steady; default: on CUDA only)"
+    p.add_argument("--steady", action=argparse.BooleanOptionalAction, help=steady)
+    values = vars(p.parse_args(argv))  # the options given, and nothing else
+    if values.pop("quick", False):
+        values = {**QUICK, **values}
+    if "cells" in values:
+        values["cells"] = parse_cells(values["cells"])
+    if "engines" in values:
+        values["engines"] = parse_engines(values["engines"])
     opts = Options(**values)
     opts.min_epochs = min(opts.min_epochs, opts.epochs)
     return opts

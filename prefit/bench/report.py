@@ -22,49 +22,30 @@ from prefit.io import write_json
 from prefit.precision import tf32
 
 
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+# the table's columns: header and how a cell's record reads in it
+COLUMNS = (
+    ("cell", lambda c: f"{c['hls']}x{c['hfs']}"),
+    ("members", lambda c: str(c["members"])),
+    ("timed b/s/o", lambda c: "/".join(_num(c["members_timed"][e], "d") for e in ENGINES)),
+    ("epochs", lambda c: str(c["epochs"])),
+    *((f"{e} ms", lambda c, e=e: _num(c["ms_per_member_epoch"][e], ".4g")) for e in ENGINES),
+    ("x seq", lambda c: _num(c["speedup_vs_sequential"], ".3g")),
+    ("x seq best", lambda c: _num(c["speedup_vs_sequential_best"], ".3g")),
+    ("x orig", lambda c: _num(c["speedup_vs_original"], ".3g")),
+    ("GFLOP/s", lambda c: _num(c["gflops"], ".3g")),
+    ("% ceiling", lambda c: _num(None if c["ceiling_fraction"] is None else 100 * c["ceiling_fraction"], ".1f")),
+    ("peak MB", lambda c: _num(c["peak_mem_mb"], ".0f")),
+)
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The cells as a plain text table, then the ceiling line."""
-
-    def num(x: float | None, fmt: str) -> str:
-        return "-" if x is None else format(x, fmt)
-
-    header = (
-        "cell",
-        "members",
-        "timed b/s/o",
-        "epochs",
-        "batched ms",
-        "sequential ms",
-        "original ms",
-        "x seq",
-        "x seq best",
-        "x orig",
-        "GFLOP/s",
-        "% ceiling",
-        "peak MB",
-    )
-    rows = [header]
-    for c in result["cells"]:
-        ms, timed_ = c["ms_per_member_epoch"], c["members_timed"]
-        frac = c["ceiling_fraction"]
-        rows.append(
-            (
-                f"{c['hls']}x{c['hfs']}",
-                str(c["members"]),
-                "/".join("-" if timed_[e] is None else str(timed_[e]) for e in ENGINES),
-                str(c["epochs"]),
-                num(ms["batched"], ".4g"),
-                num(ms["sequential"], ".4g"),
-                num(ms["original"], ".4g"),
-                num(c["speedup_vs_sequential"], ".3g"),
-                num(c["speedup_vs_sequential_best"], ".3g"),
-                num(c["speedup_vs_original"], ".3g"),
-                num(c["gflops"], ".3g"),
-                num(None if frac is None else 100 * frac, ".1f"),
-                num(c["peak_mem_mb"], ".0f"),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    rows = [[name for name, _ in COLUMNS], *([read(c) for _, read in COLUMNS] for c in result["cells"])]
+    widths = [max(map(len, column)) for column in zip(*rows)]
     lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
     m = result["machine"]
     lines.insert(1, "-" * len(lines[0]))
@@ -75,8 +56,7 @@ def format_table(result: dict[str, Any]) -> str:
         f" {result['settings']['repeats']} turns; x seq best: the sequential engine's fastest turn over the batched"
         " median"
     )
-    errors = m.get("matmul_error") or {}
-    if errors:
+    if errors := m.get("matmul_error"):
         lines.append(
             "products against float64 (relative error, train.matmul_precision): "
             + ", ".join(f"{k} {v:.2g}" for k, v in errors.items())
@@ -120,21 +100,12 @@ def run_bench(opts: Options) -> dict[str, Any]:
     }
     warm_process(device, opts.engines)
     cells = [bench_cell(hls, hfs, opts, device, ceiling) for hls, hfs in opts.cells]
+    kept = ("epochs", "min_epochs", "repeats", "resolution", "warmup", "members", "subset", "max_members")
+    settings = {k: getattr(opts, k) for k in kept}
     return {
         "machine": machine,
         "cells": cells,
-        "settings": {
-            "epochs": opts.epochs,
-            "min_epochs": opts.min_epochs,
-            "repeats": opts.repeats,
-            "resolution": opts.resolution,
-            "warmup": opts.warmup,
-            "budget_s": opts.budget,
-            "members": opts.members,
-            "subset": opts.subset,
-            "max_members": opts.max_members,
-            "engines": list(opts.engines),
-        },
+        "settings": {**settings, "budget_s": opts.budget, "engines": list(opts.engines)},
         "wall_s": round(time.perf_counter() - started, 1),
     }
 

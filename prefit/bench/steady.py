@@ -1,20 +1,18 @@
 """Steady-state epoch times of one chunk on a device: what `prefit.bench` reports on CUDA.
 
-A fit's first epochs pay for things a study pays once: Triton's compilation, cuBLAS's set-up, the graph's
-capture, and the weights' trip to the device and back. Timing whole short fits counts them per epoch
-(an 8 x 1024 cell cut to 5 epochs read 12 % of the ceiling this way, against about 60 % in a real run).
-Here a chunk is built and warmed up outside the clock, then `repeats` runs of `epochs` epochs are timed
-with CUDA events around the loop alone, and the median counts. Five forms of the epoch:
+A fit's first epochs pay for what a study pays once (Triton's compilation, cuBLAS's set-up, the graph's capture,
+the weights' trip to the device), which timing whole short fits would count per epoch. Here a chunk is built and
+warmed up outside the clock, then `repeats` runs of `epochs` epochs are timed with CUDA events around the loop
+alone, and the median counts. Five forms of the epoch (`FORMS`):
 
 - `fused_graph`: the CUDA engine as `prefit.train` runs it (fused kernels, captured epochs replayed);
 - `fused_eager`: the same launches, not captured (what capture buys);
 - `torch_eager`: the plain torch step with `prefit.optim`'s Adam and plateau (`train.kernels=torch`);
-- `fused_graph_3xtf32`, `fused_graph_tf32`: `fused_graph` with `train.matmul_precision=3xtf32` and `high`
-  (what the products' precision costs or buys, in the same run as fp32).
+- `fused_graph_3xtf32`, `fused_graph_tf32`: `fused_graph` at `train.matmul_precision=3xtf32` and `high`.
 
 Each fused form also gets its floor (`floor_ms`): its products at the measured `torch.mm` rate of their
-precision plus the bytes its other passes move at the measured copy rate. The share of the floor a form
-reaches says whether launches and kernel quality (narrow cells) or the design itself (wide ones) bound it.
+precision plus the bytes its other passes move at the measured copy rate. The share of the floor a form reaches
+says whether launches and kernel quality (narrow cells) or the design itself (wide ones) bound it.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 
+from prefit.bench.machine import synchronize
 from prefit.engine.common import flops_per_member_epoch, mark, seconds_between
 from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
 from prefit.engine.options import FitOptions
@@ -42,17 +41,12 @@ FORMS = {
 }
 
 
-def _clock(device: torch.device) -> Callable[[Callable[[], None]], float]:
+def _seconds(device: torch.device, work: Callable[[], None]) -> float:
     """Seconds one call takes on the device: CUDA events around it (no host gap counted), else perf_counter."""
-
-    def measure(work: Callable[[], None]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = mark(device)
-        work()
-        return seconds_between(start, mark(device))
-
-    return measure
+    synchronize(device)
+    start = mark(device)
+    work()
+    return seconds_between(start, mark(device))
 
 
 def _torch_epochs(params: Params, coords: torch.Tensor, target: torch.Tensor, train: FitOptions, w0: float):
@@ -91,7 +85,6 @@ def epoch_times(
     device, members = target.device, target.shape[0]
     hls, hfs = len(params) - 2, params[0][0].shape[2]
     flops = flops_per_member_epoch(hls, hfs, target.shape[1]) * members
-    measure = _clock(device)
     out: dict[str, dict[str, float]] = {}
     for form in forms:
         kernels, capture, precision = FORMS[form]
@@ -109,7 +102,7 @@ def epoch_times(
                 chunk.state.epoch.zero_()  # the records are rewritten from row 0; the schedule goes on
                 chunk.run(capture=capture)
 
-        seconds = [measure(run) for _ in range(repeats)]
+        seconds = [_seconds(device, run) for _ in range(repeats)]
         run = chunk = None  # this form's buffers and graph go before the next form makes its own
         if device.type == "cuda":
             gc.collect()
@@ -160,13 +153,8 @@ def steady_state_cell(
     times = epoch_times(params, coords, target, w0, epochs=epochs, repeats=repeats, forms=forms)
     record: dict = {"members": members, "epochs": epochs, "repeats": repeats}
     for form, t in times.items():
-        record[form] = {
-            "ms_per_epoch": t["ms_per_epoch"],
-            "ms_per_member_epoch": t["ms_per_epoch"] / members,
-            "ms_range": t["ms_range"],
-            "gflops": t["gflops"],
-            **{f"fraction_{name}": t["gflops"] / c for name, c in ceilings.items() if c},
-        }
+        fractions = {f"fraction_{name}": t["gflops"] / c for name, c in ceilings.items() if c}
+        record[form] = {**t, "ms_per_member_epoch": t["ms_per_epoch"] / members, **fractions}
         floor = floor_ms(form, hls, hfs, target.shape[1], members, ceilings, bandwidth_gbs) if bandwidth_gbs else None
         if floor is not None:
             record[form].update(floor_ms=floor, fraction_floor=floor / t["ms_per_epoch"])
