@@ -1,27 +1,23 @@
 """The CPU engine's compiled step: forward and backward of a chunk of SIRENs, one member at a time (numba).
 
-Why compiled: on a CPU a narrow SIREN's epoch is a few dozen small operations per chunk. Done as separate
-array operations from Python, each streams a [members, pixels, hfs] array through memory (activations of a
-chunk do not fit a core's cache), the sine and the cosine each reduce their argument afresh, and two chunks
-running side by side on threads wait on the GIL between operations. `siren_step` instead runs the whole
-forward and backward pass of one member after another without the GIL, so a member's activations stay in the
-core's cache; its matrix products are BLAS calls (`_matmul`, below), everything else is fused into the loops
-around them:
-
-- a sine layer's bias, sine and cosine are one pass, sharing one argument reduction (`_sincos`);
-- the first layer (2 inputs) and the last one (3 outputs) are written out, not matrix products;
-- the backward's multiplication by the cosine also sums the bias gradient.
+Why compiled: on a CPU a narrow SIREN's epoch is a few dozen small operations per chunk. As array operations from
+Python, each streams a [members, pixels, hfs] array through memory, the sine and the cosine each reduce their
+argument afresh, and chunks side by side on threads wait on the GIL between operations. `siren_step` runs one
+member's whole forward and backward pass after another without the GIL, its activations in the core's cache; its
+matrix products are BLAS calls (`_matmul`), everything else is fused into the loops around them: a sine layer's
+bias, sine and cosine share one argument reduction (`_sincos`); the first layer (2 inputs) and the last (3
+outputs) are written out; the backward's product with the cosine also sums the bias gradient.
 
 The arithmetic is the torch engine's (`prefit.engine.SirenStep`): w0 scales the small weight matrices, and the
 prediction is kept transposed, [3, pixels]. tests/test_kernels.py checks the step against autograd and the sine
 against float64.
 
-The sine and cosine: the argument x is reduced to r = x - k pi/2 with |r| <= pi/4 (Cody-Waite: pi/2 split into
-three float32 parts, the first two exact when multiplied by k), then sin r and cos r are Taylor polynomials (to r^9 and
-r^10, truncation below 3e-8 on |r| <= pi/4) and k mod 4 picks the quadrant: within 1.5 float32 ulp of the exact
-value (torch's sin: 0.6 ulp). The reduction is exact while |x| <= REDUCTION_LIMIT; a layer's pre-activations
-are bounded by its weights (|sin| <= 1), and a member whose bound is above the limit, or not finite (a diverging
-fit), has that layer computed with libm's float64 sin and cos instead.
+The sine and cosine: x is reduced to r = x - k pi/2 with |r| <= pi/4 (Cody-Waite: pi/2 split into three float32
+parts, the first two exact when multiplied by k), sin r and cos r are Taylor polynomials (to r^9 and r^10,
+truncation below 3e-8) and k mod 4 picks the quadrant: within 1.5 float32 ulp of the exact value (torch's sin:
+0.6 ulp). The reduction is exact while |x| <= REDUCTION_LIMIT; a layer's pre-activations are bounded by its
+weights (|sin| <= 1), and a member whose bound is above the limit, or not finite (a diverging fit), has that
+layer computed with libm's float64 sin and cos instead.
 """
 
 from __future__ import annotations
@@ -44,17 +40,15 @@ _PIO2_B = np.float32(4.837512969970703125e-4)
 _PIO2_C = np.float32(7.54978995489188216e-8)
 _S3, _S5, _S7, _S9 = (np.float32(c) for c in (-1 / 6, 1 / 120, -1 / 5040, 1 / 362880))
 _C2, _C4, _C6, _C8, _C10 = (np.float32(c) for c in (-1 / 2, 1 / 24, -1 / 720, 1 / 40320, -1 / 3628800))
-_ONE, _HALF = np.float32(1.0), np.float32(0.5)
+_ZERO, _ONE, _HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
 
 _JIT = {"nogil": True, "cache": True, "boundscheck": False, "error_model": "numpy", "fastmath": {"contract"}}
 
 # ------------------------------------------------------------------------------------------------ products
 # The step's matrix products call `prefit_sgemm`, a symbol with cblas_sgemm's signature (row-major, 64-bit
-# integers) that is bound at import: to numpy's own OpenBLAS where numpy ships one (its products with a
-# transposed operand, the weight gradients, run at 97-99 GFLOP/s on one core here against 87 for scipy's
-# OpenBLAS, which numba's np.dot calls; 75 against 50-55 at 32 wide), otherwise to `_sgemm_fallback`, which
-# calls np.dot. Compiled code refers to the symbol by name, so cached kernels stay valid either way.
-# PREFIT_SGEMM=fallback forces the fallback (the tests run both).
+# integers) bound at import to numpy's own OpenBLAS where numpy ships one (faster than scipy's, which numba's np.dot
+# calls, at the weight gradients' transposed products), else to `_sgemm_fallback` (np.dot). Compiled code names the
+# symbol, so cached kernels stay valid either way. PREFIT_SGEMM=fallback forces the fallback (the tests run both).
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SGEMM_ARGS = (types.int32,) * 3 + (types.int64,) * 3 + (types.float32,)
@@ -107,20 +101,7 @@ def _matmul(a, b, out, trans_a, trans_b, alpha):
     tb = _TRANS if trans_b else _NO_TRANS
     rows, cols = out.shape
     _sgemm(
-        _ROW_MAJOR,
-        ta,
-        tb,
-        rows,
-        cols,
-        k,
-        alpha,
-        a.ctypes,
-        a.shape[1],
-        b.ctypes,
-        b.shape[1],
-        np.float32(0.0),
-        out.ctypes,
-        cols,
+        _ROW_MAJOR, ta, tb, rows, cols, k, alpha, a.ctypes, a.shape[1], b.ctypes, b.shape[1], _ZERO, out.ctypes, cols
     )
 
 
@@ -227,38 +208,17 @@ def _last_layer_backward(a, cosine, resid, wt, dwt, grad, bias_sum):
 
 
 @njit(**_JIT)
-def siren_step(
-    coords,
-    first_w,
-    first_b,
-    hidden_w,
-    hidden_b,
-    last_w,
-    last_b,
-    target_t,
-    w0,
-    scale,
-    loss,
-    pred_t,
-    grad_first_w,
-    grad_first_b,
-    grad_hidden_w,
-    grad_hidden_b,
-    grad_last_w,
-    grad_last_b,
-    sines,
-    cosines,
-    back,
-    rows,
-    bias,
-    resid,
-):
+def siren_step(coords, params, target_t, w0, scale, loss, pred_t, grads, work):
     """Forward and backward of `members` SIRENs on shared coordinates; see `CpuStep` for the shapes.
 
-    Writes per member the loss (mean squared error, summed in float64), the prediction (transposed) and the
-    gradients of the loss; the last six arguments are one member's workspace. Matrix products multiply by w0
-    as they go (BLAS's alpha), so the weights are never scaled in memory.
+    `params` and `grads` are (first_w, first_b, hidden_w, hidden_b, last_w, last_b); `work` is one member's
+    workspace (sines, cosines, back, rows, bias, resid). Writes per member the loss (mean squared error, summed in
+    float64), the prediction (transposed) and the gradients of the loss. Matrix products multiply by w0 as they go
+    (BLAS's alpha), so the weights are never scaled in memory.
     """
+    first_w, first_b, hidden_w, hidden_b, last_w, last_b = params
+    grad_first_w, grad_first_b, grad_hidden_w, grad_hidden_b, grad_last_w, grad_last_b = grads
+    sines, cosines, back, rows, bias, resid = work
     members, pixels, width = first_w.shape[0], coords.shape[0], first_w.shape[2]
     hls = hidden_w.shape[0]
     w0f = np.float32(w0)

@@ -122,15 +122,7 @@ class CpuStep:
         self.loss = torch.empty(members)
         self.pred_t = torch.empty(members, 3, pixels)
         f32 = np.float32
-        self.args = (
-            coords.detach().to(torch.float32).contiguous().numpy(),
-            *(x.numpy() for x in self.store),
-            target.transpose(1, 2).contiguous().numpy(),
-            float(w0),
-            2.0 / (pixels * target.shape[2]),
-            self.loss.numpy(),
-            self.pred_t.numpy(),
-            *(g.numpy() for g in self.grad_store),
+        work = (
             np.empty((hls + 1, pixels, width), f32),  # sines
             np.empty((hls + 1, pixels, width), f32),  # cosines
             np.empty((2, pixels, width), f32),  # gradients flowing back
@@ -138,6 +130,11 @@ class CpuStep:
             np.empty(width, f32),  # a layer's w0 b, then its bias gradient
             np.empty((3, pixels), f32),  # residual
         )
+        coords = coords.detach().to(torch.float32).contiguous().numpy()
+        stored, grads = tuple(x.numpy() for x in self.store), tuple(g.numpy() for g in self.grad_store)
+        target_t = target.transpose(1, 2).contiguous().numpy()
+        scale = 2.0 / (pixels * target.shape[2])
+        self.args = (coords, stored, target_t, float(w0), scale, self.loss.numpy(), self.pred_t.numpy(), grads, work)
 
     @staticmethod
     def _pairs(store: list[torch.Tensor]) -> Params:
