@@ -98,12 +98,11 @@ def acquire(
     if not capacities:
         raise ValueError("no devices to lease from")
     largest = max(capacities.values())
+    who = label or "job"
     if min_bytes > largest:
         log.warning(
-            "%s: needs %.1f GiB at least, more than any device offers (%.1f GiB); waits for a whole device",
-            label or "job",
-            min_bytes / GIB,
-            largest / GIB,
+            f"{who}: needs {min_bytes / GIB:.1f} GiB at least, more than any device offers "
+            f"({largest / GIB:.1f} GiB); waits for a whole device"
         )
     min_bytes = max(0, min(min_bytes, largest))
     need_bytes = max(min_bytes, min(need_bytes, largest))
@@ -116,26 +115,15 @@ def acquire(
             device = max(room, key=lambda d: (room[d], -d))  # the most room; the lowest index on a tie
             if room[device] >= min_bytes:
                 granted = int(min(need_bytes, room[device]))
-                entry = {
-                    "id": uuid.uuid4().hex,
-                    "device": device,
-                    "bytes": granted,
-                    "label": label,
-                    "since": time.time(),
-                    **_me(),
-                }
+                entry = dict(id=uuid.uuid4().hex, device=device, bytes=granted, label=label, since=time.time(), **_me())
                 leases.append(entry)
                 return Lease(device, granted, entry["id"], folder, waited_s=round(time.monotonic() - started, 3))
         if timeout_s is not None and time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"{label or 'job'}: no device had {min_bytes} bytes free within {timeout_s} s")
+            raise TimeoutError(f"{who}: no device had {min_bytes} bytes free within {timeout_s} s")
         if not said:
             log.info(
-                "%s: waiting for %.2f GiB of GPU memory (most room now %.2f GiB on device %d; ledger %s)",
-                label or "job",
-                min_bytes / GIB,
-                room[device] / GIB,
-                device,
-                folder,
+                f"{who}: waiting for {min_bytes / GIB:.2f} GiB of GPU memory (most room now "
+                f"{room[device] / GIB:.2f} GiB on device {device}; ledger {folder})"
             )
             said = True
         time.sleep(poll_s)
