@@ -24,12 +24,11 @@ from collections.abc import Callable
 import torch
 
 from prefit.bench.machine import synchronize
+from prefit.engine.batched import HostChunk
 from prefit.engine.common import flops_per_member_epoch, mark, seconds_between
 from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
 from prefit.engine.options import FitOptions
-from prefit.engine.steps import SirenStep
 from prefit.model import Params
-from prefit.optim import BatchedAdam, BatchedPlateau
 
 # form -> (kernels, captured, train.matmul_precision)
 FORMS = {
@@ -47,25 +46,6 @@ def _seconds(device: torch.device, work: Callable[[], None]) -> float:
     start = mark(device)
     work()
     return seconds_between(start, mark(device))
-
-
-def _torch_epochs(params: Params, coords: torch.Tensor, target: torch.Tensor, train: FitOptions, w0: float):
-    """The plain path's epoch loop, as the host-driven engine runs it (losses and lrs recorded)."""
-    step = SirenStep(params, coords, target, w0)
-    members = target.shape[0]
-    lr = torch.full((members,), train.lr, dtype=torch.float64, device=target.device)
-    adam = BatchedAdam([t for pair in step.params for t in pair], lr, betas=tuple(train.betas), eps=train.eps)
-    plateau = BatchedPlateau(lr, train.plateau_factor, train.plateau_patience, train.plateau_threshold)
-    losses = torch.empty(train.epochs, members, device=target.device)
-
-    def run() -> None:
-        for epoch in range(train.epochs):
-            loss, _, grads = step()
-            losses[epoch] = loss
-            adam.step([g for pair in grads for g in pair])
-            plateau.step(loss)
-
-    return run
 
 
 def epoch_times(
@@ -88,19 +68,19 @@ def epoch_times(
     out: dict[str, dict[str, float]] = {}
     for form in forms:
         kernels, capture, precision = FORMS[form]
+        if capture and device.type != "cuda":
+            continue
         train = FitOptions(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
-        if kernels == "torch":
-            run = _torch_epochs(params, coords, target, train, w0)
-            run()  # warm-up: the allocator's pages, cuBLAS's handles
-        else:
-            if capture and device.type != "cuda":
-                continue
+        if kernels == "fused":
             chunk = FusedChunk(params, coords, target, train, w0, {})
-            chunk.run(capture=capture)  # warm-up: compiles the kernels (and captures the graph)
+        else:
+            chunk = HostChunk(params, coords, target, train, w0, {}, kernels)
+        chunk.run(capture=capture)  # warm-up: compiles the kernels (and captures the graph), touches the memory
 
-            def run(chunk: FusedChunk = chunk, capture: bool = capture) -> None:
+        def run(chunk: FusedChunk | HostChunk = chunk, capture: bool = capture) -> None:
+            if isinstance(chunk, FusedChunk):
                 chunk.state.epoch.zero_()  # the records are rewritten from row 0; the schedule goes on
-                chunk.run(capture=capture)
+            chunk.run(capture=capture)
 
         seconds = [_seconds(device, run) for _ in range(repeats)]
         run = chunk = None  # this form's buffers and graph go before the next form makes its own

@@ -14,10 +14,12 @@ from functools import partial
 
 import torch
 from threadpoolctl import threadpool_limits
+from torch import Tensor
 
 from prefit import fused
 from prefit.engine.common import engine, psnr_from_loss
-from prefit.engine.cuda import fit_chunk_fused
+from prefit.engine.cuda import FusedChunk
+from prefit.engine.options import FitOptions
 from prefit.engine.steps import make_step
 from prefit.errors import ConfigError
 from prefit.model import Params
@@ -45,10 +47,9 @@ def _fit(params, targets, coords, train, w0, device, max_members, slots, result,
     threads = torch.get_num_threads()
     side_by_side = device.type == "cpu" and kernels == "compiled"
     chunks = _chunks(targets.shape[0], max_members, threads if side_by_side else 1)
-    fit_chunk = fit_chunk_fused if kernels == "fused" else partial(_fit_chunk, kernels=kernels)
 
     def run(chunk: slice) -> Params:
-        return fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar)
+        return _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar, kernels)
 
     if side_by_side and threads > 1 and len(chunks) > 1:
         return _on_cores(run, chunks, threads)
@@ -83,38 +84,70 @@ def _on_cores(run: Callable[[slice], Params], chunks: list[slice], threads: int)
         torch.set_num_threads(threads)
 
 
+class HostChunk:
+    """A chunk's fit through the host-driven loop: the compiled or torch step (`prefit.engine.steps`) and
+    `prefit.optim`'s Adam and plateau. It runs as `prefit.engine.cuda.FusedChunk` does, with the same records."""
+
+    def __init__(
+        self,
+        params: Params,
+        coords: Tensor,
+        target: Tensor,
+        train: FitOptions,
+        w0: float,
+        slots: dict[int, int],
+        kernels: str,
+    ):
+        members, device = target.shape[0], target.device
+        self.train, self.slots = train, slots
+        self.step = make_step(params, coords, target, w0, kernels)
+        self.lr = torch.full((members,), train.lr, dtype=torch.float64, device=device)
+        flat = [t for pair in self.step.params for t in pair]
+        self.adam = BatchedAdam(flat, self.lr, betas=tuple(train.betas), eps=train.eps)
+        self.plateau = BatchedPlateau(self.lr, train.plateau_factor, train.plateau_patience, train.plateau_threshold)
+        self.losses = torch.empty(train.epochs, members, device=device)
+        self.lrs = torch.empty(train.epochs, members, dtype=torch.float64, device=device)
+        self.snaps = torch.empty(members, len(slots), *target.shape[1:], device=device)
+
+    def run(self, capture: bool = False, progress: Callable[[int, Tensor], None] | None = None) -> None:
+        """All epochs (nothing to capture); `progress(epochs, loss)` every twentieth of them and at the end."""
+        epochs, every, reported = self.train.epochs, max(1, self.train.epochs // 20), 0
+        for epoch in range(epochs):
+            loss, pred, grads = self.step()
+            self.losses[epoch] = loss
+            self.lrs[epoch] = self.lr
+            if (slot := self.slots.get(epoch)) is not None:
+                self.snaps[:, slot] = pred
+            self.adam.step([g for pair in grads for g in pair])
+            self.plateau.step(loss)
+            if progress is not None and (epoch + 1 - reported >= every or epoch + 1 == epochs):
+                progress(epoch + 1 - reported, loss)
+                reported = epoch + 1
+
+    def steady_seconds(self) -> tuple[float, int]:
+        return 0.0, 0  # only the CUDA engine times its steady epochs
+
+
 def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar, kernels) -> Params:
-    """One chunk through the host-driven loop (compiled or torch step, `prefit.optim`'s Adam and plateau)."""
+    """One chunk of `fit_batched`: `FusedChunk` (CUDA graphs where on CUDA and train.cuda_graphs) or `HostChunk`."""
     target = targets[chunk].to(device)
-    chunk_params = [(w[chunk].to(device), b[chunk].to(device)) for w, b in params]
-    step = make_step(chunk_params, coords, target, w0, kernels)
-    work = step.params
-    flat = [t for pair in work for t in pair]
-    m = target.shape[0]
-    lr = torch.full((m,), train.lr, dtype=torch.float64, device=device)
-    adam = BatchedAdam(flat, lr, betas=tuple(train.betas), eps=train.eps)
-    plateau = BatchedPlateau(
-        lr, factor=train.plateau_factor, patience=train.plateau_patience, threshold=train.plateau_threshold
-    )
-    losses = torch.empty(train.epochs, m, device=device)
-    lrs = torch.empty(train.epochs, m, dtype=torch.float64, device=device)
-    snaps = torch.empty(m, len(slots), *target.shape[1:], device=device)
-    report = max(1, train.epochs // 20)
-    for epoch in range(train.epochs):
-        loss, pred, grads = step()
-        losses[epoch] = loss
-        lrs[epoch] = lr
-        slot = slots.get(epoch)
-        if slot is not None:
-            snaps[:, slot] = pred
-        adam.step([g for pair in grads for g in pair])
-        plateau.step(loss)
-        bar.update(m)
-        if bar.disable is False and (epoch % report == 0 or epoch == train.epochs - 1):
-            bar.set_postfix(
-                epoch=f"{epoch + 1}/{train.epochs}", members=m, psnr=f"{psnr_from_loss(loss).nanmean().item():.1f}"
-            )
-    result.loss[chunk] = losses.T.cpu()
-    result.lr[chunk] = lrs.T.cpu()
-    result.snapshots[chunk] = snaps.cpu()
-    return [(w.cpu(), b.cpu()) for w, b in work]
+    start = [(w[chunk].to(device), b[chunk].to(device)) for w, b in params]
+    kind = FusedChunk if kernels == "fused" else partial(HostChunk, kernels=kernels)
+    runner = kind(start, coords, target, train, w0, slots)
+    del start  # copied into the runner's own buffers
+    members = target.shape[0]
+
+    def progress(epochs: int, loss: Tensor) -> None:
+        bar.update(epochs * members)
+        if bar.disable is False:
+            bar.set_postfix(members=members, psnr=f"{psnr_from_loss(loss).nanmean().item():.1f}")
+
+    runner.run(capture=device.type == "cuda" and train.cuda_graphs, progress=progress)
+    result.loss[chunk] = runner.losses.T.cpu()
+    result.lr[chunk] = runner.lrs.T.cpu()
+    if slots:
+        result.snapshots[chunk] = runner.snaps.cpu()
+    seconds, epochs = runner.steady_seconds()
+    result.steady_s += seconds
+    result.steady_member_epochs += epochs * members
+    return [(w.cpu().clone(), b.cpu().clone()) for w, b in runner.step.params]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from prefit import fused
-from prefit.engine.common import FitResult, flops_per_member_epoch, mark, psnr_from_loss, seconds_between
+from prefit.engine.common import flops_per_member_epoch, mark, seconds_between
 from prefit.engine.options import FitOptions
 from prefit.model import Params, n_weights
 from prefit.precision import Operand, Split, SplitWork, product, split_tf32
@@ -170,6 +170,7 @@ class FusedChunk:
             params, coords, target, w0, train.matmul_precision, table.to(device), len(slots), self.state.epoch
         )
         self.exp_avg, self.exp_avg_sq = self.step.layout.buffer(target), self.step.layout.buffer(target)
+        self.snaps = self.step.snaps
         self.losses = torch.empty(train.epochs, members, device=device)
         self.lrs = torch.empty(train.epochs, members, dtype=torch.float64, device=device)
         hls, hfs = len(params) - 2, params[0][0].shape[2]
@@ -247,27 +248,3 @@ class FusedChunk:
             return 0.0, 0
         start, end, epochs = self.steady
         return seconds_between(start, end), epochs
-
-
-def fit_chunk_fused(params, chunk, targets, coords, train, w0, device, slots, result: FitResult, bar) -> Params:
-    """One chunk of `fit_batched` through `FusedChunk`; CUDA graphs when on CUDA and train.cuda_graphs."""
-    target = targets[chunk].to(device)
-    chunk_params = [(w[chunk].to(device), b[chunk].to(device)) for w, b in params]
-    runner = FusedChunk(chunk_params, coords, target, train, w0, slots)
-    del chunk_params  # copied into the runner's flat buffer
-    members = target.shape[0]
-
-    def progress(epochs: int, loss: Tensor) -> None:
-        bar.update(epochs * members)
-        if bar.disable is False:
-            bar.set_postfix(members=members, psnr=f"{psnr_from_loss(loss).nanmean().item():.1f}")
-
-    runner.run(capture=device.type == "cuda" and train.cuda_graphs, progress=progress)
-    result.loss[chunk] = runner.losses.T.cpu()
-    result.lr[chunk] = runner.lrs.T.cpu()
-    if slots:
-        result.snapshots[chunk] = runner.step.snaps.cpu()
-    seconds, epochs = runner.steady_seconds()
-    result.steady_s += seconds
-    result.steady_member_epochs += epochs * members
-    return [(w.cpu().clone(), b.cpu().clone()) for w, b in runner.step.params]
