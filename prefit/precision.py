@@ -2,13 +2,11 @@
 
 - `highest`: fp32 products (the study's default and reference).
 - `3xtf32`: each operand split into a TF32 head and its remainder, x = hi + lo, and the product taken as
-  hi·hi + hi·lo + lo·hi on TF32 tensor cores with fp32 accumulation. The dropped lo·lo term is 2^-22 of the
-  product, so the result is as close to float64 as an fp32 product is (measured in docs/performance.md).
-  On a CPU the three products are fp32 ones: the same sum, without the speed.
-- `high`: TF32 products (10-bit mantissas). Faster, but it changes the study's conclusions: fits end 40 dB
-  lower at 5x512 and the raw AUC's verdicts flip (docs/performance.md). Not for the study's numbers.
+  hi·hi + hi·lo + lo·hi on TF32 tensor cores with fp32 accumulation: the dropped lo·lo is 2^-22 of the product,
+  so the result is as close to float64 as an fp32 product is. On a CPU the three products are fp32 ones.
+- `high`: TF32 products (10-bit mantissas): faster, but they change the study's conclusions (docs/performance.md).
 
-Every product of the engine is `out = alpha * a @ b`, so w0 rides in cuBLAS's epilogue instead of a pass.
+Every product is `out = alpha * a @ b`, so w0 rides in cuBLAS's epilogue instead of a pass.
 """
 
 from __future__ import annotations
@@ -21,8 +19,7 @@ import torch
 
 @contextmanager
 def tf32(enabled: bool):
-    """TF32 tensor-core products on CUDA inside the block (the flag is read when a product is launched,
-    and when it is captured into a CUDA graph)."""
+    """TF32 tensor-core products on CUDA inside the block (read when a product is launched or captured)."""
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = enabled
     try:
@@ -32,10 +29,9 @@ def tf32(enabled: bool):
 
 
 class SplitWork:
-    """Reusable (hi, lo) buffers for the operands of `3xtf32` products, one pair per operand side ("a" or "b")
-    and shape. They are made on first use (the eager epoch before a capture), so a captured epoch allocates
-    nothing and no copy of them is held in a graph's private memory pool; products run in stream order, so
-    the next product's split cannot overwrite operands a previous one still reads."""
+    """Reusable (hi, lo) buffers for the operands of `3xtf32` products, one pair per side ("a" or "b") and shape,
+    made on first use (the eager epoch before a capture: a captured epoch allocates nothing). Products run in
+    stream order, so the next product's split cannot overwrite operands a previous one still reads."""
 
     def __init__(self) -> None:
         self.pairs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -43,14 +39,12 @@ class SplitWork:
     def pair(self, side: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (side, tuple(like.shape), like.dtype, like.device)
         if key not in self.pairs:  # contiguous, whatever `like`'s strides: the split writes flat memory
-            shape = dict(size=like.shape, dtype=like.dtype, device=like.device)
-            self.pairs[key] = (torch.empty(**shape), torch.empty(**shape))
+            self.pairs[key] = tuple(torch.empty(like.shape, dtype=like.dtype, device=like.device) for _ in range(2))
         return self.pairs[key]
 
 
 class Split(NamedTuple):
-    """An operand split once (hi + lo), by the pass that made it, for the `3xtf32` products that read it
-    (`prefit.engine.cuda.FusedStep`)."""
+    """An operand split (hi + lo) by the pass that made it, for the `3xtf32` products that read it."""
 
     hi: torch.Tensor
     lo: torch.Tensor
@@ -63,21 +57,17 @@ class Split(NamedTuple):
 Operand = torch.Tensor | Split
 
 
-def split_tf32(
-    x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) with hi = x rounded to nearest at 10 mantissa bits (exact in TF32) and lo = x - hi (exact).
+def split_tf32(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> Split:
+    """Split(hi, lo) with hi = x rounded to nearest at 10 mantissa bits (exact in TF32) and lo = x - hi (exact).
 
-    `x` is contiguous or the transpose of a contiguous tensor (as the engine's operands are): the latter is
-    split in its memory order and the halves transposed back, so no copy is made. `out`: buffers shaped like
-    that memory order (`SplitWork.pair`). The fused kernel does the split in one pass where it can run;
-    torch's integer ops do it elsewhere.
+    `x` is contiguous or the transpose of a contiguous tensor (split in its memory order, no copy made); `out`:
+    buffers shaped like that memory order (`SplitWork.pair`). The fused kernel splits where it can run, torch's
+    integer ops elsewhere.
     """
     from prefit import fused
 
     if _memory_order(x) is not x:
-        hi, lo = split_tf32(x.mT, out)
-        return hi.mT, lo.mT
+        return split_tf32(x.mT, out).mT
     x = x.contiguous()
     hi, lo = out if out is not None else (torch.empty_like(x), torch.empty_like(x))
     if not (hi.is_contiguous() and lo.is_contiguous()):
@@ -88,7 +78,7 @@ def split_tf32(
         bits = (x.view(torch.int32) + 0x1000).bitwise_and_(-0x2000)
         hi.copy_(bits.view(torch.float32))
         torch.sub(x, hi, out=lo)
-    return hi, lo
+    return Split(hi, lo)
 
 
 def _memory_order(x: torch.Tensor) -> torch.Tensor:

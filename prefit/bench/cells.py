@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import torch
 
-from prefit.bench.machine import PeakMemory, synchronize
+from prefit.bench.machine import PeakMemory, seconds
 from prefit.bench.options import ENGINES, Options
 from prefit.bench.steady import format_steady, steady_state_cell
 from prefit.bench.workload import W0, Run, make_members, runner, smooth_targets
@@ -23,15 +23,6 @@ from prefit.engine import auto_max_members, flops_per_member_epoch
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def timed(run: Run, members: int, epochs: int, device: torch.device) -> float:
-    """Seconds of one call, the device synchronised before each reading of the clock."""
-    synchronize(device)
-    start = time.perf_counter()
-    run(members, epochs)
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def interleaved(
@@ -48,7 +39,7 @@ def interleaved(
             if sum(times[engine]) > 2 * opts.budget:
                 continue
             with PeakMemory(device) if engine == "batched" else nullcontext() as memory:
-                times[engine].append(timed(run, members[engine], epochs, device))
+                times[engine].append(seconds(device, partial(run, members[engine], epochs)))
             memories += [memory] if memory else []
     return times, memories
 
@@ -103,26 +94,26 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
 
     rates: dict[str, float] = {}
     for engine, run in runs(least["batched"]).items():
-        rates[engine] = timed(run, least[engine], opts.warmup, device) / (least[engine] * opts.warmup)
+        rates[engine] = seconds(device, partial(run, least[engine], opts.warmup)) / (least[engine] * opts.warmup)
         log(f"[{name}] {engine}: warm-up {least[engine]} x {opts.warmup} epochs, {rates[engine] * 1e3:.3g} ms each")
     epochs, members = plan(rates, wanted, least, opts)
     timing = ", ".join(f"{engine} {n} members" for engine, n in members.items())
     log(f"[{name}] timing {timing}, {epochs} epochs, {opts.repeats} turns")
     times, memories = interleaved(runs(max([least["batched"], *members.values()])), members, epochs, device, opts)
     ms, spread, repeats = dict.fromkeys(ENGINES), dict.fromkeys(ENGINES), dict.fromkeys(ENGINES)
-    for engine, seconds in times.items():
+    for engine, turns in times.items():
         per = 1e3 / (members[engine] * epochs)
-        ms[engine] = statistics.median(seconds) * per
-        spread[engine] = [rounded(min(seconds) * per), rounded(max(seconds) * per)]
-        repeats[engine] = len(seconds)
+        ms[engine] = statistics.median(turns) * per
+        spread[engine] = [rounded(min(turns) * per), rounded(max(turns) * per)]
+        repeats[engine] = len(turns)
     memory = max(memories, key=lambda m: m.peak_mb if not math.isnan(m.peak_mb) else -1.0, default=None)
 
     steady = None
     if opts.steady if opts.steady is not None else device.type == "cuda":
         start = [(w.to(device), b.to(device)) for w, b in make_members(hls, hfs, chunk)]
         target = smooth_targets(chunk, side=side).to(device)
-        seconds = min(2.0, opts.budget / 10)
-        steady = steady_state_cell(start, coords.to(device), target, W0, opts.ceilings, seconds, 3, opts.bandwidth_gbs)
+        each = min(2.0, opts.budget / 10)  # seconds per repeat
+        steady = steady_state_cell(start, coords.to(device), target, W0, opts.ceilings, each, 3, opts.bandwidth_gbs)
         log(f"[{name}] steady state: " + format_steady([{"hls": hls, "hfs": hfs, "steady_state": steady}])[0])
         if device.type == "cuda":  # the figure a study sees: captured epochs, transfers and set-up outside
             ms["batched"] = steady["fused_graph"]["ms_per_member_epoch"]

@@ -8,7 +8,6 @@ import os
 import resource
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from prefit.bench.options import BenchError
 from prefit.bench.workload import SEED
 from prefit.choices import MatmulPrecision
 from prefit.engine import resolve_device
+from prefit.engine.common import mark, seconds_between
 from prefit.errors import ConfigError
 from prefit.precision import product
 
@@ -36,26 +36,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_seconds(device: torch.device, work: Callable[[], object], repeats: int = 5) -> float:
-    """The shortest of `repeats` timed calls of `work`, after one untimed call (library set-up, thread pools,
-    pages touched). The best, not the median: a ceiling is what the hardware can do; a shared machine's
-    hiccups only lower it."""
+def seconds(device: torch.device, work: Callable[[], object]) -> float:
+    """Seconds one call of `work` takes once the device's queued work is done: CUDA events around it (no host gap
+    before its first launch counted), else the host's clock."""
+    synchronize(device)
+    start = mark(device)
     work()
-    best = math.inf
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        work()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    return seconds_between(start, mark(device))
+
+
+def best_seconds(device: torch.device, work: Callable[[], object], repeats: int = 5) -> float:
+    """The shortest of `repeats` calls of `work`, after an untimed one (set-up, pages touched). The best, not the
+    median: a ceiling is what the hardware can do; a shared machine's hiccups only lower it."""
+    work()
+    return min(seconds(device, work) for _ in range(repeats))
 
 
 def measure_ceiling(device: torch.device, n: int, repeats: int = 5) -> float:
-    """The machine's fp32 matrix-product rate in GFLOP/s: the best of a few n x n `torch.mm` (2 n^3 flops)."""
+    """The machine's matrix-product rate in GFLOP/s: the best of a few n x n `torch.mm` (2 n^3 flops)."""
     g = torch.Generator().manual_seed(SEED)
-    a = torch.randn(n, n, generator=g).to(device)
-    b = torch.randn(n, n, generator=g).to(device)
+    a, b = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
     out = torch.empty(n, n, device=device)
     return 2.0 * n**3 / best_seconds(device, lambda: torch.mm(a, b, out=out), repeats) / 1e9
 
@@ -69,9 +69,8 @@ def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> float
 
 
 def matmul_errors(device: torch.device, side: int, batch: int = 4) -> dict[str, float]:
-    """Each `train.matmul_precision`'s relative error against float64 on this device: max |error| over
-    max |exact| of `batch` products of side x side random matrices, taken as the engine takes them
-    (`prefit.precision.product`). On a CPU all three are fp32 products."""
+    """Each `train.matmul_precision`'s relative error against float64 here, max |error| / max |exact|, over
+    `batch` random side x side products taken as the engine takes them (`prefit.precision.product`)."""
     g = torch.Generator().manual_seed(SEED)
     a, b = (torch.randn(batch, side, side, generator=g, dtype=torch.float64) for _ in range(2))
     exact = torch.bmm(a, b)
@@ -82,9 +81,6 @@ def matmul_errors(device: torch.device, side: int, batch: int = 4) -> dict[str, 
         out = product(torch.empty(batch, side, side, device=device), a32, b32, 1.0, precision)
         errors[precision] = (out.cpu().double() - exact).abs().max().item() / scale
     return errors
-
-
-# ------------------------------------------------------------------------------------------------- memory
 
 
 def _rss_bytes() -> int | None:
@@ -115,12 +111,11 @@ SAMPLE_S = 0.005
 
 
 class PeakMemory:
-    """Peak memory while the `with` block runs, in MB (2^20 bytes).
+    """Peak memory while the `with` block runs, in MB (2^20 bytes), and `before_mb`, when it started.
 
-    CUDA: `torch.cuda.max_memory_allocated` after resetting the peak, i.e. the tensors the run held at most.
-    CPU: the process's peak resident set size (all of it: Python, torch and the run's tensors), sampled every
-    `interval` seconds from /proc/self/statm by a background thread (a spike shorter than that can be missed);
-    `before_mb` is the RSS when the block started. Without /proc: ru_maxrss, the process's peak so far.
+    CUDA: `torch.cuda.max_memory_allocated`, the tensors the run held at most. CPU: the process's resident set
+    size, sampled every `interval` seconds from /proc/self/statm by a thread (a shorter spike can be missed).
+    Without /proc: ru_maxrss, the process's peak so far.
     """
 
     def __init__(self, device: torch.device, interval: float = SAMPLE_S):

@@ -1,31 +1,25 @@
 """Steady-state epoch times of one chunk on a device: what `prefit.bench` reports on CUDA.
 
-A fit's first epochs pay for what a study pays once (Triton's compilation, cuBLAS's set-up, the graph's capture,
-the weights' trip to the device), which timing whole short fits would count per epoch. Here a chunk is built and
-warmed up outside the clock, then `repeats` runs of `epochs` epochs are timed with CUDA events around the loop
-alone, and the median counts. Five forms of the epoch (`FORMS`):
+A fit's first epochs pay for what a study pays once (compilation, set-up, the graph's capture, transfers). Here a
+chunk is built and warmed up outside the clock, then `repeats` runs of `epochs` epochs are timed with CUDA events
+around the loop alone; the median counts. The forms (`FORMS`): `fused_graph`, the CUDA engine as `prefit.train`
+runs it; `fused_eager`, the same launches not captured; `torch_eager`, the plain torch step (`train.kernels=torch`);
+`fused_graph_3xtf32` and `fused_graph_tf32`, `fused_graph` at `train.matmul_precision=3xtf32` and `high`.
 
-- `fused_graph`: the CUDA engine as `prefit.train` runs it (fused kernels, captured epochs replayed);
-- `fused_eager`: the same launches, not captured (what capture buys);
-- `torch_eager`: the plain torch step with `prefit.optim`'s Adam and plateau (`train.kernels=torch`);
-- `fused_graph_3xtf32`, `fused_graph_tf32`: `fused_graph` at `train.matmul_precision=3xtf32` and `high`.
-
-Each fused form also gets its floor (`floor_ms`): its products at the measured `torch.mm` rate of their
-precision plus the bytes its other passes move at the measured copy rate. The share of the floor a form reaches
-says whether launches and kernel quality (narrow cells) or the design itself (wide ones) bound it.
+A fused form's floor (`floor_ms`), its products at the measured `torch.mm` rate plus its other passes' bytes at the
+measured copy rate, says whether launches and kernels (narrow cells) or the design (wide ones) bound it.
 """
 
 from __future__ import annotations
 
 import gc
 import statistics
-from collections.abc import Callable
 
 import torch
 
-from prefit.bench.machine import synchronize
+from prefit.bench.machine import seconds
 from prefit.engine.batched import HostChunk
-from prefit.engine.common import flops_per_member_epoch, mark, seconds_between
+from prefit.engine.common import flops_per_member_epoch
 from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
 from prefit.engine.options import FitOptions
 from prefit.model import Params
@@ -38,14 +32,6 @@ FORMS = {
     "fused_graph_3xtf32": ("fused", True, "3xtf32"),
     "fused_graph_tf32": ("fused", True, "high"),
 }
-
-
-def _seconds(device: torch.device, work: Callable[[], None]) -> float:
-    """Seconds one call takes on the device: CUDA events around it (no host gap counted), else perf_counter."""
-    synchronize(device)
-    start = mark(device)
-    work()
-    return seconds_between(start, mark(device))
 
 
 def epoch_times(
@@ -82,12 +68,12 @@ def epoch_times(
                 chunk.state.epoch.zero_()  # the records are rewritten from row 0; the schedule goes on
             chunk.run(capture=capture)
 
-        seconds = [_seconds(device, run) for _ in range(repeats)]
+        times = [seconds(device, run) for _ in range(repeats)]
         run = chunk = None  # this form's buffers and graph go before the next form makes its own
         if device.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
-        ms = [1e3 * s / epochs for s in seconds]
+        ms = [1e3 * s / epochs for s in times]
         median = statistics.median(ms)
         out[form] = {"ms_per_epoch": median, "ms_range": [min(ms), max(ms)], "gflops": flops / (median * 1e-3) / 1e9}
     return out

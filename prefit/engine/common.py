@@ -25,8 +25,7 @@ class FitResult:
     lr: torch.Tensor  # float64 [M, epochs]
     snapshots: torch.Tensor  # float32 [M, len(snapshot_epochs), pixels, 3]
     params: Params  # stacked final parameters
-    # the steady epochs (CUDA's fused path: the replayed ones, after compilation and capture), chunk after chunk:
-    # their seconds and member-epochs, so a run's steady rate can be held against prefit.bench's
+    # CUDA's steady epochs (after compilation and capture), summed over chunks: held against prefit.bench's
     steady_s: float = 0.0
     steady_member_epochs: int = 0
 
@@ -78,12 +77,11 @@ def seconds_between(start: float | torch.cuda.Event, end: float | torch.cuda.Eve
 def cuda_bytes_per_member(hls: int, hfs: int, pixels: int = 1024, fit: FitOptions | None = None) -> int:
     """Device memory one member of a chunk holds on CUDA, in bytes, fitting with `fit` (None: the defaults).
 
-    Parameters, gradients, Adam's two moments and the chunk's copy of the start while the step is built (5
-    copies of the weights); the sine and cosine of every sine layer and two back-propagated gradients;
-    coordinates, prediction, residual and target; the kept snapshots; the per-epoch loss and learning rate.
-    `3xtf32` adds the halves its products read (`prefit.engine.cuda.FusedStep`): 2 copies of the weights, each
-    sine as two halves (one activation more per sine layer), the product each sine pass reads, a gradient's two
-    halves, and the split coordinates and output gradient. A quarter more for the allocator's rounding.
+    5 copies of the weights (parameters, gradients, Adam's moments, the start while the step is built); each sine
+    layer's sine and cosine and two gradients; coordinates, prediction, residual, target and snapshots; the
+    per-epoch records. `3xtf32` adds the halves its products read (`prefit.engine.cuda.FusedStep`): 2 copies of the
+    weights, one activation more per sine layer and 3 more, the split coordinates and output gradient. A quarter
+    more for the allocator's rounding.
     """
     fit = fit or FitOptions()
     split = fit.matmul_precision == "3xtf32"
@@ -101,14 +99,12 @@ def auto_max_members(
     budget_bytes: int | None = None,
     fit: FitOptions | None = None,
 ) -> int:
-    """How many members to fit at once when train.max_members is null.
+    """How many members to fit at once when train.max_members is null (`fit` None: the default options).
 
-    On a CPU the compiled step works member after member in a workspace of its own, so a chunk's size only
-    trades the per-epoch Python overhead (fewer, larger chunks) against memory: each member of a chunk holds
-    its weights four times (parameters, gradients, Adam's two moments) and its target and prediction (pixels x 3
-    each), 64 MB at most per chunk.
-    On CUDA the bound is memory: `budget_bytes` (a job's share of a device that jobs share), else half of
-    what the device has free, divided by `cuda_bytes_per_member` (with `fit`'s precision, snapshots, epochs).
+    On a CPU the compiled step works member after member in its own workspace, so a chunk's size only trades
+    per-epoch Python overhead against memory: 64 MB at most per chunk, each member holding its weights four times
+    and its target and prediction. On CUDA the bound is memory: `budget_bytes` (a job's share of a device), else
+    half of what the device has free, over `cuda_bytes_per_member`.
     """
     if device.type == "cuda":
         if budget_bytes is None:

@@ -1,16 +1,13 @@
 """The CUDA engine: a fused step, the schedule on the device, epochs captured as CUDA graphs.
 
-A narrow cell's epoch is a few dozen small kernels, so on a GPU its cost is launching them, not running them.
-Here an epoch is: per sine layer one product and one fused bias+sine+cosine pass; the last layer's product and
-one fused epilogue (loss, output gradient, bias gradient, snapshot); per layer back one fused cosine
-product with its bias-gradient sum and one or two products; then one `schedule` program (recorded loss and
-learning rate, Adam's step size, the plateau schedule) and one Adam launch over the chunk's flat buffers
-(`prefit.fused`). The epoch counter lives on the device and every buffer is allocated once, so the epoch
-reads nothing back and the same launches can be captured once as a CUDA graph of several epochs and replayed.
+A narrow cell's epoch is a few dozen small kernels, so on a GPU its cost is launching them. Here an epoch is, per
+layer, a product and one fused pass (`prefit.fused`) each way, then one `schedule` program and one Adam launch over
+the chunk's flat buffers. The epoch counter lives on the device and every buffer is allocated once, so an epoch
+reads nothing back and its launches can be captured once as a CUDA graph of several epochs and replayed.
 
-`FusedStep` is the step (the arithmetic of `prefit.engine.steps.SirenStep`, with w0 as the products'
-alpha); `FusedChunk` owns a chunk's whole state and runs its epochs, captured or eager (the same kernels, so
-the same numbers). On a CPU both run under Triton's interpreter, which is how the tests check them without a GPU.
+`FusedStep` is the step (`prefit.engine.steps.SirenStep`'s arithmetic, w0 as the products' alpha); `FusedChunk`
+runs a chunk's epochs, captured or eager (the same kernels, so the same numbers). On a CPU both run under
+Triton's interpreter, which is how the tests check them without a GPU.
 """
 
 from __future__ import annotations
@@ -35,15 +32,13 @@ PROGRESS_EVERY = 250
 
 
 def fused_bytes_per_member_epoch(hls: int, hfs: int, pixels: int = 1024, precision: str = "highest") -> int:
-    """Bytes one member's epoch moves through device memory in `FusedStep`'s and Adam's passes, outside the
-    matrix products: with the products' flops, what bounds a wide cell's epoch (`prefit.bench.steady`'s floor).
+    """Bytes one member's epoch moves through device memory outside the matrix products: with their flops, what
+    bounds a wide cell's epoch (`prefit.bench.steady`'s floor).
 
-    Per sine layer, the forward pass reads the product and writes the sine and the cosine, and the backward
-    pass reads the gradient and the cosine and writes the gradient; the head reads the prediction and the target
-    and writes both back (prediction, output gradient); Adam reads parameters, gradients and both moments and
-    writes three of them back. At `3xtf32` the sine, the gradient and the parameters are written as two halves
-    (one more write each), and the products split the coordinates and the output's gradient (a read and two
-    writes each, twice). Per-member vectors (biases, losses) are left out.
+    Per sine layer the forward pass reads 1 and writes 2 activations, the backward reads 2 and writes 1; the head
+    reads and writes 2 images; Adam reads 4 and writes 3 copies of the weights. At `3xtf32` the sine, the gradient
+    and the weights are written as two halves, and the products split the coordinates and the output's gradient
+    (a read and two writes each, twice). Per-member vectors (biases, losses) are left out.
     """
     split = precision == "3xtf32"
     words = (6 + 2 * split) * (hls + 1) * pixels * hfs + 12 * pixels + (7 + 2 * split) * n_weights(hls, hfs)
@@ -59,15 +54,11 @@ def _pairs(views: list[Tensor]) -> Params:
 class FusedStep:
     """Forward and hand-written backward of a chunk's stacked SIRENs through the fused kernels.
 
-    Parameters and gradients live in flat buffers (`fused.FlatParams`) so that Adam is one launch; `params` and
-    `grads` are (W, b) views into them in the engine's usual layout. `epoch` is the device-side counter that
-    picks the snapshot slot (`slots[epoch]`, -1 for none); `snaps` [M, S, pixels, 3] receives them.
-
-    At `3xtf32` every large operand of a product is split where it is made, in the pass that writes it: the
-    weights by Adam (`flat_split`, split once here for the first epoch), each sine layer's activation by its
-    sine pass (`sines` holds (hi, lo) pairs), each back-propagated gradient by its cosine pass. So no product
-    splits an activation or a weight again (`fused_bytes_per_member_epoch`); only the coordinates and the
-    output's gradient, a few pixels wide, are split by the product that reads them (in `work`'s buffers).
+    Parameters and gradients live in flat buffers (`fused.FlatParams`), so that Adam is one launch; `params` and
+    `grads` are (W, b) views into them. `epoch`, the device's counter, picks the snapshot slot (`slots[epoch]`,
+    -1 for none) of `snaps` [M, S, pixels, 3]. At `3xtf32` each large operand is split by the pass that makes it:
+    the weights by Adam (`flat_split`), a sine layer's activation by its sine pass (`sines` holds Splits), a
+    gradient by its cosine pass; only the coordinates and the output's gradient are split by their products.
     """
 
     def __init__(
@@ -81,9 +72,8 @@ class FusedStep:
         n_slots: int = 0,
         epoch: Tensor | None = None,
     ):
-        members, pixels = target.shape[0], target.shape[1]
         like = params[0][0]
-        device = like.device
+        members, pixels, width, device = target.shape[0], target.shape[1], like.shape[2], like.device
         self.w0, self.precision = w0, precision
         self.split = precision == "3xtf32"
         self.work = SplitWork() if self.split else None  # the small operands' halves, made in the first epoch
@@ -94,7 +84,7 @@ class FusedStep:
             view.copy_(t)
         self.params = _pairs(self.layout.views(self.flat))
         self.grads = _pairs(self.layout.views(self.grad_flat))
-        self.flat_split: fused.Halves | None = None
+        self.flat_split: Split | None = None
         self.weights: list[Operand] = [w for w, _ in self.params]
         if self.split:
             self.flat_split = split_tf32(self.flat, (self.layout.buffer(like), self.layout.buffer(like)))
@@ -102,7 +92,6 @@ class FusedStep:
             self.weights = [Split(hi, lo) for hi, lo in zip(halves[0][::2], halves[1][::2])]
         self.coords = coords.to(like).expand(members, pixels, coords.shape[1]).contiguous()
         self.target_t = target.transpose(1, 2).contiguous()
-        width = params[0][0].shape[2]
         sine_layers = len(params) - 1
 
         def activation() -> Tensor:
@@ -116,8 +105,7 @@ class FusedStep:
         self.pre = activation() if self.split else None  # a product's output, read by the sine pass alone
         self.grad_split = Split(activation(), activation()) if self.split else None
         self.back = [activation() for _ in range(2)]
-        self.pred_t = like.new_empty(members, 3, pixels)
-        self.grad_t = like.new_empty(members, 3, pixels)
+        self.pred_t, self.grad_t = like.new_empty(members, 3, pixels), like.new_empty(members, 3, pixels)
         self.last_grad_t = like.new_empty(members, 3, width)
         self.loss = like.new_empty(members)
         self.slots = slots if slots is not None else torch.full((1,), -1, dtype=torch.int32, device=device)
@@ -189,10 +177,9 @@ class FusedChunk:
         fused.adam(step.layout, step.flat, step.grad_flat, m, v, self.state, split=step.flat_split)
 
     def run(self, capture: bool, progress=None) -> None:
-        """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The first call begins with
-        one eager epoch (it compiles the kernels and makes any workspace) and, with `capture`, captures the
-        graph; later calls replay it. The epochs after that first one are the steady ones (`steady_seconds`).
-        `progress(epochs, loss)` is called every PROGRESS_EVERY epochs and at the end."""
+        """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The first call begins with an
+        eager epoch (compiling, making workspaces) and, with `capture`, captures the graph; the epochs after it are
+        the steady ones (`steady_seconds`). `progress(epochs, loss)`: every PROGRESS_EVERY epochs and at the end."""
         epochs, done, reported = self.train.epochs, 0, 0
 
         def advance(n: int) -> None:
@@ -222,8 +209,7 @@ class FusedChunk:
             self.steady = (start, mark(device), done - first) if self.warm else None
 
     def _warm_up(self, capture: bool) -> None:
-        """The first epoch, eagerly; then, with `capture`, the graph of `epochs_per_graph` epochs (recorded, not
-        run), on a stream of this chunk's device."""
+        """The first epoch; then, with `capture`, the graph of `epochs_per_graph` epochs (recorded, not run)."""
         self.warm = True
         if not capture:
             self.epoch()
@@ -242,8 +228,7 @@ class FusedChunk:
                 self.epoch()
 
     def steady_seconds(self) -> tuple[float, int]:
-        """Seconds and epochs of the last run's steady epochs (0, 0 without any); waits for the device's clock,
-        so call it after the results have been read back."""
+        """Seconds and epochs of the last run's steady epochs (0, 0 without any); waits for the device."""
         if self.steady is None or not self.steady[2]:
             return 0.0, 0
         start, end, epochs = self.steady

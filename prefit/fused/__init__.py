@@ -1,17 +1,13 @@
 """Fused elementwise work of the CUDA engine: Triton kernels (`prefit.fused.kernels`) and their launchers.
 
-Besides its matrix products, an epoch of the torch step makes one pass over every activation per elementwise op
-and eight multi-tensor passes for Adam. The launchers here do that work in as few passes as the arithmetic
-allows: bias, sine and cosine in one (`sincos_bias_`); the product with the cosine and the bias gradient in one
-(`cos_grad_`); the last layer's epilogue in one (`head`); the epoch's bookkeeping and the plateau schedule, driven
-by an epoch counter on the device (`schedule`); Adam over a chunk's flat buffer (`adam`). At `3xtf32` the sine
-pass, the cosine pass and Adam can write their result split (`split=(hi, lo)`), so that products read halves made
-in the same pass instead of splitting each operand in a pass of its own (`split_tf32_`).
-
-Nothing here reads a value back to the host, so an epoch can be captured as a CUDA graph. The arithmetic is that
-of `prefit.engine.SirenStep`, `prefit.optim.BatchedAdam` and `BatchedPlateau`; the tests compare them. Under
-`TRITON_INTERPRET=1` the kernels run on CPU tensors (numpy's `sin`); compiled for CUDA the sine and cosine are
-libdevice's correctly range-reduced `sinf`/`cosf` (SIREN pre-activations reach hundreds of radians).
+Besides its products, an epoch of the torch step makes a pass over every activation per elementwise op and eight
+passes for Adam. The launchers here do that work in as few passes as the arithmetic allows (bias, sine and cosine
+in one; the cosine product and the bias gradient in one; the last layer's epilogue in one; the epoch's records and
+plateau schedule, counted on the device; Adam over a chunk's flat buffer), and at `3xtf32` write results split
+(`split=`), so that products read halves made in the same pass. Nothing reads a value back to the host, so an
+epoch can be captured as a CUDA graph. The arithmetic is that of `prefit.engine.SirenStep` and `prefit.optim`
+(the tests compare them). Under `TRITON_INTERPRET=1` the kernels run on CPU tensors (numpy's `sin`); compiled,
+the sine and cosine are libdevice's range-reduced ones (SIREN pre-activations reach hundreds of radians).
 """
 
 from __future__ import annotations
@@ -21,6 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from prefit.precision import Split
 
 if TYPE_CHECKING:
     from prefit.engine.options import FitOptions
@@ -66,10 +64,9 @@ def available(device: torch.device) -> bool:
 PRECISE = not INTERPRET  # libdevice is not interpreted; numpy's sin and cos are already precise
 ELEMENTWISE_BLOCK = 1024
 ADAM_BLOCK = 1024
-Halves = tuple[torch.Tensor, torch.Tensor]  # (hi, lo): a tensor split for 3xtf32 products (`split_tf32_`)
 
 
-def sincos_bias_(s: torch.Tensor, c: torch.Tensor, b: torch.Tensor, w0: float, split: Halves | None = None) -> None:
+def sincos_bias_(s: torch.Tensor, c: torch.Tensor, b: torch.Tensor, w0: float, split: Split | None = None) -> None:
     """s <- sin(s + w0 b), c <- cos(s + w0 b) for s [M, pixels, H], b [M, 1, H]: one pass. With `split`, the
     sine goes to its halves instead of s (the 3xtf32 products read only those)."""
     n, width = s.numel(), s.shape[2]
@@ -81,7 +78,7 @@ def sincos_bias_(s: torch.Tensor, c: torch.Tensor, b: torch.Tensor, w0: float, s
     )
 
 
-def cos_grad_(g: torch.Tensor, c: torch.Tensor, gb: torch.Tensor, w0: float, split: Halves | None = None) -> None:
+def cos_grad_(g: torch.Tensor, c: torch.Tensor, gb: torch.Tensor, w0: float, split: Split | None = None) -> None:
     """g <- g * c, gb <- w0 * sum over pixels of g, for g, c [M, pixels, H], gb [M, 1, H]: one pass. With
     `split`, g * c goes to its halves instead of g."""
     members, pixels, width = g.shape
@@ -153,10 +150,9 @@ class Schedule:
 
 
 def schedule(state: Schedule, loss: torch.Tensor, losses: torch.Tensor, lrs: torch.Tensor) -> None:
-    """One epoch's bookkeeping: losses[epoch] <- loss, lrs[epoch] <- lr; this epoch's Adam step size and
-    bias correction; the plateau schedule's update of lr; epoch += 1. One program: the counter is read and
-    advanced by the same one, and a chunk has at most a few thousand members. One warp: the scalar state is
-    read by every thread and written by one, and warps of one program are not ordered without a barrier."""
+    """One epoch's bookkeeping: losses[epoch] <- loss, lrs[epoch] <- lr; Adam's step size and bias correction; the
+    plateau's update of lr; epoch += 1. One program of one warp: the counter and the scalar state are read by every
+    thread and written by one, and programs (or warps) are not ordered."""
     s, members = state, loss.shape[0]
     args = (loss, s.lr, s.best, s.bad_epochs, losses, lrs, s.step_size, s.powers, s.epoch, s.consts, members)
     kernels.schedule[(1,)](
@@ -165,12 +161,9 @@ def schedule(state: Schedule, loss: torch.Tensor, losses: torch.Tensor, lrs: tor
 
 
 class FlatParams:
-    """A chunk's parameters (or gradients, or Adam moments) in one flat buffer, so Adam is one launch.
-
-    Each tensor [M, ...] is a contiguous view into the buffer, starting at a multiple of ADAM_BLOCK, so that a
-    program of `adam` touches one tensor only; `tables` maps each program to its tensor, and each element to
-    its member through the tensor's size per member.
-    """
+    """A chunk's parameters (or gradients, or Adam moments) in one flat buffer, so Adam is one launch. Each tensor
+    [M, ...] is a view starting at a multiple of ADAM_BLOCK, so that a program of `adam` touches one tensor;
+    `tables` maps each program to its tensor, and each element to its member."""
 
     def __init__(self, shapes: list[torch.Size], device: torch.device):
         self.shapes = shapes
@@ -201,7 +194,7 @@ def adam(
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     state: Schedule,
-    split: Halves | None = None,
+    split: Split | None = None,
 ) -> None:
     """Adam on flat buffers laid out by `layout`, with `state`'s per-member step sizes: one launch. With
     `split`, the updated parameters are also written split, for the next epoch's 3xtf32 products."""
