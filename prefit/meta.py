@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from tqdm.auto import trange
 from prefit.config import Config, MetaConfig
 from prefit.data import coordinate_grid, side_of
 from prefit.engine import fit_batched
+from prefit.engine.options import FitOptions
 from prefit.io import atomic_path
 from prefit.model import Params, init_params, stack_params, triple_generator
 from prefit.schema import cell_stem
@@ -44,13 +45,27 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("prefit")) / "meta"
 
 
+def inner_options(cfg: Config, meta: MetaConfig) -> FitOptions:
+    """The options of Reptile's inner fits: the study's fit options, with the meta settings' steps and lr."""
+    return replace(cfg.train, epochs=meta.inner_steps, lr=meta.inner_lr, snapshot_epochs=[], progress=False)
+
+
+def _computed(options: object, kind: type) -> dict:
+    """`options`' values of the fields of dataclass `kind`, less those marked runtime (how a job runs, not what
+    it computes)."""
+    return {f.name: getattr(options, f.name) for f in fields(kind) if not f.metadata.get("runtime")}
+
+
 def cache_key(cfg: Config, meta: MetaConfig, data_source: str, pool: np.ndarray) -> str:
-    """A hash of everything the learned initialisation depends on (never of where it is cached)."""
+    """A hash of everything the learned initialisation depends on (never of where it is cached): the model, the
+    meta settings, the seed, the pool, and every field of `FitOptions` as the inner fits run with it (Adam's betas
+    and eps, the plateau schedule, the products' precision; epochs and lr are the meta settings' there), fields
+    marked runtime left out."""
     content = {
         "version": ALGORITHM_VERSION,
         "model": asdict(cfg.model),
-        "meta": {k: v for k, v in asdict(meta).items() if k != "cache_dir"},
-        "adam": [list(cfg.train.betas), cfg.train.eps],
+        "meta": _computed(meta, type(meta)),
+        "fit": _computed(inner_options(cfg, meta), FitOptions),
         "seed": cfg.seed,
         "data": data_source,
         "pool": hashlib.sha256(np.ascontiguousarray(pool, dtype=np.int64).tobytes()).hexdigest(),
@@ -63,7 +78,7 @@ def reptile(cfg: Config, meta: MetaConfig, signals: torch.Tensor, device: torch.
     hls, hfs, w0 = cfg.model.hls, cfg.model.hfs, cfg.model.w0
     theta = init_params(hls, hfs, w0, triple_generator(cfg.seed, META_STREAM))
     rng = np.random.default_rng([cfg.seed, META_STREAM])
-    inner = replace(cfg.train, epochs=meta.inner_steps, lr=meta.inner_lr, snapshot_epochs=[], progress=False)
+    inner = inner_options(cfg, meta)
     coords = coordinate_grid(side_of(signals.shape[1]))
     for step in trange(meta.outer_steps, desc=f"{hls}x{hfs} meta", disable=not cfg.train.progress, leave=False):
         tasks = rng.choice(signals.shape[0], size=meta.meta_batch, replace=False)

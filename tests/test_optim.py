@@ -3,7 +3,11 @@
 import pytest
 import torch
 
+from prefit import fused
+from prefit.engine.options import FitOptions
 from prefit.optim import BatchedAdam, BatchedPlateau
+
+FUSED_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a CPU runs them interpreted
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled (cpu)", "multi-tensor (cuda path)"])
@@ -30,6 +34,73 @@ def test_batched_adam_matches_torch_adam_per_member(compiled):
             opt.step()
         for p, q in zip(ref, stacked):
             torch.testing.assert_close(p.detach(), q[i], rtol=1e-6, atol=1e-7)  # within an ulp
+
+
+def tiny_gradient_case(eps: float):
+    """Start weights, 40 steps of gradients of scale 1e-9 (where eps, not sqrt(v), sets Adam's step) and
+    torch.optim.Adam's result for each member's learning rate."""
+    g = torch.Generator().manual_seed(3)
+    lrs = [1e-2, 3e-2, 5e-3]
+    shapes = [(3, 4, 5), (3, 1, 5)]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[1e-9 * torch.randn(s, generator=g) for s in shapes] for _ in range(40)]
+    expected = []
+    for i, lr in enumerate(lrs):
+        ref = [p[i].clone().requires_grad_(True) for p in start]
+        opt = torch.optim.Adam(ref, lr=lr, betas=(0.9, 0.999), eps=eps)
+        for step in grads:
+            for p, gi in zip(ref, step):
+                p.grad = gi[i].clone()
+            opt.step()
+        expected.append([p.detach() for p in ref])
+    return torch.tensor(lrs, dtype=torch.float64), start, grads, expected
+
+
+def assert_matches(result: list[torch.Tensor], start: list[torch.Tensor], expected, rtol: float, atol: float) -> None:
+    for i, ref in enumerate(expected):
+        for p, q, p0 in zip(ref, result, start):
+            assert (p - p0[i]).abs().max() > 100 * atol  # the steps add up to far more than the tolerance
+            torch.testing.assert_close(q[i], p, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 3e-10])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled (cpu)", "multi-tensor (cuda path)"])
+def test_batched_adam_matches_torch_adam_where_eps_dominates(compiled, eps):
+    """Gradients far below eps: the step is about lr * m / eps, so an eps other than the one asked for shows."""
+    lr, start, grads, expected = tiny_gradient_case(eps)
+    stacked = [p.clone() for p in start]
+    adam = BatchedAdam(stacked, lr, betas=(0.9, 0.999), eps=eps)
+    assert adam.compiled
+    adam.compiled = compiled
+    for step in grads:
+        adam.step(step)
+    assert_matches(stacked, start, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 3e-10])
+def test_fused_adam_matches_torch_adam_where_eps_dominates(eps):
+    """The fused Adam (prefit.fused: compiled on a GPU, interpreted by Triton on a CPU) on gradients far
+    below eps, against torch.optim.Adam."""
+    if why := fused.unavailable(FUSED_DEVICE):
+        pytest.skip(f"the fused kernels cannot run: {why}")
+    lr, start, grads, expected = tiny_gradient_case(eps)
+    layout = fused.FlatParams([p.shape for p in start], FUSED_DEVICE)
+    flat = layout.buffer(start[0].to(FUSED_DEVICE))
+    grad_flat, m, v = layout.buffer(flat), layout.buffer(flat), layout.buffer(flat)
+    for view, p in zip(layout.views(flat), start):
+        view.copy_(p)
+    fit = FitOptions(betas=(0.9, 0.999), eps=eps, plateau_patience=10**6)  # no plateau within the run
+    state = fused.Schedule.start(fit, lr.shape[0], FUSED_DEVICE)
+    state.lr.copy_(lr)
+    losses = torch.empty(len(grads), lr.shape[0], device=FUSED_DEVICE)
+    lrs = torch.empty(len(grads), lr.shape[0], dtype=torch.float64, device=FUSED_DEVICE)
+    loss = torch.ones(lr.shape[0], device=FUSED_DEVICE)
+    for step in grads:
+        for view, grad in zip(layout.views(grad_flat), step):
+            view.copy_(grad)
+        fused.schedule(state, loss, losses, lrs)
+        fused.adam(layout, flat, grad_flat, m, v, state)
+    assert_matches([view.cpu() for view in layout.views(flat)], start, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_batched_adam_follows_a_changing_learning_rate():

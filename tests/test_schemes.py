@@ -11,9 +11,7 @@ from prefit.model import init_params, stack_params, triple_generator
 from prefit.schemes import build_plan, run_plan
 
 CPU = torch.device("cpu")
-THREE = SchemesConfig(
-    random=SchemeConfig("none"), same_class=SchemeConfig("same_class"), other_class=SchemeConfig("other_class")
-)
+THREE = SchemesConfig(random=SchemeConfig(), same_class=SchemeConfig(), other_class=SchemeConfig())
 
 
 def make_cfg(protocol: str = "independent", epochs: int = 6, schemes: SchemesConfig = THREE) -> Config:
@@ -61,6 +59,30 @@ def test_chained_plan_is_one_chain_per_triple(data):
         ("other_class", "prefit", t.other),
         ("other_class", "fit", t.target),
     ]
+
+
+@pytest.mark.parametrize(
+    "selected",
+    [("random",), ("random", "same_class"), ("same_class",), ("other_class",), ("random", "other_class")],
+    ids="+".join,
+)
+def test_chained_runs_its_chain_only_up_to_the_last_selected_scheme(data, selected):
+    """A -> B -> A -> C -> A is cut after the fit on A that the last selected scheme reports: no stage, fit or
+    member-epoch beyond it is run."""
+    order = ("random", "same_class", "other_class")
+    stages = {"random": 1, "same_class": 3, "other_class": 5}[max(selected, key=order.index)]
+    epochs, n = 3, 2
+    cfg = make_cfg("chained", epochs=epochs, schemes=SchemesConfig(**{s: SchemeConfig() for s in selected}))
+    plan = build_plan(cfg, data, draw_triples(data.labels, n, 42))
+    assert [len(m.fits) for m in plan.members] == [stages] * n
+    result = run_plan(cfg, plan, CPU, max_members=2)
+    rows = result.rows
+    assert sorted(set(rows.stage)) == list(range(stages)) and len(rows) == n * stages * epochs
+    assert result.fits == n * stages and result.members == n
+    assert len(result.info["stages"]) == stages and result.info["member_epochs"] == n * stages * epochs
+    reported = order[: order.index(max(selected, key=order.index)) + 1]  # the chain's fits on A up to the cut
+    assert sorted(set(rows[rows.phase == "fit"].scheme)) == sorted(reported)
+    assert sorted(set(result.recon["scheme"])) == sorted(reported)
 
 
 def test_cell_rows_and_shared_initialisation(data):
@@ -124,7 +146,7 @@ def test_a_pool_larger_than_the_images_left_names_the_key_to_lower(data):
     from prefit.config import ClassMeanConfig
     from prefit.data import DataError
 
-    cfg = make_cfg(schemes=SchemesConfig(random=SchemeConfig("none"), class_mean=ClassMeanConfig(pool_size=1000)))
+    cfg = make_cfg(schemes=SchemesConfig(random=SchemeConfig(), class_mean=ClassMeanConfig(pool_size=1000)))
     triples = draw_triples(data.labels, 3, cfg.seed)
     with pytest.raises(DataError, match=r"outside the triples: lower scheme.class_mean.pool_size") as error:
         build_plan(cfg, data, triples)
