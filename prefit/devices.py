@@ -1,20 +1,17 @@
 """A ledger of GPU memory shared by the jobs of one machine, so that jobs side by side never run a device out.
 
-A local sweep starts one job per core; on a GPU machine they all land on the same few devices. Each job asks
-the ledger for a lease of device memory before it fits anything and sizes its chunks for what it was granted:
+A local sweep starts one job per core, and on a GPU machine they share a few devices. Each job leases device memory
+before it fits anything and sizes its chunks for what it was granted:
 
     with acquire(need_bytes, min_bytes, {0: 72e9, 1: 72e9}) as lease:
         run on torch.device("cuda", lease.device) with chunks fitting lease.granted_bytes
 
-`acquire` picks the device with the most room and grants `min(need_bytes, room)` once that is at least
-`min_bytes`, else waits: narrow cells (small `need_bytes`) run side by side, and a wide cell whose minimum does
-not fit waits for the jobs before it to finish. The ledger is a JSON file beside a lock file in one folder
-(`<tempdir>/prefit-devices`, or `$PREFIT_DEVICE_LEDGER`); every read-modify-write of it holds an exclusive
-`fcntl.flock` on the lock file, and the JSON is replaced atomically. Entries name their process (pid and start
-time): those of processes that died are dropped, so a crashed job never blocks a device.
-
-The ledger only counts what jobs tell it: the capacities passed in should leave room for what it cannot see
-(CUDA contexts, other programs on the GPU). It knows nothing of CUDA itself, so it is tested without a GPU.
+`acquire` grants `min(need_bytes, room)` on the device with the most room once that is at least `min_bytes`, else
+waits: narrow cells run side by side, a wide one waits for the jobs before it. The ledger is a JSON file in one
+folder (`<tempdir>/prefit-devices`, or `$PREFIT_DEVICE_LEDGER`), rewritten atomically under an exclusive `flock`.
+Entries name their process (pid and start time); those of dead processes are dropped, so a crashed job never
+blocks a device. The ledger counts only what jobs tell it (capacities should leave room for CUDA contexts and
+other programs) and knows nothing of CUDA, so it is tested without a GPU.
 """
 
 from __future__ import annotations
@@ -132,12 +129,9 @@ def acquire(
 def cuda_capacities(
     fraction: float | None = None, reserve_bytes: int = 0, only: Sequence[int] | None = None
 ) -> dict[int, int]:
-    """Bytes that leases may take on each visible CUDA device (or the devices `only` names).
-
-    `fraction` (default $PREFIT_GPU_FRACTION, else 0.9) of the device's memory, less `reserve_bytes` for what
-    the ledger cannot see (the CUDA contexts of the jobs side by side), but never less than half that fraction.
-    The total comes from the device's properties, which, unlike `torch.cuda.mem_get_info`, open no CUDA context
-    on a device this process may never use.
+    """Bytes that leases may take on each visible CUDA device (or those `only` names): `fraction` (default
+    $PREFIT_GPU_FRACTION, else 0.9) of its memory less `reserve_bytes` (the jobs' CUDA contexts), at least half that.
+    The total comes from the device's properties, which open no CUDA context (unlike `torch.cuda.mem_get_info`).
     """
     import torch
 

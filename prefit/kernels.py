@@ -1,23 +1,17 @@
 """The CPU engine's compiled step: forward and backward of a chunk of SIRENs, one member at a time (numba).
 
-Why compiled: on a CPU a narrow SIREN's epoch is a few dozen small operations per chunk. As array operations from
-Python, each streams a [members, pixels, hfs] array through memory, the sine and the cosine each reduce their
-argument afresh, and chunks side by side on threads wait on the GIL between operations. `siren_step` runs one
-member's whole forward and backward pass after another without the GIL, its activations in the core's cache; its
-matrix products are BLAS calls (`_matmul`), everything else is fused into the loops around them: a sine layer's
-bias, sine and cosine share one argument reduction (`_sincos`); the first layer (2 inputs) and the last (3
-outputs) are written out; the backward's product with the cosine also sums the bias gradient.
+Why compiled: on a CPU a narrow SIREN's epoch is a few dozen small array operations, each streaming a chunk's
+activations through memory, the sine and cosine each reducing their argument afresh, chunks on threads waiting on
+the GIL between them. `siren_step` runs one member's whole pass after another without the GIL, its activations in
+the core's cache: the products are BLAS calls (`_matmul`); a sine layer's bias, sine and cosine share one argument
+reduction (`_sincos`); the first layer (2 inputs) and the last (3 outputs) are written out; the backward's product
+with the cosine also sums the bias gradient. The arithmetic is `prefit.engine.SirenStep`'s (tests/test_kernels.py).
 
-The arithmetic is the torch engine's (`prefit.engine.SirenStep`): w0 scales the small weight matrices, and the
-prediction is kept transposed, [3, pixels]. tests/test_kernels.py checks the step against autograd and the sine
-against float64.
-
-The sine and cosine: x is reduced to r = x - k pi/2 with |r| <= pi/4 (Cody-Waite: pi/2 split into three float32
-parts, the first two exact when multiplied by k), sin r and cos r are Taylor polynomials (to r^9 and r^10,
-truncation below 3e-8) and k mod 4 picks the quadrant: within 1.5 float32 ulp of the exact value (torch's sin:
-0.6 ulp). The reduction is exact while |x| <= REDUCTION_LIMIT; a layer's pre-activations are bounded by its
-weights (|sin| <= 1), and a member whose bound is above the limit, or not finite (a diverging fit), has that
-layer computed with libm's float64 sin and cos instead.
+The sine and cosine: x is reduced to r = x - k pi/2, |r| <= pi/4 (Cody-Waite: pi/2 in three float32 parts, the
+first two exact times k), sin r and cos r are Taylor polynomials (to r^9 and r^10) and k mod 4 picks the quadrant:
+within 1.5 float32 ulp of the exact value (torch's sin: 0.6). The reduction is exact while |x| <= REDUCTION_LIMIT;
+a layer whose pre-activations' bound (from its weights, |sin| <= 1) is above it, or not finite, gets libm's
+float64 sin and cos instead.
 """
 
 from __future__ import annotations
@@ -44,7 +38,6 @@ _ZERO, _ONE, _HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
 
 _JIT = {"nogil": True, "cache": True, "boundscheck": False, "error_model": "numpy", "fastmath": {"contract"}}
 
-# ------------------------------------------------------------------------------------------------ products
 # The step's matrix products call `prefit_sgemm`, a symbol with cblas_sgemm's signature (row-major, 64-bit
 # integers) bound at import to numpy's own OpenBLAS where numpy ships one (faster than scipy's, which numba's np.dot
 # calls, at the weight gradients' transposed products), else to `_sgemm_fallback` (np.dot). Compiled code names the

@@ -20,7 +20,7 @@ from prefit import fused
 from prefit.engine.common import engine, psnr_from_loss
 from prefit.engine.cuda import FusedChunk
 from prefit.engine.options import FitOptions
-from prefit.engine.steps import make_step
+from prefit.engine.steps import CpuStep, SirenStep
 from prefit.errors import ConfigError
 from prefit.model import Params
 from prefit.optim import BatchedAdam, BatchedPlateau
@@ -100,7 +100,8 @@ class HostChunk:
     ):
         members, device = target.shape[0], target.device
         self.train, self.slots = train, slots
-        self.step = make_step(params, coords, target, w0, kernels)
+        kind = CpuStep if kernels == "compiled" and device.type == "cpu" else SirenStep
+        self.step = kind(params, coords, target, w0)
         self.lr = torch.full((members,), train.lr, dtype=torch.float64, device=device)
         flat = [t for pair in self.step.params for t in pair]
         self.adam = BatchedAdam(flat, self.lr, betas=tuple(train.betas), eps=train.eps)

@@ -17,17 +17,8 @@ def _fit(params, targets, coords, train, w0, device, max_members, slots, result,
         model = Siren(hls, hfs, w0).to(device).load_params(member_params(params, i))
         target = targets[i].to(device)
         opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas), eps=train.eps)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt,
-            mode="min",
-            factor=train.plateau_factor,
-            patience=train.plateau_patience,
-            threshold=train.plateau_threshold,
-            threshold_mode="rel",
-            cooldown=0,
-            min_lr=0.0,
-            eps=1e-8,
-        )
+        plateau = dict(factor=train.plateau_factor, patience=train.plateau_patience, threshold=train.plateau_threshold)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **plateau)  # mode min, relative threshold, as ours
         losses = torch.empty(train.epochs, device=device)
         for epoch in range(train.epochs):
             pred = model(coords)

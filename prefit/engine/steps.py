@@ -147,14 +147,6 @@ class CpuStep:
         return self.loss, self.pred_t.transpose(1, 2), self.grads
 
 
-def make_step(
-    params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float, kernels: str = "compiled"
-) -> SirenStep | CpuStep:
-    """The host-driven loop's step: `compiled` (CPU only) or `torch` (any device)."""
-    kind = CpuStep if kernels == "compiled" and params[0][0].device.type == "cpu" else SirenStep
-    return kind(params, coords, target, w0)
-
-
 def loss_and_grads(
     params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float
 ) -> tuple[torch.Tensor, torch.Tensor, Params]:
