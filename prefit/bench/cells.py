@@ -1,5 +1,5 @@
-"""One cell of the benchmark (`bench_cell`): warm every engine up, plan members and epochs to the budget
-(`plan`), time the engines in turns (`interleaved`), and record the figures bench.json holds for the cell."""
+"""One cell of the benchmark (`bench_cell`): warm every engine up, plan members and epochs to the budget (`plan`),
+time the engines in turns (`interleaved`), and record the cell's figures for bench.json."""
 
 from __future__ import annotations
 
@@ -28,10 +28,9 @@ def log(message: str) -> None:
 def interleaved(
     runs: dict[str, Run], members: dict[str, int], epochs: int, device: torch.device, opts: Options
 ) -> tuple[dict[str, list[float]], list[PeakMemory]]:
-    """`opts.repeats` timings of every engine, taken in turns (batched, sequential, original, batched, ...), so
-    that a shared machine changing speed during the run (seen here: the same loop 1.1 or 2 ms for minutes at a
-    time) slows every engine alike instead of skewing their ratios. An engine stops early once its timings took
-    twice the budget, so that the whole run still ends in time. The batched runs also measure peak memory."""
+    """`opts.repeats` timings of every engine, taken in turns, so that a shared machine changing speed slows every
+    engine alike instead of skewing their ratios; an engine stops once its timings took twice the budget. The
+    batched runs also measure peak memory."""
     times: dict[str, list[float]] = {engine: [] for engine in runs}
     memories: list[PeakMemory] = []
     for _ in range(opts.repeats):
@@ -45,8 +44,8 @@ def interleaved(
 
 
 def warm_process(device: torch.device, engines: Sequence[str]) -> None:
-    """Run every engine once on a tiny SIREN, untimed: the process's one-time costs (autograd and optimiser
-    set-up, lazy imports, thread pools) would otherwise land in the first cell's warm-up and skew its plan."""
+    """Run every engine once on a tiny SIREN, untimed, so that the process's one-time costs (lazy imports, set-up,
+    thread pools) do not skew the first cell's plan."""
     params, targets = make_members(1, 8, 1), smooth_targets(1)
     for engine in engines:
         runner(engine, params, targets, coordinate_grid(SIDE), device, 1)(1, 2)
@@ -55,12 +54,9 @@ def warm_process(device: torch.device, engines: Sequence[str]) -> None:
 def plan(
     rates: dict[str, float], wanted: dict[str, int], least: dict[str, int], opts: Options
 ) -> tuple[int, dict[str, int]]:
-    """Epochs and members per engine so that each engine's timed runs take about `opts.budget` seconds.
-
-    `rates`: seconds per member-epoch seen in the warm-up (an overestimate: it holds the one-time costs).
-    Members are cut first (the batched engine to whole multiples of `least`: a chunk per core), then epochs, never below
-    `opts.min_epochs`; a cell too big for the budget even then overruns it rather than time nothing.
-    """
+    """Epochs and members per engine so that each engine's timed runs take about `opts.budget` seconds, from the
+    warm-up's seconds per member-epoch (`rates`). Members are cut first (the batched engine's to whole multiples of
+    `least`, a chunk per core), then epochs, never below `opts.min_epochs`: a cell too big overruns the budget."""
     per_epoch = {e: opts.repeats * least[e] * rates[e] for e in rates}
     epochs = opts.epochs
     if per_epoch:
@@ -112,8 +108,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
     if opts.steady if opts.steady is not None else device.type == "cuda":
         start = [(w.to(device), b.to(device)) for w, b in make_members(hls, hfs, chunk)]
         target = smooth_targets(chunk, side=side).to(device)
-        each = min(2.0, opts.budget / 10)  # seconds per repeat
-        steady = steady_state_cell(start, coords.to(device), target, W0, opts.ceilings, each, 3, opts.bandwidth_gbs)
+        steady = steady_state_cell(start, coords.to(device), target, W0, opts)
         log(f"[{name}] steady state: " + format_steady([{"hls": hls, "hfs": hfs, "steady_state": steady}])[0])
         if device.type == "cuda":  # the figure a study sees: captured epochs, transfers and set-up outside
             ms["batched"] = steady["fused_graph"]["ms_per_member_epoch"]

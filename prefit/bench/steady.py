@@ -18,6 +18,7 @@ import statistics
 import torch
 
 from prefit.bench.machine import seconds
+from prefit.bench.options import Options
 from prefit.engine.batched import HostChunk
 from prefit.engine.common import flops_per_member_epoch
 from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
@@ -96,32 +97,23 @@ def floor_ms(
     return 1e3 * members * (flops / (rate * 1e9) + moved / (bandwidth_gbs * 1e9))
 
 
-def steady_state_cell(
-    params: Params,
-    coords: torch.Tensor,
-    target: torch.Tensor,
-    w0: float,
-    ceilings: dict[str, float],
-    seconds_per_repeat: float = 2.0,
-    repeats: int = 3,
-    bandwidth_gbs: float | None = None,
-) -> dict:
-    """`epoch_times` for a cell's chunk, with epochs per repeat chosen from its flops (about
-    `seconds_per_repeat` at 60 % of the fp32 ceiling, 10 to 500 epochs), and each form's share of the fp32 and
-    TF32 ceilings and, given the memory's rate, its `floor_ms` and the share of it that the form reaches
-    (`fraction_floor`). What bench.json records under a cell's `steady_state`."""
-    members = target.shape[0]
+def steady_state_cell(params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float, opts: Options) -> dict:
+    """What bench.json records under a cell's `steady_state`: `epoch_times` for its chunk, 3 repeats of epochs
+    chosen from its flops (about `opts.budget / 10` seconds, at most 2, at 60 % of the fp32 ceiling; 10 to 500),
+    and each form's share of the ceilings (`opts.ceilings`) and, given the copy rate, of its `floor_ms`."""
+    ceilings, members, repeats = opts.ceilings, target.shape[0], 3
     hls, hfs = len(params) - 2, params[0][0].shape[2]
     per_member = flops_per_member_epoch(hls, hfs, target.shape[1])
     rate = 0.6 * ceilings["fp32"] * 1e9
-    epochs = int(min(500, max(10, seconds_per_repeat * rate / (per_member * members))))
+    epochs = int(min(500, max(10, min(2.0, opts.budget / 10) * rate / (per_member * members))))
     forms = tuple(FORMS) if target.device.type == "cuda" else ("torch_eager",)
     times = epoch_times(params, coords, target, w0, epochs=epochs, repeats=repeats, forms=forms)
     record: dict = {"members": members, "epochs": epochs, "repeats": repeats}
     for form, t in times.items():
         fractions = {f"fraction_{name}": t["gflops"] / c for name, c in ceilings.items() if c}
         record[form] = {**t, "ms_per_member_epoch": t["ms_per_epoch"] / members, **fractions}
-        floor = floor_ms(form, hls, hfs, target.shape[1], members, ceilings, bandwidth_gbs) if bandwidth_gbs else None
+        bandwidth = opts.bandwidth_gbs
+        floor = floor_ms(form, hls, hfs, target.shape[1], members, ceilings, bandwidth) if bandwidth else None
         if floor is not None:
             record[form].update(floor_ms=floor, fraction_floor=floor / t["ms_per_epoch"])
     return record
