@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
     f32, f64, i64, i32 = "*fp32", "*fp64", "*i64", "*i32"
     KERNELS = [  # (kernel, argument types, constexprs, launch options), as prefit.fused launches them
         *[(K.sincos_bias,
-           dict(s_ptr=f32, c_ptr=f32, b_ptr=f32, hi_ptr=f32, lo_ptr=f32, w0="fp32", n="i32", per_member="i32",
+           dict(s_ptr=f32, c_ptr=f32, b_ptr=f32, hi_ptr=f32, lo_ptr=f32, w0="fp32", n="i32", stride="i32",
                 width="i32"),
            dict(BLOCK=F.ELEMENTWISE_BLOCK, PRECISE=True, SPLIT=split), dict(enable_fp_fusion=False))
           for split in (False, True)],

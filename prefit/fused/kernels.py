@@ -1,6 +1,6 @@
 """The Triton kernels that `prefit.fused` launches (imported only where Triton is installed).
 
-`*_ptr` parameters are tensors; `tl.constexpr` ones are compile-time choices: block sizes, whether a result is
+`*_ptr` parameters are tensors; `constexpr` ones are compile-time choices: block sizes, whether a result is
 written split for 3xtf32 products (`SPLIT`), libdevice's sine and cosine or the interpreter's (`PRECISE`).
 """
 
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language import constexpr
 from triton.language.extra import libdevice
 
 
 @triton.jit
-def _sin_cos(x, PRECISE: tl.constexpr):
+def _sin_cos(x, PRECISE: constexpr):
     if PRECISE:
         return libdevice.sin(x), libdevice.cos(x)
     else:
@@ -20,7 +21,7 @@ def _sin_cos(x, PRECISE: tl.constexpr):
 
 
 @triton.jit
-def _store(ptr, hi_ptr, lo_ptr, offs, x, mask, SPLIT: tl.constexpr):
+def _store(ptr, hi_ptr, lo_ptr, offs, x, mask, SPLIT: constexpr):
     """x to ptr, or (SPLIT) its TF32 head and remainder to hi_ptr and lo_ptr: x = hi + lo exactly."""
     if SPLIT:
         hi = ((x.to(tl.int32, bitcast=True) + 0x1000) & -0x2000).to(tl.float32, bitcast=True)  # nearest
@@ -32,22 +33,11 @@ def _store(ptr, hi_ptr, lo_ptr, offs, x, mask, SPLIT: tl.constexpr):
 
 @triton.jit
 def sincos_bias(
-    s_ptr,
-    c_ptr,
-    b_ptr,
-    hi_ptr,
-    lo_ptr,
-    w0,
-    n,
-    per_member,
-    width,
-    BLOCK: tl.constexpr,
-    PRECISE: tl.constexpr,
-    SPLIT: tl.constexpr,
+    s_ptr, c_ptr, b_ptr, hi_ptr, lo_ptr, w0, n, stride, width, BLOCK: constexpr, PRECISE: constexpr, SPLIT: constexpr
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    bias = tl.load(b_ptr + (offs // per_member) * width + offs % width, mask=mask)
+    bias = tl.load(b_ptr + (offs // stride) * width + offs % width, mask=mask)  # stride: a member's elements
     x = tl.load(s_ptr + offs, mask=mask) + w0 * bias
     sin, cos = _sin_cos(x, PRECISE)
     tl.store(c_ptr + offs, cos, mask=mask)
@@ -56,17 +46,7 @@ def sincos_bias(
 
 @triton.jit
 def cos_grad(
-    g_ptr,
-    c_ptr,
-    gb_ptr,
-    hi_ptr,
-    lo_ptr,
-    w0,
-    pixels,
-    width,
-    BLOCK_P: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    SPLIT: tl.constexpr,
+    g_ptr, c_ptr, gb_ptr, hi_ptr, lo_ptr, w0, pixels, width, BLOCK_P: constexpr, BLOCK_H: constexpr, SPLIT: constexpr
 ):
     member = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -97,7 +77,7 @@ def head(
     pixels,
     epochs,
     n_slots,
-    BLOCK_P: tl.constexpr,
+    BLOCK_P: constexpr,
 ):
     member = tl.program_id(0).to(tl.int64)
     t = tl.load(t_ptr)
@@ -139,7 +119,7 @@ def schedule(
     members,
     epochs,
     patience,
-    BLOCK: tl.constexpr,
+    BLOCK: constexpr,
 ):
     # float64 constants from memory: Triton passes Python floats as float32 (1e-4 would not be 1e-4)
     beta1, beta2 = tl.load(consts_ptr), tl.load(consts_ptr + 1)
@@ -196,8 +176,8 @@ def adam(
     beta1,
     beta2,
     eps,
-    BLOCK: tl.constexpr,
-    SPLIT: tl.constexpr,
+    BLOCK: constexpr,
+    SPLIT: constexpr,
 ):
     pid = tl.program_id(0)
     tensor = tl.load(block_tensor_ptr + pid)
@@ -223,7 +203,7 @@ def adam(
 
 
 @triton.jit
-def split_tf32(x_ptr, hi_ptr, lo_ptr, n, BLOCK: tl.constexpr):
+def split_tf32(x_ptr, hi_ptr, lo_ptr, n, BLOCK: constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     _store(x_ptr, hi_ptr, lo_ptr, offs, tl.load(x_ptr + offs, mask=mask, other=0.0), mask, True)
