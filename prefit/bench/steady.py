@@ -44,11 +44,8 @@ def epoch_times(
     repeats: int = 5,
     forms: tuple[str, ...] = tuple(FORMS),
 ) -> dict[str, dict[str, float]]:
-    """Median and range of ms per epoch (the whole chunk) for each form (`FORMS`), and its GFLOP/s. Captured
-    forms are left out off CUDA.
-
-    `params` and `target` should already be on the device: their transfer is not part of an epoch.
-    """
+    """Median and range of ms per epoch (the whole chunk) for each form (`FORMS`; captured ones on CUDA only), and
+    its GFLOP/s. `params` and `target` should be on the device already: their transfer is not an epoch's."""
     device, members = target.device, target.shape[0]
     hls, hfs = len(params) - 2, params[0][0].shape[2]
     flops = flops_per_member_epoch(hls, hfs, target.shape[1]) * members
@@ -83,11 +80,9 @@ def epoch_times(
 def floor_ms(
     form: str, hls: int, hfs: int, pixels: int, members: int, ceilings: dict[str, float], bandwidth_gbs: float
 ) -> float | None:
-    """The least a fused form's epoch of `members` can take on this machine: its products at the measured
-    `torch.mm` rate of their precision (`3xtf32`: three TF32 products) plus the bytes its other passes move
-    (`fused_bytes_per_member_epoch`) at the measured copy rate, one after the other as the epoch runs them.
-    None for the torch form, whose passes are not counted. Without a TF32 ceiling (a CPU) TF32 products run
-    at the fp32 one."""
+    """The least a fused form's epoch of `members` can take here: its products at the measured `torch.mm` rate of
+    their precision (`3xtf32`: three TF32 products; a CPU has no TF32 rate) plus its passes' bytes
+    (`fused_bytes_per_member_epoch`) at the copy rate, one after the other. None for the torch form."""
     kernels, _, precision = FORMS[form]
     if kernels != "fused":
         return None

@@ -19,11 +19,8 @@ SEED = 0
 
 
 def smooth_targets(n: int, seed: int = SEED, side: int = SIDE) -> torch.Tensor:
-    """n random smooth colour images as [-1, 1] signals [n, side^2, 3] (a fixed seed; timing ignores content).
-
-    Random 4x4 colour patches upsampled bicubically to side x side: image-like low frequencies, pixel k at grid
-    point k of `coordinate_grid` (row-major).
-    """
+    """n random smooth colour images as [-1, 1] signals [n, side^2, 3] (a fixed seed; timing ignores content):
+    random 4x4 colour patches upsampled bicubically, pixel k at grid point k of `coordinate_grid`."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
     images = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=True).clamp(-1, 1)
@@ -40,9 +37,9 @@ def fit_original(
 ) -> list[float]:
     """One fit written the way the original study wrote it, the baseline the engines are measured against.
 
-    An `nn.Module` SIREN, `torch.optim.Adam` and `ReduceLROnPlateau`; every epoch the prediction is copied to
-    the host, mapped to [0, 1], and its PSNR (numpy MSE, 10 log10(1 / mse)) appended to a Python list. That
-    per-epoch copy forces the device to finish the epoch before the next one is queued. Returns the PSNRs.
+    An `nn.Module` SIREN, `torch.optim.Adam` and `ReduceLROnPlateau`; every epoch the prediction is copied to the
+    host and its PSNR appended to a list (numpy), which makes the device finish each epoch before the next one is
+    queued. Returns the PSNRs.
     """
     hls, hfs = len(params) - 2, params[0][0].shape[1]
     model = Siren(hls, hfs, W0).to(device).load_params(params)

@@ -71,11 +71,8 @@ def _chunks(members: int, max_members: int, cores: int) -> list[slice]:
 
 
 def _on_cores(run: Callable[[slice], Params], chunks: list[slice], threads: int) -> list[Params]:
-    """Run independent chunks side by side, one core each, with single-threaded ops.
-
-    Chunks never interact, so this parallelism needs no synchronisation inside an epoch, keeps each chunk's
-    activations in its own core's cache, and gives the same numbers as running the chunks one after another.
-    """
+    """Run independent chunks side by side, one core each, with single-threaded ops: no synchronisation inside an
+    epoch, each chunk's activations in its own core's cache, the same numbers as running them in turn."""
     torch.set_num_threads(1)
     try:
         with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(threads, len(chunks))) as pool:
@@ -89,14 +86,7 @@ class HostChunk:
     `prefit.optim`'s Adam and plateau. It runs as `prefit.engine.cuda.FusedChunk` does, with the same records."""
 
     def __init__(
-        self,
-        params: Params,
-        coords: Tensor,
-        target: Tensor,
-        train: FitOptions,
-        w0: float,
-        slots: dict[int, int],
-        kernels: str,
+        self, params: Params, coords: Tensor, target: Tensor, train: FitOptions, w0: float, slots: dict, kernels: str
     ):
         members, device = target.shape[0], target.device
         self.train, self.slots = train, slots

@@ -29,12 +29,9 @@ class SirenStep:
     Backward: dy = 2 (y - t) / (pixels * 3); for a sine layer g = da * cos(s_l);
     dW_l = w0 a_{l-1}^T g, db_l = w0 sum over pixels of g, da_{l-1} = g (w0 W_l)^T.
 
-    Why this shape:
-    - buffers live as long as the chunk: fresh activations every epoch would come back from the OS as new
-      pages that fault on first touch;
-    - w0 multiplies the small weight matrices, never the activations;
-    - the last layer (3 outputs) is computed transposed, [3, pixels] per member: a matrix product with 3 columns
-      runs several times slower than the same product with 3 rows.
+    Buffers live as long as the chunk (fresh ones every epoch would fault on first touch); w0 multiplies the small
+    weight matrices, never the activations; the last layer (3 outputs) is computed transposed, [3, pixels] per
+    member, as a product with 3 columns runs several times slower than one with 3 rows.
     """
 
     def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
@@ -59,10 +56,8 @@ class SirenStep:
         self.grads.append((torch.empty_like(w), torch.empty_like(b)))
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
-        """Per-member loss [M] and predictions [M, pixels, 3] before the update, and the gradients.
-
-        The returned predictions and gradients live in the workspace: they are overwritten by the next call.
-        """
+        """Per-member loss [M], predictions [M, pixels, 3] before the update, and the gradients: workspace views,
+        overwritten by the next call."""
         params, w0 = self.params, self.w0
         x = self.coords
         for (w, b), ws, bs, s, c in zip(params[:-1], self.scaled, self.scaled_bias, self.sines, self.cosines):
@@ -99,11 +94,9 @@ class SirenStep:
 class CpuStep:
     """SirenStep's CPU twin: the same forward and backward, compiled (`prefit.kernels.siren_step`).
 
-    It owns its chunk's parameters, stored so that the compiled step can index them: the first layer
-    W [M, 2, hfs], the hidden layers stacked W [hls, M, hfs, hfs], the last layer W [M, hfs, 3] (biases alike);
-    `params` and the gradients are lists of (W, b) views into them, in the engine's usual layout, so the
-    optimiser never knows. The step works member after member in a workspace of one member's activations
-    ([pixels, hfs] per layer, reused), which stays near the core: in its own cache at narrow widths.
+    It owns its chunk's parameters as the compiled step indexes them (first layer W [M, 2, hfs], hidden layers
+    stacked [hls, M, hfs, hfs], last layer [M, hfs, 3], biases alike); `params` and the gradients are (W, b) views
+    into them, so the optimiser never knows. The step works member after member in one member's workspace.
     """
 
     def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
