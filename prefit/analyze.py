@@ -1,4 +1,4 @@
-"""`python -m prefit.analyze SWEEP [analysis.psnr_cap=59]`: the entry point of the analysis (prefit.analysis)."""
+"""`python -m prefit.analyze SWEEP [--psnr-cap DB] [--ci-method METHOD]`: the analysis of a sweep (prefit.analysis)."""
 
 import sys
 

@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from prefit.analysis import AnalysisError, read_analysis
+from prefit.errors import one_line
 from prefit.io import atomic_path
-from prefit.schema import AUC_FILE
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
 
@@ -26,7 +27,8 @@ def execute_notebook(
     timeout: int = 300,
     notebook: Path = NOTEBOOK,
 ) -> Path:
-    """Run the analysis notebook on `analysis_dir`; write the executed notebook to `out` and return its path."""
+    """Run the analysis notebook on `analysis_dir`; write the executed notebook to `out` and return its path.
+    AnalysisError if the folder holds no analysis in the current layout (prefit.analysis.read_analysis)."""
     try:
         import nbclient
         import nbformat
@@ -34,10 +36,7 @@ def execute_notebook(
         raise ImportError(f"executing the notebook needs {error.name}: pip install -e '.[notebook]'") from None
 
     analysis_dir = Path(analysis_dir).resolve()
-    if not (analysis_dir / AUC_FILE).is_file():
-        raise FileNotFoundError(
-            f"{analysis_dir} is not an analysis folder (no {AUC_FILE}): run `python -m prefit.analyze SWEEP_DIR` first"
-        )
+    read_analysis(analysis_dir)  # an AnalysisError in one line for a folder without an analysis, or an older one
     nb = nbformat.read(notebook, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params.source = f"ANALYSIS_DIR = {str(analysis_dir)!r}\nCELL = {cell!r}\n"
@@ -59,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = execute_notebook(args.analysis_dir, args.out, args.cell)
-    except (FileNotFoundError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (AnalysisError, ImportError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:  # a cell failed: nbclient's message is long; its first line says which
         print(f"error: the notebook failed: {str(error).strip().splitlines()[0]}", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""`python -m prefit.report --independent A --chained B` and `python -m prefit.report robustness A B`: the entry
-point of the reports (prefit.analysis.protocol, prefit.analysis.robustness)."""
+"""`python -m prefit.report --independent A --chained B`, `python -m prefit.report robustness A B` and
+`python -m prefit.report resolution SWEEP`: the reports (prefit.analysis.protocol, .robustness, .resolution)."""
 
 import sys
 

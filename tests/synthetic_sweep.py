@@ -6,7 +6,7 @@ rows with wildly different PSNR values, so a test notices if the analysis forget
 
 A job's run.json holds a `study` (the config that decides results, as prefit.records writes it) only when one is
 given (`study_of`, `write_variant_sweep`): the analysis then tells jobs that differ in other keys (`train.lr`,
-`seed`) apart as variants.
+`seed`) apart by those keys' columns.
 
 Besides the original three schemes the writer knows the newer ones (`ALL_SCHEMES`, `new_schemes=True`), laid
 out as docs/formats.md describes them: `class_mean` pre-fits once on its class's mean image (no index, so its
@@ -30,8 +30,8 @@ ALL_SCHEMES = (*SCHEMES, "class_mean", "multi_same", "meta")
 PREFIT_SCHEMES = {"same_class", "other_class", "class_mean", "multi_same"}
 MULTI_SAME_STAGES = 3  # pre-fits of a multi_same member before its fit of A
 
-# docs/formats.md: the columns psnr.parquet has, written here as files were before the compact format (float64,
-# plain strings), so that the analysis' tests also check that old files still read
+# docs/formats.md: the columns psnr.parquet has, written here in float64 and plain strings (the compact format
+# writes float32 and dictionary strings), so that the analysis' tests also check that both read alike
 PSNR_DTYPES = {name: "float64" if kind == "float" else kind for name, kind in PSNR_COLUMNS.items()}
 
 Trajectories = Mapping[tuple[str, int], np.ndarray]
@@ -172,9 +172,9 @@ def study_of(hls: int, hfs: int, protocol: str = "independent", **overrides: obj
         "dataset": {"name": "cifar_dir", "path": "/data/cifar", "split": "train", "n_triples": 3},
         "model": {"hls": hls, "hfs": hfs, "w0": 30.0},
         "scheme": {
-            "random": {"prefit": "none"},
-            "same_class": {"prefit": "same_class"},
-            "other_class": {"prefit": "other_class"},
+            "random": {},
+            "same_class": {},
+            "other_class": {},
             "class_mean": None,
             "multi_same": None,
             "meta": None,

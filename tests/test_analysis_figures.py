@@ -10,7 +10,7 @@ import pandas as pd
 from prefit.analysis.figures import plot_auc_boxplot, plot_paired_stats, plot_robustness, scheme_palette, write_figure
 from prefit.analysis.load import load_sweep
 from prefit.analysis.reduce import MEASURE_BY_NAME, auc_table
-from prefit.analysis.stats import stats_long
+from prefit.analysis.stats import stats_table
 
 try:
     from tests.synthetic_sweep import ALL_SCHEMES, write_synthetic_sweep
@@ -32,13 +32,13 @@ def test_box_plot_and_paired_stats_use_the_cell_order(tmp_path: Path) -> None:
     cells = [(3, 64), (2, 32), (2, 128), (4, 64), (8, 32)]
     sweep = write_synthetic_sweep(tmp_path / "s", cells=cells, n_triples=3, epochs=5, recon=False)
     loaded = load_sweep(sweep)
-    auc = auc_table(loaded.fits, loaded.members)
+    auc = auc_table(loaded.fits, loaded.members, 59.0)
     palette = scheme_palette(auc["scheme"].unique())
     order = ["2x32", "3x64", "2x128", "4x64", "8x32"]
     fig = plot_auc_boxplot(auc, palette, "auc_capped")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == order
     assert fig.axes[0].get_ylabel().startswith("capped AUC")
-    fig = plot_paired_stats(stats_long(auc), palette, "epochs_to_30db")
+    fig = plot_paired_stats(stats_table(auc), palette, "epochs_to_30db")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == order
     assert "below 0 is better" in fig.get_suptitle()
     path = write_figure(fig, tmp_path / "f" / "x.png")
@@ -56,10 +56,10 @@ def test_robustness_figure_rings_the_disagreements() -> None:
                     "protocol": "independent",
                     "scheme": "other_class",
                     "measure": measure,
-                    "mean_diff_a": a,
+                    "delta_a": a,
                     "ci_low_a": a - 1,
                     "ci_high_a": a + 1,
-                    "mean_diff_b": b,
+                    "delta_b": b,
                     "ci_low_b": b - 1,
                     "ci_high_b": b + 1,
                     "agree": agree,

@@ -8,13 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefit.analysis.load import AnalysisError, find_psnr_files, load_recon, load_sweep, read_fit_rows, span
+from prefit.analysis.load import AnalysisError, find_psnr_files, job_info, load_recon, load_sweep, read_fit_rows, span
+from prefit.analysis.pipeline import compute_analysis
+from prefit.errors import one_line
 from prefit.schema import MEMBER_KEYS, PSNR_FILE, RECON_FILE, write_psnr
 
 try:
     from tests.synthetic_sweep import psnr_frame, write_cell, write_synthetic_sweep
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
     from synthetic_sweep import psnr_frame, write_cell, write_synthetic_sweep
+
+NEW = ["class_mean", "multi_same", "meta"]
 
 
 def test_only_fit_rows_of_the_last_fit_stage_are_read(tmp_path: Path) -> None:
@@ -24,8 +28,13 @@ def test_only_fit_rows_of_the_last_fit_stage_are_read(tmp_path: Path) -> None:
     assert len(loaded.fits) == 6 * 2 * 5 and len(loaded.members) == 6 * 2
     assert list(loaded.fits.columns) == [*MEMBER_KEYS, "epoch", "psnr"]
     assert loaded.fits["psnr"].dtype == np.float64
-    assert loaded.runs[sweep / "0"]["status"] == "complete" and loaded.job_cells[sweep / "0"] == (2, 32, "independent")
-    assert loaded.recon_files[(2, 32, "independent")] == sweep / "0" / RECON_FILE
+    assert isinstance(loaded.fits["scheme"].dtype, pd.CategoricalDtype) and loaded.fits["scheme"].cat.ordered
+    assert list(loaded.fits["scheme"].cat.categories) == ["random", "same_class", "other_class", *NEW]  # study order
+    assert loaded.runs[sweep / "0"]["status"] == "complete"
+    assert loaded.jobs.to_dict("records") == [{"folder": sweep / "0", "hls": 2, "hfs": 32, "protocol": "independent"}]
+    assert (loaded.jobs["folder"][0] / RECON_FILE).is_file()
+    info = job_info(loaded).iloc[0]
+    assert (info["status"], info["wall_s"], info["device"], info["members"]) == ("complete", 1.5, "cpu", 12)
 
 
 def test_the_compact_format_reads_like_the_old_one(tmp_path: Path) -> None:
@@ -38,14 +47,15 @@ def test_the_compact_format_reads_like_the_old_one(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_restricted_keeps_one_protocol(tmp_path: Path) -> None:
+def test_one_protocol_of_an_analysis(tmp_path: Path) -> None:
     traj = {("random", t): np.arange(3.0) for t in range(2)}
     write_cell(tmp_path / "s" / "a", 2, 32, traj, protocol="independent", recon=False)
     write_cell(tmp_path / "s" / "b", 2, 32, traj, protocol="chained", recon=False)
-    loaded = load_sweep(tmp_path / "s")
-    chained = loaded.restricted("chained")
-    assert set(chained.fits["protocol"]) == {"chained"} and set(chained.members["protocol"]) == {"chained"}
-    assert list(chained.job_cells.values()) == [(2, 32, "chained")] and chained.files == [tmp_path / "s/b" / PSNR_FILE]
+    chained = compute_analysis(tmp_path / "s").of_protocol("chained")
+    assert set(chained.auc["protocol"]) == {"chained"} and set(chained.curves["protocol"]) == {"chained"}
+    assert chained.sweep.jobs["folder"].tolist() == [tmp_path / "s" / "b"]
+    with pytest.raises(AnalysisError, match="no fits with protocol 'other' \\(found: independent, chained\\)"):
+        compute_analysis(tmp_path / "s").of_protocol("other")
 
 
 def test_the_analysis_folder_is_not_searched(tmp_path: Path) -> None:
@@ -135,8 +145,6 @@ def test_recon_checks(tmp_path: Path) -> None:
 
 
 def test_one_line_keeps_the_end_of_a_long_message() -> None:
-    from prefit.analysis.load import one_line
-
     long = "/a/very/long/path/" * 30 + "psnr.parquet: is also in\n/another/folder: a job run twice?"
     assert one_line(long) == " ".join(long.split())  # a few hundred characters: whole, on one line
     huge = "start " + "x" * 5000 + " the remedy"

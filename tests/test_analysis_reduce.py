@@ -9,20 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from prefit.analysis.figures import scheme_palette
+from prefit.analysis.groups import categorize, cell_order, sort_table
 from prefit.analysis.load import load_sweep
 from prefit.analysis.reduce import (
     MEASURES,
     QUANTISATION_PSNR_DB,
     auc_table,
     cell_flags,
-    cell_order,
     curves_table,
     measure_values,
     measures_in,
     paired_differences,
     paired_frame,
-    scheme_order,
-    sort_rows,
 )
 from prefit.schema import cell_label
 
@@ -67,10 +66,7 @@ def test_thresholds_cap_and_their_columns(tmp_path: Path) -> None:
 def test_the_measures_lead_with_the_capped_auc_and_time() -> None:
     assert [m.name for m in MEASURES] == ["auc_capped", "epochs_to_30db", "epochs_to_40db", "auc"]
     assert [m.higher_is_better for m in MEASURES] == [True, False, False, True]
-    names = {m.name: (m.col("mean_diff"), m.col("ci_low"), m.col("n"), m.col("verdict")) for m in MEASURES}
-    assert names["auc"] == ("mean_diff_auc", "ci_low", "n", "verdict_auc")  # the earlier format's names
-    assert names["auc_capped"] == ("mean_diff_auc_capped", "ci_low_capped", "n_capped", "verdict_auc_capped")
-    assert names["epochs_to_30db"][1:3] == ("ci_low_epochs_to_30db", "n_epochs_to_30db")
+    assert [m.suffix for m in MEASURES] == ["_capped", "_epochs_to_30db", "_epochs_to_40db", ""]  # figure names
     assert QUANTISATION_PSNR_DB == pytest.approx(58.92, abs=0.01)
 
 
@@ -81,8 +77,7 @@ def test_a_threshold_never_reached_counts_as_the_epoch_count(tmp_path: Path) -> 
     assert values.tolist() == [20.0, 10.0]  # random never: its 20 epochs
     pairs = paired_frame(auc, "epochs_to_30db").iloc[0]
     assert pairs["diff"] == -10.0 and pairs["unreached"] and not pairs["diverged"]
-    # fewer epochs is better: the pair favours same_class
-    assert paired_differences(auc, "epochs_to_30db").iloc[0]["n_better"] == 1
+    assert paired_differences(auc, "epochs_to_30db").iloc[0].tolist() == [-10.0, 1]  # delta, n_pairs
 
 
 def test_fits_past_100_db_flag_their_cell(tmp_path: Path) -> None:
@@ -121,13 +116,12 @@ def test_paired_difference_matched_on_triple(tmp_path: Path) -> None:
         ("other_class", 0): np.array([30.0, np.nan, 30.0]),
         ("other_class", 1): np.full(3, 25.0),  # out, +10
     }
-    paired = paired_differences(auc_of(tmp_path, trajectories), "auc").set_index("scheme")
-    assert paired.loc["same_class", "mean_diff"] == pytest.approx(1.0) and paired.loc["same_class", "n_pairs"] == 2
-    assert paired.loc["same_class", "n_better"] == 1
-    assert paired.loc["same_class", "std_diff"] == pytest.approx(np.std([6.0, -4.0], ddof=1))
+    paired = paired_differences(auc_of(tmp_path, trajectories), "auc").droplevel([0, 1, 2])
+    assert paired.loc["same_class", "delta"] == pytest.approx(1.0) and paired.loc["same_class", "n_pairs"] == 2
     # Paired on triple: +10, not the difference of the means over whatever is finite (50 - 30 = 20).
-    assert paired.loc["other_class", "mean_diff"] == pytest.approx(10.0) and paired.loc["other_class", "n_pairs"] == 1
-    assert (paired["baseline"] == "random").all()
+    assert paired.loc["other_class", "delta"] == pytest.approx(10.0) and paired.loc["other_class", "n_pairs"] == 1
+    pairs = paired_frame(auc_of(tmp_path / "again", trajectories), "auc")
+    assert pairs[pairs["scheme"] == "same_class"]["diff"].tolist() == [6.0, -4.0]
 
 
 def test_cells_ordered_by_size_then_hidden_layers() -> None:
@@ -161,7 +155,7 @@ def test_rows_sort_through_the_schema_orders() -> None:
             "scheme": ["random", "random", "random", "zeta", "meta"],
         }
     )
-    rows = sort_rows(frame, ["hls", "hfs", "protocol", "scheme"])
+    rows = sort_table(categorize(frame))
     got = list(zip(rows["hls"], rows["hfs"], rows["protocol"], rows["scheme"]))
     assert got == [
         (2, 32, "independent", "meta"),
@@ -170,6 +164,7 @@ def test_rows_sort_through_the_schema_orders() -> None:
         (3, 32, "independent", "random"),
         (2, 64, "independent", "random"),
     ]
-    assert not isinstance(rows["scheme"].dtype, pd.CategoricalDtype)  # sorted through categoricals, kept as strings
+    assert rows["scheme"].cat.ordered  # ordered categoricals: every sort follows the study's order
     mixed = ["meta", "zeta", "other_class", "random", "multi_same", "alpha", "class_mean", "same_class"]
-    assert scheme_order(mixed) == [*ALL_SCHEMES, "alpha", "zeta"]
+    assert list(categorize(pd.DataFrame({"scheme": mixed}))["scheme"].cat.categories) == [*ALL_SCHEMES, "alpha", "zeta"]
+    assert list(scheme_palette(mixed)) == [*ALL_SCHEMES, "alpha", "zeta"]

@@ -34,7 +34,7 @@ def test_the_report_sets_each_resolution_side_by_side(sweep: Path, tmp_path: Pat
     assert "| 2x32 | 32x32 | 0.75 |" in text and "| 2x32 | 64x64 | 0.19 |" in text
     assert text.count("| 3x32 |") >= 2 + 2  # difficulty and jobs tables: both resolutions each
     verdicts = text.split("## Verdicts per resolution")[1].split("##")[0]
-    assert "dataset.resolution=" not in verdicts and "| 3x32 | other_class |" in verdicts  # a column, not a variant
+    assert "dataset.resolution=" not in verdicts and "| 3x32 | other_class |" in verdicts  # a column of its own
     pngs = [p for p in written.values() if p.suffix == ".png"]
     assert len(pngs) == 2 + 2 and all(p.stat().st_size > 1000 for p in pngs)  # paired differences, curves per cell
     assert "resolution_psnr_3hls_32hfs.png" in text
@@ -69,7 +69,7 @@ def test_the_command_line_and_the_protocol_report_section(sweep: Path, tmp_path:
 def test_the_lead_is_the_last_epoch_a_pre_fit_start_is_ahead() -> None:
     import pandas as pd
 
-    from prefit.analysis.resolution import BY, ByResolution, lead_table
+    from prefit.analysis.resolution import BY, lead_table
 
     means = {"random": [10, 20, 30, 40], "same_class": [15, 25, 28, 39], "other_class": [5, 6, 7, 8]}
     curves = pd.DataFrame(
@@ -79,7 +79,6 @@ def test_the_lead_is_the_last_epoch_a_pre_fit_start_is_ahead() -> None:
             for e, v in enumerate(values)
         ]
     )
-    data = ByResolution(run=None, long=pd.DataFrame(), auc=pd.DataFrame(), sides=[64], variant_labels={})
-    table = lead_table(curves, data)
+    table = lead_table(curves, ["64x64"])
     assert "| 2x32 | same_class | 1 | -1.00 |" in table  # ahead at epochs 0 and 1, behind from 2 on
     assert "| 2x32 | other_class | never | -32.00 |" in table

@@ -15,7 +15,7 @@ import pytest
 
 from prefit.analysis.cli import report_main
 from prefit.analysis.load import AnalysisError
-from prefit.analysis.pipeline import analyse
+from prefit.analysis.pipeline import compute_analysis as analyse
 from prefit.analysis.robustness import compare, default_out, write_robustness_report
 
 try:
@@ -168,7 +168,7 @@ def test_sweeps_without_common_cells_and_bad_arguments(tmp_path: Path, capsys: p
         compare(analyse(a), analyse(b))
     for argv, message in [
         (["robustness", str(a), str(b)], "no cell is in both sweeps"),
-        (["robustness", str(a)], "expected two sweep folders"),
+        (["robustness", str(a)], "the following arguments are required: SWEEP_B"),
         (["robustness", str(a), str(tmp_path / "nowhere")], "no such folder"),
     ]:
         assert report_main(argv) == 2

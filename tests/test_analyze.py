@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefit.analysis import analyze
+from prefit.analysis import Options, analyze
 from prefit.analysis.cli import analyze_main as main
 from prefit.io import atomic_write
 from prefit.schema import AUC_FILE, STATS_FILE, SUMMARY_FILE
@@ -49,7 +49,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 def test_all_outputs_written(analysed: tuple[Path, dict[str, Path]]) -> None:
     sweep, outputs = analysed
     out = sweep / "analysis"
-    expected = {"curves.parquet", "auc.parquet", "auc.csv", "stats.parquet", "summary.md"}
+    expected = {"curves.parquet", "auc.parquet", "auc.csv", "stats.parquet", "jobs.parquet", "summary.md"}
     expected |= {"figures/auc_boxplot.png", "figures/auc_capped_boxplot.png"}
     expected |= {f"figures/{f}" for f in MEASURE_FIGURES}
     expected |= {f"figures/{kind}_{h}hls_{f}hfs.png" for h, f in CELLS for kind in ("psnr", "recon")}
@@ -62,8 +62,14 @@ def test_all_outputs_written(analysed: tuple[Path, dict[str, Path]]) -> None:
     assert len(auc) == 2 * 3 * 6 and len(pd.read_csv(out / "auc.csv")) == len(auc)
     assert {"auc", "auc_capped", "epochs_to_30db", "epochs_to_59db", "over_100db", "max_psnr"} <= set(auc.columns)
     stats = pd.read_parquet(out / STATS_FILE)
-    assert {"verdict_auc_capped", "verdict_epochs_to_30db", "verdict_epochs_to_40db", "verdict_auc"} <= set(stats)
-    assert set(stats["verdict_auc_capped"]) <= {"beats", "worse", "unclear", "no data"}
+    assert (
+        set(stats["measure"]) == {"auc_capped", "epochs_to_30db", "epochs_to_40db", "auc"} and len(stats) == 2 * 2 * 4
+    )
+    assert set(stats["verdict"]) <= {"beats", "worse", "unclear", "no data"}
+    jobs = pd.read_parquet(out / "jobs.parquet")
+    assert jobs.to_dict("records") == [
+        {"folder": str(i), "hls": h, "hfs": f, "protocol": "independent"} for i, (h, f) in enumerate(CELLS)
+    ]
 
 
 def test_nonfinite_psnr_kept_counted_and_flagged(analysed: tuple[Path, dict[str, Path]]) -> None:
@@ -75,7 +81,8 @@ def test_nonfinite_psnr_kept_counted_and_flagged(analysed: tuple[Path, dict[str,
     assert np.isfinite(auc.loc[(3, "random", 5), "auc_capped"])
     summary = outputs["summary.md"].read_text()
     assert "diverged (NaN or -inf PSNR): 1" in summary and "saturated (+inf PSNR, loss exactly 0): 1" in summary
-    stats = pd.read_parquet(outputs["stats.parquet"]).set_index(["hls", "scheme"])
+    stats = pd.read_parquet(outputs["stats.parquet"])
+    stats = stats[stats["measure"] == "auc"].set_index(["hls", "scheme"])
     assert stats.loc[(3, "other_class"), "flag_raw_auc"] and not stats.loc[(2, "other_class"), "flag_raw_auc"]
     raw_rows = [line for line in summary.splitlines() if line.startswith("| 3x32 † |")]
     assert len(raw_rows) == 1  # the raw AUC table marks the flagged cell
@@ -130,7 +137,7 @@ def test_rerun_without_cap_replaces_the_capped_files(tmp_path: Path) -> None:
     sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=2, epochs=8, recon=False)
     first = analyze(sweep)
     (sweep / "analysis" / "figures" / "notes.png").write_bytes(b"mine")
-    again = analyze(sweep, psnr_cap=None)
+    again = analyze(sweep, options=Options(psnr_cap=None))
     assert "figures/auc_capped_boxplot.png" in first and "figures/auc_capped_boxplot.png" not in again
     figures = {p.name for p in (sweep / "analysis" / "figures").iterdir()}
     assert figures == {Path(n).name for n in again if n.startswith("figures/")} | {"notes.png"}
@@ -169,22 +176,22 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_options_by_flag_or_hydra_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=6, epochs=8, recon=False)
-    assert main(["analysis.ci_method=bca", str(sweep), "--out", str(tmp_path / "a"), "--psnr-cap", "59"]) == 0
+    assert main(["--ci-method", "bca", str(sweep), "--out", str(tmp_path / "a"), "--psnr-cap", "59"]) == 0
     stats = pd.read_parquet(tmp_path / "a" / STATS_FILE)
     assert (stats["ci_method"] == "bca").all() and "bias-corrected" in (tmp_path / "a" / SUMMARY_FILE).read_text()
-    assert main([str(sweep), "analysis.psnr_cap=null", "--out", str(tmp_path / "c")]) == 0
+    assert main([str(sweep), "--psnr-cap", "none", "--out", str(tmp_path / "c")]) == 0
     assert "auc_capped" not in pd.read_parquet(tmp_path / "c" / AUC_FILE).columns
+    assert pd.read_parquet(tmp_path / "c" / STATS_FILE)["psnr_cap"].isna().all()
     capsys.readouterr()
     for bad, message in [
-        (["analysis.psnr_cap=abc"], "analysis.psnr_cap must be a number"),
-        (["analysis.cap=59"], "unknown override 'analysis.cap=59'"),
-        (["analysis.psnr_cap=59", "--psnr-cap", "50"], "disagree"),
-        (["analysis.psnr_cap=inf"], "psnr_cap must be a finite number"),
-        (["analysis.ci_method=student"], "analysis.ci_method must be one of percentile, bca"),
+        (["--psnr-cap", "abc"], "argument --psnr-cap: must be a number of dB or none, got 'abc'"),
+        (["analysis.psnr_cap=59"], "unrecognized arguments: analysis.psnr_cap=59"),
+        (["--psnr-cap", "inf"], "the PSNR cap must be a finite number"),
+        (["--ci-method", "student"], "argument --ci-method: invalid choice: 'student'"),
         (["--no-such-flag"], "unrecognized arguments"),
-        ([str(sweep)], "expected one SWEEP folder, got 2"),
+        ([str(sweep)], "unrecognized arguments"),
     ]:
         assert main([str(sweep), *bad, "--out", str(tmp_path / "d")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -200,7 +207,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow  # seconds of fitting or a subprocess: `make test` runs it, `make test-fast` not
 def test_cli_success_and_damaged_input(tmp_path: Path) -> None:
     sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=2, epochs=8, recon=False)
-    result = run_cli(str(sweep), "--out", str(tmp_path / "elsewhere"), "analysis.psnr_cap=50")
+    result = run_cli(str(sweep), "--out", str(tmp_path / "elsewhere"), "--psnr-cap", "50")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "elsewhere" / "figures" / "auc_capped_boxplot.png").is_file()
     assert not (sweep / "analysis").exists()
@@ -239,11 +246,11 @@ def test_analysis_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(pipeline, "summary_markdown", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        analyze(sweep, psnr_cap=None)
+        analyze(sweep, options=Options(psnr_cap=None))
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in sweep.iterdir() if p.name.startswith(".")] == []  # no half-written folder left
 
     monkeypatch.undo()
-    outputs = analyze(sweep, psnr_cap=None)
+    outputs = analyze(sweep, options=Options(psnr_cap=None))
     assert (out / "analysis.ipynb").read_text() == "{}" and "figures/auc_capped_boxplot.png" not in outputs
     assert not (out / "figures" / "auc_capped_boxplot.png").exists()

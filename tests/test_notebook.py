@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from prefit.analysis import analyze
@@ -71,7 +72,7 @@ def test_notebook_executes(analysis_dir: Path, kernel_name: str, cell: str | Non
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "2 cells" in text
     assert "measures, in the order they are read: capped AUC, epochs to 30 dB, epochs to 40 dB, raw AUC" in text
-    assert "verdicts: 10 cells x schemes, 40 comparisons over 4 measures" in text  # 2 cells x 5 schemes x 4
+    assert "verdicts: 40 comparisons, 10 cells x schemes over 4 measures" in text  # 2 cells x 5 schemes x 4
     markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     verdicts = markdown[0]  # the first table the notebook shows: the verdicts, capped AUC and time first
     assert verdicts.startswith("| cell | scheme | capped AUC | epochs to 30 dB | epochs to 40 dB | raw AUC |")
@@ -79,3 +80,14 @@ def test_notebook_executes(analysis_dir: Path, kernel_name: str, cell: str | Non
     raw = next(i for i, m in enumerate(markdown) if m.startswith("| cell | scheme | Δ raw AUC"))
     assert raw > 0 and markdown.index(verdicts) < raw  # the raw AUC comes after, for comparison
     assert "raw AUC flagged in 1 cell(s)" in text
+
+
+def test_an_old_analysis_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from prefit.notebook import main
+
+    old = tmp_path / "analysis"
+    old.mkdir()
+    pd.DataFrame({"hls": [2], "mean_diff_auc": [1.0]}).to_parquet(old / "stats.parquet")
+    assert main([str(old)]) == 2 and main([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "older layout" in err[0] and "python -m prefit.analyze" in err[1]

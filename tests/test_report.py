@@ -3,6 +3,7 @@ verdicts, the written conclusion, the robustness section, and `python -m prefit.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from prefit.analysis import Options
 from prefit.analysis.cli import report_main as main
 from prefit.analysis.load import AnalysisError
 from prefit.analysis.protocol import conclusion_markdown, coverage, duration, presentation, write_report
@@ -140,7 +142,7 @@ def test_presentation_is_a_choice_over_the_one_order() -> None:
 def long_frame(rows: dict[tuple[str, int, int, str], tuple[float, float, float, float]], n: int = 20) -> pd.DataFrame:
     """A long stats table from {(protocol, hls, hfs, scheme): (mean, ci_low, ci_high, p)} for the capped AUC and
     (the same numbers) the raw AUC."""
-    from prefit.analysis.stats import decide
+    from prefit.analysis.stats import verdict_of
 
     records = [
         {
@@ -150,11 +152,11 @@ def long_frame(rows: dict[tuple[str, int, int, str], tuple[float, float, float, 
             "scheme": s,
             "measure": m,
             "n": n,
-            "mean_diff": mean,
+            "delta": mean,
             "ci_low": lo,
             "ci_high": hi,
-            "p_wilcoxon": pv,
-            "verdict": decide(n, lo, hi, pv),
+            "p": pv,
+            "verdict": verdict_of(n, lo, hi, pv),
         }
         for (p, h, f, s), (mean, lo, hi, pv) in rows.items()
         for m in ("auc_capped", "auc")
@@ -215,7 +217,7 @@ def test_mismatched_triples_are_reported(sweeps: dict[str, Path], tmp_path: Path
     frame = pd.read_parquet(path)
     frame.loc[(frame["triple"] == 1) & (frame["phase"] == "fit"), "target_index"] += 7
     frame.to_parquet(path, index=False)
-    text = write_report(other, sweeps["chained"], tmp_path / "f.md", psnr_cap=None)["f.md"].read_text()
+    text = write_report(other, sweeps["chained"], tmp_path / "f.md", Options(psnr_cap=None))["f.md"].read_text()
     assert (
         "**The triples differ** in 1 of 2 common cell(s): 2x32 (chained: 8 triples, independent: 8, 8 in both, "
         "1 with a different A)" in text
@@ -240,7 +242,7 @@ def test_errors(sweeps: dict[str, Path], tmp_path: Path) -> None:
 def test_cli(sweeps: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "notes" / "protocols.md"
     argv = ["--independent", str(sweeps["independent"]), "--chained", str(sweeps["chained"]), "--out", str(out)]
-    assert main([*argv, "analysis.psnr_cap=null"]) == 0
+    assert main([*argv, "--psnr-cap", "none"]) == 0
     assert out.is_file() and (tmp_path / "notes" / "protocols" / "psnr_2hls_32hfs.png").is_file()
     assert "PSNR cap: off" in out.read_text()
     assert not (tmp_path / "notes" / "protocols" / "paired_differences_capped.png").exists()
@@ -248,9 +250,9 @@ def test_cli(sweeps: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixt
     bad = ["--independent", str(sweeps["chained"]), "--chained", str(sweeps["chained"]), "--out", str(out)]
     for args, message in [
         (bad, "no fits with protocol 'independent'"),
-        ([*argv, "analysis.psnr_cap=oops"], "analysis.psnr_cap must be a number"),
+        ([*argv, "--psnr-cap", "oops"], "argument --psnr-cap: must be a number of dB or none"),
         (argv[:2], "the following arguments are required: --chained"),
-        ([*argv, "extra"], "unexpected argument(s): extra"),
+        ([*argv, "extra"], "unrecognized arguments: extra"),
     ]:
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -270,7 +272,7 @@ def test_make_report_target() -> None:
             "report",
             "SWEEP_INDEPENDENT=a/i",
             "SWEEP_CHAINED=b/c",
-            "REPORT_ARGS=--robust r analysis.ci_method=bca",
+            "REPORT_ARGS=--robust r --ci-method bca",
         ],
         capture_output=True,
         text=True,
@@ -279,7 +281,7 @@ def test_make_report_target() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (
-        "-m prefit.report --independent a/i --chained b/c --out docs/findings.md --robust r analysis.ci_method=bca"
+        "-m prefit.report --independent a/i --chained b/c --out docs/findings.md --robust r --ci-method bca"
         in result.stdout
     )
 
@@ -293,3 +295,75 @@ def test_default_out_is_beside_the_sweeps_not_in_docs(
     beside = Path(sweeps["independent"]).resolve().parent / "findings.md"
     assert beside.is_file() and (beside.parent / "findings").is_dir()
     assert not any((tmp_path / "docs").iterdir())
+
+
+def test_the_report_reads_the_analysis_not_the_trajectories(
+    sweeps: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With both analyses current the report reads stats.parquet, auc.parquet and curves.parquet: no psnr.parquet
+    is opened. A job's file newer than its sweep's analysis, or other options, make it analyse that sweep again."""
+    from prefit.analysis import load, pipeline
+
+    copies = {p: shutil.copytree(path, tmp_path / p) for p, path in sweeps.items()}
+    for path in copies.values():
+        pipeline.analyze(path)
+    stats = pd.read_parquet(copies["chained"] / "analysis" / "stats.parquet")
+    stats.loc[stats["measure"] == "auc_capped", "verdict"] = "worse"  # what the report shows comes from this file
+    stats.to_parquet(copies["chained"] / "analysis" / "stats.parquet", index=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("read a psnr.parquet")
+
+    monkeypatch.setattr(load, "read_fit_rows", refuse)
+    text = write_report(copies["independent"], copies["chained"], tmp_path / "f.md")["f.md"].read_text()
+    assert "| 2x32 | other_class | **worse** (+" in text
+    psnr = copies["chained"] / "0" / "psnr.parquet"
+    os.utime(psnr)  # now: as if the job ran again after the analysis
+    with pytest.raises(AssertionError, match="read a psnr.parquet"):
+        write_report(copies["independent"], copies["chained"], tmp_path / "f.md")
+    monkeypatch.undo()
+    assert (
+        "| 2x32 | other_class | **beats** (+"
+        in write_report(copies["independent"], copies["chained"], tmp_path / "f.md")["f.md"].read_text()
+    )
+    monkeypatch.setattr(load, "read_fit_rows", refuse)
+    write_report(copies["independent"], copies["chained"], tmp_path / "f.md")  # both current again
+    with pytest.raises(AssertionError, match="read a psnr.parquet"):
+        write_report(copies["independent"], copies["chained"], tmp_path / "f.md", Options(ci_method="bca"))
+
+
+def test_an_analysis_in_the_old_layout_is_one_line(sweeps: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from prefit.analysis import read_analysis
+
+    copies = {
+        p: shutil.copytree(path, tmp_path / p, ignore=shutil.ignore_patterns("analysis")) for p, path in sweeps.items()
+    }
+    out = copies["chained"] / "analysis"
+    out.mkdir()
+    wide = pd.DataFrame(
+        {"hls": [2], "hfs": [32], "protocol": ["chained"], "scheme": ["same_class"], "mean_diff_auc": [1.0]}
+    )
+    wide.to_parquet(out / "stats.parquet", index=False)
+    with pytest.raises(AnalysisError) as info:
+        read_analysis(out)
+    message = str(info.value)
+    assert (
+        "\n" not in message
+        and "older layout" in message
+        and f"run `python -m prefit.analyze {copies['chained']}` again" in message
+    )
+    assert (
+        main(
+            [
+                "--independent",
+                str(copies["independent"]),
+                "--chained",
+                str(copies["chained"]),
+                "--out",
+                str(tmp_path / "f.md"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "python -m prefit.analyze" in err[0]

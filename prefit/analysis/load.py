@@ -1,10 +1,7 @@
 """Reading a sweep folder: every job's `psnr.parquet` (validated against prefit.schema), run.json and recon.npz.
 
-The studies in the run.json files name each job's variant (prefit.analysis.variants), so that jobs of one cell
-that differ in other keys (`train.lr`) are told apart, and only two jobs of one study collide.
-
-Unusable input raises AnalysisError with a one-line message naming the file, so that the command lines can
-print `error: ...` and exit 2 instead of a traceback.
+Unusable input raises AnalysisError with a one-line message naming the file, so that the command lines print
+`error: ...` and exit 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -12,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefit.schema import CELL_KEYS, MEMBER_KEYS, PSNR_COLUMNS, PSNR_FILE, RECON_FILE, RUN_FILE
+from prefit.errors import one_line
+from prefit.schema import MEMBER_KEYS, PSNR_COLUMNS, PSNR_FILE, RUN_FILE
 
-from .variants import VARIANT, group_label, study_variants
+from .groups import categorize, group_keys, group_label, job_keys, member_keys, study_columns
 
 MEMBER_INFO = ["target_index", "target_label", "prefit_index", "prefit_label"]
 READ_COLUMNS = [*MEMBER_KEYS, "phase", "stage", "epoch", "psnr", *MEMBER_INFO]
@@ -36,44 +34,31 @@ class AnalysisError(Exception):
 
 @dataclass
 class Sweep:
-    """What was read from a sweep folder: the fit rows of every job, and where each job's files are.
-
-    In a sweep with variants (prefit.analysis.variants) the frames have a `variant` column after `protocol` and
-    `recon_files` is keyed by (hls, hfs, protocol, variant); without, neither, as before variants existed.
-    """
+    """A sweep folder's jobs: `jobs` has one row per job, its `folder` and its group columns (prefit.analysis.groups),
+    `runs` each job folder's run.json (None: missing or unreadable). `fits` (one row per fit of A and epoch) and
+    `members` (one row per fit of A, with its target and pre-fit images) once its psnr.parquet files are read."""
 
     root: Path
-    files: list[Path]
-    fits: pd.DataFrame  # member keys + epoch + psnr, sorted, one row per member and epoch
-    members: pd.DataFrame  # member keys + MEMBER_INFO, one row per member
-    recon_files: dict[tuple, Path] = field(default_factory=dict)  # group (hls, hfs, protocol[, variant]) -> file
-    runs: dict[Path, dict | None] = field(default_factory=dict)  # job folder -> run.json (None: unreadable)
-    job_cells: dict[Path, tuple[int, int, str]] = field(default_factory=dict)  # job folder -> (hls, hfs, protocol)
-    variants: dict[Path, str] = field(default_factory=dict)  # job folder -> its variant ("": none)
-
-    def restricted(self, protocol: str) -> Sweep:
-        """The same sweep with only the fits (and jobs) of one protocol."""
-        keep = {folder for folder, cell in self.job_cells.items() if cell[2] == protocol}
-        return Sweep(
-            self.root,
-            [f for f in self.files if f.parent in keep],
-            self.fits[self.fits["protocol"] == protocol].reset_index(drop=True),
-            self.members[self.members["protocol"] == protocol].reset_index(drop=True),
-            {c: p for c, p in self.recon_files.items() if c[2] == protocol},
-            {f: r for f, r in self.runs.items() if f in keep},
-            {f: c for f, c in self.job_cells.items() if f in keep},
-            {f: v for f, v in self.variants.items() if f in keep},
-        )
+    jobs: pd.DataFrame
+    runs: dict[Path, dict | None]
+    fits: pd.DataFrame | None = None
+    members: pd.DataFrame | None = None
 
 
-def one_line(exc: BaseException | str, limit: int = 2000) -> str:
-    """An exception's text on one line. Paths make messages long, and their ends say what to do, so only a
-    text beyond `limit` characters is cut, in the middle: its start and its end are kept."""
-    text = " ".join(str(exc).split())
-    if len(text) <= limit:
-        return text
-    keep = (limit - 5) // 2
-    return f"{text[:keep]} ... {text[-keep:]}"
+def job_info(sweep: Sweep) -> pd.DataFrame:
+    """One row per job: its folder and group columns, then what its run.json says (`status`, `wall_s`, `device`
+    with its model's name, `threads`, `members`; missing values NA, a job without run.json `no run.json`)."""
+    runs = [sweep.runs.get(folder) or {} for folder in sweep.jobs["folder"]]
+    wall = [r["wall_s"] if isinstance(r.get("wall_s"), (int, float)) else np.nan for r in runs]
+    named = [str(r.get("device", "?")) + (f" ({r['device_name']})" if r.get("device_name") else "") for r in runs]
+    return sweep.jobs.assign(
+        status=[r.get("status", "no run.json") for r in runs],
+        wall_s=pd.Series(wall, dtype="float64", index=sweep.jobs.index),
+        device=[str(r.get("device", "?")) for r in runs],
+        device_name=named,
+        threads=[r.get("threads", "—") for r in runs],
+        members=[r.get("members", "—") for r in runs],
+    )
 
 
 def span(values: Iterable[int]) -> str:
@@ -84,56 +69,48 @@ def span(values: Iterable[int]) -> str:
     return str(found[0]) if len(found) == 1 else f"{found[0]}–{found[-1]}"
 
 
-def member_name(key: tuple) -> str:
-    """A member in error messages: key is (hls, hfs, protocol[, variant], scheme, triple)."""
-    hls, hfs, protocol, *variant, scheme, triple = key
-    return f"cell {group_label(hls, hfs, *variant)} ({protocol}), scheme {scheme}, triple {triple}"
+def member_name(member: Mapping[str, object]) -> str:
+    """A fit of A in error messages: its group, protocol, scheme and triple."""
+    label = group_label(member, study_columns(list(member.keys())))
+    return f"cell {label} ({member['protocol']}), scheme {member['scheme']}, triple {member['triple']}"
 
 
 def find_psnr_files(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
     """Every psnr.parquet below the sweep folder, in a stable order, skipping the analysis output folder."""
     exclude = exclude.resolve() if exclude is not None else None
-    return [
-        path
-        for path in sorted(Path(sweep_dir).rglob(PSNR_FILE))
-        if exclude is None or not path.resolve().is_relative_to(exclude)
-    ]
+    found = sorted(Path(sweep_dir).rglob(PSNR_FILE))
+    return [path for path in found if exclude is None or not path.resolve().is_relative_to(exclude)]
 
 
 def load_sweep(sweep_dir: str | os.PathLike, exclude: Path | None = None) -> Sweep:
-    """Read and validate every job of the sweep; raise AnalysisError on the first file that is unusable."""
+    """Read and validate every job of the sweep; raise AnalysisError on the first file that is unusable. The study
+    keys that set its jobs apart become columns of `fits`, `members` and `jobs` after `protocol`."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise AnalysisError(f"{root}: no such folder")
     files = find_psnr_files(root, exclude)
     if not files:
         raise AnalysisError(f"{root}: no {PSNR_FILE} found below this folder")
-
     runs = {path.parent: read_run(path.parent / RUN_FILE) for path in files}
-    variants = study_variants({folder: (run or {}).get("study") for folder, run in runs.items()})
-    varied = any(variants.values())  # only then a `variant` column: a sweep without reads as it always did
-    keys = [*CELL_KEYS, VARIANT, "scheme", "triple"] if varied else MEMBER_KEYS
-    fits, members, recon_files, job_cells = [], [], {}, {}
-    owner: dict[tuple, Path] = {}  # member -> file, to catch a member written by two jobs of the same study
-    for path in files:
-        frame = read_fit_rows(path)
-        if varied:
-            frame.insert(frame.columns.get_loc("protocol") + 1, VARIANT, variants[path.parent])
-        info = frame.drop_duplicates(keys)[keys + MEMBER_INFO]
-        for key in info[keys].itertuples(index=False, name=None):
-            if key in owner:
-                raise AnalysisError(f"{path}: the fit of {member_name(key)} is also in {owner[key]} (a job run twice?)")
-            owner[key] = path
-        fits.append(frame[[*keys, "epoch", "psnr"]])
-        members.append(info)
-        hls, hfs, protocol = tuple(info[CELL_KEYS].iloc[0])
-        cell = (int(hls), int(hfs), str(protocol))
-        job_cells[path.parent] = cell
-        if (path.parent / RECON_FILE).is_file():
-            recon_files[(*cell, variants[path.parent]) if varied else cell] = path.parent / RECON_FILE
-
-    all_fits = pd.concat(fits, ignore_index=True).sort_values([*keys, "epoch"], ignore_index=True)
-    return Sweep(root, files, all_fits, pd.concat(members, ignore_index=True), recon_files, runs, job_cells, variants)
+    keys = job_keys({folder: (run or {}).get("study") for folder, run in runs.items()})
+    fits = pd.concat([read_fit_rows(path).assign(_job=i) for i, path in enumerate(files)], ignore_index=True)
+    at = fits.columns.get_loc("protocol") + 1
+    for offset, key in enumerate(keys.columns):
+        fits.insert(at + offset, key, keys[key].array.take(fits["_job"].to_numpy()))
+    member = member_keys(categorize(fits))
+    members = fits.drop_duplicates([*member, "_job"])[[*member, *MEMBER_INFO, "_job"]]
+    same = members.groupby(member, dropna=False, observed=True, sort=False).ngroup()
+    if same.duplicated().any():
+        again = members[same.duplicated()].iloc[0]
+        first = files[members[same == same[same.duplicated()].iloc[0]].iloc[0]["_job"]]
+        raise AnalysisError(
+            f"{files[again['_job']]}: the fit of {member_name(again)} is also in {first} (a job run twice?)"
+        )
+    jobs = members.drop_duplicates("_job")
+    jobs = jobs[group_keys(jobs)].assign(folder=[files[j].parent for j in jobs["_job"]]).reset_index(drop=True)
+    fits = fits.sort_values([*member, "epoch"], ignore_index=True)[[*member, "epoch", "psnr"]]
+    members = members.sort_values(member, ignore_index=True).drop(columns="_job")
+    return Sweep(root, jobs[["folder", *group_keys(jobs)]], runs, fits, members)
 
 
 def read_run(path: Path) -> dict | None:
@@ -195,13 +172,12 @@ def read_fit_rows(path: Path) -> pd.DataFrame:
     dup = frame.duplicated([*MEMBER_KEYS, "epoch"])
     if dup.any():
         row = frame[dup].iloc[0]
-        raise AnalysisError(
-            f"{path}: epoch {row['epoch']} of {member_name(tuple(row[MEMBER_KEYS]))} appears more than once"
-        )
+        raise AnalysisError(f"{path}: epoch {row['epoch']} of {member_name(row)} appears more than once")
     extent = frame.groupby(MEMBER_KEYS)["epoch"].agg(["min", "max", "size"])
     gaps = extent[(extent["min"] != 0) | (extent["max"] != extent["size"] - 1)]
     if len(gaps):
-        raise AnalysisError(f"{path}: the epochs of {member_name(gaps.index[0])} are not 0..n-1, each once")
+        name = member_name(dict(zip(MEMBER_KEYS, gaps.index[0])))
+        raise AnalysisError(f"{path}: the epochs of {name} are not 0..n-1, each once")
     return frame.reset_index(drop=True)
 
 

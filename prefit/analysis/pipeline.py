@@ -1,7 +1,9 @@
 """The analysis of one sweep, end to end: load -> reduce -> statistics -> tables, figures and summary.md.
 
-`analyse` does it in memory (the reports use it: nothing is written into the sweep folders); `analyze` writes
-the files of docs/formats.md ("Analysis outputs") into one folder, default SWEEP/analysis, each atomically.
+`compute_analysis` does it in memory; `analyze` writes the files of docs/formats.md ("Analysis outputs") into one
+folder, default SWEEP/analysis, all or nothing; `read_analysis` reads such a folder back, and `load_analysis`
+gives a sweep's analysis as its folder holds it, running `analyze` first when that folder is missing or out of
+date. The reports and the notebook read the analysis this way instead of the trajectories.
 """
 
 from __future__ import annotations
@@ -10,74 +12,81 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from prefit import schema
+from prefit.errors import one_line
 from prefit.io import atomic_write
-from prefit.schema import ANALYSIS_DIR, AUC_CSV_FILE, AUC_FILE, CURVES_FILE, FIGURES_DIR, STATS_FILE, SUMMARY_FILE
+from prefit.schema import AUC_FILE, RUN_FILE, STATS_FILE
 
 from .figures import plot_auc_boxplot, plot_cell_curves, plot_paired_stats, plot_recon, scheme_palette, write_figure
-from .load import AnalysisError, Sweep, load_recon, load_sweep
-from .reduce import DEFAULT_PSNR_CAP, auc_table, curves_table, group_order, measures_in, protocol_order
-from .stats import CI_METHODS, DEFAULT_CI_METHOD, stats_long, wide
+from .groups import categorize, group_keys, group_stem, groups, keys_text, present, study_columns
+from .load import AnalysisError, Sweep, find_psnr_files, load_recon, load_sweep, read_run
+from .reduce import auc_table, by, curves_table, measures_in
+from .stats import CI_METHODS, stats_table
 from .summary import summary_markdown
-from .variants import VARIANT, group_keys, group_stem
 
+JOBS_FILE = "jobs.parquet"  # one row per job: its folder (relative to the sweep) and its group columns
+TABLES = (schema.CURVES_FILE, AUC_FILE, STATS_FILE, JOBS_FILE)
 FIGURE_PATTERNS = ("psnr_*.png", "recon_*.png", "auc_*boxplot.png", "paired_differences*.png")
 
 
+@dataclass(frozen=True)
+class Options:
+    """The analysis options and their defaults: the PSNR cap of the capped AUC in dB (59, the PSNR of 8-bit
+    quantisation; None: no capped AUC), and the bootstrap CI method (percentile or bca)."""
+
+    psnr_cap: float | None = 59.0
+    ci_method: str = CI_METHODS[0]
+
+    def __post_init__(self) -> None:
+        if self.psnr_cap is not None and not np.isfinite(self.psnr_cap):
+            raise AnalysisError(f"the PSNR cap must be a finite number of dB, got {self.psnr_cap}")
+        if self.ci_method not in CI_METHODS:
+            raise AnalysisError(f"the CI method must be one of {', '.join(CI_METHODS)}, got {self.ci_method!r}")
+
+
+DEFAULT_OPTIONS = Options()
+
+
 @dataclass
-class Analysed:
-    """A sweep (or one protocol's share of it) reduced: curves, one row per fit, and the long statistics."""
+class Analysis:
+    """A sweep reduced: curves (curves.parquet), one row per fit (auc.parquet), the statistics (stats.parquet)."""
 
     sweep: Sweep
     curves: pd.DataFrame
     auc: pd.DataFrame
-    long: pd.DataFrame  # stats_long: one row per cell, scheme and measure
-    psnr_cap: float | None
-    ci_method: str
+    stats: pd.DataFrame
+    options: Options
 
-    @property
-    def stats(self) -> pd.DataFrame:
-        """stats.parquet's layout: one row per cell and scheme."""
-        return wide(self.long)
-
-    def cells(self) -> set[tuple]:
-        """(hls, hfs, protocol) of every cell with fits; (hls, hfs, protocol, variant) in a sweep with variants."""
-        keys = self.auc[group_keys(self.auc)].itertuples(index=False, name=None)
-        return {(int(k[0]), int(k[1]), *(str(v) for v in k[2:])) for k in keys}
-
-
-def check_options(psnr_cap: float | None, ci_method: str) -> None:
-    """Fail early, in one line, on a cap or CI method the statistics cannot use."""
-    if psnr_cap is not None and not np.isfinite(psnr_cap):
-        raise AnalysisError(f"psnr_cap must be a finite number of dB, got {psnr_cap}")
-    if ci_method not in CI_METHODS:
-        raise AnalysisError(f"ci_method must be one of {', '.join(CI_METHODS)}, got {ci_method!r}")
-
-
-def analyse(
-    sweep_dir: str | os.PathLike,
-    psnr_cap: float | None = DEFAULT_PSNR_CAP,
-    ci_method: str = DEFAULT_CI_METHOD,
-    protocol: str | None = None,
-    exclude: Path | None = None,
-) -> Analysed:
-    """Load a sweep and reduce it in memory; with `protocol`, only that protocol's fits (an error if none)."""
-    check_options(psnr_cap, ci_method)
-    sweep = load_sweep(sweep_dir, exclude=exclude)
-    if protocol is not None:
-        found = protocol_order(sweep.fits["protocol"].unique())
+    def of_protocol(self, protocol: str) -> Analysis:
+        """One protocol's share (its statistics are per cell, so they carry over unchanged); an error if none."""
+        found = present(self.auc["protocol"])
         if protocol not in found:
-            raise AnalysisError(f"{sweep.root}: no fits with protocol {protocol!r} (found: {', '.join(found)})")
-        sweep = sweep.restricted(protocol)
-    auc = auc_table(sweep.fits, sweep.members, psnr_cap)
-    return Analysed(sweep, curves_table(sweep.fits), auc, stats_long(auc, ci_method), psnr_cap, ci_method)
+            raise AnalysisError(f"{self.sweep.root}: no fits with protocol {protocol!r} (found: {', '.join(found)})")
+
+        def keep(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame[frame["protocol"] == protocol].reset_index(drop=True)
+
+        sweep = replace(self.sweep, jobs=keep(self.sweep.jobs))
+        return replace(self, sweep=sweep, curves=keep(self.curves), auc=keep(self.auc), stats=keep(self.stats))
+
+
+def compute_analysis(
+    sweep_dir: str | os.PathLike, options: Options = DEFAULT_OPTIONS, exclude: Path | None = None
+) -> Analysis:
+    """Load a sweep and reduce it in memory."""
+    sweep = load_sweep(sweep_dir, exclude=exclude)
+    auc = auc_table(sweep.fits, sweep.members, options.psnr_cap)
+    stats = stats_table(auc, options.ci_method, options.psnr_cap)
+    return Analysis(sweep, curves_table(sweep.fits), auc, stats, options)
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
@@ -88,9 +97,9 @@ def write_text(text: str, path: Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def remove_stale_figures(figures_dir: Path, written: list[Path], patterns: Sequence[str] = FIGURE_PATTERNS) -> None:
-    """Drop figures an earlier run into the same folder drew and this one did not (a cell no longer in the
-    sweep, a capped box plot without a cap), so that a folder never mixes two analyses."""
+def remove_stale_figures(figures_dir: Path, written: list[Path], patterns: tuple[str, ...] = FIGURE_PATTERNS) -> None:
+    """Drop the figures in a folder that this run did not draw (a cell no longer in the sweep, a capped box plot
+    without a cap), so that a folder never mixes two analyses."""
     keep = {path.resolve() for path in written}
     for pattern in patterns:
         for path in figures_dir.glob(pattern):
@@ -98,38 +107,36 @@ def remove_stale_figures(figures_dir: Path, written: list[Path], patterns: Seque
                 path.unlink()
 
 
-def write_figures(analysed: Analysed, figures_dir: Path) -> list[Path]:
+def write_figures(analysis: Analysis, figures_dir: Path) -> list[Path]:
     """The box plots (raw AUC as the original's auc.png, capped AUC), the paired differences of every measure,
-    then per cell (and variant) its curves and, given a recon.npz, its reconstructions: `psnr_2hls_32hfs.png`,
-    `_<protocol>` appended when the sweep holds several, `_<variant>` in a sweep with variants."""
-    auc, long, cap = analysed.auc, analysed.long, analysed.psnr_cap
+    then per group its curves and, given a recon.npz, its reconstructions: `psnr_2hls_32hfs.png`, `_<protocol>`
+    appended when the sweep holds several, then the study keys (`_train.lr=0.0002`) in a sweep with some."""
+    auc, stats, cap = analysis.auc, analysis.stats, analysis.options.psnr_cap
     palette = scheme_palette(auc["scheme"].unique())
     several = auc["protocol"].nunique() > 1
     written = [write_figure(plot_auc_boxplot(auc, palette), figures_dir / "auc_boxplot.png")]
     if "auc_capped" in auc.columns:
         fig = plot_auc_boxplot(auc, palette, "auc_capped", f"AUC with PSNR capped at {cap:g} dB")
         written.append(write_figure(fig, figures_dir / "auc_capped_boxplot.png"))
-    if len(long):
-        for m in measures_in(auc.columns):
-            fig = plot_paired_stats(long, palette, m)
-            written.append(write_figure(fig, figures_dir / f"paired_differences{m.suffix}.png"))
+    for m in measures_in(auc.columns) if len(stats) else []:
+        written.append(
+            write_figure(plot_paired_stats(stats, palette, m), figures_dir / f"paired_differences{m.suffix}.png")
+        )
 
-    grouping = group_keys(auc)  # (hls, hfs, protocol[, variant]): the keys of the frames and of recon_files
-    triples = auc.groupby(grouping)["triple"].nunique()
-    keys = [
-        (h, f, p, *([v] if VARIANT in grouping else []))
-        for h, f, v in group_order(auc)
-        for p in protocol_order(auc["protocol"])
-    ]
-    by_cell = dict(tuple(analysed.curves.groupby(grouping, sort=False)))
-    for key in tqdm([k for k in keys if k in triples.index], desc="figures", unit="cell", disable=None):
-        hls, hfs, protocol, variant = (*key, "")[:4]
-        stem = group_stem(hls, hfs, protocol if several else "", variant)  # the protocol only when needed
+    keys, study = group_keys(auc), study_columns(auc)
+    triples = by(auc, keys)["triple"].nunique()
+    curves = dict(tuple(by(analysis.curves, keys)))
+    jobs = analysis.sweep.jobs
+    recons = {tuple(job[k] for k in keys): job["folder"] / "recon.npz" for job in jobs.to_dict("records")}
+    for group in tqdm(groups(auc), desc="figures", unit="cell", disable=None):
+        key, hls, hfs, protocol = tuple(group[k] for k in keys), group["hls"], group["hfs"], group["protocol"]
+        stem = group_stem(group, study, protocol=several)  # the protocol only when needed
         shown = protocol if several or protocol != "independent" else ""  # named in titles unless the default
-        fig = plot_cell_curves(by_cell[key], hls, hfs, int(triples[key]), palette, shown, cap, variant)
+        text = keys_text(group, study)
+        fig = plot_cell_curves(curves[key], hls, hfs, int(triples[key]), palette, shown, cap, text)
         written.append(write_figure(fig, figures_dir / f"psnr_{stem}.png"))
-        recon_path = analysed.sweep.recon_files.get(key)
-        if recon_path is None:
+        recon_path = recons.get(key)
+        if recon_path is None or not recon_path.is_file():
             continue
         try:
             recon = load_recon(recon_path)
@@ -138,16 +145,14 @@ def write_figures(analysed: Analysed, figures_dir: Path) -> list[Path]:
         except AnalysisError as exc:  # a reconstruction grid is a nicety: skip it, keep the analysis
             warnings.warn(f"skipping reconstruction figure: {exc}", stacklevel=2)
             continue
-        fig = plot_recon(recon, palette, protocol=shown, variant=variant)
-        written.append(write_figure(fig, figures_dir / f"recon_{stem}.png"))
+        written.append(
+            write_figure(plot_recon(recon, palette, protocol=shown, keys=text), figures_dir / f"recon_{stem}.png")
+        )
     return written
 
 
 def analyze(
-    sweep_dir: str | os.PathLike,
-    out: str | os.PathLike | None = None,
-    psnr_cap: float | None = DEFAULT_PSNR_CAP,
-    ci_method: str = DEFAULT_CI_METHOD,
+    sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None, options: Options = DEFAULT_OPTIONS
 ) -> dict[str, Path]:
     """Analyse a sweep folder and write its files; returns {path relative to out: path} of every file written.
 
@@ -156,12 +161,12 @@ def analyze(
     folder that the analysis does not write (an executed analysis.ipynb, notes) are carried over.
     """
     sweep_dir = Path(sweep_dir)
-    out = Path(out) if out is not None else sweep_dir / ANALYSIS_DIR
-    analysed = analyse(sweep_dir, psnr_cap, ci_method, exclude=out)
+    out = Path(out) if out is not None else sweep_dir / schema.ANALYSIS_DIR
+    analysis = compute_analysis(sweep_dir, options, exclude=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        written = _write_all(analysed, fresh)
+        written = _write_all(analysis, fresh)
         _swap_in(fresh, out, written)
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
@@ -169,49 +174,106 @@ def analyze(
     return {path.relative_to(fresh).as_posix(): out / path.relative_to(fresh) for path in written}
 
 
-def _write_all(analysed: Analysed, out: Path) -> list[Path]:
-    auc = analysed.auc
+def _write_all(analysis: Analysis, out: Path) -> list[Path]:
+    auc, jobs, root = analysis.auc, analysis.sweep.jobs, analysis.sweep.root
+    jobs = jobs.assign(folder=[Path(f).relative_to(root).as_posix() for f in jobs["folder"]])
     written = [
-        write_parquet(analysed.curves, out / CURVES_FILE),
+        write_parquet(analysis.curves, out / schema.CURVES_FILE),
         write_parquet(auc, out / AUC_FILE),
-        atomic_write(out / AUC_CSV_FILE, lambda tmp: auc.to_csv(tmp, index=False)),
-        write_parquet(analysed.stats, out / STATS_FILE),
+        atomic_write(out / schema.AUC_CSV_FILE, lambda tmp: auc.to_csv(tmp, index=False)),
+        write_parquet(analysis.stats, out / STATS_FILE),
+        write_parquet(jobs, out / JOBS_FILE),
     ]
-    written += write_figures(analysed, out / FIGURES_DIR)
-    written.append(write_text(summary_markdown(analysed), out / SUMMARY_FILE))
+    written += write_figures(analysis, out / schema.FIGURES_DIR)
+    written.append(write_text(summary_markdown(analysis), out / schema.SUMMARY_FILE))
     return written
 
 
 def _swap_in(fresh: Path, out: Path, written: list[Path]) -> None:
     """Put the finished folder `fresh` in `out`'s place, keeping the old folder's files of other origin (not the
     figures an analysis draws: those this one did not draw are stale)."""
-    if out.exists():
-        produced = {path.relative_to(fresh) for path in written}
-        for path in out.rglob("*"):
-            rel = path.relative_to(out)
-            stale = rel.parts[0] == FIGURES_DIR and any(path.match(pattern) for pattern in FIGURE_PATTERNS)
-            if path.is_file() and rel not in produced and not stale:  # a figure of the old analysis is stale
-                (fresh / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, fresh / rel)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
+    if not out.exists():
         os.replace(fresh, out)
-        shutil.rmtree(old, ignore_errors=True)
+        return
+    produced = {path.relative_to(fresh) for path in written}
+    for path in out.rglob("*"):
+        rel = path.relative_to(out)
+        stale = rel.parts[0] == schema.FIGURES_DIR and any(path.match(pattern) for pattern in FIGURE_PATTERNS)
+        if path.is_file() and rel not in produced and not stale:
+            (fresh / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, fresh / rel)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    os.replace(fresh, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_layout(out: Path, root: Path) -> None:
+    """Fail, in one line, on an analysis folder that is not in the layout of docs/formats.md (written by an older
+    version: stats.parquet one row per cell and scheme)."""
+    again = f"run `python -m prefit.analyze {root}` again"
+    try:
+        names = pq.read_schema(out / STATS_FILE).names
+    except (OSError, pa.ArrowException) as exc:
+        raise AnalysisError(f"{out / STATS_FILE}: not a readable analysis ({one_line(exc)}); {again}") from None
+    if "measure" not in names or not (out / JOBS_FILE).is_file():
+        raise AnalysisError(
+            f"{out}: an analysis in an older layout (stats.parquet one row per cell and scheme); {again}"
+        )
+
+
+def read_analysis(out: str | os.PathLike, root: str | os.PathLike | None = None) -> Analysis:
+    """An analysis folder read back (`root`: its sweep, default the folder above it), scheme and protocol ordered
+    categoricals; AnalysisError, in one line, for a folder without an analysis or one in an older layout."""
+    out = Path(out)
+    root = out.parent if root is None else Path(root)
+    if not (out / STATS_FILE).is_file():
+        raise AnalysisError(f"{out}: no {STATS_FILE}: run `python -m prefit.analyze {root}` first")
+    check_layout(out, root)
+    try:
+        curves, auc, stats, jobs = (categorize(pd.read_parquet(out / name)) for name in TABLES)
+    except (OSError, pa.ArrowException) as exc:
+        raise AnalysisError(f"{out}: not a readable analysis ({one_line(exc)})") from None
+    jobs["folder"] = [root / folder for folder in jobs["folder"]]
+    runs = {folder: read_run(folder / RUN_FILE) for folder in jobs["folder"]}
+    if len(stats):
+        cap = stats["psnr_cap"].iloc[0]
+        options = Options(None if pd.isna(cap) else float(cap), str(stats["ci_method"].iloc[0]))
     else:
-        os.replace(fresh, out)
+        options = Options(DEFAULT_OPTIONS.psnr_cap if "auc_capped" in auc.columns else None)
+    return Analysis(Sweep(root, jobs, runs), curves, auc, stats, options)
 
 
-def restricted(analysed: Analysed, protocol: str) -> Analysed:
-    """One protocol's share of an analysed sweep (its statistics are per cell, so they carry over unchanged)."""
-    keep = {
-        name: frame[frame["protocol"] == protocol].reset_index(drop=True)
-        for name, frame in (("curves", analysed.curves), ("auc", analysed.auc), ("long", analysed.long))
-    }
-    return Analysed(
-        analysed.sweep.restricted(protocol),
-        keep["curves"],
-        keep["auc"],
-        keep["long"],
-        analysed.psnr_cap,
-        analysed.ci_method,
+def is_current(root: Path, out: Path, options: Options) -> bool:
+    """Whether an analysis folder was written after every job's files, from the same jobs, with these options."""
+    tables = [out / name for name in TABLES]
+    files = find_psnr_files(root, exclude=out)
+    if not files or not all(path.is_file() for path in tables):
+        return False
+    inputs = [p for f in files for p in (f, f.parent / RUN_FILE) if p.is_file()]
+    if max(p.stat().st_mtime_ns for p in inputs) > min(p.stat().st_mtime_ns for p in tables):
+        return False
+    folders = set(pd.read_parquet(out / JOBS_FILE, columns=["folder"])["folder"])
+    if folders != {f.parent.relative_to(root).as_posix() for f in files}:
+        return False
+    stats = pd.read_parquet(out / STATS_FILE, columns=["psnr_cap", "ci_method"])
+    cap = stats["psnr_cap"].isna() if options.psnr_cap is None else stats["psnr_cap"] == options.psnr_cap
+    capped = "auc_capped" in pq.read_schema(out / AUC_FILE).names
+    return capped == (options.psnr_cap is not None) and bool(
+        cap.all() and (stats["ci_method"] == options.ci_method).all()
     )
+
+
+def load_analysis(sweep_dir: str | os.PathLike, options: Options = DEFAULT_OPTIONS) -> Analysis:
+    """A sweep's analysis as SWEEP/analysis holds it, analysed first (`analyze`, with `options`) when that folder is
+    missing, older than a job's files, made from other jobs or with other options. An analysis in an older layout
+    is refused in one line (`check_layout`)."""
+    root = Path(sweep_dir)
+    out = root / schema.ANALYSIS_DIR
+    if not root.is_dir():
+        raise AnalysisError(f"{root}: no such folder")
+    if (out / STATS_FILE).is_file():
+        check_layout(out, root)
+    if not is_current(root, out, options):
+        analyze(root, out, options)
+    return read_analysis(out, root)

@@ -11,16 +11,9 @@ import pandas as pd
 
 from prefit.schema import PSNR_FILE, RUN_FILE
 
+from .groups import group_keys, present, study_texts
 from .load import span
-from .reduce import (
-    QUANTISATION_PSNR_DB,
-    RAW_AUC_FLAG_DB,
-    Measure,
-    cell_flags,
-    measures_in,
-    protocol_order,
-    scheme_order,
-)
+from .reduce import QUANTISATION_PSNR_DB, RAW_AUC_FLAG_DB, Measure, by, cell_flags, measures_in
 from .render import render
 from .stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from .tables import (
@@ -33,10 +26,9 @@ from .tables import (
     threshold_markdown,
     verdict_table,
 )
-from .variants import VARIANT, group_keys, has_variants, variant_order
 
 if TYPE_CHECKING:
-    from .pipeline import Analysed
+    from .pipeline import Analysis
 
 CI_NAMES = {"percentile": "percentile", "bca": "bias-corrected and accelerated (BCa)"}
 
@@ -55,58 +47,55 @@ def method_context(ci_method: str) -> dict[str, object]:
     }
 
 
-def measure_sections(
-    long: pd.DataFrame, measures: Sequence[Measure], protocol_column: bool | None = None
-) -> list[dict[str, object]]:
+def measure_sections(stats: pd.DataFrame, measures: Sequence[Measure]) -> list[dict[str, object]]:
     """Per measure (lead order): the measure, its statistics table and its multiplicity note."""
-    sections = []
-    for m in measures:
-        rows = long[long["measure"] == m.name]
-        sections.append(
-            {"measure": m, "table": stats_markdown(long, m, protocol_column), "multiplicity": multiplicity_note(rows)}
-        )
-    return sections
+    return [
+        {
+            "measure": m,
+            "table": stats_markdown(stats, m),
+            "multiplicity": multiplicity_note(stats[stats["measure"] == m.name]),
+        }
+        for m in measures
+    ]
 
 
-def summary_markdown(analysed: Analysed) -> str:
-    """summary.md from an analysed sweep."""
-    sweep, auc, long = analysed.sweep, analysed.auc, analysed.long
-    triples = auc.groupby(group_keys(auc))["triple"].nunique()
-    measures = measures_in(auc.columns)
-    flags = cell_flags(auc)
+def summary_markdown(analysis: Analysis) -> str:
+    """summary.md from an analysis."""
+    sweep, auc, stats = analysis.sweep, analysis.auc, analysis.stats
+    measures, flags = measures_in(auc.columns), cell_flags(auc)
     tables = {}
     for metric in ("auc_capped", "auc"):
         if metric in auc.columns:
             table, best = metric_table(auc, metric, flags)
             tables[metric] = {"table": table, "best": ", ".join(f"{s} in {n} cell(s)" for s, n in best.items())}
     context = {
-        **method_context(analysed.ci_method),
+        **method_context(analysis.options.ci_method),
         "root": sweep.root,
         "root_resolved": sweep.root.resolve(),
         "psnr_file": PSNR_FILE,
         "run_file": RUN_FILE,
-        "n_files": len(sweep.files),
+        "n_files": len(sweep.jobs),
         "n_complete": sum(1 for run in sweep.runs.values() if run and run.get("status") == "complete"),
-        "n_cells": auc.groupby(["hls", "hfs", "protocol"]).ngroups,
+        "n_cells": auc.groupby(["hls", "hfs", "protocol"], observed=True).ngroups,
         "hls": span(auc["hls"]),
         "hfs": span(auc["hfs"]),
-        "variants": [f"`{v}`" if v else "(none)" for v in variant_order(auc[VARIANT])] if has_variants(auc) else [],
-        "protocols": ", ".join(protocol_order(auc["protocol"])),
-        "triples": span(triples),
+        "variants": [f"`{v}`" if v else "(none)" for v in study_texts(auc)],
+        "protocols": ", ".join(present(auc["protocol"])),
+        "triples": span(by(auc, group_keys(auc))["triple"].nunique()),
         "epochs": span(auc["n_epochs"]),
-        "schemes": ", ".join(scheme_order(auc["scheme"].unique())),
+        "schemes": ", ".join(present(auc["scheme"])),
         "n_fits": len(auc),
         "n_diverged": int(auc["diverged"].sum()),
         "n_saturated": int(auc["saturated"].sum()),
-        "psnr_cap": analysed.psnr_cap,
+        "psnr_cap": analysis.options.psnr_cap,
         "measures": measures,
-        "has_stats": bool(len(long)),
-        "verdicts": verdict_table(long, measures) if len(long) else "",
-        "counts": count_table(long, measures) if len(long) else "",
+        "has_stats": bool(len(stats)),
+        "verdicts": verdict_table(stats, measures) if len(stats) else "",
+        "counts": count_table(stats, measures) if len(stats) else "",
         "flagged_cells": int(flags["flag_raw_auc"].sum()),
         "flag_note": RAW_FLAG_NOTE,
         "threshold_table": threshold_markdown(auc, flags),
         "metric_tables": tables,
-        "sections": measure_sections(long, measures) if len(long) else [],
+        "sections": measure_sections(stats, measures) if len(stats) else [],
     }
     return render("summary.md.j2", **context)
