@@ -170,4 +170,4 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "--size must be >= 2" in result.stderr and not (tmp_path / "t").exists()
+    assert "tile size must be an integer >= 2" in result.stderr and not (tmp_path / "t").exists()

@@ -3,7 +3,7 @@
 Each photograph is one class: OUT/<photo>/<photo>_r<row>_c<col>.png for every non-overlapping size x size tile
 on a regular grid from its top-left corner (a remainder at the right and bottom edges is dropped). Row and
 column are zero-padded to the same width within a photograph, so sorted file names are row-major order.
-The tiles are exact crops of the photograph; dataset.resolution resizes them when the folder is loaded.
+The tiles are exact crops of the source photograph; dataset.resolution resizes them when the folder is loaded.
 """
 
 from __future__ import annotations
