@@ -9,7 +9,9 @@ Value checks that a type cannot express (`model.hls >= 1`) live in `validate`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +197,35 @@ def unknown_keys(node: Any, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
+_AT_LEAST_1 = ("be >= 1", lambda v: v >= 1)
+_INTEGER = ("be an integer >= 1", lambda v: v >= 1)
+_POSITIVE = ("be > 0", lambda v: v > 0)
+_OR_NULL = ("be >= 1 or null", lambda v: v is None or v >= 1)
+# key: what its value must be, and the test; keys under a scheme that is not selected are not checked
+RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "seed": ("be an integer in [0, 2^63)", lambda v: 0 <= v < 2**63),
+    "train.threads": _OR_NULL,
+    "train.betas": ("be finite numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v)),
+    "train.eps": _POSITIVE,
+    "model.hls": _INTEGER,
+    "model.hfs": _INTEGER,
+    "model.w0": _POSITIVE,
+    "train.epochs": _INTEGER,
+    "train.lr": _POSITIVE,
+    "train.plateau_patience": ("be >= 0", lambda v: v >= 0),
+    "train.plateau_factor": ("be in (0, 1)", lambda v: 0 < v < 1),
+    "train.plateau_threshold": ("be a finite number", math.isfinite),
+    "train.max_members": _OR_NULL,
+    "dataset.n_triples": _AT_LEAST_1,
+    "scheme.multi_same.k": _AT_LEAST_1,
+    "scheme.class_mean.pool_size": _AT_LEAST_1,
+    **{f"scheme.meta.{k}": _AT_LEAST_1 for k in ("outer_steps", "inner_steps", "meta_batch", "pool_size")},
+    "scheme.meta.inner_lr": _POSITIVE,
+    "scheme.meta.outer_lr": _POSITIVE,
+}
+FINITE = ("model.w0", "train.lr", "train.eps", "train.plateau_factor", "scheme.meta.inner_lr", "scheme.meta.outer_lr")
+
+
 def validate(cfg: Config) -> None:
     """Reject values that type-check but make no sense, with a message naming the key."""
 
@@ -204,45 +235,20 @@ def validate(cfg: Config) -> None:
 
     unknown = unknown_keys(cfg)
     need(not unknown, f"unknown key(s) {', '.join(unknown)}: not in the schema (prefit/config.py); check the spelling")
-    finite = {
-        "model.w0": cfg.model.w0,
-        "train.lr": cfg.train.lr,
-        "train.eps": cfg.train.eps,
-        "train.plateau_factor": cfg.train.plateau_factor,
-        "train.plateau_threshold": cfg.train.plateau_threshold,
-        **{f"train.betas[{i}]": b for i, b in enumerate(cfg.train.betas)},
-    }
-    if cfg.scheme.meta is not None:
-        finite.update({f"scheme.meta.{k}": getattr(cfg.scheme.meta, k) for k in ("inner_lr", "outer_lr")})
-    for key, value in finite.items():
-        need(math.isfinite(value), f"{key} must be a finite number, got {value}")
-    need(0 <= cfg.seed < 2**63, f"seed must be an integer in [0, 2^63), got {cfg.seed}")
-    threads = cfg.train.threads
-    need(threads is None or threads >= 1, f"train.threads must be >= 1 or null, got {threads}")
-    need(all(0 <= b < 1 for b in cfg.train.betas), f"train.betas must lie in [0, 1), got {list(cfg.train.betas)}")
-    need(cfg.train.eps > 0, f"train.eps must be > 0, got {cfg.train.eps}")
-    need(cfg.model.hls >= 1, f"model.hls must be an integer >= 1, got {cfg.model.hls}")
-    need(cfg.model.hfs >= 1, f"model.hfs must be an integer >= 1, got {cfg.model.hfs}")
-    need(cfg.model.w0 > 0, f"model.w0 must be > 0, got {cfg.model.w0}")
-    need(cfg.train.epochs >= 1, f"train.epochs must be an integer >= 1, got {cfg.train.epochs}")
-    need(cfg.train.lr > 0, f"train.lr must be > 0, got {cfg.train.lr}")
-    need(cfg.train.plateau_patience >= 0, "train.plateau_patience must be >= 0")
-    need(0 < cfg.train.plateau_factor < 1, "train.plateau_factor must be in (0, 1)")
-    need(
-        cfg.train.max_members is None or cfg.train.max_members >= 1,
-        f"train.max_members must be >= 1 or null, got {cfg.train.max_members}",
-    )
-    need(cfg.dataset.n_triples >= 1, f"dataset.n_triples must be >= 1, got {cfg.dataset.n_triples}")
-    need(
-        cfg.dataset.name != "cifar_dir" or bool(cfg.dataset.path),
-        "dataset=cifar_dir needs dataset.path=DIR (a folder in the CIFAR-10 python layout)",
-    )
-    need(
-        cfg.dataset.name != "image_dir" or bool(cfg.dataset.path),
-        "dataset=image_dir needs dataset.path=DIR (a folder of class sub-folders of PNG or JPEG files)",
-    )
-    resolution = cfg.dataset.resolution
-    if cfg.dataset.name == "image_dir":
+    for key, (requirement, test) in RULES.items():
+        group, _, name = key.rpartition(".")
+        node = reduce(getattr, group.split("."), cfg) if group else cfg
+        if node is not None:
+            value = getattr(node, name)
+            need(key not in FINITE or math.isfinite(value), f"{key} must be a finite number, got {value}")
+            need(test(value), f"{key} must {requirement}, got {list(value) if key == 'train.betas' else value}")
+    dataset, resolution = cfg.dataset, cfg.dataset.resolution
+    for name, what in (
+        ("cifar_dir", "in the CIFAR-10 python layout"),
+        ("image_dir", "of class sub-folders of PNG or JPEG files"),
+    ):
+        need(dataset.name != name or bool(dataset.path), f"dataset={name} needs dataset.path=DIR (a folder {what})")
+    if dataset.name == "image_dir":
         need(resolution is None or 2 <= resolution <= 4096, f"dataset.resolution must be in 2..4096, got {resolution}")
     else:
         need(
@@ -252,18 +258,9 @@ def validate(cfg: Config) -> None:
         )
     schemes = cfg.scheme.selected()
     need(bool(schemes), "select at least one scheme, e.g. 'scheme=[random,same_class,other_class]'")
-    if cfg.protocol.name == "chained":
-        need(
-            set(schemes) <= {"random", "same_class", "other_class"},
-            "protocol=chained reproduces the original's three schemes only (random, same_class, other_class)",
-        )
-    if cfg.scheme.multi_same is not None:
-        need(cfg.scheme.multi_same.k >= 1, "scheme.multi_same.k must be >= 1")
-    if cfg.scheme.class_mean is not None:
-        need(cfg.scheme.class_mean.pool_size >= 1, "scheme.class_mean.pool_size must be >= 1")
+    need(
+        cfg.protocol.name != "chained" or set(schemes) <= {"random", "same_class", "other_class"},
+        "protocol=chained reproduces the original's three schemes only (random, same_class, other_class)",
+    )
     meta = cfg.scheme.meta
-    if meta is not None:
-        for key in ("outer_steps", "inner_steps", "meta_batch", "pool_size"):
-            need(getattr(meta, key) >= 1, f"scheme.meta.{key} must be >= 1, got {getattr(meta, key)}")
-        need(meta.inner_lr > 0 and meta.outer_lr > 0, "scheme.meta.inner_lr and outer_lr must be > 0")
-        need(meta.meta_batch <= meta.pool_size, "scheme.meta.meta_batch must be <= scheme.meta.pool_size")
+    need(meta is None or meta.meta_batch <= meta.pool_size, "scheme.meta.meta_batch must be <= scheme.meta.pool_size")

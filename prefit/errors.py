@@ -1,5 +1,7 @@
 """Errors that reach the user as one line (`error: ...`, exit status 2), importable without Hydra."""
 
+import argparse
+
 
 class ConfigError(ValueError):
     """A config value that is well-typed but unusable; reported to the user as one line."""
@@ -22,3 +24,18 @@ def one_line(error: BaseException | str, limit: int = 2000) -> str:
     text = ": ".join(parts) or type(error).__name__
     keep = (limit - 5) // 2
     return text if len(text) <= limit else f"{text[:keep]} ... {text[-keep:]}"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a usage error as one line, `error: MESSAGE (see PROG --help)`, and exit status 2; or, given
+    `raises`, that exception with the message, for a caller that reports it."""
+
+    def __init__(self, *args, raises: type[Exception] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.raises = raises
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        text = f"{message} (see {self.prog} --help)"
+        if self.raises:
+            raise self.raises(text)
+        self.exit(2, f"error: {text}\n")

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefit.bench.options import BenchError, Parser
+from prefit.bench.options import BenchError
 from prefit.data import SIDE
+from prefit.errors import OneLineParser
 from prefit.io import atomic_write
 from prefit.records import interval, span_s
 from prefit.schema import GRID_HFS, GRID_HLS, RUN_FILE
@@ -370,7 +371,7 @@ def steady_table(benches: Sequence[dict[str, Any]]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry; bad input -> `error: ...` on stderr and exit 2."""
-    p = Parser(prog="python -m prefit.bench.compare", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m prefit.bench.compare", description=__doc__.split("\n\n")[0], raises=BenchError)
     p.add_argument("bench", nargs="+", type=Path, help="prefit.bench JSON outputs")
     p.add_argument("--sweep", action="append", type=Path, default=[], help="a sweep folder (repeatable)")
     p.add_argument("--epochs", type=int, default=2000, help="epochs to scale each sweep's span to (default 2000)")

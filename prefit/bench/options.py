@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefit.data import SIDE
+from prefit.errors import OneLineParser
 
 ENGINES = ("batched", "sequential", "original")
 DEFAULT_CELLS = ((2, 32), (3, 128), (3, 512), (8, 1024))
@@ -98,19 +99,14 @@ def parse_engines(text: str) -> tuple[str, ...]:
     return tuple(e for e in ENGINES if e in names)
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, with its usage-plus-message turned into one BenchError line."""
-
-    def error(self, message: str) -> None:
-        raise BenchError(message)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Command line -> Options (raises BenchError on bad input)."""
     import prefit.bench  # the package imports this module: its docstring documents the command
 
     description = (prefit.bench.__doc__ or "").split("\n\n")[0]
-    p = Parser(prog="python -m prefit.bench", description=description, argument_default=argparse.SUPPRESS)
+    p = OneLineParser(
+        prog="python -m prefit.bench", description=description, argument_default=argparse.SUPPRESS, raises=BenchError
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="(default: auto)")
     for f in fields(Options):
         if f.metadata:

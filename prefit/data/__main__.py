@@ -5,23 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from prefit.data.base import DataError
 from prefit.data.tiles import DEFAULT_PHOTOS, INSTALL, PHOTOS, build_tiles
 from prefit.data.tiles import __doc__ as tiles_doc
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line ("error: ...") and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+from prefit.errors import OneLineParser
 
 
 def parser() -> argparse.ArgumentParser:
-    top = _Parser(prog="python -m prefit.data", description=__doc__)
-    commands = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    top = OneLineParser(prog="python -m prefit.data", description=__doc__)
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser, required=True)
     tiles = commands.add_parser(
         "build-tiles",
         help="cut photographs shipped with scikit-image into tiles: an image_dir dataset, offline",
