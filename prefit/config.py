@@ -79,10 +79,8 @@ class MultiSameConfig(SchemeConfig):
 class MetaConfig(SchemeConfig):
     """Reptile (Nichol et al. 2018) meta-learned initialisation, learned on a pool disjoint from the triples.
 
-    Each outer step fits `meta_batch` pool images for `inner_steps` Adam steps (lr `inner_lr`) from the current
-    initialisation, as members of the batched engine, then moves the initialisation `outer_lr` (linearly
-    annealed to 0) of the way towards their mean. Cost: outer_steps x meta_batch x inner_steps member-epochs
-    (defaults: 40,000, half of what the two pre-fit schemes spend on 20 triples x 2000 epochs).
+    Each outer step fits `meta_batch` pool images for `inner_steps` steps (lr `inner_lr`), then moves the
+    initialisation `outer_lr` (annealed to 0) towards their mean: outer_steps x meta_batch x inner_steps member-epochs.
     """
 
     outer_steps: int = 200
@@ -111,10 +109,7 @@ class SchemesConfig:
 
 @dataclass
 class ProtocolConfig:
-    """independent: every scheme from the triple's shared init (the study as stated).
-
-    chained: the original code's aliasing defect, one chain per triple A -> B -> A -> C -> A.
-    """
+    """independent: every scheme from the triple's shared init; chained: the original's aliasing, A->B->A->C->A."""
 
     name: Protocol = Protocol.independent
 

@@ -88,9 +88,8 @@ def acquire(
 ) -> Lease:
     """Lease `min(need_bytes, room)` bytes of the device with the most room, waiting until that is >= `min_bytes`.
 
-    `capacities` maps each device index to the bytes jobs may use on it. A request larger than every device is
-    cut to the largest device (it then waits for that device to empty), so no request waits forever.
-    Raises TimeoutError after `timeout_s` seconds of waiting (None: wait as long as it takes).
+    `capacities`: device index -> bytes jobs may use on it. A request larger than every device is cut to the largest,
+    so none waits forever; TimeoutError after `timeout_s` seconds of waiting (None: no limit).
     """
     if not capacities:
         raise ValueError("no devices to lease from")
@@ -129,10 +128,8 @@ def acquire(
 def cuda_capacities(
     fraction: float | None = None, reserve_bytes: int = 0, only: Sequence[int] | None = None
 ) -> dict[int, int]:
-    """Bytes that leases may take on each visible CUDA device (or those `only` names): `fraction` (default
-    $PREFIT_GPU_FRACTION, else 0.9) of its memory less `reserve_bytes` (the jobs' CUDA contexts), at least half that.
-    The total comes from the device's properties, which open no CUDA context (unlike `torch.cuda.mem_get_info`).
-    """
+    """Bytes leases may take on each visible CUDA device (or those `only` names): `fraction` (default
+    $PREFIT_GPU_FRACTION, else 0.9) of its memory less `reserve_bytes`, at least half; opens no CUDA context."""
     import torch
 
     if fraction is None:

@@ -202,13 +202,9 @@ def _last_layer_backward(a, cosine, resid, wt, dwt, grad, bias_sum):
 
 @njit(**_JIT)
 def siren_step(coords, params, target_t, w0, scale, loss, pred_t, grads, work):
-    """Forward and backward of `members` SIRENs on shared coordinates; see `CpuStep` for the shapes.
-
-    `params` and `grads` are (first_w, first_b, hidden_w, hidden_b, last_w, last_b); `work` is one member's
-    workspace (sines, cosines, back, rows, bias, resid). Writes per member the loss (mean squared error, summed in
-    float64), the prediction (transposed) and the gradients of the loss. Matrix products multiply by w0 as they go
-    (BLAS's alpha), so the weights are never scaled in memory.
-    """
+    """Forward and backward of `members` SIRENs on shared coordinates (shapes: `CpuStep`), one member's workspace
+    `work` at a time: the loss (summed in float64), the transposed prediction and the gradients. The products scale by
+    w0 (BLAS's alpha), so the weights are never scaled in memory."""
     first_w, first_b, hidden_w, hidden_b, last_w, last_b = params
     grad_first_w, grad_first_b, grad_hidden_w, grad_hidden_b, grad_last_w, grad_last_b = grads
     sines, cosines, back, rows, bias, resid = work
@@ -277,11 +273,8 @@ def siren_step(coords, params, target_t, w0, scale, loss, pred_t, grads, work):
 
 @njit(**_JIT)
 def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
-    """One Adam step, in place, on [members, n] arrays with a learning rate per member (float64 [members]).
-
-    torch.optim.Adam's arithmetic (its single-tensor path) in one pass over the weights: m <- m + (1 - b1) (g - m);
-    v <- b2 v + (1 - b2) g g; p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps).
-    """
+    """One Adam step, in place, on [members, n] arrays with a learning rate per member (float64 [members]):
+    torch.optim.Adam's single-tensor arithmetic in one pass over the weights."""
     members, n = param.shape
     one_minus_b1, b2, one_minus_b2 = np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2)
     bias2_sqrt = np.float32(np.sqrt(1 - beta2**step))

@@ -57,10 +57,8 @@ def _computed(options: object, kind: type) -> dict:
 
 
 def cache_key(cfg: Config, meta: MetaConfig, data_source: str, pool: np.ndarray) -> str:
-    """A hash of everything the learned initialisation depends on (never of where it is cached): the model, the
-    meta settings, the seed, the pool, and every field of `FitOptions` as the inner fits run with it (Adam's betas
-    and eps, the plateau schedule, the products' precision; epochs and lr are the meta settings' there), fields
-    marked runtime left out."""
+    """A hash of everything the learned initialisation depends on (never of where it is cached): the model, the meta
+    settings, the seed, the pool and the `FitOptions` the inner fits run with, runtime fields left out."""
     content = {
         "version": ALGORITHM_VERSION,
         "model": asdict(cfg.model),

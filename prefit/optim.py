@@ -13,15 +13,10 @@ import torch
 
 
 class BatchedAdam:
-    """Adam (Kingma & Ba 2015) over stacked tensors [M, ...], learning rate per member.
-
-    The update is torch's: m <- lerp(m, g, 1-b1); v <- b2 v + (1-b2) g^2;
-    p <- p - (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps). All members start at step 0 together.
+    """Adam (Kingma & Ba 2015) over stacked tensors [M, ...], a learning rate per member, torch's arithmetic.
 
     On a CPU each tensor is updated by one compiled pass (`prefit.kernels.adam_step`) instead of torch's eight
-    multi-tensor passes: ten times faster for wide SIRENs, and no per-member calls for narrow ones. Elsewhere
-    (CUDA) the multi-tensor ops below run with the learning rates as a tensor, so that reading them never waits
-    for the device.
+    multi-tensor passes; on CUDA the multi-tensor ops take the learning rates as a tensor, never waiting for the device.
     """
 
     def __init__(self, params: list[torch.Tensor], lr: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):

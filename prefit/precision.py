@@ -58,12 +58,8 @@ Operand = torch.Tensor | Split
 
 
 def split_tf32(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> Split:
-    """Split(hi, lo) with hi = x rounded to nearest at 10 mantissa bits (exact in TF32) and lo = x - hi (exact).
-
-    `x` is contiguous or the transpose of a contiguous tensor (split in its memory order, no copy made); `out`:
-    buffers shaped like that memory order (`SplitWork.pair`). The fused kernel splits where it can run, torch's
-    integer ops elsewhere.
-    """
+    """Split(hi, lo): hi = x rounded to 10 mantissa bits (exact in TF32), lo = x - hi (exact). `x` is contiguous or a
+    contiguous tensor's transpose, split in memory order into `out` (`SplitWork.pair`)."""
     from prefit import fused
 
     if _memory_order(x) is not x:

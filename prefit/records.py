@@ -69,10 +69,8 @@ def read_record(out: Path) -> dict[str, Any] | None:
 
 
 def job_action(out: Path, study: dict[str, Any], overwrite: bool) -> str:
-    """`skip` (a complete, intact result of this study) or `run`; raises ConfigError for another study's folder.
-
-    Leftover temporary files of killed writes are removed either way.
-    """
+    """`skip` (a complete, intact result of this study) or `run`, leftover temporary files removed; raises ConfigError
+    for another study's folder."""
     for leftover in out.glob(".*.tmp") if out.is_dir() else ():
         leftover.unlink(missing_ok=True)
     record = None if overwrite else read_record(out)

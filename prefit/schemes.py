@@ -257,12 +257,9 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
 
 
 def fit_rate(stages: list[dict[str, float | int]], epochs: int, flops_each: float) -> dict[str, object]:
-    """The engine's own rate, for run.json: per stage the members fitted together and the seconds inside `fit`
-    (transfers, compilation and capture included; the meta-initialisation's fits not), and, where the engine
-    times them (CUDA's fused path), the seconds and member-epochs of its steady epochs (`steady_s`,
-    `steady_member_epochs`); over the cell the seconds, member-epochs, ms per member-epoch and GFLOP/s
-    (`flops_each`: one member-epoch's flops). `python -m prefit.bench.compare` holds a stage against the
-    benchmark's figure for as many members."""
+    """The engine's own rate, for run.json: per stage the members fitted together, the seconds inside `fit` and, where
+    the engine times them, its steady epochs; over the cell the seconds, member-epochs, ms per member-epoch and GFLOP/s
+    (`flops_each`: one member-epoch's flops), which `python -m prefit.bench.compare` holds against the benchmark."""
     fit_s = sum(float(t["fit_s"]) for t in stages)
     member_epochs = sum(int(t["members"]) for t in stages) * epochs
     per = fit_s / member_epochs if member_epochs and fit_s > 0 else None

@@ -130,12 +130,9 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
 
 
 def check_memory(cfg: Config, device: torch.device) -> None:
-    """Refuse, before allocating anything, a cell whose members cannot fit: one line with the numbers.
-
-    At least the start and the fitted weights of every member stay in host memory (two copies), with its
-    target and snapshots (images of `dataset.side` squared pixels), and one member at a time is fitted with its
-    gradients and Adam's moments (four more); on CUDA one member's `cuda_bytes_per_member` must fit on the device.
-    """
+    """Refuse, before allocating anything, a cell whose members cannot fit, in one line with the numbers: the host holds
+    two copies of every member's weights, its target and snapshots, and one member's fit; on CUDA one member's
+    `cuda_bytes_per_member` must fit on the device."""
     hls, hfs = cfg.model.hls, cfg.model.hfs
     pixels = cfg.dataset.side**2
     members = cfg.dataset.n_triples * len(cfg.scheme.selected())
@@ -175,10 +172,9 @@ def device_share(
 ) -> Iterator[tuple[torch.device, int, dict[str, Any] | None]]:
     """The device, chunk size and lease (None on a CPU) a cell runs with, for as long as the block runs.
 
-    On CUDA the jobs of a sweep share the machine's devices through the ledger of `prefit.devices`: a job asks
-    for all its members' memory (`cuda_bytes_per_member`), or for `train.max_members` of them when that is set,
-    starts once MIN_CHUNK of them fit on some device, and sizes its chunks for what it was granted. So narrow
-    cells run side by side, and a wide one takes what the others leave or waits; none runs a device out.
+    On CUDA a job leases its members' memory from `prefit.devices` (or `train.max_members` of them), starts once
+    MIN_CHUNK of them fit on some device and sizes its chunks for what it got: narrow cells run side by side, a wide one
+    waits, none runs a device out.
     """
     hls, hfs, pixels = cfg.model.hls, cfg.model.hfs, cfg.dataset.side**2
     if device.type != "cuda":

@@ -78,10 +78,10 @@ def checked_run(path: Path, run: dict[str, Any]) -> dict[str, Any]:
     """A complete job's run.json (from `path`) with its `interval`, checked for what the comparison reads."""
     try:
         int(run["cell"]["hls"]), int(run["cell"]["hfs"]), int(run["config"]["train"]["epochs"]), float(run["wall_s"])
-        run["interval"] = interval(run)
+        run["interval"], run["stages"] = interval(run), list(run["stages"])
     except (KeyError, TypeError, ValueError) as e:
         raise BenchError(
-            f"{path}: a run.json without a usable {e} (cell, config.train.epochs, wall_s, started, finished)"
+            f"{path}: a run.json without a usable {e} (cell, config.train.epochs, wall_s, started, finished, stages)"
         ) from None
     return run
 
@@ -119,14 +119,14 @@ class SweepRuns:
         return span_s(r["interval"] for r in self.runs)
 
     def span_at(self, epochs: int) -> float | None:
-        """The span at `epochs` epochs (see the module's doc); None where a job recorded no fit time."""
+        """The span at `epochs` epochs (see the module's doc); None where the jobs ran different epochs."""
         now = self.epochs()
-        if not now or any(r.get("fit_s") is None for r in self.runs):
+        if not now:
             return None
         job = sum(float(r["wall_s"]) for r in self.runs)
         extra = 0.0
         for r in self.runs:
-            for stage in r.get("stages") or [{"members": 0, "fit_s": r["fit_s"]}]:
+            for stage in r["stages"]:
                 if stage.get("steady_member_epochs"):
                     per = float(stage["steady_s"]) / int(stage["steady_member_epochs"])
                     extra += per * int(stage["members"]) * (epochs - now)
@@ -143,12 +143,9 @@ def _where(cell: dict[str, Any], resolution: Any, device: Any, name: Any) -> tup
 def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, Counter], list[str]]:
     """(*`_where`, members) -> the stages' summed seconds and member-epochs, of jobs that ran alone; and notes."""
     rates: dict[tuple, Counter] = defaultdict(Counter)
-    shared = unrecorded = 0
+    shared = 0
     for sweep in sweeps:
         for r in sweep.runs:
-            if not r.get("stages"):
-                unrecorded += 1  # a run.json from before stages were recorded
-                continue
             if not sweep.alone(r):
                 shared += 1
                 continue
@@ -166,8 +163,6 @@ def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, Counter], list
             f"{shared} job(s) left out: they ran beside other jobs, which shared their device "
             "(`hydra.launcher.n_jobs=1` runs one at a time)"
         )
-    if unrecorded:
-        notes.append(f"{unrecorded} job(s) left out: their run.json predates the stages' timings")
     return rates, notes
 
 

@@ -111,12 +111,8 @@ SAMPLE_S = 0.005
 
 
 class PeakMemory:
-    """Peak memory while the `with` block runs, in MB (2^20 bytes), and `before_mb`, when it started.
-
-    CUDA: `torch.cuda.max_memory_allocated`, the tensors the run held at most. CPU: the process's resident set
-    size, sampled every `interval` seconds from /proc/self/statm by a thread (a shorter spike can be missed).
-    Without /proc: ru_maxrss, the process's peak so far.
-    """
+    """Peak memory in MB while the block runs, and `before_mb`: CUDA's max_memory_allocated; on a CPU the resident
+    set sampled every `interval` seconds from /proc/self/statm (else ru_maxrss, the peak so far)."""
 
     def __init__(self, device: torch.device, interval: float = SAMPLE_S):
         self.device, self.interval = device, interval

@@ -35,12 +35,8 @@ def make_members(hls: int, hfs: int, n: int, seed: int = SEED) -> Params:
 def fit_original(
     params: Params, target: torch.Tensor, coords: torch.Tensor, train: FitOptions, device: torch.device
 ) -> list[float]:
-    """One fit written the way the original study wrote it, the baseline the engines are measured against.
-
-    An `nn.Module` SIREN, `torch.optim.Adam` and `ReduceLROnPlateau`; every epoch the prediction is copied to the
-    host and its PSNR appended to a list (numpy), which makes the device finish each epoch before the next one is
-    queued. Returns the PSNRs.
-    """
+    """One fit as the original study wrote it (an `nn.Module` SIREN, torch's Adam and ReduceLROnPlateau, each epoch's
+    PSNR computed on the host, which syncs the device every epoch): the engines' baseline. Returns the PSNRs."""
     hls, hfs = len(params) - 2, params[0][0].shape[1]
     model = Siren(hls, hfs, W0).to(device).load_params(params)
     coords, target_dev = coords.to(device), target.to(device)

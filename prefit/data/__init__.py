@@ -28,13 +28,8 @@ from prefit.data.triples import Triple, draw_pool, draw_triples, max_triples
 
 
 def load_images(cfg: Any) -> ImageSet:
-    """The images a dataset config names (`prefit.config.DatasetConfig` or its DictConfig, read by attribute).
-
-    image_dir: the folder cfg.path of class sub-folders, at cfg.resolution (None: 64) pixels a side; cfg.split
-    is not used. cifair10: the md5-checked ciFAIR-10 (fetched into cfg.root if need be); cifar_dir: any
-    CIFAR-layout folder cfg.path; for both cfg.split picks the split and cfg.resolution must be None or 32.
-    A config without a resolution field reads as resolution None.
-    """
+    """The images a dataset config names (`prefit.config.DatasetConfig` or its DictConfig, read by attribute; a config
+    without a resolution field reads as resolution None)."""
     name = str(cfg.name)
     resolution = getattr(cfg, "resolution", None)
     if name == "image_dir":

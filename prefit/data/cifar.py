@@ -97,11 +97,8 @@ def _read_label_names(path: Path) -> list[str]:
 
 
 def read_cifar_dir(path: str | os.PathLike[str] | None, split: str) -> ImageSet:
-    """Read a folder in the CIFAR-10 python layout.
-
-    split 'train': data_batch_1..5 concatenated in that order; 'test': test_batch. Needs batches.meta too.
-    Rows are planar (R, G, B planes of 32x32, row-major) and become HWC images.
-    """
+    """A folder in the CIFAR-10 python layout: split 'train' (data_batch_1..5 in order) or 'test' (test_batch), and
+    batches.meta; the planar rows become HWC images."""
     if split not in SPLIT_FILES:
         raise DataError(f"dataset.split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
     if path is None or str(path) == "":
@@ -210,14 +207,9 @@ def fetch_cifair10(
     archive_md5: str | None = None,
     file_md5s: dict[str, str] | None = None,
 ) -> Path:
-    """Make sure ciFAIR-10 is unpacked and md5-valid under `root` (None: default_data_root()); return the
-    folder that holds the batches (`root/ciFAIR-10`, or `root` itself if the batches lie there directly).
-
-    Valid files present: no network at all. Else the archive `root/ciFAIR-10.zip` is used if present and
-    md5-valid, downloaded with pooch if not (the download's md5 is checked before it is kept), and unpacked.
-    Corrupt batches are removed before unpacking again. Everything that goes wrong is one DataError.
-    `archive_md5` and `file_md5s` (None: the official ARCHIVE_MD5, FILE_MD5S) let tests serve a small archive.
-    """
+    """Make sure ciFAIR-10 is unpacked and md5-valid under `root` (None: default_data_root()), downloading it only where
+    neither valid batches nor a valid archive are there; return the folder that holds the batches. Every failure is
+    one DataError. `archive_md5` and `file_md5s` (None: the official ones) let tests serve a small archive."""
     archive_md5 = ARCHIVE_MD5 if archive_md5 is None else archive_md5
     file_md5s = dict(FILE_MD5S if file_md5s is None else file_md5s)
     base = Path(root).expanduser() if root else default_data_root()

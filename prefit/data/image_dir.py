@@ -87,12 +87,8 @@ def _read_image(path: Path, resolution: int) -> np.ndarray:
 
 
 def read_image_dir(path: str | os.PathLike[str] | None, resolution: int) -> ImageSet:
-    """Read every image under `path` (class sub-folders of .png/.jpg/.jpeg files) at resolution x resolution.
-
-    Returns the images (uint8 [N, resolution, resolution, 3]) class by class, labels 0..C-1 in sorted class
-    order, the class names as label_names. Raises one-line DataErrors for a missing or malformed folder, an
-    unreadable or non-image file, fewer than 2 classes, or a resolution outside 2..4096.
-    """
+    """Every image under `path` (class sub-folders of .png/.jpg/.jpeg files) at resolution x resolution, class by class,
+    labels 0..C-1 in sorted class order. Bad input is one-line DataError."""
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
         raise DataError(f"dataset.resolution must be an integer, got {resolution!r}")
     resolution = int(resolution)

@@ -65,10 +65,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_load(path: str | os.PathLike[str]) -> Any:
-    """Unpickle `path` with the restricted unpickler (encoding="bytes": Python-2 strings stay bytes).
-
-    Raises DataError for an unreadable file, a broken pickle, or any global outside the allow-list.
-    """
+    """Unpickle `path` with the restricted unpickler (Python-2 strings stay bytes); DataError if unreadable."""
     try:
         with open(path, "rb") as f:
             return _RestrictedUnpickler(f, str(path)).load()

@@ -20,10 +20,7 @@ def coordinate_grid(side: int = SIDE) -> torch.Tensor:
 
 
 def to_signal(images: np.ndarray) -> torch.Tensor:
-    """uint8 images [N, H, W, 3] -> float32 [N, H*W, 3] in [-1, 1] (x / 127.5 - 1).
-
-    Pixel k of the flattened image is at grid point k of coordinate_grid.
-    """
+    """uint8 images [N, H, W, 3] -> float32 [N, H*W, 3] in [-1, 1], pixel k at point k of coordinate_grid."""
     x = torch.as_tensor(np.ascontiguousarray(images)).to(torch.float32)
     return (x / 127.5 - 1.0).reshape(x.shape[0], -1, 3)
 
@@ -37,10 +34,7 @@ def side_of(pixels: int) -> int:
 
 
 def to_uint8(signal: torch.Tensor | np.ndarray, side: int | None = None) -> np.ndarray:
-    """float [..., H*W, 3] in [-1, 1] -> uint8 [..., H, W, 3], rounded and clipped.
-
-    side None: inferred from the pixel count, which must then be a perfect square (else ValueError).
-    """
+    """float [..., H*W, 3] in [-1, 1] -> uint8 [..., H, W, 3], rounded and clipped; side None: from the pixel count."""
     x = np.asarray(signal.detach().cpu() if isinstance(signal, torch.Tensor) else signal, dtype=np.float32)
     if side is None:
         side = side_of(x.shape[-2])

@@ -112,13 +112,9 @@ def build_tiles(
     *,
     echo: Callable[[str], Any] | None = None,
 ) -> dict[str, int]:
-    """Cut each photograph (None: DEFAULT_PHOTOS) into size x size tiles under `out`, one class folder each.
-
-    The folder is built next to `out` under a temporary name and renamed into place when complete. An existing
-    non-empty `out` is refused unless `overwrite`, and then replaced only once the new one is complete (and only
-    if an earlier build made it). `echo`, if given, is called with one line per class. Returns
-    {photo: number of tiles}, in the order given. Every error is one DataError.
-    """
+    """Cut each photograph (None: DEFAULT_PHOTOS) into size x size tiles under `out`, one class folder each; return
+    {photo: tiles}. Built under a temporary name and renamed when complete, so an existing `out` is replaced (with
+    `overwrite`, and only if a build made it) only by a whole one. `echo` gets a line per class; errors: DataError."""
     names = list(DEFAULT_PHOTOS if photos is None else photos)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
         raise DataError(f"the tile size must be an integer >= 2, got {size!r}")

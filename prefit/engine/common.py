@@ -75,14 +75,9 @@ def seconds_between(start: float | torch.cuda.Event, end: float | torch.cuda.Eve
 
 
 def cuda_bytes_per_member(hls: int, hfs: int, pixels: int = 1024, fit: FitOptions | None = None) -> int:
-    """Device memory one member of a chunk holds on CUDA, in bytes, fitting with `fit` (None: the defaults).
-
-    5 copies of the weights (parameters, gradients, Adam's moments, the start while the step is built); each sine
-    layer's sine and cosine and two gradients; coordinates, prediction, residual, target and snapshots; the
-    per-epoch records. `3xtf32` adds the halves its products read (`prefit.engine.cuda.FusedStep`): 2 copies of the
-    weights, one activation more per sine layer and 3 more, the split coordinates and output gradient. A quarter
-    more for the allocator's rounding.
-    """
+    """Device memory one member of a chunk holds on CUDA, in bytes, fitting with `fit` (None: the defaults): its
+    weights, activations, images and per-epoch records as `prefit.engine.cuda` allocates them, plus a quarter for the
+    allocator's rounding."""
     fit = fit or FitOptions()
     split = fit.matmul_precision == "3xtf32"
     copies = 5 + (2 if split else 0)
@@ -101,10 +96,8 @@ def auto_max_members(
 ) -> int:
     """How many members to fit at once when train.max_members is null (`fit` None: the default options).
 
-    On a CPU the compiled step works member after member in its own workspace, so a chunk's size only trades
-    per-epoch Python overhead against memory: 64 MB at most per chunk, each member holding its weights four times
-    and its target and prediction. On CUDA the bound is memory: `budget_bytes` (a job's share of a device), else
-    half of what the device has free, over `cuda_bytes_per_member`.
+    On a CPU the step works member after member, so a chunk is capped at about 64 MB; on CUDA at `budget_bytes` (a
+    job's share of a device), else half of the device's free memory, over `cuda_bytes_per_member`.
     """
     if device.type == "cuda":
         if budget_bytes is None:

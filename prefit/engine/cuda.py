@@ -32,14 +32,8 @@ PROGRESS_EVERY = 250
 
 
 def fused_bytes_per_member_epoch(hls: int, hfs: int, pixels: int = 1024, precision: str = "highest") -> int:
-    """Bytes one member's epoch moves through device memory outside the matrix products: with their flops, what
-    bounds a wide cell's epoch (`prefit.bench.steady`'s floor).
-
-    Per sine layer the forward pass reads 1 and writes 2 activations, the backward reads 2 and writes 1; the head
-    reads and writes 2 images; Adam reads 4 and writes 3 copies of the weights. At `3xtf32` the sine, the gradient
-    and the weights are written as two halves, and the products split the coordinates and the output's gradient
-    (a read and two writes each, twice). Per-member vectors (biases, losses) are left out.
-    """
+    """Bytes one member's epoch moves through device memory outside the matrix products (the sine, cosine, head and
+    Adam passes, and at `3xtf32` the halves): with their flops, what bounds a wide cell's epoch (bench.steady)."""
     split = precision == "3xtf32"
     words = (6 + 2 * split) * (hls + 1) * pixels * hfs + 12 * pixels + (7 + 2 * split) * n_weights(hls, hfs)
     if split:
@@ -55,10 +49,8 @@ class FusedStep:
     """Forward and hand-written backward of a chunk's stacked SIRENs through the fused kernels.
 
     Parameters and gradients live in flat buffers (`fused.FlatParams`), so that Adam is one launch; `params` and
-    `grads` are (W, b) views into them. `epoch`, the device's counter, picks the snapshot slot (`slots[epoch]`,
-    -1 for none) of `snaps` [M, S, pixels, 3]. At `3xtf32` each large operand is split by the pass that makes it:
-    the weights by Adam (`flat_split`), a sine layer's activation by its sine pass (`sines` holds Splits), a
-    gradient by its cosine pass; only the coordinates and the output's gradient are split by their products.
+    `grads` are (W, b) views into them. `epoch`, the device's counter, picks the snapshot slot (`slots[epoch]`, -1 for
+    none). At `3xtf32` each large operand is split into halves by the pass that makes it.
     """
 
     def __init__(

@@ -92,12 +92,8 @@ class SirenStep:
 
 
 class CpuStep:
-    """SirenStep's CPU twin: the same forward and backward, compiled (`prefit.kernels.siren_step`).
-
-    It owns its chunk's parameters as the compiled step indexes them (first layer W [M, 2, hfs], hidden layers
-    stacked [hls, M, hfs, hfs], last layer [M, hfs, 3], biases alike); `params` and the gradients are (W, b) views
-    into them, so the optimiser never knows. The step works member after member in one member's workspace.
-    """
+    """SirenStep's CPU twin (`prefit.kernels.siren_step`). It owns the parameters in the layout the compiled step
+    indexes (hidden layers stacked [hls, M, hfs, hfs]); `params` and the gradients are (W, b) views into them."""
 
     def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
         from prefit.kernels import siren_step  # numba loads when a CPU step is built, not on `import prefit.engine`

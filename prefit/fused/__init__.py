@@ -103,12 +103,8 @@ def head(
     epoch: torch.Tensor,
     scale: float,
 ) -> None:
-    """The last layer's epilogue, one program per member.
-
-    pred_t [M, 3, pixels] holds W^T a on entry and the prediction (+ bias) on exit; grad_t <- scale x residual;
-    loss [M] <- mean squared residual; grad_bias [M, 1, 3] <- sum of grad_t over pixels; when slots[epoch] >= 0
-    the prediction is kept in snaps[:, slots[epoch]] ([M, S, pixels, 3]).
-    """
+    """The last layer's epilogue, one program per member: pred_t [M, 3, pixels] gets the bias, grad_t the scaled
+    residual, loss its mean square, grad_bias its sum; the prediction is kept in snaps where slots[epoch] >= 0."""
     members, _, pixels = pred_t.shape
     args = (pred_t, bias, target_t, grad_t, loss, grad_bias, snaps, slots, epoch, scale, pixels, slots.shape[0])
     kernels.head[(members,)](*args, snaps.shape[1], BLOCK_P=min(1024, triton.next_power_of_2(pixels)))
