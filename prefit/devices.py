@@ -1,17 +1,11 @@
 """A ledger of GPU memory shared by the jobs of one machine, so that jobs side by side never run a device out.
 
-A local sweep starts one job per core, and on a GPU machine they share a few devices. Each job leases device memory
-before it fits anything and sizes its chunks for what it was granted:
-
     with acquire(need_bytes, min_bytes, {0: 72e9, 1: 72e9}) as lease:
         run on torch.device("cuda", lease.device) with chunks fitting lease.granted_bytes
 
-`acquire` grants `min(need_bytes, room)` on the device with the most room once that is at least `min_bytes`, else
-waits: narrow cells run side by side, a wide one waits for the jobs before it. The ledger is a JSON file in one
-folder (`<tempdir>/prefit-devices`, or `$PREFIT_DEVICE_LEDGER`), rewritten atomically under an exclusive `flock`.
-Entries name their process (pid and start time); those of dead processes are dropped, so a crashed job never
-blocks a device. The ledger counts only what jobs tell it (capacities should leave room for CUDA contexts and
-other programs) and knows nothing of CUDA, so it is tested without a GPU.
+The ledger is a JSON file (in `<tempdir>/prefit-devices` or `$PREFIT_DEVICE_LEDGER`) rewritten atomically under a
+`flock`; entries of dead processes are dropped, so a crashed job never blocks a device. It knows nothing of CUDA,
+so it is tested without a GPU.
 """
 
 from __future__ import annotations

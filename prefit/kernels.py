@@ -1,17 +1,12 @@
 """The CPU engine's compiled step: forward and backward of a chunk of SIRENs, one member at a time (numba).
 
-Why compiled: on a CPU a narrow SIREN's epoch is a few dozen small array operations, each streaming a chunk's
-activations through memory, the sine and cosine each reducing their argument afresh, chunks on threads waiting on
-the GIL between them. `siren_step` runs one member's whole pass after another without the GIL, its activations in
-the core's cache: the products are BLAS calls (`_matmul`); a sine layer's bias, sine and cosine share one argument
-reduction (`_sincos`); the first layer (2 inputs) and the last (3 outputs) are written out; the backward's product
-with the cosine also sums the bias gradient. The arithmetic is `prefit.engine.SirenStep`'s (tests/test_kernels.py).
+On a CPU a narrow SIREN's epoch is a few dozen small array operations streaming activations through memory.
+`siren_step` runs one member's whole pass after another without the GIL, in the core's cache: BLAS products,
+one argument reduction for a sine layer's sine and cosine (`_sincos`), the first and last layers written out. The
+arithmetic is `prefit.engine.SirenStep`'s (tests/test_kernels.py).
 
-The sine and cosine: x is reduced to r = x - k pi/2, |r| <= pi/4 (Cody-Waite: pi/2 in three float32 parts, the
-first two exact times k), sin r and cos r are Taylor polynomials (to r^9 and r^10) and k mod 4 picks the quadrant:
-within 1.5 float32 ulp of the exact value (torch's sin: 0.6). The reduction is exact while |x| <= REDUCTION_LIMIT;
-a layer whose pre-activations' bound (from its weights, |sin| <= 1) is above it, or not finite, gets libm's
-float64 sin and cos instead.
+`_sincos`: x = r + k pi/2 (Cody-Waite, exact while |x| <= REDUCTION_LIMIT), Taylor polynomials in r, within 1.5
+float32 ulp; a layer whose pre-activations may exceed the limit gets libm's float64 sin and cos instead.
 """
 
 from __future__ import annotations

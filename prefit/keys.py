@@ -1,17 +1,9 @@
-"""Which config keys make a study, and how two configs are compared: one rule for each, declared here.
+"""Which config keys make a study, and how two configs are compared.
 
-Every field of the config dataclasses (`prefit.config`, `prefit.engine.options`) is a *study key*, part of what
-a job computes, unless its field metadata marks it:
-
-- `RUNTIME`: how a job runs, not what it computes (threads, progress bars, cache folders, chunking, device).
-  Runtime keys name no cell folder and are left out of the study a run.json records.
-- `ARITHMETIC`: how the numbers are computed (device, engine, step kernels, products' precision, chunking):
-  results agree to rounding, not bit for bit. Two sweeps that differ only in these keys are one study run with
-  other arithmetic, which is what the robustness report compares.
-
-`prefit.config` turns the marks into the key sets (`RUNTIME_KEYS`, `ARITHMETIC_KEYS`) that records, the
-sweeper, the analysis and the cell folders read. Two configs are compared by `config_diff` alone, where a null
-value and an absent key are the same (a key added to the schema with a null default leaves older records equal).
+Every config field is a study key unless its metadata marks it `RUNTIME` (how a job runs: threads, caches, device,
+chunking; left out of the study and of cell folder names) or `ARITHMETIC` (how the numbers are computed: results
+agree to rounding, not bit for bit; the robustness report compares such sweeps). `prefit.config` turns the marks into
+`RUNTIME_KEYS` and `ARITHMETIC_KEYS`. `config_diff` compares configs, a null value and an absent key being the same.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""A meta-learned initialisation (Reptile) for the `meta` scheme, and its cache.
+"""A meta-learned initialisation (Reptile, Nichol et al. 2018, as Tancik et al. 2021 used it) for the `meta` scheme.
 
-Reptile (Nichol et al. 2018), as Tancik et al. (2021) used it for coordinate networks: from the current
-initialisation theta, fit a meta-batch of images for a few Adam steps each, then move theta towards the mean
-of the fitted weights, theta <- theta + eps_t (mean_i theta_i - theta), with eps_t annealed linearly to 0.
-The meta-batch runs as members of the batched engine, so a meta step costs what a stage of the study costs.
-
-The images come from a pool that excludes every image of the run's triples. The result is cached per cell and
-config under a content hash: a sweep or a rerun never learns it twice, and two jobs that race both write
-a complete file with an atomic rename, so a reader never sees half of one.
+From theta, fit a meta-batch of pool images (none in the triples) for a few Adam steps each as members of the
+batched engine, then theta <- theta + eps_t (mean_i theta_i - theta), eps_t annealed linearly to 0. The result is
+cached per cell and config under a content hash, written atomically, so it is learned once.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """The SIREN (Sitzmann et al. 2020) and its initialisation, shared by both engines.
 
-A SIREN with `hls` hidden layers and `hfs` hidden features maps a pixel coordinate (2 numbers) to a colour
-(3 numbers): a sine layer 2 -> hfs, `hls` sine layers hfs -> hfs, then a linear layer hfs -> 3. A sine layer
-computes `sin(w0 * (x W + b))`.
-
-Parameters are kept as a list of `(W, b)` pairs with `W` of shape [in, out] (so that `x @ W` is the layer), and
-for a batch of members as stacked tensors `W` [M, in, out], `b` [M, 1, out]. Initial weights are drawn once per
-triple from a generator seeded by (seed, triple), in one fixed order, so both engines start from bit-identical
-weights.
+A sine layer 2 -> hfs, `hls` sine layers hfs -> hfs, a linear layer hfs -> 3; a sine layer computes
+`sin(w0 * (x W + b))`. Parameters are `(W, b)` pairs, W [in, out], stacked for members as W [M, in, out],
+b [M, 1, out]. Weights are drawn per triple from a generator seeded by (seed, triple), so both engines start alike.
 """
 
 from __future__ import annotations

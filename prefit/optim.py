@@ -1,10 +1,7 @@
 """Adam and ReduceLROnPlateau for a batch of independent members, each with its own learning rate.
 
-No library offers these for stacked parameters (torch's optimisers hold one learning rate per parameter group,
-and their schedulers read the loss on the host). Both follow torch's own arithmetic step for step, are tested
-against `torch.optim.Adam` and `torch.optim.lr_scheduler.ReduceLROnPlateau`, and keep every state on the
-parameters' device so an epoch needs no host synchronisation. Members never mix: a member whose loss is NaN
-only ever touches its own slice.
+Torch's hold one learning rate per parameter group and read the loss on the host; these follow torch's arithmetic
+step for step (the tests compare them) with every state on the device, and a member never touches another's slice.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """What a cell folder holds, verifiably: its study, its files' sizes and hashes, and whether a job may use it.
 
-A job writes `run.json` twice: first a claim (`status: running`, the study it is computing), then, after
-`psnr.parquet` and `recon.npz` have landed, the record (`status: complete`, each file's size and sha256). So:
-
-- a folder whose record matches the study and whose files match the record is complete: the job is skipped;
-- a folder claimed or recorded for the same study but with missing, truncated or changed files is resumed
-  (the job runs again; what it writes replaces what was there);
-- a folder that holds another study is never overwritten silently: the job stops with one line naming the
-  keys that differ, unless `train.overwrite=true`.
-
-The study is `prefit.config.study_of` the config: what decides the results; two are compared by
-`prefit.keys.config_diff`.
+run.json is written first as a claim (`status: running`, the study), then, after `psnr.parquet` and `recon.npz`,
+as the record (`status: complete`, each file's size and sha256). A folder whose record and files match the study is
+skipped; one of the same study with missing or changed files is run again; one of another study (compared by
+`prefit.keys.config_diff` on `prefit.config.study_of`) stops the job with the keys that differ, unless
+`train.overwrite=true`.
 """
 
 from __future__ import annotations

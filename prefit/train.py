@@ -3,13 +3,9 @@
     python -m prefit.train                                   # one cell (conf/config.yaml defaults)
     python -m prefit.train -m model.hls=2,3 model.hfs=32,64  # a sweep, one job per cell (joblib launcher)
 
-A job draws the run's triples, builds the plan of fits for the selected schemes and protocol
-(`prefit.schemes`), runs it with the chosen engine, and writes `psnr.parquet`, `recon.npz` and `run.json`
-into its output folder, each atomically (docs/formats.md). A job whose results already exist for the same
-study config is skipped, so re-running an interrupted sweep with the same `hydra.sweep.dir` only runs the
-cells that have no complete result.
-
-Bad input ends in one line on stderr (`error: ...`) and exit status 2.
+A job runs the plan of fits (`prefit.schemes`) and writes `psnr.parquet`, `recon.npz` and `run.json` atomically
+(docs/formats.md); one whose results exist for the same study is skipped, so a rerun resumes a sweep. Bad input
+ends in one line on stderr (`error: ...`) and exit status 2.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Hydra's basic sweeper, launching the costliest cells first (`hydra/sweeper=prefit`, the project's default).
 
-A local sweep runs a few jobs at a time; in the order the command line gives (2x32, 2x64, 3x32, 3x64 for
-`make run`) the largest cell starts last and runs alone while the other cores idle. Launched longest first
-(the classic longest-processing-time rule), the cells that finish last are the small ones. A cell's cost is
-estimated as its weights times its pixels (`prefit.model.n_weights`, work per member-epoch is proportional to
-both) times its epochs and triples; ties keep the command line's order. Nothing else changes: folders are named
-by cell, so an interrupted sweep resumes the same way.
+A local sweep runs a few jobs at a time; launched longest first, the cells that finish last are the small ones and
+no large one runs alone at the end. A cell's cost: its weights (`prefit.model.n_weights`) x pixels x epochs x
+triples; ties keep the command line's order. Folders are named by cell, so an interrupted sweep resumes the same way.
 """
 
 from dataclasses import dataclass

@@ -1,13 +1,8 @@
 """Steady-state epoch times of one chunk on a device: what `prefit.bench` reports on CUDA.
 
-A fit's first epochs pay for what a study pays once (compilation, set-up, the graph's capture, transfers). Here a
-chunk is built and warmed up outside the clock, then `repeats` runs of `epochs` epochs are timed with CUDA events
-around the loop alone; the median counts. The forms (`FORMS`): `fused_graph`, the CUDA engine as `prefit.train`
-runs it; `fused_eager`, the same launches not captured; `torch_eager`, the plain torch step (`train.kernels=torch`);
-`fused_graph_3xtf32` and `fused_graph_tf32`, `fused_graph` at `train.matmul_precision=3xtf32` and `high`.
-
-A fused form's floor (`floor_ms`), its products at the measured `torch.mm` rate plus its other passes' bytes at the
-measured copy rate, says whether launches and kernels (narrow cells) or the design (wide ones) bound it.
+A chunk is built and warmed up (compilation, capture) outside the clock, then `repeats` runs of `epochs` epochs are
+timed with CUDA events; the median counts. The forms are `FORMS`. A fused form's floor (`floor_ms`: its products at
+the measured `torch.mm` rate, its other passes' bytes at the copy rate) says whether launches or the design bound it.
 """
 
 from __future__ import annotations

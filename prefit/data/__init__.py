@@ -1,16 +1,8 @@
 """Data: images, labels and the triples of the study.
 
-The images come from the official ciFAIR-10 archive (downloaded once, md5-checked, cached), from any folder in
-the CIFAR-10 "python version" layout, or from any folder of class sub-folders of PNG/JPEG files (image_dir),
-resized to a chosen resolution. One module per concern:
-
-- base: DataError and ImageSet, shared by all;
-- tensors: the coordinate grid, images as signals in [-1, 1] and back;
-- pickles: the restricted unpickler CIFAR batches are read with;
-- cifar: reading CIFAR-layout folders and fetching ciFAIR-10;
-- image_dir: reading a folder of class sub-folders of images;
-- tiles: building such a folder from photographs shipped with scikit-image (`python -m prefit.data`);
-- triples: drawing the triples and the pools.
+Modules: base (DataError, ImageSet), tensors (coordinates, signals in [-1, 1]), pickles (the restricted
+unpickler), cifar (CIFAR-layout folders, ciFAIR-10), image_dir (folders of class sub-folders), tiles (such a folder
+from scikit-image's photographs, `python -m prefit.data`), triples (the triples and pools).
 """
 
 from __future__ import annotations

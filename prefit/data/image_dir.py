@@ -1,13 +1,6 @@
-"""A folder of images with one sub-folder per class (torchvision's ImageFolder layout), read at one resolution.
-
-    folder/
-      cat/  a.png  b.jpg ...
-      dog/  x.jpeg ...
-
-Classes are the sub-folders in sorted name order (label = index), files within a class in sorted name order;
-names starting with '.' are ignored. Every image becomes RGB, is centre-cropped to a square of its shorter side
-and resized to resolution x resolution with Pillow's Lanczos filter.
-"""
+"""A folder with one sub-folder per class (torchvision's ImageFolder layout: folder/cat/a.png ...), read at one
+resolution: classes and files in sorted name order (names starting with '.' ignored), each image RGB,
+centre-cropped to a square and resized with Pillow's Lanczos filter."""
 
 from __future__ import annotations
 

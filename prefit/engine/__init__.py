@@ -1,16 +1,11 @@
 """Engines that fit many SIRENs to their targets, each for `epochs` full-batch Adam steps.
 
-Both take stacked start parameters and one target image per member, and return a `FitResult`: per member and
-epoch the loss *before* that epoch's update and the learning rate it used, a few predictions, the final parameters.
+Both return a `FitResult`: per member and epoch the loss before that epoch's update and its learning rate, a few
+predictions, the final parameters; the tests demand equal trajectories of them.
 
-- `sequential`: the plain reference, one `nn.Module`, `torch.optim.Adam` and `ReduceLROnPlateau` per member, like
-  the original loop (minus its per-epoch host-side PSNR).
-- `batched`: a chunk's members as one model, weights stacked [M, in, out], the backward written out by hand (the
-  tests check it against autograd), one learning rate per member. Its step comes in three forms with the same
-  arithmetic (`train.kernels`): `compiled` (numba, member after member in a core's cache: `prefit.kernels`, the
-  CPU's default), `fused` (Triton, replayed as CUDA graphs: `prefit.engine.cuda`, CUDA's default) and `torch`.
-
-Both record the same things, so the tests can demand equal trajectories (docs/performance.md: what each costs).
+- `sequential`: the reference, an `nn.Module` and torch's Adam and ReduceLROnPlateau per member, as the original.
+- `batched`: a chunk's members as one model with a hand-written backward, one learning rate per member; its step
+  (`train.kernels`) is `compiled` (numba, the CPU's default), `fused` (Triton and CUDA graphs, CUDA's) or `torch`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The CUDA engine: a fused step, the schedule on the device, epochs captured as CUDA graphs.
 
-A narrow cell's epoch is a few dozen small kernels, so on a GPU its cost is launching them. Here an epoch is, per
-layer, a product and one fused pass (`prefit.fused`) each way, then one `schedule` program and one Adam launch over
-the chunk's flat buffers. The epoch counter lives on the device and every buffer is allocated once, so an epoch
-reads nothing back and its launches can be captured once as a CUDA graph of several epochs and replayed.
-
-`FusedStep` is the step (`prefit.engine.steps.SirenStep`'s arithmetic, w0 as the products' alpha); `FusedChunk`
-runs a chunk's epochs, captured or eager (the same kernels, so the same numbers). On a CPU both run under
-Triton's interpreter, which is how the tests check them without a GPU.
+A narrow cell's epoch is a few dozen small kernels, so on a GPU launching them is its cost. Here an epoch is per
+layer a product and one fused pass (`prefit.fused`) each way, one `schedule` program and one Adam launch; nothing
+is read back and buffers are allocated once, so several epochs are captured as one graph and replayed.
+`FusedChunk` runs them captured or eager (the same numbers); on a CPU under Triton's interpreter, for the tests.
 """
 
 from __future__ import annotations

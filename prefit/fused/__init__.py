@@ -1,13 +1,9 @@
 """Fused elementwise work of the CUDA engine: Triton kernels (`prefit.fused.kernels`) and their launchers.
 
-Besides its products, an epoch of the torch step makes a pass over every activation per elementwise op and eight
-passes for Adam. The launchers here do that work in as few passes as the arithmetic allows (bias, sine and cosine
-in one; the cosine product and the bias gradient in one; the last layer's epilogue in one; the epoch's records and
-plateau schedule, counted on the device; Adam over a chunk's flat buffer), and at `3xtf32` write results split
-(`split=`), so that products read halves made in the same pass. Nothing reads a value back to the host, so an
-epoch can be captured as a CUDA graph. The arithmetic is that of `prefit.engine.SirenStep` and `prefit.optim`
-(the tests compare them). Under `TRITON_INTERPRET=1` the kernels run on CPU tensors (numpy's `sin`); compiled,
-the sine and cosine are libdevice's range-reduced ones (SIREN pre-activations reach hundreds of radians).
+Each does in one pass what the torch step does in several (bias, sine and cosine; the cosine product and the bias
+gradient; the last layer's epilogue; the records and plateau schedule; Adam over a flat buffer), at `3xtf32` writing
+its result split (`split=`), and reads nothing back, so an epoch can be captured as a CUDA graph. The arithmetic is
+`prefit.engine.SirenStep`'s and `prefit.optim`'s. Under `TRITON_INTERPRET=1` the kernels run on CPU tensors.
 """
 
 from __future__ import annotations
