@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 
 class DataError(Exception):
     """Data that cannot be used as asked. Its message is one line for the user: the CLI prints it, exit status 2."""
+
+
+def data_folder(path: str | os.PathLike[str] | None, layout: str) -> Path:
+    """The folder `dataset.path` names, which must exist; `layout` says what it should hold."""
+    if path is None or str(path) == "":
+        raise DataError(f"no dataset.path given: set dataset.path=DIR, {layout}")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"dataset.path={path} {'is not a folder' if folder.exists() else 'does not exist'}")
+    return folder
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from prefit.data.base import DataError, ImageSet
+from prefit.data.base import DataError, ImageSet, data_folder
 from prefit.data.pickles import safe_load
 from prefit.data.tensors import SIDE
 
@@ -101,13 +101,7 @@ def read_cifar_dir(path: str | os.PathLike[str] | None, split: str) -> ImageSet:
     batches.meta; the planar rows become HWC images."""
     if split not in SPLIT_FILES:
         raise DataError(f"dataset.split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
-    if path is None or str(path) == "":
-        raise DataError("no dataset.path given: set dataset.path=DIR, a folder in the CIFAR-10 python layout")
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise DataError(f"dataset.path={path} does not exist")
-    if not folder.is_dir():
-        raise DataError(f"dataset.path={path} is not a folder")
+    folder = data_folder(path, "a folder in the CIFAR-10 python layout")
     needed = (*SPLIT_FILES[split], META_FILE)
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prefit.data.base import DataError, ImageSet
+from prefit.data.base import DataError, ImageSet, data_folder
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # compared lower-cased
 MIN_RESOLUTION, MAX_RESOLUTION = 2, 4096
@@ -87,13 +87,7 @@ def read_image_dir(path: str | os.PathLike[str] | None, resolution: int) -> Imag
     resolution = int(resolution)
     if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
         raise DataError(f"dataset.resolution must be in {MIN_RESOLUTION}..{MAX_RESOLUTION}, got {resolution}")
-    if path is None or str(path) == "":
-        raise DataError(f"no dataset.path given: set dataset.path=DIR, {_LAYOUT}")
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise DataError(f"dataset.path={path} does not exist")
-    if not folder.is_dir():
-        raise DataError(f"dataset.path={path} is not a folder")
+    folder = data_folder(path, _LAYOUT)
     names, files = _class_files(folder)
     total = sum(len(f) for f in files)
     images = np.empty((total, resolution, resolution, 3), dtype=np.uint8)

@@ -25,16 +25,9 @@ MARKER = ".prefit-tiles"  # written into every build; --overwrite replaces only 
 INSTALL = "pip install scikit-image (or the project's extra: pip install -e '.[tiles]')"
 
 
-def _motorcycle_left(data: Any) -> np.ndarray:
-    return data.stereo_motorcycle()[0]
-
-
-def _motorcycle_right(data: Any) -> np.ndarray:
-    return data.stereo_motorcycle()[1]
-
-
-def _loader(name: str) -> Callable[[Any], np.ndarray]:
-    return lambda data: getattr(data, name)()
+def _loader(name: str, view: int | None = None) -> Callable[[Any], np.ndarray]:
+    """skimage.data's `name`, or its `view`-th image (the stereo pair)."""
+    return lambda data: getattr(data, name)() if view is None else getattr(data, name)()[view]
 
 
 # Colour photographs whose files are inside the scikit-image wheel (skimage/data/), so loading them needs no
@@ -44,16 +37,14 @@ PHOTOS: dict[str, Callable[[Any], np.ndarray]] = {
     "coffee": _loader("coffee"),  # 400x600, a cup of coffee
     "chelsea": _loader("chelsea"),  # 300x451, a cat
     "rocket": _loader("rocket"),  # 427x640, a launch (NASA)
-    "motorcycle_left": _motorcycle_left,  # 500x741, the left view of the stereo pair
+    "motorcycle_left": _loader("stereo_motorcycle", 0),  # 500x741, the left view of the stereo pair
     "hubble_deep_field": _loader("hubble_deep_field"),  # 872x1000, galaxies (NASA)
     "retina": _loader("retina"),  # 1411x1411, a fundus photograph (its corners are black)
     "immunohistochemistry": _loader("immunohistochemistry"),  # 512x512, stained tissue
-    "motorcycle_right": _motorcycle_right,  # nearly the same scene as motorcycle_left
+    "motorcycle_right": _loader("stereo_motorcycle", 1),  # nearly the same scene as motorcycle_left
 }
-# The defaults leave out photographs made mostly of one flat colour, whose tiles would be trivial targets and, by
-# their number, most of the triples: retina (484 of its 64x64 tiles, its black corners among them), the Hubble
-# deep field (195, mostly dark sky), and motorcycle_right (the scene of motorcycle_left again). Six scenes,
-# 347 tiles of 64x64 (astronaut 64, coffee 54, chelsea 28, rocket 60, motorcycle_left 77, immunohistochemistry 64).
+# The defaults leave out photographs mostly of one flat colour (retina's black corners, the Hubble field's dark sky),
+# whose many trivial tiles would be most of the triples, and motorcycle_right (motorcycle_left's scene again).
 NOT_DEFAULT = ("hubble_deep_field", "retina", "motorcycle_right")
 DEFAULT_PHOTOS: tuple[str, ...] = tuple(name for name in PHOTOS if name not in NOT_DEFAULT)
 
