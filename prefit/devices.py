@@ -99,13 +99,14 @@ def acquire(
     folder = ledger_dir(folder)
     started = time.monotonic()
     said = False
+    me = {"pid": os.getpid(), "start": _start_time(os.getpid()), "host": socket.gethostname()}
     while True:
         with _locked(folder) as leases:
             room = rooms(capacities, leases)
             device = max(room, key=lambda d: (room[d], -d))  # the most room; the lowest index on a tie
             if room[device] >= min_bytes:
                 granted = int(min(need_bytes, room[device]))
-                entry = dict(id=uuid.uuid4().hex, device=device, bytes=granted, label=label, since=time.time(), **_me())
+                entry = dict(id=uuid.uuid4().hex, device=device, bytes=granted, label=label, since=time.time(), **me)
                 leases.append(entry)
                 return Lease(device, granted, entry["id"], folder, waited_s=round(time.monotonic() - started, 3))
         if timeout_s is not None and time.monotonic() - started > timeout_s:
@@ -183,11 +184,6 @@ def _read(path: Path) -> list[dict[str, Any]]:
         return []
     leases = data.get("leases", []) if isinstance(data, dict) else []
     return [e for e in leases if isinstance(e, dict) and {"id", "device", "bytes", "pid"} <= e.keys()]
-
-
-def _me() -> dict[str, Any]:
-    pid = os.getpid()
-    return {"pid": pid, "start": _start_time(pid), "host": socket.gethostname()}
 
 
 def _alive(entry: dict[str, Any]) -> bool:

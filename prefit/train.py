@@ -53,13 +53,6 @@ CUDA_CONTEXT_BYTES = 512 * 2**20
 MIN_CHUNK = 8
 
 
-def set_threads(cfg: Config, parallel_jobs: int) -> int:
-    """Divide the cores among the jobs running side by side, unless train.threads says otherwise."""
-    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
-    torch.set_num_threads(threads)
-    return threads
-
-
 def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     """Run one cell into folder `out`; return what run.json records."""
     validate(cfg)
@@ -70,7 +63,9 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         return {"status": "skipped", "cell": cell}
     started = time.time()
     started_at = datetime.fromtimestamp(started, timezone.utc).isoformat()
-    threads = set_threads(cfg, parallel_jobs)
+    # the cores divided among the jobs running side by side, unless train.threads says otherwise
+    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+    torch.set_num_threads(threads)
     device = resolve_device(cfg.train.device)
     # torch knows highest and high; 3xtf32 is the engine's own products (prefit.precision), fp32 everywhere else
     torch.set_float32_matmul_precision("high" if cfg.train.matmul_precision == "high" else "highest")

@@ -7,13 +7,11 @@ restricted unpickler.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +45,6 @@ SPLIT_FILES: dict[str, tuple[str, ...]] = {
     "test": ("test_batch",),
 }
 META_FILE = "batches.meta"
-
-
-# ------------------------------------------------------------------------------------------ reading
 
 
 def _text(value: Any) -> str:
@@ -117,9 +112,6 @@ def read_cifar_dir(path: str | os.PathLike[str] | None, split: str) -> ImageSet:
     return ImageSet(images=images, labels=labels, label_names=label_names, source=f"{folder} ({split} split)")
 
 
-# ------------------------------------------------------------------------------------------ ciFAIR-10
-
-
 def default_data_root() -> Path:
     """Where ciFAIR-10 is cached: $PREFIT_DATA if set, else the user cache dir (shared by all runs)."""
     env = os.environ.get("PREFIT_DATA")
@@ -141,20 +133,6 @@ def _md5(path: Path) -> str:
 def _bad_files(folder: Path, file_md5s: dict[str, str]) -> list[str]:
     """Names of the expected files that are absent from `folder` or fail their md5."""
     return [n for n, md5 in file_md5s.items() if not (folder / n).is_file() or _md5(folder / n) != md5]
-
-
-@contextlib.contextmanager
-def _quiet_pooch() -> Iterator[None]:
-    """pooch logs every download to its own stderr handler; we say what matters ourselves."""
-    import pooch
-
-    logger = pooch.get_logger()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _download_reason(e: Exception) -> str:
@@ -231,12 +209,14 @@ def fetch_cifair10(
         import requests
 
         log.info("ciFAIR-10 not found in %s: downloading %s", base, url)
+        quiet = pooch.get_logger()  # pooch logs every download on its own; we say what matters ourselves
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
         try:
             base.mkdir(parents=True, exist_ok=True)
-            with _quiet_pooch():
-                pooch.retrieve(
-                    url, known_hash=f"md5:{archive_md5}", fname=ARCHIVE_NAME, path=base, progressbar=sys.stderr.isatty()
-                )
+            pooch.retrieve(
+                url, known_hash=f"md5:{archive_md5}", fname=ARCHIVE_NAME, path=base, progressbar=sys.stderr.isatty()
+            )
         except requests.exceptions.RequestException as e:
             archive.unlink(missing_ok=True)
             raise DataError(
@@ -250,6 +230,8 @@ def fetch_cifair10(
             ) from e
         except OSError as e:
             raise DataError(f"cannot write ciFAIR-10 into {base}: {e}") from e
+        finally:
+            quiet.setLevel(level)
 
     _unpack(archive, folder, bad)
     still_bad = _bad_files(folder, file_md5s)

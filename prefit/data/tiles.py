@@ -49,21 +49,16 @@ NOT_DEFAULT = ("hubble_deep_field", "retina", "motorcycle_right")
 DEFAULT_PHOTOS: tuple[str, ...] = tuple(name for name in PHOTOS if name not in NOT_DEFAULT)
 
 
-def _skimage_data() -> Any:
-    try:
-        import skimage.data
-    except ImportError as e:
-        raise DataError(f"building tiles needs scikit-image, which is not installed: {INSTALL}") from e
-    return skimage.data
-
-
 def load_photo(name: str) -> np.ndarray:
     """The photograph `name` (one of PHOTOS) as uint8 [H, W, 3]."""
     if name not in PHOTOS:
         raise DataError(f"unknown photograph {name!r}; choose from {', '.join(PHOTOS)}")
-    data = _skimage_data()
     try:
-        photo = np.asarray(PHOTOS[name](data))
+        import skimage.data
+    except ImportError as e:
+        raise DataError(f"building tiles needs scikit-image, which is not installed: {INSTALL}") from e
+    try:
+        photo = np.asarray(PHOTOS[name](skimage.data))
     except Exception as e:  # e.g. a scikit-image release that no longer ships the file and tries to download it
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"scikit-image could not load the photograph {name}: {reason}") from e
