@@ -27,11 +27,11 @@ on an image of another class (**other_class**), and, where the sweep ran them, *
 This notebook reads the folder written by
 
 ```
-python -m prefit.analyze SWEEP_DIR                          # -> SWEEP_DIR/analysis (PSNR cap 59 dB)
-python -m prefit.analyze SWEEP_DIR analysis.ci_method=bca   # BCa bootstrap intervals instead of percentile
+python -m prefit.analyze SWEEP_DIR                     # -> SWEEP_DIR/analysis (PSNR cap 59 dB)
+python -m prefit.analyze SWEEP_DIR --ci-method bca     # BCa bootstrap intervals instead of percentile
 ```
 
-(`curves.parquet`, `auc.parquet`, `stats.parquet`, `summary.md`, `figures/`). It leads with the measures
+(`curves.parquet`, `auc.parquet`, `stats.parquet`, `jobs.parquet`, `summary.md`, `figures/`). It leads with the measures
 that an image can show: the **capped AUC** (PSNR clipped at 59 dB, the PSNR of 8-bit quantisation) and the
 **epochs to 30 and 40 dB** (fewer is better). The raw AUC, the original study's measure, comes last, for
 comparison, flagged (†) in every cell where a fit passes 100 dB. Set `ANALYSIS_DIR` and `CELL` in the next
@@ -40,35 +40,29 @@ cell (it is tagged `parameters`, so a tool can inject other values).
 code('''
 ANALYSIS_DIR = "../outputs/sweeps/NAME/analysis"  # a folder written by `python -m prefit.analyze`
 CELL = None  # the cell to look at: (hls, hfs) or "2x32"; None -> the first (smallest) cell
-''', tags=["parameters"])
+''', tags=['parameters'])
 code('''
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import seaborn as sns
 from IPython.display import Image, Markdown, display
 
+from prefit.analysis import read_analysis
 from prefit.analysis.figures import scheme_palette
-from prefit.analysis.reduce import cell_order, measures_in, scheme_order
-from prefit.analysis.stats import long_from_wide
+from prefit.analysis.groups import cells_of, present
+from prefit.analysis.reduce import measures_in
 from prefit.analysis.tables import RAW_FLAG_NOTE, count_table, stats_markdown, threshold_markdown, verdict_table
-from prefit.schema import AUC_FILE, CURVES_FILE, FIGURES_DIR, STATS_FILE, SUMMARY_FILE, cell_label
+from prefit.schema import FIGURES_DIR, SUMMARY_FILE, cell_label
 
-analysis = Path(ANALYSIS_DIR)
-if not (analysis / CURVES_FILE).is_file():
-    raise FileNotFoundError(
-        f"{analysis.resolve()} has no {CURVES_FILE}: run `python -m prefit.analyze SWEEP_DIR` "
-        "and point ANALYSIS_DIR at its output folder"
-    )
-figures = analysis / FIGURES_DIR
-curves = pd.read_parquet(analysis / CURVES_FILE)
-auc = pd.read_parquet(analysis / AUC_FILE)
-summary = (analysis / SUMMARY_FILE).read_text(encoding="utf-8")
+analysis = read_analysis(ANALYSIS_DIR)  # one line naming the command to run if the folder holds no analysis
+figures = Path(ANALYSIS_DIR) / FIGURES_DIR
+curves, auc, stats = analysis.curves, analysis.auc, analysis.stats  # scheme and protocol: ordered categoricals
+summary = (Path(ANALYSIS_DIR) / SUMMARY_FILE).read_text(encoding="utf-8")
 
-schemes = scheme_order(auc["scheme"].unique())
+schemes = present(auc["scheme"])
 palette = scheme_palette(schemes)  # the colours of the saved figures
-cells = cell_order(zip(auc["hls"], auc["hfs"]))
+cells = cells_of(auc)
 measures = measures_in(auc.columns)  # capped AUC, epochs to 30 dB, epochs to 40 dB, raw AUC
 print(f"{len(cells)} cells, {len(auc)} fits of A, schemes: {', '.join(schemes)}")
 print("measures, in the order they are read:", ", ".join(m.label for m in measures))
@@ -84,13 +78,13 @@ on the favourable side of 0 (above it for the AUCs, below it for the epochs: soo
 a threshold counts as taking all its epochs. The p-values are not corrected for the number of tests.
 ''')
 code('''
-stats = pd.read_parquet(analysis / STATS_FILE)
-long = long_from_wide(stats)  # one row per cell, scheme and measure
-print(f"verdicts: {len(stats)} cells x schemes, {len(long)} comparisons over {len(measures)} measures")
-display(Markdown(verdict_table(long, measures)))
+# stats.parquet: one row per cell, scheme and measure (delta, ci_low, ci_high, p, n, verdict, ...)
+pairs = stats.groupby(["hls", "hfs", "protocol", "scheme"], observed=True).ngroups
+print(f"verdicts: {len(stats)} comparisons, {pairs} cells x schemes over {len(measures)} measures")
+display(Markdown(verdict_table(stats, measures)))
 if stats["flag_raw_auc"].any():
     display(Markdown(RAW_FLAG_NOTE))
-display(Markdown(count_table(long, measures)))
+display(Markdown(count_table(stats, measures)))
 ''')
 md('''
 ## Capped AUC and time to PSNR
@@ -124,11 +118,11 @@ if (hls, hfs) not in cells:
 
 cell_curves = curves[(curves["hls"] == hls) & (curves["hfs"] == hfs)]
 cell_auc = auc[(auc["hls"] == hls) & (auc["hfs"] == hfs)]
-protocols = list(cell_curves["protocol"].unique())
+protocols = present(cell_curves["protocol"])
 fig, axes = plt.subplots(1, len(protocols), figsize=(9 * len(protocols), 5), squeeze=False)
 for ax, protocol in zip(axes[0], protocols):
     c = cell_curves[cell_curves["protocol"] == protocol]
-    for scheme in scheme_order(c["scheme"].unique()):
+    for scheme in present(c["scheme"]):
         s = c[c["scheme"] == scheme]
         std = s["std"].fillna(0.0)
         ax.plot(s["epoch"], s["mean"], color=palette[scheme], label=scheme)
@@ -149,7 +143,8 @@ sns.stripplot(data=finite, x="scheme", y=lead, order=schemes, color="black", siz
 ax.set(xlabel="", ylabel=f"{lead} (dB·epoch)", title=f"{lead} per fit, cell {cell_label(hls, hfs)}")
 plt.show()
 
-per_triple = cell_auc.pivot_table(index=["protocol", "triple"], columns="scheme", values=[lead, "epochs_to_30db"])
+plain = cell_auc.astype({"protocol": str, "scheme": str})  # new columns below: differences from random
+per_triple = plain.pivot_table(index=["protocol", "triple"], columns="scheme", values=[lead, "epochs_to_30db"])
 if "random" in schemes:  # paired on triple: same A, same initialisation
     for scheme in [s for s in schemes if s != "random"]:
         per_triple[(lead, f"{scheme} - random")] = per_triple[(lead, scheme)] - per_triple[(lead, "random")]
@@ -173,8 +168,9 @@ measures float precision, so every cell where a fit passes 100 dB is flagged (�
 code('''
 display(Image(filename=str(figures / "auc_boxplot.png")))
 raw = [m for m in measures if m.name == "auc"][0]
-print(f"raw AUC flagged in {int(stats.drop_duplicates(['hls', 'hfs', 'protocol'])['flag_raw_auc'].sum())} cell(s)")
-display(Markdown(stats_markdown(long, raw)))
+flagged = stats[stats["measure"] == "auc"].drop_duplicates(["hls", "hfs", "protocol"])["flag_raw_auc"]
+print(f"raw AUC flagged in {int(flagged.sum())} cell(s)")
+display(Markdown(stats_markdown(stats, raw)))
 ''')
 md('''
 ## Summary (`summary.md`)

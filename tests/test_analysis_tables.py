@@ -1,4 +1,4 @@
-"""prefit.analysis.tables and .render: markdown tables, the raw-AUC marker, and the packaged templates."""
+"""prefit.analysis.tables: markdown tables, the raw-AUC marker, and the packaged templates."""
 
 from __future__ import annotations
 
@@ -10,8 +10,17 @@ import pandas as pd
 import pytest
 
 from prefit.analysis.reduce import MEASURE_BY_NAME
-from prefit.analysis.render import environment, render
-from prefit.analysis.tables import RAW_FLAG, fmt, fmt_p, markdown_table, stats_markdown, verdict_table, verdict_text
+from prefit.analysis.tables import (
+    RAW_FLAG,
+    environment,
+    fmt,
+    fmt_p,
+    markdown_table,
+    render,
+    stats_markdown,
+    verdict_table,
+    verdict_text,
+)
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "prefit" / "analysis" / "templates"
 

@@ -1,12 +1,10 @@
 """What a curve, an AUC and a statistic belong to: its *group*, a cell and the sweep's study keys.
 
-A sweep may vary keys other than `model.hls`, `model.hfs` and `protocol` (`train.lr=1e-4,2e-4`, `seed=1,2`,
-`dataset.resolution=32,64`). Every job's run.json records its study (prefit.records); the dotted keys whose values
-differ between the jobs (`prefit.keys.config_diff`: null and absent are one) are the sweep's *study keys*. Each is a
-column of every table, after `protocol`, named by its key and typed by its values, so that the group columns of a
-table are `hls, hfs, protocol` and then its study keys in alphabetical order. A sweep whose jobs differ in nothing
-else has no study-key column. Scheme and protocol are ordered categoricals (`categorize`), so that sorting a table
-puts them in the study's order.
+The dotted keys whose values differ between a sweep's jobs (their run.json studies compared by
+`prefit.keys.config_diff`: null and absent are one), `train.lr` or `dataset.resolution` say, are its *study keys*:
+each is a column of every table after `protocol`, named by its key and typed by its values. The group columns of a
+table are `hls, hfs, protocol` and its study keys; a sweep whose jobs differ in nothing else has no study key.
+Scheme and protocol are ordered categoricals (`categorize`), so that a sorted table follows the study's order.
 """
 
 from __future__ import annotations
@@ -29,14 +27,9 @@ TOP_LEVEL_KEYS = {f.name for f in fields(Config) if f.default is not MISSING}  #
 STEM_CHARS = 60  # longer study-key suffixes are cut in file names and told apart by a hash
 
 
-def is_study_key(column: str) -> bool:
-    """Whether a table column is a study key (`train.lr`, `seed`) rather than one of the analysis' own columns."""
-    return "." in column or column in TOP_LEVEL_KEYS
-
-
 def study_columns(frame: pd.DataFrame | Iterable[str]) -> list[str]:
-    """The study-key columns of a frame (or of a list of column names), in their order."""
-    return [c for c in (frame.columns if isinstance(frame, pd.DataFrame) else frame) if is_study_key(c)]
+    """The study-key columns (`train.lr`, `seed`) of a frame or a list of column names, in their order."""
+    return [c for c in (frame.columns if isinstance(frame, pd.DataFrame) else frame) if "." in c or c in TOP_LEVEL_KEYS]
 
 
 def group_keys(frame: pd.DataFrame | Iterable[str]) -> list[str]:
@@ -52,25 +45,21 @@ def member_keys(frame: pd.DataFrame | Iterable[str]) -> list[str]:
 def varying_keys(studies: Iterable[Mapping[str, object]]) -> list[str]:
     """The dotted keys whose values differ between studies (prefit.keys.config_diff), the cell's own left out."""
     studies = list(studies)
-    found = {key for study in studies[1:] for key in config_diff(studies[0], study)}
-    return sorted(found - set(CELL_KEYS))
+    return sorted({key for study in studies[1:] for key in config_diff(studies[0], study)} - set(CELL_KEYS))
 
 
 def job_keys(studies: Mapping[Path, Mapping[str, object] | None]) -> pd.DataFrame:
-    """Per job folder (the index), its values of the sweep's study keys, one typed column per key. Studies are
-    compared as prefit.records compares them (`study_of`: `dataset.path` resolved); a job without a recorded study
-    has no values (NA)."""
+    """Per job folder (the index) its values of the sweep's study keys, a typed column per key. Studies are read as
+    prefit.records reads them (`study_of`: `dataset.path` resolved); a job without a recorded study has NA."""
     recorded = {folder: study_of(dict(s)) for folder, s in studies.items() if isinstance(s, Mapping)}
     flat = {folder: flatten(study) for folder, study in recorded.items()}
     keys = varying_keys(recorded.values())
-    columns = {key: typed([flat.get(folder, {}).get(key) for folder in studies]) for key in keys}
-    return pd.DataFrame(columns, index=list(studies))
+    return pd.DataFrame({k: typed([flat.get(f, {}).get(k) for f in studies]) for k in keys}, index=list(studies))
 
 
 def typed(values: Sequence[object]) -> pd.api.extensions.ExtensionArray:
-    """A study key's values as one column: numbers, booleans or text (lists spelled as Hydra does, `[a,b]`). A
-    section without keys of its own (a scheme without options) reads as true where it is selected, false where
-    not; a missing value is NA."""
+    """A study key's values as one column: numbers, booleans or text (lists as Hydra spells them, `[a,b]`); a section
+    without keys of its own (a scheme without options) is true where selected, false where not; missing is NA."""
     present = [v for v in values if v is not None]
     if present and all(v == {} for v in present):
         return pd.array([v is not None for v in values], dtype="boolean")
@@ -83,11 +72,9 @@ def text(value: object) -> str:
     """A study value as Hydra spells it (`true`, `null`, `[a,b]`), numbers as Python prints them."""
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
-    if value is None:
-        return "null"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(text(v) for v in value) + "]"
-    return str(value)
+    return "null" if value is None else str(value)
 
 
 def keys_text(row: Mapping[str, object], keys: Sequence[str]) -> str:
@@ -113,12 +100,10 @@ def group_stem(row: Mapping[str, object], keys: Sequence[str] = (), protocol: bo
     system (`_train.lr=0.0002`; a long suffix cut and told apart by a hash)."""
     stem = cell_stem(int(row["hls"]), int(row["hfs"])) + (f"_{row['protocol']}" if protocol else "")
     suffix = keys_text(row, keys)
-    if not suffix:
-        return stem
     safe = re.sub(r"[^A-Za-z0-9._=+-]+", "_", suffix.replace(",", "_")).strip("_.")
     if len(safe) > STEM_CHARS:
         safe = f"{safe[:STEM_CHARS].rstrip('_.')}_{zlib.crc32(suffix.encode()):08x}"
-    return f"{stem}_{safe}"
+    return f"{stem}_{safe}" if safe else stem
 
 
 def categorize(frame: pd.DataFrame, protocols: Sequence[str] = PROTOCOL_ORDER) -> pd.DataFrame:
@@ -140,13 +125,12 @@ def sort_table(frame: pd.DataFrame, then: Sequence[str] = ()) -> pd.DataFrame:
     value, missing first), scheme, then the columns `then`."""
     by = [c for c in (*group_keys(frame), "scheme", *then) if c in frame.columns]
     size = frame["hls"].astype("int64") * frame["hfs"].astype("int64")
-    ordered_rows = frame.assign(_size=size).sort_values(["_size", *by], kind="stable", na_position="first")
-    return ordered_rows.drop(columns="_size").reset_index(drop=True)
+    rows = frame.assign(_size=size).sort_values(["_size", *by], kind="stable", na_position="first")
+    return rows.drop(columns="_size").reset_index(drop=True)
 
 
 def groups(frame: pd.DataFrame, with_protocol: bool = True) -> list[dict[str, object]]:
-    """The distinct groups of a frame's rows, in table order, as {column: value}; without the protocol when asked
-    (a group's cell and study keys)."""
+    """The distinct groups of a frame's rows in table order, as {column: value}; without the protocol when asked."""
     keys = [k for k in group_keys(frame) if with_protocol or k != "protocol"]
     return sort_table(frame[keys].drop_duplicates()).to_dict("records")
 

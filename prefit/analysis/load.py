@@ -34,9 +34,9 @@ class AnalysisError(Exception):
 
 @dataclass
 class Sweep:
-    """A sweep folder's jobs: `jobs` has one row per job, its `folder` and its group columns (prefit.analysis.groups),
-    `runs` each job folder's run.json (None: missing or unreadable). `fits` (one row per fit of A and epoch) and
-    `members` (one row per fit of A, with its target and pre-fit images) once its psnr.parquet files are read."""
+    """A sweep folder: `jobs` one row per job (its `folder`, its group columns), `runs` each job's run.json (None:
+    missing or unreadable); once its psnr.parquet files are read, `fits` (a row per fit of A and epoch) and `members`
+    (a row per fit of A, with its target and pre-fit images)."""
 
     root: Path
     jobs: pd.DataFrame
@@ -49,16 +49,14 @@ def job_info(sweep: Sweep) -> pd.DataFrame:
     """One row per job: its folder and group columns, then what its run.json says (`status`, `wall_s`, `device`
     with its model's name, `threads`, `members`; missing values NA, a job without run.json `no run.json`)."""
     runs = [sweep.runs.get(folder) or {} for folder in sweep.jobs["folder"]]
-    wall = [r["wall_s"] if isinstance(r.get("wall_s"), (int, float)) else np.nan for r in runs]
-    named = [str(r.get("device", "?")) + (f" ({r['device_name']})" if r.get("device_name") else "") for r in runs]
-    return sweep.jobs.assign(
-        status=[r.get("status", "no run.json") for r in runs],
-        wall_s=pd.Series(wall, dtype="float64", index=sweep.jobs.index),
-        device=[str(r.get("device", "?")) for r in runs],
-        device_name=named,
-        threads=[r.get("threads", "—") for r in runs],
-        members=[r.get("members", "—") for r in runs],
-    )
+    info = {key: [r.get(key, "—") for r in runs] for key in ("threads", "members")}
+    info["status"] = [r.get("status", "no run.json") for r in runs]
+    info["wall_s"] = [float(r["wall_s"]) if isinstance(r.get("wall_s"), (int, float)) else np.nan for r in runs]
+    info["device"] = [str(r.get("device", "?")) for r in runs]
+    info["device_name"] = [
+        d + (f" ({r['device_name']})" if "device_name" in r else "") for d, r in zip(info["device"], runs)
+    ]
+    return sweep.jobs.assign(**info)
 
 
 def span(values: Iterable[int]) -> str:
@@ -77,9 +75,8 @@ def member_name(member: Mapping[str, object]) -> str:
 
 def find_psnr_files(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
     """Every psnr.parquet below the sweep folder, in a stable order, skipping the analysis output folder."""
-    exclude = exclude.resolve() if exclude is not None else None
-    found = sorted(Path(sweep_dir).rglob(PSNR_FILE))
-    return [path for path in found if exclude is None or not path.resolve().is_relative_to(exclude)]
+    skip = exclude.resolve() if exclude is not None else None
+    return [p for p in sorted(Path(sweep_dir).rglob(PSNR_FILE)) if skip is None or not p.resolve().is_relative_to(skip)]
 
 
 def load_sweep(sweep_dir: str | os.PathLike, exclude: Path | None = None) -> Sweep:
@@ -123,6 +120,7 @@ def read_run(path: Path) -> dict | None:
 
 
 def _type_ok(dtype: pa.DataType, kind: str) -> bool:
+    """Whether a parquet column's type is of PSNR_COLUMNS' kind (ints of any width, floats of any, strings)."""
     if kind in ("int64", "Int64"):
         return pa.types.is_integer(dtype) or (kind == "Int64" and pa.types.is_null(dtype))
     if kind == "float":

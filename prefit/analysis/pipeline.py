@@ -31,7 +31,7 @@ from .groups import categorize, group_keys, group_stem, groups, keys_text, prese
 from .load import AnalysisError, Sweep, find_psnr_files, load_recon, load_sweep, read_run
 from .reduce import auc_table, by, curves_table, measures_in
 from .stats import CI_METHODS, stats_table
-from .summary import summary_markdown
+from .tables import summary_markdown
 
 JOBS_FILE = "jobs.parquet"  # one row per job: its folder (relative to the sweep) and its group columns
 TABLES = (schema.CURVES_FILE, AUC_FILE, STATS_FILE, JOBS_FILE)

@@ -29,17 +29,24 @@ from . import robustness
 from .figures import plot_auc_boxplot, plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
 from .groups import categorize, cell_order, cells_of, present, study_columns, study_texts
 from .load import AnalysisError, job_info, span
-from .pipeline import DEFAULT_OPTIONS, Analysis, Options, load_analysis, remove_stale_figures, write_text
+from .pipeline import (
+    DEFAULT_OPTIONS,
+    Analysis,
+    Options,
+    load_analysis,
+    remove_stale_figures,
+    write_text,
+)
 from .reduce import Measure, cell_flags, measures_in
-from .render import render
 from .stats import ALPHA
-from .summary import measure_sections, method_context
 from .tables import (
-    RAW_FLAG_NOTE,
+    CI_NAMES,
     compare_markdown,
     count_table,
     duration,
     markdown_table,
+    measure_sections,
+    render,
     threshold_markdown,
     verdict_table,
 )
@@ -144,7 +151,7 @@ def conclusion_markdown(
 ) -> str:
     """The section "What changes in the conclusion", worded by templates/conclusion.md.j2."""
     c = conclusion(stats, cells, measures, presented)
-    return render("conclusion.md.j2", c=c, presented=presented, common=cells, alpha=f"{ALPHA:g}")
+    return render("conclusion.md.j2", c=c, presented=presented, common=cells)
 
 
 def refuse_study_keys(run: Analysis) -> None:
@@ -284,7 +291,7 @@ def write_report(
     check = robustness.compare_triples(runs[presented[0]].auc, runs[presented[1]].auc, common, ["hls", "hfs"])
     flags = cell_flags(auc)
     context = {
-        **method_context(options.ci_method),
+        "ci_name": CI_NAMES[options.ci_method],
         "presented": presented,
         "runs": {p: r.sweep.root for p, r in runs.items()},
         "common": common,
@@ -299,7 +306,6 @@ def write_report(
         "counts": count_table(stats, measures, "protocol", presented),
         "conclusion": conclusion_markdown(stats, common, measures, presented),
         "flagged": int(flags["flag_raw_auc"].sum()),
-        "flag_note": RAW_FLAG_NOTE,
         "sections": sections,
         "boxes": boxes,
         "means": threshold_markdown(auc, flags),

@@ -1,22 +1,12 @@
-"""Reductions of the fit trajectories: per-epoch curves, one row per fit (AUC, capped AUC, time to PSNR), pairs.
+"""Reductions of the fit trajectories: per-epoch curves, one row per fit (the measures), paired differences.
 
-The study's measures (`MEASURES`), in the order every table and report leads with them:
-
-  * `auc_capped`: the trapezoid of PSNR clipped at the PSNR cap (default 59 dB, the PSNR of 8-bit
-    quantisation: rounding to steps of 1/255 leaves an mse of 1/(12 x 255^2), 10 log10(12 x 255^2) = 58.9 dB),
-    so that precision no stored image shows stops dominating the area. Higher is better.
-  * `epochs_to_30db`, `epochs_to_40db`: the first epoch at or above the threshold. Fewer is better. A fit that
-    never reaches the threshold counts as the number of epochs it ran (one past its last epoch): it reached
-    the threshold no sooner than that, so the paired difference it enters is a bound on the true one, and a
-    scheme that reaches 30 dB in every triple while random never does still shows as faster.
-  * `auc`: the original study's measure, the trapezoid of the raw PSNR over epoch (unit spacing). Kept for
-    comparison; flagged wherever a fit passes RAW_AUC_FLAG_DB, where it mostly measures float precision.
-
-Every reduction groups by the group columns (prefit.analysis.groups: hls, hfs, protocol and the sweep's study
-keys): "cell" below means that group.
-
-Non-finite PSNR is kept, never silently dropped: NaN or -inf means the fit diverged (`diverged`, AUC NaN);
-+inf means the loss was exactly 0 (`saturated`, AUC inf). Curves use the finite values and count the others.
+The measures (`MEASURES`), in the order every table leads with them: `auc_capped`, the trapezoid of PSNR clipped
+at the PSNR cap (default 59 dB, the PSNR of 8-bit quantisation, 10 log10(12 x 255^2) = 58.9 dB), higher is
+better; `epochs_to_30db` and `epochs_to_40db`, the first epoch at or above the threshold, fewer is better, a fit
+that never reaches it counting as the epochs it ran (a bound: it got there no sooner); `auc`, the original's raw
+trapezoid of PSNR over epoch, flagged where a fit passes RAW_AUC_FLAG_DB (it then mostly measures float precision).
+A "cell" below is a group (prefit.analysis.groups). Non-finite PSNR is kept: NaN or -inf means the fit diverged
+(`diverged`, AUC NaN), +inf that its loss was exactly 0 (`saturated`, AUC inf); curves count and skip them.
 """
 
 from __future__ import annotations
@@ -62,18 +52,14 @@ def threshold_column(db: float) -> str:
     return f"epochs_to_{db:g}db"
 
 
-MEASURES = (
-    Measure("auc_capped", "capped AUC", "dB·epoch", True),
-    *(Measure(threshold_column(db), f"epochs to {db:g} dB", "epochs", False) for db in THRESHOLDS_DB),
-    Measure("auc", "raw AUC", "dB·epoch", True),
-)
+TIMES = tuple(Measure(threshold_column(db), f"epochs to {db:g} dB", "epochs", False) for db in THRESHOLDS_DB)
+MEASURES = (Measure("auc_capped", "capped AUC", "dB·epoch", True), *TIMES, Measure("auc", "raw AUC", "dB·epoch", True))
 MEASURE_BY_NAME = {m.name: m for m in MEASURES}
 
 
 def measures_in(columns: Iterable[str]) -> list[Measure]:
     """The study's measures an AUC table holds (the capped AUC only with a cap), in lead order."""
-    present = set(columns)
-    return [m for m in MEASURES if m.name in present]
+    return [m for m in MEASURES if m.name in set(columns)]
 
 
 def by(frame: pd.DataFrame, keys: list[str]):
@@ -82,10 +68,8 @@ def by(frame: pd.DataFrame, keys: list[str]):
 
 
 def curves_table(fits: pd.DataFrame) -> pd.DataFrame:
-    """Per cell, scheme and epoch: mean, std (ddof 1) and count of the finite PSNRs over triples.
-
-    `n_nonfinite` counts the triples whose PSNR at that epoch was NaN or +-inf and so left out.
-    """
+    """Per cell, scheme and epoch: mean, std (ddof 1) and count of the finite PSNRs over triples; `n_nonfinite` the
+    triples whose PSNR there was NaN or +-inf, left out."""
     finite = fits["psnr"].where(np.isfinite(fits["psnr"]))
     keys = [*group_keys(fits), "scheme", "epoch"]
     curves = by(fits.assign(psnr=finite), keys)["psnr"].agg(["mean", "std", "count", "size"]).reset_index()
@@ -96,10 +80,8 @@ def curves_table(fits: pd.DataFrame) -> pd.DataFrame:
 
 def auc_table(fits: pd.DataFrame, members: pd.DataFrame, psnr_cap: float | None) -> pd.DataFrame:
     """One row per fit of A (cell, scheme, triple): AUC, capped AUC, final and largest PSNR, epochs to the
-    thresholds (NA if never: see `measure_values` for how the statistics count those), divergence.
-
-    With psnr_cap None the capped AUC and epochs_to_59db are left out.
-    """
+    thresholds (NA if never: `measure_values` counts those), divergence. Without a cap, no capped AUC and no
+    epochs_to_59db."""
     thresholds = THRESHOLDS_DB + ((CAP_THRESHOLD_DB,) if psnr_cap is not None else ())
     keys = member_keys(fits)
     records = []
@@ -150,21 +132,14 @@ def cell_flags(auc: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_frame(auc: pd.DataFrame, name: str, baseline: str = BASELINE) -> pd.DataFrame:
-    """One row per pair (cell, scheme, triple): a scheme's fit and the baseline's fit of the same triple.
-
-    A triple shares its target A and its random initialisation across schemes, so the paired difference
-    removes the spread between images that dominates the raw values. `diff` is value(scheme) - value(baseline),
-    NaN when the pair is left out: `diverged` (either fit diverged, or its value is NaN or -inf) or else
-    `saturated` (either value +inf: a loss of exactly 0). `unreached`: either fit never reached the
-    threshold of a time measure (counted as its epochs, see `measure_values`). Triples without a baseline
-    fit have no pair.
-    """
+    """One row per pair (cell, scheme, triple): a scheme's fit and the baseline's fit of the same triple (same A,
+    same initialisation). `diff` is value(scheme) - value(baseline), NaN when the pair is left out: `diverged`
+    (either fit diverged, or its value is NaN or -inf) or else `saturated` (either value +inf). `unreached`: either
+    fit never reached a time measure's threshold. Triples without a baseline fit have no pair."""
     keys = [*group_keys(auc), "triple"]
     columns = [*group_keys(auc), "scheme", "triple", "diff", "diverged", "saturated", "unreached"]
-    table = auc.assign(
-        _value=measure_values(auc, name),
-        _unreached=auc[name].isna().to_numpy() if name.startswith("epochs_to_") else False,
-    )
+    unreached = auc[name].isna().to_numpy() if name.startswith("epochs_to_") else False
+    table = auc.assign(_value=measure_values(auc, name), _unreached=unreached)
     side = ["_value", "diverged", "_unreached"]
     base = table.loc[table["scheme"] == baseline, [*keys, *side]]
     others = table.loc[table["scheme"] != baseline, [*keys, "scheme", *side]]

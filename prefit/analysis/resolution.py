@@ -29,9 +29,7 @@ from .groups import cells_of, present, study_columns
 from .load import AnalysisError, span
 from .pipeline import DEFAULT_OPTIONS, Analysis, Options, load_analysis, write_text
 from .reduce import measures_in
-from .render import render
-from .summary import method_context
-from .tables import count_table, duration, markdown_table, verdict_table, verdict_text
+from .tables import CI_NAMES, count_table, duration, markdown_table, render, verdict_counts, verdict_table, verdict_text
 
 KEY = "dataset.resolution"
 DEFAULT_NAME = "resolution.md"
@@ -154,26 +152,6 @@ def jobs_table(data: ByResolution) -> tuple[str, float, list[str]]:
     return markdown_table(header, rows), total, sorted(devices)
 
 
-def tally(data: ByResolution) -> list[dict[str, object]]:
-    """Per resolution, scheme and measure: in how many cells the scheme beats random, is worse, or is unclear."""
-    out, stats = [], data.stats
-    for label in data.labels:
-        for scheme in [s for s in present(stats["scheme"]) if s != BASELINE]:
-            for m in measures_in(data.auc.columns):
-                v = stats[(stats[BY] == label) & (stats["scheme"] == scheme) & (stats["measure"] == m.name)]["verdict"]
-                counts = {k: int((v == k).sum()) for k in ("beats", "worse")}
-                out.append(
-                    {
-                        "resolution": label,
-                        "scheme": scheme,
-                        "measure": m.label,
-                        **counts,
-                        "of": int((v != "no data").sum()),
-                    }
-                )
-    return out
-
-
 def verdict_changes(data: ByResolution) -> list[str]:
     """Every cell, scheme and measure whose verdict is not the same at every resolution, as one line each:
     `3x64 same_class, epochs to 40 dB: **beats** (-79.5) at 32x32, unclear (+64.55) at 64x64`."""
@@ -225,7 +203,7 @@ def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dic
         links.append({"cell": (hls, hfs), "link": figure(fig, f"resolution_psnr_{cell_stem(hls, hfs)}.png")})
     jobs, total, devices = jobs_table(data)
     return {
-        **method_context(run.options.ci_method),
+        "ci_name": CI_NAMES[run.options.ci_method],
         "root": run.sweep.root,
         "sources": sorted({str(info.get("data", "?")) for info in run.sweep.runs.values()}),
         "cells": cells_of(auc),
@@ -238,7 +216,7 @@ def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dic
         "difficulty": difficulty_table(data),
         "verdicts": verdict_table(stats, measures, BY, data.labels),
         "counts": count_table(stats, measures, BY, data.labels),
-        "tally": tally(data),
+        "tally": sorted(verdict_counts(stats, measures, BY, data.labels), key=lambda c: data.labels.index(c["side"])),
         "figures": figures,
         "jobs": jobs,
         "total": total,

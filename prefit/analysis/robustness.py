@@ -31,10 +31,8 @@ from .groups import categorize, group_keys, group_label, groups, sort_table, stu
 from .load import AnalysisError
 from .pipeline import DEFAULT_OPTIONS, Analysis, Options, load_analysis, write_text
 from .reduce import MEASURE_BY_NAME, Measure, by, measure_values, measures_in
-from .render import render
 from .stats import VERDICTS
-from .summary import method_context
-from .tables import flag_mark, fmt, fmt_diff_ci, fmt_p, markdown_table, verdict_text
+from .tables import CI_NAMES, flag_mark, fmt, fmt_diff_ci, fmt_p, markdown_table, render, verdict_text
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("A", "B")
@@ -231,7 +229,7 @@ def context(comparison: Comparison, figure: str | None, options: Options) -> dic
     t, keys = comparison.table, comparison.keys
     lead = comparison.measures[0] if comparison.measures else MEASURE_BY_NAME["auc"]
     return {
-        **method_context(options.ci_method),
+        "ci_name": CI_NAMES[options.ci_method],
         "roots": comparison.roots,
         "names": NAMES,
         "psnr_cap": options.psnr_cap,
@@ -272,7 +270,8 @@ def write_comparison(comparison: Comparison, out: Path, options: Options) -> dic
     if figure == out:
         raise AnalysisError(f"{out}: the report's name needs a suffix (e.g. robustness.md), its figure goes beside it")
     written = {figure.name: write_figure(plot_robustness(comparison.table, comparison.measures, NAMES), figure)}
-    text = render("robustness.md.j2", **method_context(options.ci_method), r=context(comparison, figure.name, options))
+    r = context(comparison, figure.name, options)
+    text = render("robustness.md.j2", ci_name=r["ci_name"], r=r)
     return written | {out.name: write_text(text, out)}
 
 

@@ -1,16 +1,12 @@
-"""Paired statistics of every scheme against `random` and the verdicts the reports read from them: stats.parquet.
+"""Paired statistics of every scheme against `random` and their verdicts: stats.parquet.
 
-For every cell, scheme and measure (prefit.analysis.reduce.MEASURES): the per-triple difference
-value(scheme) - value(random) (same A, same initialisation), its mean `delta`, a bootstrap confidence interval of
-that mean (`scipy.stats.bootstrap`, percentile method by default, BCa on request; 10,000 resamples from a
-generator seeded by BOOTSTRAP_SEED and the cell and scheme, so that a cell's numbers never depend on which
-other cells are analysed with it, a rerun gives the same numbers, and two measures with the same differences
-(a capped AUC no fit reaches the cap of) the same interval), and the two-sided Wilcoxon signed-rank `p`. No
-correction is made for the number of cells, schemes and measures tested.
-
-Verdict (one per measure): `beats` when the CI lies entirely on the favourable side of 0 (above for the AUCs,
-below for the epochs to a PSNR: reaching it sooner) and p < ALPHA; `worse` when it lies entirely on the other
-side and p < ALPHA; `unclear` otherwise; `no data` without a single usable pair.
+For every cell, scheme and measure: the per-triple difference value(scheme) - value(random) (same A, same
+initialisation), its mean `delta`, a bootstrap CI of that mean (`scipy.stats.bootstrap`, percentile or BCa, 10,000
+resamples from a generator seeded by BOOTSTRAP_SEED and the cell and scheme, so that a cell's numbers depend on no
+other cell and a rerun repeats them) and the two-sided Wilcoxon signed-rank `p`, uncorrected for multiple tests.
+The verdict: `beats` when the CI lies entirely on the favourable side of 0 (above for the AUCs, below for the
+epochs to a PSNR) and p < ALPHA, `worse` when on the other side and p < ALPHA, else `unclear`; `no data` without
+a usable pair.
 """
 
 from __future__ import annotations
@@ -47,40 +43,32 @@ def group_rng(seed: int, key: Sequence[object]) -> np.random.Generator:
 
 
 def rng_key(row: dict, study: Sequence[str]) -> tuple:
-    """The key a comparison's generator is seeded with: hls, hfs, protocol, the study keys as one text (when the
-    sweep has any), scheme."""
+    """What a comparison's generator is seeded with: hls, hfs, protocol, the study keys as one text, scheme."""
     return (row["hls"], row["hfs"], row["protocol"], *([keys_text(row, study)] if study else []), row["scheme"])
 
 
-def bootstrap_ci(
-    diffs: Sequence[float] | np.ndarray, rng: np.random.Generator, method: str = CI_METHODS[0]
-) -> tuple[float, float]:
-    """Bootstrap CI of the mean through scipy.stats.bootstrap (method percentile or bca). NaN if empty; a
-    single difference, or all equal, gives [d, d] (there is nothing to resample)."""
+def bootstrap_ci(diffs: Sequence[float], rng: np.random.Generator, method: str = CI_METHODS[0]) -> tuple[float, float]:
+    """Bootstrap CI of the mean (scipy.stats.bootstrap, method percentile or bca). NaN if empty; one difference, or
+    all equal, gives [d, d] (there is nothing to resample)."""
     d = np.asarray(diffs, dtype=np.float64)
-    if len(d) == 0:
-        return np.nan, np.nan
-    if np.all(d == d[0]):
-        return float(d[0]), float(d[0])
+    if len(d) == 0 or np.all(d == d[0]):
+        return (np.nan, np.nan) if len(d) == 0 else (float(d[0]), float(d[0]))
     if method not in CI_METHODS:
         raise ValueError(f"ci method must be one of {', '.join(CI_METHODS)}, got {method!r}")
+    options = {
+        "n_resamples": BOOTSTRAP_RESAMPLES,
+        "confidence_level": CONFIDENCE,
+        "vectorized": True,
+        _RNG_KEYWORD: rng,
+    }
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")  # BCa on a handful of pairs may warn that it is degenerate
-        result = scipy_stats.bootstrap(
-            (d,),
-            np.mean,
-            n_resamples=BOOTSTRAP_RESAMPLES,
-            confidence_level=CONFIDENCE,
-            vectorized=True,
-            method="BCa" if method == "bca" else "percentile",
-            batch=max(1, 4_000_000 // len(d)),
-            **{_RNG_KEYWORD: rng},
-        )
-    low, high = result.confidence_interval
+        options |= {"method": "BCa" if method == "bca" else "percentile", "batch": max(1, 4_000_000 // len(d))}
+        low, high = scipy_stats.bootstrap((d,), np.mean, **options).confidence_interval
     return float(low), float(high)
 
 
-def wilcoxon_p(diffs: Sequence[float] | np.ndarray) -> float:
+def wilcoxon_p(diffs: Sequence[float]) -> float:
     """Two-sided Wilcoxon signed-rank p of the paired differences (scipy's defaults: zeros dropped, the exact
     distribution for small samples without ties); NaN when fewer than 2 differences or all are 0."""
     d = np.asarray(diffs, dtype=np.float64)
@@ -98,49 +86,32 @@ def verdict_of(n: int, low: float, high: float, p: float, higher_is_better: bool
     """The verdict of one comparison: beats, worse, unclear, or no data (see the module's docstring)."""
     if not n or pd.isna(low) or pd.isna(high):
         return "no data" if not n else "unclear"
-    if pd.isna(p) or p >= ALPHA:
+    if pd.isna(p) or p >= ALPHA or not (low > 0 or high < 0):
         return "unclear"
-    above, below = low > 0, high < 0
-    if above or below:
-        return "beats" if above == higher_is_better else "worse"
-    return "unclear"
+    return "beats" if (low > 0) == higher_is_better else "worse"
 
 
-def stats_table(
-    auc: pd.DataFrame, ci_method: str = CI_METHODS[0], psnr_cap: float | None = None, baseline: str = BASELINE
-) -> pd.DataFrame:
-    """stats.parquet: one row per cell, scheme other than the baseline, and measure the AUC table holds (lead
-    order): the group columns, scheme, STATS_COLUMNS, the pairs left out (`n_diverged`, `n_saturated`, see
-    `paired_frame`) and counted with a threshold never reached (`n_unreached`), the cell's raw-AUC flag
-    (`flag_raw_auc`, `n_fits_over_100db`) and the options (`ci_method`, `psnr_cap`). A cell without baseline fits
-    has no rows."""
-    keys, study = [*group_keys(auc), "scheme"], study_columns(auc)
-    rows = []
+def stats_table(auc: pd.DataFrame, ci_method: str = CI_METHODS[0], psnr_cap: float | None = None) -> pd.DataFrame:
+    """stats.parquet: one row per cell, scheme but the baseline, and measure of the AUC table (in lead order): the
+    group columns, scheme, STATS_COLUMNS, the pairs left out (`n_diverged`, `n_saturated`: see `paired_frame`) or
+    counted with a threshold never reached (`n_unreached`), the cell's raw-AUC flag (`n_fits_over_100db`,
+    `flag_raw_auc`) and the options (`ci_method`, `psnr_cap`). A cell without baseline fits has no rows."""
+    keys, study, rows = [*group_keys(auc), "scheme"], study_columns(auc), []
     for m in measures_in(auc.columns):
-        for key, group in by(paired_frame(auc, m.name, baseline), keys):
-            row = dict(zip(keys, key))
-            d = group["diff"].dropna().to_numpy(dtype=np.float64)
+        for key, group in by(paired_frame(auc, m.name), keys):
+            row, d = dict(zip(keys, key)), group["diff"].dropna().to_numpy(dtype=np.float64)
             low, high = bootstrap_ci(d, group_rng(BOOTSTRAP_SEED, rng_key(row, study)), ci_method)
-            p = wilcoxon_p(d)
-            rows.append(
-                {
-                    **row,
-                    "measure": m.name,
-                    "baseline": baseline,
-                    "n": len(d),
-                    "delta": float(d.mean()) if len(d) else np.nan,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "p": p,
-                    "verdict": verdict_of(len(d), low, high, p, m.higher_is_better),
-                    "n_diverged": int(group["diverged"].sum()),
-                    "n_saturated": int(group["saturated"].sum()),
-                    "n_unreached": int((group["unreached"] & group["diff"].notna()).sum()),
-                }
-            )
-    table = pd.DataFrame.from_records(rows, columns=[*keys, *STATS_COLUMNS, *COUNT_COLUMNS])
-    table = table.astype({**{k: auc[k].dtype for k in keys}, "n": "int64", "delta": "float64", "p": "float64"})
-    table = table.astype({c: "int64" for c in COUNT_COLUMNS} | {c: "float64" for c in ("ci_low", "ci_high")})
+            p, delta = wilcoxon_p(d), float(d.mean()) if len(d) else np.nan
+            verdict = verdict_of(len(d), low, high, p, m.higher_is_better)
+            counts = [
+                group["diverged"].sum(),
+                group["saturated"].sum(),
+                (group["unreached"] & group["diff"].notna()).sum(),
+            ]
+            rows.append([*key, m.name, BASELINE, len(d), delta, low, high, p, verdict, *map(int, counts)])
+    table = pd.DataFrame(rows, columns=[*keys, *STATS_COLUMNS, *COUNT_COLUMNS])
+    floats = dict.fromkeys(["delta", "ci_low", "ci_high", "p"], "float64")
+    table = table.astype({**{k: auc[k].dtype for k in keys}, **dict.fromkeys(["n", *COUNT_COLUMNS], "int64"), **floats})
     table = table.merge(cell_flags(auc), on=group_keys(auc), how="left")
     table = table.assign(ci_method=ci_method, psnr_cap=np.nan if psnr_cap is None else float(psnr_cap))
     rank = {name: i for i, name in enumerate(MEASURE_BY_NAME)}

@@ -1,4 +1,5 @@
-"""Markdown tables of the analysis, built from its frames; the templates place them, the reports word them.
+"""Markdown tables of the analysis, built from its frames, and the Jinja2 templates (templates/*.md.j2) that place
+them: Python computes every number, table and verdict, a template only words them (`render`).
 
 Groups are labelled `2x32`, and with study keys `2x32 train.lr=0.0002` (prefit.analysis.groups). Numbers: AUCs
 with thousands separators, small values with 4 significant digits, p with 3 decimals, a dash for what is missing.
@@ -8,16 +9,34 @@ RAW_FLAG.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from typing import TYPE_CHECKING
 
+import jinja2
 import numpy as np
 import pandas as pd
 
-from prefit.schema import BASELINE
+from prefit.schema import BASELINE, PSNR_FILE, RUN_FILE, cell_label
 
-from .groups import group_keys, group_label, groups, present, sort_table, study_columns
-from .reduce import MEASURE_BY_NAME, RAW_AUC_FLAG_DB, Measure, by, mean_table, paired_differences
-from .stats import ALPHA, CONFIDENCE
+from .groups import group_keys, group_label, groups, present, sort_table, study_columns, study_texts
+from .load import span
+from .reduce import (
+    MEASURE_BY_NAME,
+    QUANTISATION_PSNR_DB,
+    RAW_AUC_FLAG_DB,
+    Measure,
+    by,
+    cell_flags,
+    mean_table,
+    measures_in,
+    paired_differences,
+)
+from .stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
+
+if TYPE_CHECKING:
+    from .pipeline import Analysis
 
 RAW_FLAG = "†"
 RAW_FLAG_NOTE = (
@@ -114,22 +133,26 @@ def verdict_table(stats: pd.DataFrame, measures: Sequence[Measure], column: str 
     return markdown_table(header, body)
 
 
+def verdict_counts(stats: pd.DataFrame, measures: Sequence[Measure], column: str, sides: Sequence) -> list[dict]:
+    """Per scheme, measure (its label) and side (a value of `column`): in how many cells the scheme beats random,
+    is worse, and has pairs at all (`of`)."""
+    counts = []
+    for scheme, m, side in ((scheme, m, s) for scheme in present(stats["scheme"]) for m in measures for s in sides):
+        v = stats[(stats["scheme"] == scheme) & (stats["measure"] == m.name) & (stats[column] == side)]["verdict"]
+        found = {k: int((v == k).sum()) for k in ("beats", "worse")} | {"of": int((v != "no data").sum())}
+        counts.append({"side": side, "scheme": scheme, "measure": m.label, **found})
+    return counts
+
+
 def count_table(stats: pd.DataFrame, measures: Sequence[Measure], column: str = "protocol", sides=None) -> str:
     """Per scheme, measure and side: in how many cells it beats random and is worse (of those with pairs)."""
     sides = present(stats[column]) if sides is None else list(sides)
     of = "of cells and variants" if study_columns(stats) else "of cells"
     header = ["scheme", "measure"] + [f"beats / worse ({s if len(sides) > 1 else of})" for s in sides]
-    rows = []
-    for scheme in present(stats["scheme"]):
-        for m in measures:
-            row = [scheme, m.label]
-            for s in sides:
-                v = stats[(stats["scheme"] == scheme) & (stats["measure"] == m.name) & (stats[column] == s)]["verdict"]
-                row.append(
-                    f"{int((v == 'beats').sum())} / {int((v == 'worse').sum())} of {int((v != 'no data').sum())}"
-                )
-            rows.append(row)
-    return markdown_table(header, rows)
+    rows: dict[tuple, list] = {}
+    for c in verdict_counts(stats, measures, column, sides):
+        rows.setdefault((c["scheme"], c["measure"]), []).append(f"{c['beats']} / {c['worse']} of {c['of']}")
+    return markdown_table(header, [[*key, *cells] for key, cells in rows.items()])
 
 
 def stats_markdown(stats: pd.DataFrame, measure: Measure, protocol_column: bool | None = None) -> str:
@@ -152,25 +175,19 @@ def stats_markdown(stats: pd.DataFrame, measure: Measure, protocol_column: bool 
 def compare_markdown(stats: pd.DataFrame, measure: Measure, column: str, sides: Sequence[str]) -> str:
     """One measure's Δ [CI], p, n and verdict per cell and scheme, for each side (`column`) side by side."""
     rows, found = comparisons(stats[stats["measure"] == measure.name], column)
-    header = ["cell", "scheme"]
-    for s in sides:
-        header += [f"Δ {measure.label} [{CONFIDENCE:.0%} CI] ({s})", f"p ({s})", f"n ({s})", f"verdict ({s})"]
-    body = []
-    for row in rows:
-        cells = [found.get((*row, measure.name, s)) for s in sides]
-        body.append(
-            [*row]
-            + [
-                v
-                for r in cells
-                for v in (
-                    ["—"] * 4
-                    if r is None
-                    else [fmt_diff_ci(r) + flag_mark(r), fmt_p(r["p"]), int(r["n"]), verdict_text(r, False)]
-                )
-            ]
+    names = (f"Δ {measure.label} [{CONFIDENCE:.0%} CI]", "p", "n", "verdict")
+    header = ["cell", "scheme"] + [f"{name} ({s})" for s in sides for name in names]
+
+    def side(r: Row | None) -> list:
+        return (
+            ["—"] * 4
+            if r is None
+            else [fmt_diff_ci(r) + flag_mark(r), fmt_p(r["p"]), int(r["n"]), verdict_text(r, False)]
         )
-    return markdown_table(header, body)
+
+    return markdown_table(
+        header, [[*row, *(v for s in sides for v in side(found.get((*row, measure.name, s))))] for row in rows]
+    )
 
 
 def multiplicity_note(stats: pd.DataFrame) -> str:
@@ -243,3 +260,77 @@ def threshold_markdown(auc: pd.DataFrame, flags: pd.DataFrame | None = None, sev
         row += [threshold_cell(fits[c]) for c in thresholds]
         rows.append(row + [fmt(means["auc"].get(key, np.nan)) + (f" {RAW_FLAG}" if key[:-1] in flagged else "")])
     return markdown_table(header + ["mean raw AUC"], rows)
+
+
+def cell_text(cell: Sequence[int]) -> str:
+    """A cell (hls, hfs, ...) as templates write it: `2x32`."""
+    return cell_label(*cell[:2])
+
+
+@cache
+def environment() -> jinja2.Environment:
+    """The package's templates, with the numbers every report states as globals; an undefined name is an error
+    rather than an empty string."""
+    loader, layout = jinja2.PackageLoader("prefit.analysis", "templates"), {"trim_blocks": True, "lstrip_blocks": True}
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False, **layout)  # markdown
+    env.filters.update(fmt=fmt, signed=lambda v: fmt(v, sign=True), p=fmt_p, describe=describe)
+    env.filters.update(cell=cell_text, cells=lambda cs: ", ".join(cell_text(c) for c in cs) or "none")
+    constants = {"confidence": f"{CONFIDENCE:.0%}", "alpha": f"{ALPHA:g}", "resamples": f"{BOOTSTRAP_RESAMPLES:,}"}
+    constants |= {"seed": BOOTSTRAP_SEED, "raw_flag": RAW_FLAG, "raw_flag_db": f"{RAW_AUC_FLAG_DB:g}"}
+    constants |= {"quantisation": f"{QUANTISATION_PSNR_DB:.1f}", "flag_note": RAW_FLAG_NOTE}
+    env.globals.update(constants, psnr_file=PSNR_FILE, run_file=RUN_FILE)
+    return env
+
+
+def render(template: str, **context: object) -> str:
+    """Render one template (e.g. `summary.md.j2`) with the given context; blank runs collapse to one line."""
+    lines = [line.rstrip() for line in environment().get_template(template).render(**context).splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
+
+
+CI_NAMES = {"percentile": "percentile", "bca": "bias-corrected and accelerated (BCa)"}
+
+
+def measure_sections(stats: pd.DataFrame, measures: Sequence[Measure]) -> list[dict[str, object]]:
+    """Per measure (lead order): the measure, its statistics table and its multiplicity note."""
+    notes = {m.name: multiplicity_note(stats[stats["measure"] == m.name]) for m in measures}
+    return [{"measure": m, "table": stats_markdown(stats, m), "multiplicity": notes[m.name]} for m in measures]
+
+
+def summary_markdown(analysis: Analysis) -> str:
+    """summary.md from an analysis."""
+    sweep, auc, stats = analysis.sweep, analysis.auc, analysis.stats
+    measures, flags = measures_in(auc.columns), cell_flags(auc)
+    tables = {}
+    for metric in ("auc_capped", "auc"):
+        if metric in auc.columns:
+            table, best = metric_table(auc, metric, flags)
+            tables[metric] = {"table": table, "best": ", ".join(f"{s} in {n} cell(s)" for s, n in best.items())}
+    context = {
+        "ci_name": CI_NAMES[analysis.options.ci_method],
+        "root": sweep.root,
+        "root_resolved": sweep.root.resolve(),
+        "n_files": len(sweep.jobs),
+        "n_complete": sum(1 for run in sweep.runs.values() if run and run.get("status") == "complete"),
+        "n_cells": auc.groupby(["hls", "hfs", "protocol"], observed=True).ngroups,
+        "hls": span(auc["hls"]),
+        "hfs": span(auc["hfs"]),
+        "variants": [f"`{v}`" if v else "(none)" for v in study_texts(auc)],
+        "protocols": ", ".join(present(auc["protocol"])),
+        "triples": span(by(auc, group_keys(auc))["triple"].nunique()),
+        "epochs": span(auc["n_epochs"]),
+        "schemes": ", ".join(present(auc["scheme"])),
+        "n_fits": len(auc),
+        "n_diverged": int(auc["diverged"].sum()),
+        "n_saturated": int(auc["saturated"].sum()),
+        "psnr_cap": analysis.options.psnr_cap,
+        "measures": measures,
+        "has_stats": bool(len(stats)),
+        "verdicts": verdict_table(stats, measures) if len(stats) else "",
+        "counts": count_table(stats, measures) if len(stats) else "",
+        "flagged_cells": int(flags["flag_raw_auc"].sum()),
+        "threshold_table": threshold_markdown(auc, flags),
+        "metric_tables": tables,
+        "sections": measure_sections(stats, measures) if len(stats) else [],
+    }
+    return render("summary.md.j2", **context)
