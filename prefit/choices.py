@@ -55,9 +55,8 @@ class DatasetName(Choice):
     image_dir = "image_dir"  # any folder of class sub-folders of PNG/JPEG files, at dataset.resolution
 
 
-# prefit.precision's modes for the engine's matrix products: highest (fp32), 3xtf32 (fp32-accurate on tensor
-# cores: three TF32 products of split operands), high (one TF32 product). The functional form, because OmegaConf
-# maps a value to a member by name and "3xtf32" is not an identifier.
+# prefit.precision's modes for the matrix products; the functional form, as OmegaConf maps a value to a member by
+# name and "3xtf32" is not an identifier.
 MatmulPrecision = Choice("MatmulPrecision", {name: name for name in ("highest", "3xtf32", "high")})
 
 

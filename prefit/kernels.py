@@ -33,10 +33,9 @@ _ZERO, _ONE, _HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
 
 _JIT = {"nogil": True, "cache": True, "boundscheck": False, "error_model": "numpy", "fastmath": {"contract"}}
 
-# The step's matrix products call `prefit_sgemm`, a symbol with cblas_sgemm's signature (row-major, 64-bit
-# integers) bound at import to numpy's own OpenBLAS where numpy ships one (faster than scipy's, which numba's np.dot
-# calls, at the weight gradients' transposed products), else to `_sgemm_fallback` (np.dot). Compiled code names the
-# symbol, so cached kernels stay valid either way. PREFIT_SGEMM=fallback forces the fallback (the tests run both).
+# The products call `prefit_sgemm` (cblas_sgemm's signature, 64-bit integers), bound at import to numpy's OpenBLAS
+# (faster than scipy's at transposed products) where numpy ships one, else to `_sgemm_fallback` (np.dot; forced by
+# PREFIT_SGEMM=fallback). Compiled code names only the symbol, so cached kernels stay valid either way.
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SGEMM_ARGS = (types.int32,) * 3 + (types.int64,) * 3 + (types.float32,)
@@ -50,8 +49,7 @@ _F32P = types.CPointer(types.float32)
 
 @cfunc(types.void(*_SGEMM_ARGS, _F32P, types.int64, _F32P, *_SGEMM_TAIL, _F32P, types.int64), cache=True)
 def _sgemm_fallback(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):  # noqa: ARG001
-    """cblas_sgemm, as the step calls it (row-major, no padding: lda, ldb, ldc are the row lengths; beta = 0),
-    through np.dot."""
+    """cblas_sgemm as the step calls it (row-major, unpadded, beta = 0), through np.dot."""
     left = carray(a, (k, m)).T if trans_a == _TRANS else carray(a, (m, k))
     right = carray(b, (n, k)).T if trans_b == _TRANS else carray(b, (k, n))
     out = carray(c, (m, n))
@@ -154,10 +152,8 @@ _JIT_SUMS = dict(_JIT, fastmath={"contract", "reassoc"})
 
 @njit(**_JIT_SUMS)
 def _last_layer(a, wt, bias, target_t, y_t, resid, scale):
-    """y^T [3, pixels] <- wt a^T + bias (wt = W^T [3, width]), resid <- scale (y - t); returns sum (y - t)^2.
-
-    Three outputs per pixel: three dot products along a row of `a`, which a matrix product of this shape
-    would run at a small fraction of its speed."""
+    """y^T [3, pixels] <- wt a^T + bias (wt = W^T [3, width]), resid <- scale (y - t); returns sum (y - t)^2. Three dot
+    products along a row of `a`: a matrix product of this shape runs at a fraction of its speed."""
     pixels, width = a.shape
     total = 0.0
     for p in range(pixels):
@@ -268,8 +264,7 @@ def siren_step(coords, params, target_t, w0, scale, loss, pred_t, grads, work):
 
 @njit(**_JIT)
 def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
-    """One Adam step, in place, on [members, n] arrays with a learning rate per member (float64 [members]):
-    torch.optim.Adam's single-tensor arithmetic in one pass over the weights."""
+    """torch.optim.Adam's single-tensor step, in place, on [members, n] arrays with a learning rate per member."""
     members, n = param.shape
     one_minus_b1, b2, one_minus_b2 = np.float32(1 - beta1), np.float32(beta2), np.float32(1 - beta2)
     bias2_sqrt = np.float32(np.sqrt(1 - beta2**step))

@@ -46,8 +46,7 @@ def inner_options(cfg: Config, meta: MetaConfig) -> FitOptions:
 
 
 def _computed(options: object, kind: type) -> dict:
-    """`options`' values of the fields of dataclass `kind`, less those marked runtime (how a job runs, not what
-    it computes)."""
+    """`options`' values of the fields of dataclass `kind`, less the runtime ones (how a job runs)."""
     return {f.name: getattr(options, f.name) for f in fields(kind) if not f.metadata.get("runtime")}
 
 

@@ -33,11 +33,8 @@ def triple_generator(seed: int, triple: int) -> torch.Generator:
 
 
 def init_params(hls: int, hfs: int, w0: float, generator: torch.Generator) -> Params:
-    """Draw SIREN weights as docs/protocol.md states, on the CPU, in float32.
-
-    First layer W ~ U(-1/fan_in, 1/fan_in); hidden and last layers W ~ U(-sqrt(6/fan_in)/w0, +...).
-    Biases as PyTorch's linear layer: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    """
+    """SIREN weights as docs/protocol.md states, on the CPU, in float32: first layer W ~ U(-1/fan_in, 1/fan_in), the
+    others U(-sqrt(6/fan_in)/w0, +...); biases as PyTorch's linear layer, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     params: Params = []
     for layer, (fan_in, fan_out) in enumerate(layer_sizes(hls, hfs)):
         bound = 1.0 / fan_in if layer == 0 else math.sqrt(6.0 / fan_in) / w0

@@ -20,12 +20,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
 
 
 def execute_notebook(
-    analysis_dir: str | Path,
-    out: str | Path | None = None,
-    cell: str | None = None,
-    kernel_name: str = "python3",
-    timeout: int = 300,
-    notebook: Path = NOTEBOOK,
+    analysis_dir: str | Path, out: str | Path | None = None, cell: str | None = None, kernel_name="python3", timeout=300
 ) -> Path:
     """Run the analysis notebook on `analysis_dir`; write the executed notebook to `out` and return its path.
     AnalysisError if the folder holds no analysis in the current layout (prefit.analysis.read_analysis)."""
@@ -34,16 +29,13 @@ def execute_notebook(
         import nbformat
     except ImportError as error:  # the `notebook` extra: pip install -e '.[notebook]' (make install has it)
         raise ImportError(f"executing the notebook needs {error.name}: pip install -e '.[notebook]'") from None
-
     analysis_dir = Path(analysis_dir).resolve()
     read_analysis(analysis_dir)  # an AnalysisError in one line for a folder without an analysis, or an older one
-    nb = nbformat.read(notebook, as_version=4)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params.source = f"ANALYSIS_DIR = {str(analysis_dir)!r}\nCELL = {cell!r}\n"
-    client = nbclient.NotebookClient(
-        nb, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(notebook.parent)}}
-    )
-    client.execute()
+    resources = {"metadata": {"path": str(NOTEBOOK.parent)}}
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, resources=resources).execute()
     out = Path(out) if out else analysis_dir / "analysis.ipynb"
     with atomic_path(out) as tmp:
         nbformat.write(nb, tmp)

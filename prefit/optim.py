@@ -65,12 +65,9 @@ class BatchedAdam:
 
 
 class BatchedPlateau:
-    """ReduceLROnPlateau (mode min, relative threshold, no cooldown) with one state per member.
-
-    A loss counts as better when it is below best * (1 - threshold); after more than `patience` epochs
-    without one, the member's learning rate is multiplied by `factor` (unless that changes it by less than
-    `eps`). Comparisons run in float64 as torch's (which holds Python floats) do.
-    """
+    """ReduceLROnPlateau (mode min, relative threshold, no cooldown) with one state per member, in float64 as torch's
+    Python floats: after more than `patience` epochs without a loss below best * (1 - threshold), lr *= factor
+    (unless that changes it by less than `eps`)."""
 
     def __init__(
         self,

@@ -84,9 +84,7 @@ def _memory_order(x: torch.Tensor) -> torch.Tensor:
 def product(
     out: torch.Tensor, a: Operand, b: Operand, alpha: float, precision: str, work: SplitWork | None = None
 ) -> torch.Tensor:
-    """out <- alpha * (a @ b) for batched a [M, n, k], b [M, k, m], at `precision` (see the module's doc).
-    `work` holds the `3xtf32` split buffers between calls (None: fresh ones each call); an operand may come
-    split already (a `Split`)."""
+    """out <- alpha * (a @ b), a [M, n, k], b [M, k, m], at `precision` (`work`: the `3xtf32` buffers kept)."""
     if precision == "3xtf32":
         a_hi, a_lo = a if isinstance(a, Split) else split_tf32(a, work.pair("a", _memory_order(a)) if work else None)
         b_hi, b_lo = b if isinstance(b, Split) else split_tf32(b, work.pair("b", _memory_order(b)) if work else None)

@@ -35,16 +35,13 @@ def file_record(path: Path) -> dict[str, Any]:
 
 
 def files_match(out: Path, recorded: dict[str, Any]) -> bool:
-    """Whether every file the record vouches for is there with the recorded size and hash."""
-    if set(recorded) != set(RECORDED_FILES):
-        return False
-    for name, expected in recorded.items():
-        path = out / name
-        if not path.is_file() or path.stat().st_size != expected.get("bytes"):
-            return False
-        if file_record(path)["sha256"] != expected.get("sha256"):
-            return False
-    return True
+    """Whether every file the record vouches for is there with the recorded size and then hash."""
+    return set(recorded) == set(RECORDED_FILES) and all(
+        (out / name).is_file()
+        and (out / name).stat().st_size == expected.get("bytes")
+        and file_record(out / name)["sha256"] == expected.get("sha256")
+        for name, expected in recorded.items()
+    )
 
 
 def read_record(out: Path) -> dict[str, Any] | None:
@@ -63,8 +60,7 @@ def read_record(out: Path) -> dict[str, Any] | None:
 
 
 def job_action(out: Path, study: dict[str, Any], overwrite: bool) -> str:
-    """`skip` (a complete, intact result of this study) or `run`, leftover temporary files removed; raises ConfigError
-    for another study's folder."""
+    """`skip` (an intact result of this study) or `run`; ConfigError for another study's folder."""
     for leftover in out.glob(".*.tmp") if out.is_dir() else ():
         leftover.unlink(missing_ok=True)
     record = None if overwrite else read_record(out)

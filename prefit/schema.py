@@ -25,10 +25,8 @@ SCHEME_ORDER = ("random", "same_class", "other_class", "class_mean", "multi_same
 PROTOCOL_ORDER = tuple(p.value for p in Protocol)  # the study as stated, then the original's defect
 BASELINE = "random"  # what every other scheme is compared with
 
-# psnr.parquet: each column and its kind ("Int64": a nullable integer). Writers store psnr, loss and lr as
-# float32 (they are computed in float32), psnr and loss byte-stream split, everything else dictionary-encoded,
-# zstd-compressed (a 2000-epoch cell of 100 members: 1.0 MB, against 2.9 MB before); readers check the kind
-# only, so files written before (float64, plain strings) read the same.
+# psnr.parquet: each column and its kind ("Int64": a nullable integer); written compact (`write_psnr`), read by
+# kind only, so float64 or plain strings read the same.
 PSNR_COLUMNS: dict[str, str] = {
     "hls": "int64",
     "hfs": "int64",
@@ -64,9 +62,8 @@ MEMBER_KEYS = [*CELL_KEYS, "scheme", "triple"]
 
 
 def cell_dirname(hls: int, hfs: int, overrides: str = "") -> str:
-    """A sweep job's folder name, as the original named its plots: `2hls_32hfs`, then the job's other overrides
-    that name a cell (`,protocol=chained`; `prefit.config.cell_folder` chooses them), so that folders never
-    collide when a sweep varies more than hls and hfs."""
+    """A sweep job's folder: `2hls_32hfs` (as the original named its plots), then the job's other overrides that
+    name a cell (`,protocol=chained`; chosen by `prefit.config.cell_folder`), so that folders never collide."""
     others = [item for item in overrides.split(",") if item and item.split("=", 1)[0] not in ("model.hls", "model.hfs")]
     name = ",".join([cell_stem(hls, hfs), *others])
     return name.replace("/", "_").replace(os.sep, "_")
@@ -90,7 +87,7 @@ def ordered(values, order: tuple[str, ...]) -> pd.Categorical:
 
 
 def write_psnr(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write psnr.parquet rows in PSNR_SCHEMA (compact: float32, dictionary strings, zstd)."""
+    """Write psnr.parquet rows in PSNR_SCHEMA: float32, dictionary strings, zstd (a third of float64's size)."""
     table = pa.Table.from_pandas(frame[list(PSNR_COLUMNS)], preserve_index=False)
     table = table.cast(PSNR_SCHEMA)
     noisy = ["psnr", "loss"]  # a new value every row: byte-stream split lets zstd halve them; the rest repeat
@@ -103,8 +100,7 @@ def write_psnr(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     )
 
 
-# The full grid of conf/experiment/grid.yaml (hidden layers x hidden features): reports say which of its cells
-# they cover.
+# The full grid of conf/experiment/grid.yaml (hidden layers x hidden features), whose coverage reports state.
 GRID_HLS = (2, 3, 4, 5, 6, 7, 8)
 GRID_HFS = (32, 64, 128, 256, 512, 1024)
 

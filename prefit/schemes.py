@@ -224,19 +224,9 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
         active = [i for i, m in enumerate(plan.members) if len(m.fits) > stage]
         specs = [plan.members[i].fits[stage] for i in active]
         targets = plan.signals[[s.image for s in specs]]
-        desc = f"{hls}x{hfs} stage {stage + 1}/{stages}"
+        start, desc = stack_params([current[i] for i in active]), f"{hls}x{hfs} stage {stage + 1}/{stages}"
         clock = time.perf_counter()
-        result = fit(
-            cfg.train.engine,
-            stack_params([current[i] for i in active]),
-            targets,
-            coords,
-            cfg.train,
-            w0,
-            device,
-            max_members=max_members,
-            desc=desc,
-        )
+        result = fit(cfg.train.engine, start, targets, coords, cfg.train, w0, device, max_members, desc)
         timings.append({"members": len(active), "fit_s": round(time.perf_counter() - clock, 3)})
         if result.steady_member_epochs:
             timings[-1].update(steady_s=round(result.steady_s, 4), steady_member_epochs=result.steady_member_epochs)

@@ -75,16 +75,8 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     plan = build_plan(cfg, data, triples)
     with device_share(cfg, device, len(plan.members), parallel_jobs) as (device, max_members, lease):
         log.info(
-            "%s: %d members, %d triples, schemes %s, protocol %s, engine %s on %s (%d threads, %d at once)",
-            cell,
-            len(plan.members),
-            len(triples),
-            cfg.scheme.selected(),
-            cfg.protocol.name,
-            cfg.train.engine,
-            device,
-            threads,
-            max_members,
+            f"{cell}: {len(plan.members)} members, {len(triples)} triples, schemes {cfg.scheme.selected()}, protocol "
+            f"{cfg.protocol.name}, engine {cfg.train.engine} on {device} ({threads} threads, {max_members} at once)"
         )
         result = run_plan(cfg, plan, device, max_members)
 
@@ -121,9 +113,8 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
 
 
 def check_memory(cfg: Config, device: torch.device) -> None:
-    """Refuse, before allocating anything, a cell whose members cannot fit, in one line with the numbers: the host holds
-    two copies of every member's weights, its target and snapshots, and one member's fit; on CUDA one member's
-    `cuda_bytes_per_member` must fit on the device."""
+    """Refuse, before allocating anything, a cell whose members cannot fit the host (two copies of their weights,
+    their targets and snapshots, one member's fit) or whose one member cannot fit the GPU, with the numbers."""
     hls, hfs = cfg.model.hls, cfg.model.hfs
     pixels = cfg.dataset.side**2
     members = cfg.dataset.n_triples * len(cfg.scheme.selected())

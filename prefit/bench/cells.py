@@ -28,9 +28,8 @@ def log(message: str) -> None:
 def interleaved(
     runs: dict[str, Run], members: dict[str, int], epochs: int, device: torch.device, opts: Options
 ) -> tuple[dict[str, list[float]], list[PeakMemory]]:
-    """`opts.repeats` timings of every engine, taken in turns, so that a shared machine changing speed slows every
-    engine alike instead of skewing their ratios; an engine stops once its timings took twice the budget. The
-    batched runs also measure peak memory."""
+    """`opts.repeats` timings of every engine taken in turns, so that a machine changing speed slows all alike (each
+    stops after twice the budget), and the batched runs' peak memory."""
     times: dict[str, list[float]] = {engine: [] for engine in runs}
     memories: list[PeakMemory] = []
     for _ in range(opts.repeats):
@@ -44,8 +43,7 @@ def interleaved(
 
 
 def warm_process(device: torch.device, engines: Sequence[str]) -> None:
-    """Run every engine once on a tiny SIREN, untimed, so that the process's one-time costs (lazy imports, set-up,
-    thread pools) do not skew the first cell's plan."""
+    """Run every engine once on a tiny SIREN, untimed, so that one-time costs do not skew the first cell's plan."""
     params, targets = make_members(1, 8, 1), smooth_targets(1)
     for engine in engines:
         runner(engine, params, targets, coordinate_grid(SIDE), device, 1)(1, 2)
@@ -129,8 +127,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
         "ms_per_member_epoch": {e: rounded(v) for e, v in ms.items()},
         "speedup_vs_sequential": ratio(ms["sequential"], ms["batched"]),
         "speedup_vs_original": ratio(ms["original"], ms["batched"]),
-        # the baseline at its best: its fastest turn against the batched engine's median (a shared machine
-        # slows the sequential engine's two threads now and then; this ratio does not count that in)
+        # the baseline's fastest turn against the batched median: a shared machine's hiccups not counted
         "speedup_vs_sequential_best": ratio(fastest_sequential, ms["batched"]),
         "gflops": rounded(gflops),
         "ceiling_fraction": ratio(gflops, ceiling),

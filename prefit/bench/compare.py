@@ -28,7 +28,7 @@ from prefit.data import SIDE
 from prefit.errors import OneLineParser
 from prefit.io import atomic_write
 from prefit.records import interval, span_s
-from prefit.schema import GRID_HFS, GRID_HLS, RUN_FILE
+from prefit.schema import GRID_HFS, GRID_HLS, RUN_FILE, cell_label
 
 AGREE = 0.10  # the benchmark's figure and the training run's may differ by this share
 
@@ -75,10 +75,10 @@ def read_bench(path: Path) -> dict[str, Any]:
 
 
 def checked_run(path: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """A complete job's run.json (from `path`) with its `interval`, checked for what the comparison reads."""
+    """A complete job's run.json (from `path`) with its `interval` and `epochs`, checked for what is read."""
     try:
-        int(run["cell"]["hls"]), int(run["cell"]["hfs"]), int(run["config"]["train"]["epochs"]), float(run["wall_s"])
-        run["interval"], run["stages"] = interval(run), list(run["stages"])
+        int(run["cell"]["hls"]), int(run["cell"]["hfs"]), float(run["wall_s"]), list(run["stages"])
+        run["epochs"], run["interval"] = int(run["config"]["train"]["epochs"]), interval(run)
     except (KeyError, TypeError, ValueError) as e:
         raise BenchError(
             f"{path}: a run.json without a usable {e} (cell, config.train.epochs, wall_s, started, finished, stages)"
@@ -104,8 +104,11 @@ class SweepRuns:
         return cls(root, runs)
 
     def epochs(self) -> int:
-        found = {int(r["config"]["train"]["epochs"]) for r in self.runs}
+        found = {r["epochs"] for r in self.runs}
         return found.pop() if len(found) == 1 else 0
+
+    def job_s(self) -> float:
+        return sum(float(r["wall_s"]) for r in self.runs)
 
     def cells(self) -> set[tuple[int, int]]:
         return {(int(r["cell"]["hls"]), int(r["cell"]["hfs"])) for r in self.runs}
@@ -123,8 +126,7 @@ class SweepRuns:
         now = self.epochs()
         if not now:
             return None
-        job = sum(float(r["wall_s"]) for r in self.runs)
-        extra = 0.0
+        job, extra = self.job_s(), 0.0
         for r in self.runs:
             for stage in r["stages"]:
                 if stage.get("steady_member_epochs"):
@@ -149,7 +151,7 @@ def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, Counter], list
             if not sweep.alone(r):
                 shared += 1
                 continue
-            epochs = int(r["config"]["train"]["epochs"])
+            epochs = r["epochs"]
             where = _where(r["cell"], r.get("resolution"), r.get("device", "?"), r.get("device_name"))
             for stage in r["stages"]:
                 into = rates[(*where, int(stage["members"]))]
@@ -183,7 +185,7 @@ def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) ->
                 others = sorted({k[-1] for k in rates if k[:-1] == where}, reverse=True)
                 if others:
                     notes.append(
-                        f"{cell['hls']}x{cell['hfs']}: benchmarked with {cell['members']} members, "
+                        f"{cell_label(cell['hls'], cell['hfs'])}: benchmarked with {cell['members']} members, "
                         f"trained in stages of {', '.join(map(str, others))} (`--members N` matches)"
                     )
                 continue
@@ -194,7 +196,7 @@ def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) ->
             held = steady_ms if steady_ms is not None else train_ms
             rows.append(
                 {
-                    "cell": f"{cell['hls']}x{cell['hfs']}",
+                    "cell": cell_label(cell["hls"], cell["hfs"]),
                     "resolution": key[2],
                     "device": machine.get("device_name"),
                     "members": key[-1],
@@ -232,8 +234,7 @@ def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[floa
 
 
 def grid_span(sweeps: Sequence[SweepRuns], target: Target) -> tuple[float, str, None] | None:
-    """Minutes of the first sweep of the whole grid (one protocol, the target's triples, the study's resolution),
-    scaled to the target's epochs, its source, and no floor."""
+    """Minutes of the first sweep of the whole grid, as the target asks, scaled to its epochs; its source; no floor."""
     full = {(h, f) for h in GRID_HLS for f in GRID_HFS}
     for sweep in sweeps:
         protocols = {str(r["config"].get("protocol", {}).get("name")) for r in sweep.runs}
@@ -336,8 +337,8 @@ def render(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns], epoch
     lines += [f"- {line}" for line in notes]
     section(f"Sweeps (span: first start to last finish; at {epochs} epochs: steady epochs scaled)")
     for sweep in sweeps:
-        job = sum(float(r["wall_s"]) for r in sweep.runs)
-        span, job, scaled = (_number(s, ".1f", " min", 60) for s in (sweep.span_s(), job, sweep.span_at(epochs)))
+        times = (sweep.span_s(), sweep.job_s(), sweep.span_at(epochs))
+        span, job, scaled = (_number(s, ".1f", " min", 60) for s in times)
         lines.append(
             f"- `{sweep.root}`: cells {len(sweep.cells())}, jobs {len(sweep.runs)}, "
             f"epochs {sweep.epochs() or 'mixed'}; span {span}, job time {job}; at {epochs} epochs {scaled}"
@@ -360,7 +361,9 @@ def steady_table(benches: Sequence[dict[str, Any]]) -> list[str]:
     rows = []
     for c in cells:
         steady = c["steady_state"]
-        rows.append(" | ".join([f"{c['hls']}x{c['hfs']}", str(steady["members"]), *map(entry, map(steady.get, forms))]))
+        rows.append(
+            " | ".join([cell_label(c["hls"], c["hfs"]), str(steady["members"]), *map(entry, map(steady.get, forms))])
+        )
     return _table(" | ".join(["cell", "members", *forms]), rows) if rows else []
 
 

@@ -37,8 +37,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def seconds(device: torch.device, work: Callable[[], object]) -> float:
-    """Seconds one call of `work` takes once the device's queued work is done: CUDA events around it (no host gap
-    before its first launch counted), else the host's clock."""
+    """Seconds one call of `work` takes after the device's queued work: CUDA events around it, else the host's clock."""
     synchronize(device)
     start = mark(device)
     work()
@@ -61,8 +60,7 @@ def measure_ceiling(device: torch.device, n: int, repeats: int = 5) -> float:
 
 
 def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> float:
-    """The device memory's rate in GB/s for a large copy (bytes read plus bytes written), the best of a few:
-    the rate the fused engine's elementwise passes and Adam can reach at most."""
+    """GB/s (bytes read plus written) of the best of a few large copies: the most the fused passes can reach."""
     src = torch.ones(mib * 2**18, device=device)
     dst = torch.empty_like(src)
     return 2 * src.numel() * 4 / best_seconds(device, lambda: dst.copy_(src), repeats) / 1e9

@@ -75,9 +75,8 @@ def epoch_times(
 def floor_ms(
     form: str, hls: int, hfs: int, pixels: int, members: int, ceilings: dict[str, float], bandwidth_gbs: float
 ) -> float | None:
-    """The least a fused form's epoch of `members` can take here: its products at the measured `torch.mm` rate of
-    their precision (`3xtf32`: three TF32 products; a CPU has no TF32 rate) plus its passes' bytes
-    (`fused_bytes_per_member_epoch`) at the copy rate, one after the other. None for the torch form."""
+    """The least a fused form's epoch of `members` can take here (None for the torch form): its products at the
+    `torch.mm` rate of their precision plus its passes' bytes (`fused_bytes_per_member_epoch`) at the copy rate."""
     kernels, _, precision = FORMS[form]
     if kernels != "fused":
         return None
@@ -88,9 +87,7 @@ def floor_ms(
 
 
 def steady_state_cell(params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float, opts: Options) -> dict:
-    """What bench.json records under a cell's `steady_state`: `epoch_times` for its chunk, 3 repeats of epochs
-    chosen from its flops (about `opts.budget / 10` seconds, at most 2, at 60 % of the fp32 ceiling; 10 to 500),
-    and each form's share of the ceilings (`opts.ceilings`) and, given the copy rate, of its `floor_ms`."""
+    """A cell's `steady_state`: `epoch_times` of its chunk and each form's share of the ceilings and of `floor_ms`."""
     ceilings, members, repeats = opts.ceilings, target.shape[0], 3
     hls, hfs = len(params) - 2, params[0][0].shape[2]
     per_member = flops_per_member_epoch(hls, hfs, target.shape[1])

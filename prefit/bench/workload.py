@@ -19,8 +19,7 @@ SEED = 0
 
 
 def smooth_targets(n: int, seed: int = SEED, side: int = SIDE) -> torch.Tensor:
-    """n random smooth colour images as [-1, 1] signals [n, side^2, 3] (a fixed seed; timing ignores content):
-    random 4x4 colour patches upsampled bicubically, pixel k at grid point k of `coordinate_grid`."""
+    """n smooth random colour images (bicubic 4x4 patches) as [-1, 1] signals [n, side^2, 3]: timing ignores content."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
     images = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=True).clamp(-1, 1)

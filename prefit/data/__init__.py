@@ -20,8 +20,7 @@ from prefit.data.triples import Triple, draw_pool, draw_triples, max_triples
 
 
 def load_images(cfg: Any) -> ImageSet:
-    """The images a dataset config names (`prefit.config.DatasetConfig` or its DictConfig, read by attribute; a config
-    without a resolution field reads as resolution None)."""
+    """The images a dataset config names (a `DatasetConfig` or its DictConfig; no resolution field: None)."""
     name = str(cfg.name)
     resolution = getattr(cfg, "resolution", None)
     if name == "image_dir":

@@ -92,8 +92,7 @@ def _read_label_names(path: Path) -> list[str]:
 
 
 def read_cifar_dir(path: str | os.PathLike[str] | None, split: str) -> ImageSet:
-    """A folder in the CIFAR-10 python layout: split 'train' (data_batch_1..5 in order) or 'test' (test_batch), and
-    batches.meta; the planar rows become HWC images."""
+    """A CIFAR-10 python-layout folder's split ('train': data_batch_1..5, 'test': test_batch), as HWC images."""
     if split not in SPLIT_FILES:
         raise DataError(f"dataset.split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
     folder = data_folder(path, "a folder in the CIFAR-10 python layout")

@@ -80,8 +80,7 @@ def _read_image(path: Path, resolution: int) -> np.ndarray:
 
 
 def read_image_dir(path: str | os.PathLike[str] | None, resolution: int) -> ImageSet:
-    """Every image under `path` (class sub-folders of .png/.jpg/.jpeg files) at resolution x resolution, class by class,
-    labels 0..C-1 in sorted class order. Bad input is one-line DataError."""
+    """Every image of `path`'s class sub-folders at resolution x resolution, labels in sorted class order."""
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
         raise DataError(f"dataset.resolution must be an integer, got {resolution!r}")
     resolution = int(resolution)

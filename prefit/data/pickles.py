@@ -38,13 +38,9 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "bytes"): bytes,
 }
 for _ns in ("numpy.core", "numpy._core"):
-    _ALLOWED_GLOBALS.update(
-        {
-            (f"{_ns}.multiarray", "_reconstruct"): _multiarray._reconstruct,  # arrays, pickle protocol <= 4
-            (f"{_ns}.multiarray", "scalar"): _multiarray.scalar,  # numpy scalars (e.g. numpy int labels)
-            (f"{_ns}.numeric", "_frombuffer"): _numeric._frombuffer,  # arrays, pickle protocol 5
-        }
-    )
+    _ALLOWED_GLOBALS[(f"{_ns}.multiarray", "_reconstruct")] = _multiarray._reconstruct  # arrays, protocol <= 4
+    _ALLOWED_GLOBALS[(f"{_ns}.multiarray", "scalar")] = _multiarray.scalar  # numpy scalars (e.g. int labels)
+    _ALLOWED_GLOBALS[(f"{_ns}.numeric", "_frombuffer")] = _numeric._frombuffer  # arrays, protocol 5
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

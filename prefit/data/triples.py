@@ -108,9 +108,7 @@ def draw_triples(labels: np.ndarray, n: int, seed: int) -> list[Triple]:
 
 
 def draw_pool(labels: np.ndarray, n: int, seed: int, exclude: Iterable[int] = ()) -> np.ndarray:
-    """n distinct image indices (int64, shuffled), none in `exclude`, as balanced over classes as the
-    remaining images allow; deterministic given (labels, n, seed, exclude). For pools (e.g. meta-learning)
-    that must not see the triples' images."""
+    """n distinct indices (int64, shuffled, deterministic) outside `exclude`, as balanced over classes as possible."""
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
     excluded = np.zeros(labels.shape[0], dtype=bool)

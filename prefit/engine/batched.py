@@ -61,8 +61,7 @@ fit_batched = engine(_fit)
 
 
 def _chunks(members: int, max_members: int, cores: int) -> list[slice]:
-    """Split members into equal chunks of at most max_members, as many as a multiple of the cores (when
-    there are enough members), so that chunks run side by side without a straggler."""
+    """Equal chunks of at most max_members, a multiple of the cores where members allow: no straggler."""
     count = -(-members // max_members)
     if count > 1 or members >= cores:
         count = min(members, -(-count // cores) * cores)
@@ -82,8 +81,7 @@ def _on_cores(run: Callable[[slice], Params], chunks: list[slice], threads: int)
 
 
 class HostChunk:
-    """A chunk's fit through the host-driven loop: the compiled or torch step (`prefit.engine.steps`) and
-    `prefit.optim`'s Adam and plateau. It runs as `prefit.engine.cuda.FusedChunk` does, with the same records."""
+    """A chunk's fit through the host-driven loop (`prefit.engine.steps`, `prefit.optim`), as `FusedChunk` runs one."""
 
     def __init__(
         self, params: Params, coords: Tensor, target: Tensor, train: FitOptions, w0: float, slots: dict, kernels: str

@@ -75,9 +75,7 @@ def seconds_between(start: float | torch.cuda.Event, end: float | torch.cuda.Eve
 
 
 def cuda_bytes_per_member(hls: int, hfs: int, pixels: int = 1024, fit: FitOptions | None = None) -> int:
-    """Device memory one member of a chunk holds on CUDA, in bytes, fitting with `fit` (None: the defaults): its
-    weights, activations, images and per-epoch records as `prefit.engine.cuda` allocates them, plus a quarter for the
-    allocator's rounding."""
+    """Bytes one member of a chunk holds on CUDA with `fit` (None: the defaults), a quarter more for the allocator."""
     fit = fit or FitOptions()
     split = fit.matmul_precision == "3xtf32"
     copies = 5 + (2 if split else 0)
@@ -122,14 +120,13 @@ def flops_per_member_epoch(hls: int, hfs: int, pixels: int = 1024) -> float:
     return 6.0 * pixels * n_weights(hls, hfs)
 
 
-# loop(params, targets, coords on the device, train, w0, device, max_members, slots, result, bar) -> the final
-# parameters of each chunk it fitted, in order; it writes losses, learning rates and snapshots into `result`
+# loop(params, targets, coords, train, w0, device, max_members, slots, result, bar) -> each chunk's final parameters
 Loop = Callable[..., list[Params]]
 
 
 def engine(loop: Loop) -> Callable[..., FitResult]:
-    """An engine: `loop` in the frame both engines share (the result record, snapshot slots, progress bar, and the
-    chunks' final parameters joined), called `fit(params, targets, coords, train, w0, device, max_members, desc)`."""
+    """An engine, `fit(params, targets, coords, train, w0, device, max_members, desc)`: `loop` in the frame both
+    share (the result, whose losses, rates and snapshots `loop` writes, snapshot slots, progress bar)."""
 
     def fit(
         params: Params,

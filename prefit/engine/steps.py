@@ -23,15 +23,11 @@ def batched_forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Te
 
 
 class SirenStep:
-    """Forward and hand-written backward of stacked SIRENs, in buffers allocated once per chunk.
+    """Forward and hand-written backward of stacked SIRENs, in buffers allocated once per chunk (not faulted in anew).
 
-    Forward: s_l = a_{l-1} (w0 W_l) + w0 b_l, a_l = sin(s_l) for the sine layers, y = a_L W + b.
-    Backward: dy = 2 (y - t) / (pixels * 3); for a sine layer g = da * cos(s_l);
-    dW_l = w0 a_{l-1}^T g, db_l = w0 sum over pixels of g, da_{l-1} = g (w0 W_l)^T.
-
-    Buffers live as long as the chunk (fresh ones every epoch would fault on first touch); w0 multiplies the small
-    weight matrices, never the activations; the last layer (3 outputs) is computed transposed, [3, pixels] per
-    member, as a product with 3 columns runs several times slower than one with 3 rows.
+    Forward: s_l = a_{l-1} (w0 W_l) + w0 b_l, a_l = sin(s_l), y = a_L W + b. Backward: dy = 2 (y - t) / (pixels * 3);
+    g = da * cos(s_l); dW_l = w0 a_{l-1}^T g, db_l = w0 sum over pixels of g, da_{l-1} = g (w0 W_l)^T. The last layer
+    is computed transposed, [3, pixels] per member: a product with 3 columns runs several times slower than 3 rows.
     """
 
     def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
@@ -131,7 +127,7 @@ class CpuStep:
         return [(first_w, first_b), *zip(hidden_w, hidden_b), (last_w, last_b)]
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
-        """As SirenStep: loss [M], predictions [M, pixels, 3] (views into the workspace), gradients."""
+        """Loss [M], predictions [M, pixels, 3] before the update, gradients: views overwritten by the next call."""
         self.kernel(*self.args)
         return self.loss, self.pred_t.transpose(1, 2), self.grads
 

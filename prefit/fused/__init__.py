@@ -75,8 +75,7 @@ def sincos_bias_(s: torch.Tensor, c: torch.Tensor, b: torch.Tensor, w0: float, s
 
 
 def cos_grad_(g: torch.Tensor, c: torch.Tensor, gb: torch.Tensor, w0: float, split: Split | None = None) -> None:
-    """g <- g * c, gb <- w0 * sum over pixels of g, for g, c [M, pixels, H], gb [M, 1, H]: one pass. With
-    `split`, g * c goes to its halves instead of g."""
+    """g <- g * c (or, with `split`, its halves), gb <- w0 * sum over pixels of g; g, c [M, pixels, H]: one pass."""
     members, pixels, width = g.shape
     block_h = min(64, triton.next_power_of_2(width))
     blocks = dict(BLOCK_P=max(16, 4096 // block_h), BLOCK_H=block_h)
@@ -108,8 +107,7 @@ def head(
 
 @dataclass
 class Schedule:
-    """A fit's Adam and ReduceLROnPlateau on the device: the per-member state that `schedule` advances, and the
-    constants, made once (a captured epoch allocates nothing)."""
+    """A fit's Adam and plateau state on the device, advanced by `schedule`, and its constants, made once."""
 
     lr: torch.Tensor  # float64 [M]
     best: torch.Tensor  # float64 [M]
@@ -142,9 +140,8 @@ class Schedule:
 
 
 def schedule(state: Schedule, loss: torch.Tensor, losses: torch.Tensor, lrs: torch.Tensor) -> None:
-    """One epoch's bookkeeping: losses[epoch] <- loss, lrs[epoch] <- lr; Adam's step size and bias correction; the
-    plateau's update of lr; epoch += 1. One program of one warp: the counter and the scalar state are read by every
-    thread and written by one, and programs (or warps) are not ordered."""
+    """One epoch's records, Adam's step size, the plateau's lr and epoch += 1, in one program of one warp: every
+    thread reads the scalar state, one writes it, and programs (or warps) are not ordered."""
     s, members = state, loss.shape[0]
     args = (loss, s.lr, s.best, s.bad_epochs, losses, lrs, s.step_size, s.powers, s.epoch, s.consts, members)
     kernels.schedule[(1,)](
