@@ -192,33 +192,24 @@ def unknown_keys(node: Any, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
-_AT_LEAST_1 = ("be >= 1", lambda v: v >= 1)
-_INTEGER = ("be an integer >= 1", lambda v: v >= 1)
-_POSITIVE = ("be > 0", lambda v: v > 0)
-_OR_NULL = ("be >= 1 or null", lambda v: v is None or v >= 1)
+POSITIVE = ("model.w0", "train.lr", "train.eps", "scheme.meta.inner_lr", "scheme.meta.outer_lr")
 # key: what its value must be, and the test; keys under a scheme that is not selected are not checked
 RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "seed": ("be an integer in [0, 2^63)", lambda v: 0 <= v < 2**63),
-    "train.threads": _OR_NULL,
+    **dict.fromkeys(("train.threads", "train.max_members"), ("be >= 1 or null", lambda v: v is None or v >= 1)),
     "train.betas": ("be finite numbers in [0, 1)", lambda v: all(0 <= b < 1 for b in v)),
-    "train.eps": _POSITIVE,
-    "model.hls": _INTEGER,
-    "model.hfs": _INTEGER,
-    "model.w0": _POSITIVE,
-    "train.epochs": _INTEGER,
-    "train.lr": _POSITIVE,
+    **dict.fromkeys(("model.hls", "model.hfs", "train.epochs"), ("be an integer >= 1", lambda v: v >= 1)),
+    **dict.fromkeys(POSITIVE, ("be > 0", lambda v: v > 0)),
     "train.plateau_patience": ("be >= 0", lambda v: v >= 0),
     "train.plateau_factor": ("be in (0, 1)", lambda v: 0 < v < 1),
     "train.plateau_threshold": ("be a finite number", math.isfinite),
-    "train.max_members": _OR_NULL,
-    "dataset.n_triples": _AT_LEAST_1,
-    "scheme.multi_same.k": _AT_LEAST_1,
-    "scheme.class_mean.pool_size": _AT_LEAST_1,
-    **{f"scheme.meta.{k}": _AT_LEAST_1 for k in ("outer_steps", "inner_steps", "meta_batch", "pool_size")},
-    "scheme.meta.inner_lr": _POSITIVE,
-    "scheme.meta.outer_lr": _POSITIVE,
+    **dict.fromkeys(
+        ("dataset.n_triples", "scheme.multi_same.k", "scheme.class_mean.pool_size")
+        + tuple(f"scheme.meta.{k}" for k in ("outer_steps", "inner_steps", "meta_batch", "pool_size")),
+        ("be >= 1", lambda v: v >= 1),
+    ),
 }
-FINITE = ("model.w0", "train.lr", "train.eps", "train.plateau_factor", "scheme.meta.inner_lr", "scheme.meta.outer_lr")
+FINITE = (*POSITIVE, "train.plateau_factor")  # a NaN fails no comparison: these are checked first
 
 
 def validate(cfg: Config) -> None:
