@@ -1,10 +1,5 @@
-"""The closed sets of choices a config makes, as Enums.
-
-The structured config (`prefit.config`) types its fields with these, so OmegaConf rejects a value outside the
-set while the config is composed (`train.engine=fast` names the allowed values), and no module checks
-membership by hand. They are `str` Enums: a member equals its value (`Engine.batched == "batched"`), prints
-as it (`f"{Engine.batched}"` is "batched") and is written to JSON and parquet as it.
-"""
+"""The closed sets of choices a config makes, as `str` Enums: OmegaConf rejects a value outside the set while the
+config is composed (naming the allowed ones), and a member equals, prints and is written as its value."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Structured configs: the typed schema that Hydra composes the YAML files in `conf/` onto.
-
-Every config group in `conf/` (dataset, model, scheme, protocol, train) has a dataclass here. They are
-registered in Hydra's ConfigStore as `prefit_schema`, which `conf/config.yaml` lists first in its defaults, so
-a value of the wrong type (`model.hfs=abc`) or an unknown key is rejected while the config is composed.
-Value checks that a type cannot express (`model.hls >= 1`) live in `validate`.
-"""
+"""Structured configs: the typed schema (registered as `prefit_schema`, first in `conf/config.yaml`'s defaults) that
+Hydra composes `conf/`'s YAML onto, so a value of the wrong type or an unknown key is rejected while composing.
+Value checks a type cannot express (`model.hls >= 1`) live in `validate`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The one place that names what runs write and analyses read: files, parquet columns, orders, cell names.
-
-The writer (`prefit.schemes`, `prefit.train`), the readers (`prefit.analysis`) and the tests import these
-instead of spelling them again. docs/formats.md describes the same in words.
-"""
+"""The one place that names what runs write and analyses read (files, parquet columns, orders, cell names), so that
+writers, readers and tests never spell them again; docs/formats.md describes the same in words."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Schemes and protocols as plans: which images each member of a cell fits, in which order.
 
-A *member* is one SIREN of a cell. It starts from its triple's random initialisation and runs a list of
-*fits*, each for `train.epochs` epochs with a fresh optimiser. The schemes differ only in that list:
+A *member* is one SIREN of a cell, starting from its triple's random initialisation and running a list of *fits*,
+each for `train.epochs` epochs with a fresh optimiser. The schemes differ only in that list:
 
     random        [A]
     same_class    [B, A]        B: another image of A's class
@@ -10,11 +10,9 @@ A *member* is one SIREN of a cell. It starts from its triple's random initialisa
     multi_same    [B1..Bk, A]   k images of A's class, none in any triple
     meta          [A]           from a Reptile-learned initialisation (prefit.meta) instead of the random one
 
-Under `protocol=independent` each scheme is its own member, all three starting from the same initialisation.
-Under `protocol=chained` (the original code's aliasing defect) each triple is one member whose fits are
-[A, B, A, C, A]; its three fits on A are reported as random, same_class and other_class.
-
-`run_plan` executes a plan stage by stage: stage k fits, as one batch, every member that has a k-th fit.
+`protocol=independent`: each scheme its own member, from the triple's shared initialisation. `protocol=chained`
+(the original's aliasing defect): one member per triple fitting [A, B, A, C, A], its fits on A reported as random,
+same_class and other_class. `run_plan` fits stage k as one batch of every member with a k-th fit.
 """
 
 from __future__ import annotations

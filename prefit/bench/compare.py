@@ -2,15 +2,12 @@
 
     python -m prefit.bench.compare BENCH.json [BENCH.json ...] [--sweep DIR ...] [--epochs 2000] [--out FILE.md]
 
-A benchmark is only worth its figure if a study runs at that rate. Its figure for N members is held against the
-stages of `prefit.train` jobs (run.json `stages`) that fitted N members together, per cell, device model and
-resolution, in jobs that ran alone (jobs side by side share a GPU): their steady epochs (`steady_s` over
-`steady_member_epochs`, CUDA) where a stage timed them, else their whole fits (`fit_s`). The two agree within 10 %.
-Each sweep's span (first start to last finish) is also given at `--epochs` epochs: each job's steady epochs (else
-its whole fits) scaled, the rest of its time kept. Last, the targets of docs/performance.md are filled from
-whatever the inputs measured ("unmeasured" where nothing did).
-
-Markdown on stdout (and in `--out`, written atomically). Bad input: one line `error: ...`, exit 2.
+A benchmark's figure for N members is held against the stages of `prefit.train` jobs that ran alone (jobs side
+by side share a GPU) and fitted N members together, per cell, device model and resolution: their steady epochs
+(`steady_s` over `steady_member_epochs`) where timed, else their whole fits (`fit_s`); they agree within 10 %. Each
+sweep's span is also given at `--epochs` epochs (steady epochs, else whole fits, scaled), and docs/performance.md's
+targets are filled from whatever the inputs measured. Markdown on stdout (and `--out`, written atomically). Bad
+input: one line `error: ...`, exit 2.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""The batched engine: all members of a chunk as one model, chunks side by side on a CPU's cores.
-
-Adam and the plateau schedule keep one learning rate per member (`prefit.optim`); nothing in the epoch loop
-reads a value back to the host. On CUDA (and, for tests, under Triton's interpreter) a chunk runs through
-the fused, captured loop of `prefit.engine.cuda`; elsewhere through the loop below with the step of
-`prefit.engine.steps`.
-"""
+"""The batched engine: a chunk's members as one model, chunks side by side on a CPU's cores, one learning rate per
+member (`prefit.optim`), nothing read back in the epoch loop. On CUDA (and under Triton's interpreter) a chunk runs
+through `prefit.engine.cuda`'s fused, captured loop; elsewhere through `HostChunk` and `prefit.engine.steps`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""What the engines need to know about a fit: the engine's own options, free of Hydra.
-
-`prefit.config.TrainConfig` extends this dataclass with how a job runs (engine, device, chunking, threads), so
-a composed config can be passed as it is; tests and tools build a `FitOptions` directly.
-"""
+"""The engine's own options for a fit, free of Hydra; `prefit.config.TrainConfig` extends them with how a job runs,
+so a composed config passes as it is."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The batched SIREN's step: forward and hand-written backward of stacked members, in two forms.
-
-`SirenStep` runs torch ops (one batched product per layer) on any device; `CpuStep` runs the same
-arithmetic compiled (`prefit.kernels`), member after member in a core's cache. The CUDA engine's fused
-step (`prefit.engine.cuda.FusedStep`) is a third form of the same arithmetic.
-"""
+"""The batched SIREN's step, forward and hand-written backward: `SirenStep` in torch ops on any device, `CpuStep`
+compiled (`prefit.kernels`), and on CUDA `prefit.engine.cuda.FusedStep`, all with the same arithmetic."""
 
 from __future__ import annotations
 

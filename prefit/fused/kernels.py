@@ -1,8 +1,5 @@
-"""The Triton kernels that `prefit.fused` launches (imported only where Triton is installed).
-
-`*_ptr` parameters are tensors; `constexpr` ones are compile-time choices: block sizes, whether a result is
-written split for 3xtf32 products (`SPLIT`), libdevice's sine and cosine or the interpreter's (`PRECISE`).
-"""
+"""The Triton kernels `prefit.fused` launches (imported where Triton is installed). `*_ptr` parameters are tensors;
+`constexpr` ones choose block sizes, results written split for 3xtf32 (`SPLIT`) and libdevice's sine (`PRECISE`)."""
 
 from __future__ import annotations
 
