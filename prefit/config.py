@@ -177,8 +177,7 @@ def cell_folder(hls: int, hfs: int, overrides: str = "") -> str:
 
 
 def unknown_keys(node: Any, prefix: str = "") -> list[str]:
-    """Dotted keys set on a composed config that its dataclasses do not declare. Hydra's `+key=value` adds
-    them without a word (`+model.depth=3`), and OmegaConf.to_object keeps them as attributes."""
+    """Dotted keys set on a composed config that its dataclasses do not declare (`+model.depth=3` adds one silently)."""
     if not is_dataclass(node):
         return []
     declared = {f.name for f in fields(node)}

@@ -123,8 +123,7 @@ def acquire(
 def cuda_capacities(
     fraction: float | None = None, reserve_bytes: int = 0, only: Sequence[int] | None = None
 ) -> dict[int, int]:
-    """Bytes leases may take on each visible CUDA device (or those `only` names): `fraction` (default
-    $PREFIT_GPU_FRACTION, else 0.9) of its memory less `reserve_bytes`, at least half; opens no CUDA context."""
+    """Bytes leases may take per CUDA device (or those `only` names): `fraction` less `reserve_bytes`, at least half."""
     import torch
 
     if fraction is None:

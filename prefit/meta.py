@@ -51,8 +51,7 @@ def _computed(options: object, kind: type) -> dict:
 
 
 def cache_key(cfg: Config, meta: MetaConfig, data_source: str, pool: np.ndarray) -> str:
-    """A hash of everything the learned initialisation depends on (never of where it is cached): the model, the meta
-    settings, the seed, the pool and the `FitOptions` the inner fits run with, runtime fields left out."""
+    """A hash of all the learned initialisation depends on (model, meta settings, seed, pool, inner fit options)."""
     content = {
         "version": ALGORITHM_VERSION,
         "model": asdict(cfg.model),

@@ -57,8 +57,7 @@ Operand = torch.Tensor | Split
 
 
 def split_tf32(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> Split:
-    """Split(hi, lo): hi = x rounded to 10 mantissa bits (exact in TF32), lo = x - hi (exact). `x` is contiguous or a
-    contiguous tensor's transpose, split in memory order into `out` (`SplitWork.pair`)."""
+    """Split(hi, lo): hi = x rounded to TF32, lo = x - hi (both exact), in x's memory order into `out`."""
     from prefit import fused
 
     if _memory_order(x) is not x:

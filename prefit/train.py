@@ -113,8 +113,7 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
 
 
 def check_memory(cfg: Config, device: torch.device) -> None:
-    """Refuse, before allocating anything, a cell whose members cannot fit the host (two copies of their weights,
-    their targets and snapshots, one member's fit) or whose one member cannot fit the GPU, with the numbers."""
+    """Refuse (with the numbers, before allocating) a cell too big for the host, or one member too big for the GPU."""
     hls, hfs = cfg.model.hls, cfg.model.hfs
     pixels = cfg.dataset.side**2
     members = cfg.dataset.n_triples * len(cfg.scheme.selected())

@@ -28,8 +28,7 @@ def log(message: str) -> None:
 def interleaved(
     runs: dict[str, Run], members: dict[str, int], epochs: int, device: torch.device, opts: Options
 ) -> tuple[dict[str, list[float]], list[PeakMemory]]:
-    """`opts.repeats` timings of every engine taken in turns, so that a machine changing speed slows all alike (each
-    stops after twice the budget), and the batched runs' peak memory."""
+    """`opts.repeats` timings per engine taken in turns (a machine changing speed slows all alike), with peak memory."""
     times: dict[str, list[float]] = {engine: [] for engine in runs}
     memories: list[PeakMemory] = []
     for _ in range(opts.repeats):

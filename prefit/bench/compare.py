@@ -166,8 +166,7 @@ def train_rates(sweeps: Sequence[SweepRuns]) -> tuple[dict[tuple, Counter], list
 
 
 def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) -> tuple[list[dict], list[str]]:
-    """One row per benchmarked cell whose members a stage fitted together, in a job that ran alone, on the same
-    device model and resolution; and lines saying which jobs and cells found no partner, and why."""
+    """A row per benchmarked cell that a lone job's stages fitted with as many members, and notes on the rest."""
     rates, notes = train_rates(sweeps)
     rows = []
     for bench in benches:
@@ -211,8 +210,7 @@ def agreement(benches: Sequence[dict[str, Any]], sweeps: Sequence[SweepRuns]) ->
 
 
 def chunk_epoch(benches: Sequence[dict[str, Any]], target: Target) -> tuple[float, str, float | None] | None:
-    """A cell target's fp32 epoch, its source and its floor: the steady state of a chunk of the target's members,
-    else one scaled from another chunk (None where no benchmark timed the cell at the study's resolution)."""
+    """A cell target's fp32 epoch, source and floor from a chunk's steady state (scaled to its members), or None."""
     found = [
         (cell["steady_state"], bench["machine"].get("device_name"))
         for bench in benches

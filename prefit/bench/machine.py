@@ -45,8 +45,7 @@ def seconds(device: torch.device, work: Callable[[], object]) -> float:
 
 
 def best_seconds(device: torch.device, work: Callable[[], object], repeats: int = 5) -> float:
-    """The shortest of `repeats` calls of `work`, after an untimed one (set-up, pages touched). The best, not the
-    median: a ceiling is what the hardware can do; a shared machine's hiccups only lower it."""
+    """The shortest of `repeats` calls of `work` after an untimed one: a ceiling is what the hardware can do."""
     work()
     return min(seconds(device, work) for _ in range(repeats))
 
@@ -67,8 +66,7 @@ def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> float
 
 
 def matmul_errors(device: torch.device, side: int, batch: int = 4) -> dict[str, float]:
-    """Each `train.matmul_precision`'s relative error against float64 here, max |error| / max |exact|, over
-    `batch` random side x side products taken as the engine takes them (`prefit.precision.product`)."""
+    """Each `train.matmul_precision`'s max relative error against float64 here, over `batch` side x side products."""
     g = torch.Generator().manual_seed(SEED)
     a, b = (torch.randn(batch, side, side, generator=g, dtype=torch.float64) for _ in range(2))
     exact = torch.bmm(a, b)

@@ -39,8 +39,7 @@ def epoch_times(
     repeats: int = 5,
     forms: tuple[str, ...] = tuple(FORMS),
 ) -> dict[str, dict[str, float]]:
-    """Median and range of ms per epoch (the whole chunk) for each form (`FORMS`; captured ones on CUDA only), and
-    its GFLOP/s. `params` and `target` should be on the device already: their transfer is not an epoch's."""
+    """Median and range of ms per chunk epoch, and GFLOP/s, per form (captured ones on CUDA), inputs on the device."""
     device, members = target.device, target.shape[0]
     hls, hfs = len(params) - 2, params[0][0].shape[2]
     flops = flops_per_member_epoch(hls, hfs, target.shape[1]) * members
@@ -75,8 +74,7 @@ def epoch_times(
 def floor_ms(
     form: str, hls: int, hfs: int, pixels: int, members: int, ceilings: dict[str, float], bandwidth_gbs: float
 ) -> float | None:
-    """The least a fused form's epoch of `members` can take here (None for the torch form): its products at the
-    `torch.mm` rate of their precision plus its passes' bytes (`fused_bytes_per_member_epoch`) at the copy rate."""
+    """The least a fused form's epoch can take here: its products at the `torch.mm` rate, its bytes at the copy rate."""
     kernels, _, precision = FORMS[form]
     if kernels != "fused":
         return None

@@ -34,8 +34,7 @@ def make_members(hls: int, hfs: int, n: int, seed: int = SEED) -> Params:
 def fit_original(
     params: Params, target: torch.Tensor, coords: torch.Tensor, train: FitOptions, device: torch.device
 ) -> list[float]:
-    """One fit as the original study wrote it (an `nn.Module` SIREN, torch's Adam and ReduceLROnPlateau, each epoch's
-    PSNR computed on the host, which syncs the device every epoch): the engines' baseline. Returns the PSNRs."""
+    """One fit as the original study wrote it, its PSNR on the host each epoch: the baseline; the PSNRs."""
     hls, hfs = len(params) - 2, params[0][0].shape[1]
     model = Siren(hls, hfs, W0).to(device).load_params(params)
     coords, target_dev = coords.to(device), target.to(device)

@@ -149,8 +149,7 @@ def _download_reason(e: Exception) -> str:
 
 
 def _unpack(archive: Path, folder: Path, names: list[str]) -> None:
-    """Extract `ciFAIR-10/<name>` for each name into `folder`, each through a temporary file and an atomic
-    rename, so that a crash (or a parallel job) never sees a half-written batch. Other members are ignored."""
+    """Extract `ciFAIR-10/<name>` into `folder` for each name, through a temporary file renamed when whole."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(archive) as zf:

@@ -66,8 +66,7 @@ def _chunks(members: int, max_members: int, cores: int) -> list[slice]:
 
 
 def _on_cores(run: Callable[[slice], Params], chunks: list[slice], threads: int) -> list[Params]:
-    """Run independent chunks side by side, one core each, with single-threaded ops: no synchronisation inside an
-    epoch, each chunk's activations in its own core's cache, the same numbers as running them in turn."""
+    """Independent chunks side by side, a core and single-threaded ops each: no syncs, caches kept, the same numbers."""
     torch.set_num_threads(1)
     try:
         with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(threads, len(chunks))) as pool:

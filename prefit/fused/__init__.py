@@ -63,8 +63,7 @@ ADAM_BLOCK = 1024
 
 
 def sincos_bias_(s: torch.Tensor, c: torch.Tensor, b: torch.Tensor, w0: float, split: Split | None = None) -> None:
-    """s <- sin(s + w0 b), c <- cos(s + w0 b) for s [M, pixels, H], b [M, 1, H]: one pass. With `split`, the
-    sine goes to its halves instead of s (the 3xtf32 products read only those)."""
+    """s <- sin(s + w0 b) (or, with `split`, its halves), c <- cos(s + w0 b), b [M, 1, H]: one pass."""
     n, width = s.numel(), s.shape[2]
     args = (s, c, b, *(split or (s, s)), w0, n, s.shape[1] * width, width)
     # enable_fp_fusion=False: s + w0 b rounded twice, as torch does; a fused multiply-add moves the sine's
@@ -185,8 +184,7 @@ def adam(
     state: Schedule,
     split: Split | None = None,
 ) -> None:
-    """Adam on flat buffers laid out by `layout`, with `state`'s per-member step sizes: one launch. With
-    `split`, the updated parameters are also written split, for the next epoch's 3xtf32 products."""
+    """Adam on `layout`'s flat buffers with `state`'s step sizes, in one launch (with `split`, their halves too)."""
     args = (params, grads, exp_avg, exp_avg_sq, *(split or (params, params)), state.step_size, state.powers)
     constants = (*layout.tables, *state.betas, state.eps)
     kernels.adam[(layout.tables[0].shape[0],)](*args, *constants, BLOCK=ADAM_BLOCK, SPLIT=split is not None)
