@@ -73,11 +73,9 @@ class MultiSameConfig(SchemeConfig):
 
 @dataclass
 class MetaConfig(SchemeConfig):
-    """Reptile (Nichol et al. 2018) meta-learned initialisation, learned on a pool disjoint from the triples.
-
-    Each outer step fits `meta_batch` pool images for `inner_steps` steps (lr `inner_lr`), then moves the
-    initialisation `outer_lr` (annealed to 0) towards their mean: outer_steps x meta_batch x inner_steps member-epochs.
-    """
+    """Reptile (Nichol et al. 2018) meta-learned initialisation, learned on a pool disjoint from the triples: each outer
+    step fits `meta_batch` pool images for `inner_steps` steps (lr `inner_lr`), then moves the initialisation
+    `outer_lr` (annealed to 0) towards their mean. Cost: outer_steps x meta_batch x inner_steps member-epochs."""
 
     outer_steps: int = 200
     inner_steps: int = 20

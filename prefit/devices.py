@@ -1,11 +1,10 @@
-"""A ledger of GPU memory shared by the jobs of one machine, so that jobs side by side never run a device out.
+"""A ledger of GPU memory shared by the jobs of one machine, so that jobs side by side never run a device out:
 
     with acquire(need_bytes, min_bytes, {0: 72e9, 1: 72e9}) as lease:
         run on torch.device("cuda", lease.device) with chunks fitting lease.granted_bytes
 
-The ledger is a JSON file (in `<tempdir>/prefit-devices` or `$PREFIT_DEVICE_LEDGER`) rewritten atomically under a
-`flock`; entries of dead processes are dropped, so a crashed job never blocks a device. It knows nothing of CUDA,
-so it is tested without a GPU.
+A JSON file (in `<tempdir>/prefit-devices` or `$PREFIT_DEVICE_LEDGER`) rewritten atomically under a `flock`, whose
+entries of dead processes are dropped (a crashed job never blocks a device). It knows nothing of CUDA.
 """
 
 from __future__ import annotations
@@ -81,10 +80,8 @@ def acquire(
     timeout_s: float | None = None,
 ) -> Lease:
     """Lease `min(need_bytes, room)` bytes of the device with the most room, waiting until that is >= `min_bytes`.
-
-    `capacities`: device index -> bytes jobs may use on it. A request larger than every device is cut to the largest,
-    so none waits forever; TimeoutError after `timeout_s` seconds of waiting (None: no limit).
-    """
+    `capacities`: device -> bytes jobs may use; a request beyond every device is cut to the largest, so none waits
+    forever. TimeoutError after `timeout_s` seconds of waiting (None: no limit)."""
     if not capacities:
         raise ValueError("no devices to lease from")
     largest = max(capacities.values())
@@ -144,11 +141,7 @@ def cuda_capacities(
 
 def rooms(capacities: Mapping[int, int], leases: list[dict[str, Any]]) -> dict[int, int]:
     """Bytes left on each device: its capacity less the leases on it."""
-    room = dict(capacities)
-    for entry in leases:
-        if entry["device"] in room:
-            room[entry["device"]] -= entry["bytes"]
-    return room
+    return {d: bytes_ - sum(e["bytes"] for e in leases if e["device"] == d) for d, bytes_ in capacities.items()}
 
 
 def entries(folder: str | os.PathLike | None = None) -> list[dict[str, Any]]:

@@ -1,12 +1,10 @@
 """The CPU engine's compiled step: forward and backward of a chunk of SIRENs, one member at a time (numba).
 
-On a CPU a narrow SIREN's epoch is a few dozen small array operations streaming activations through memory.
-`siren_step` runs one member's whole pass after another without the GIL, in the core's cache: BLAS products,
-one argument reduction for a sine layer's sine and cosine (`_sincos`), the first and last layers written out. The
-arithmetic is `prefit.engine.SirenStep`'s (tests/test_kernels.py).
-
-`_sincos`: x = r + k pi/2 (Cody-Waite, exact while |x| <= REDUCTION_LIMIT), Taylor polynomials in r, within 1.5
-float32 ulp; a layer whose pre-activations may exceed the limit gets libm's float64 sin and cos instead.
+A narrow SIREN's epoch is a few dozen small array operations streaming activations through memory; `siren_step`
+runs one member's whole pass after another without the GIL, in the core's cache: BLAS products, one argument
+reduction for a sine layer's sine and cosine (`_sincos`: Cody-Waite, exact while |x| <= REDUCTION_LIMIT, Taylor
+polynomials, within 1.5 float32 ulp; libm's float64 sin and cos beyond), the first and last layers written out.
+The arithmetic is `prefit.engine.SirenStep`'s (tests/test_kernels.py).
 """
 
 from __future__ import annotations

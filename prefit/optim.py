@@ -10,11 +10,9 @@ import torch
 
 
 class BatchedAdam:
-    """Adam (Kingma & Ba 2015) over stacked tensors [M, ...], a learning rate per member, torch's arithmetic.
-
-    On a CPU each tensor is updated by one compiled pass (`prefit.kernels.adam_step`) instead of torch's eight
-    multi-tensor passes; on CUDA the multi-tensor ops take the learning rates as a tensor, never waiting for the device.
-    """
+    """Adam (Kingma & Ba 2015) over stacked tensors [M, ...], a learning rate per member, torch's arithmetic. On a CPU
+    one compiled pass a tensor (`prefit.kernels.adam_step`) instead of torch's eight; on CUDA torch's multi-tensor ops
+    with the learning rates as a tensor, never waiting for the device."""
 
     def __init__(self, params: list[torch.Tensor], lr: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
         self.params = params

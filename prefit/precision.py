@@ -1,11 +1,10 @@
-"""The engine's batched matrix products at the chosen precision (`train.matmul_precision`).
+"""The engine's batched matrix products at the chosen precision (`train.matmul_precision`), all `out = alpha * a @ b`
+so that w0 rides in cuBLAS's epilogue:
 
 - `highest`: fp32 products (the study's default and reference).
 - `3xtf32`: operands split into a TF32 head and remainder, x = hi + lo, the product hi·hi + hi·lo + lo·hi on TF32
   tensor cores: as close to float64 as an fp32 product. On a CPU the three products are fp32 ones.
 - `high`: TF32 products: faster, but they change the study's conclusions (docs/performance.md).
-
-Every product is `out = alpha * a @ b`, so w0 rides in cuBLAS's epilogue instead of a pass.
 """
 
 from __future__ import annotations

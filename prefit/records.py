@@ -1,10 +1,9 @@
 """What a cell folder holds, verifiably: its study, its files' sizes and hashes, and whether a job may use it.
 
-run.json is written first as a claim (`status: running`, the study), then, after `psnr.parquet` and `recon.npz`,
-as the record (`status: complete`, each file's size and sha256). A folder whose record and files match the study is
-skipped; one of the same study with missing or changed files is run again; one of another study (compared by
-`prefit.keys.config_diff` on `prefit.config.study_of`) stops the job with the keys that differ, unless
-`train.overwrite=true`.
+run.json is first a claim (`status: running`, the study), then, after `psnr.parquet` and `recon.npz`, the record
+(`status: complete`, each file's size and sha256). A folder whose record and files match the study is skipped; one
+of the same study with missing or changed files is run again; one of another study (`prefit.keys.config_diff` on
+`prefit.config.study_of`) stops the job with the keys that differ, unless `train.overwrite=true`.
 """
 
 from __future__ import annotations

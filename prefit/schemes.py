@@ -270,9 +270,7 @@ def _rows(
         return np.repeat(np.asarray(values, dtype=dtype), epochs)
 
     def nullable(values) -> pd.array:
-        return pd.array(
-            np.repeat(np.array([pd.NA if v is None else v for v in values], dtype=object), epochs), dtype="Int64"
-        )
+        return pd.array(per_member([pd.NA if v is None else v for v in values], object), dtype="Int64")
 
     return pd.DataFrame(
         {

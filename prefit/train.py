@@ -151,12 +151,9 @@ def _available_memory() -> int | None:
 def device_share(
     cfg: Config, device: torch.device, members: int, parallel_jobs: int = 1
 ) -> Iterator[tuple[torch.device, int, dict[str, Any] | None]]:
-    """The device, chunk size and lease (None on a CPU) a cell runs with, for as long as the block runs.
-
-    On CUDA a job leases its members' memory from `prefit.devices` (or `train.max_members` of them), starts once
-    MIN_CHUNK of them fit on some device and sizes its chunks for what it got: narrow cells run side by side, a wide one
-    waits, none runs a device out.
-    """
+    """The device, chunk size and lease (None on a CPU) a cell runs with while the block runs. On CUDA a job leases its
+    members' memory (or `train.max_members` of them) from `prefit.devices`, starts once MIN_CHUNK of them fit and sizes
+    its chunks for what it got: narrow cells run side by side, a wide one waits, none runs a device out."""
     hls, hfs, pixels = cfg.model.hls, cfg.model.hfs, cfg.dataset.side**2
     if device.type != "cuda":
         yield device, cfg.train.max_members or auto_max_members(hls, hfs, device, pixels, fit=cfg.train), None

@@ -107,8 +107,7 @@ SAMPLE_S = 0.005
 
 
 class PeakMemory:
-    """Peak memory in MB while the block runs, and `before_mb`: CUDA's max_memory_allocated; on a CPU the resident
-    set sampled every `interval` seconds from /proc/self/statm (else ru_maxrss, the peak so far)."""
+    """Peak MB while the block runs (CUDA: allocated; CPU: resident set sampled every `interval` s), and `before_mb`."""
 
     def __init__(self, device: torch.device, interval: float = SAMPLE_S):
         self.device, self.interval = device, interval

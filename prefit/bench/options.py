@@ -1,6 +1,5 @@
-"""What the benchmark is asked to do: the command line parsed into `Options` (bad input raises `BenchError`).
-
-Each option is declared once, as a field of `Options` with its default, parser and help (`_option`)."""
+"""The benchmark's command line parsed into `Options` (bad input raises `BenchError`), each option declared once as a
+field of `Options` with its default, parser and help (`_option`)."""
 
 from __future__ import annotations
 

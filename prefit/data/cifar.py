@@ -1,9 +1,5 @@
-"""CIFAR-10 in its "python version" layout: reading such a folder, and fetching the official ciFAIR-10.
-
-The images come either from the official ciFAIR-10 archive (downloaded once with pooch, md5-checked, cached)
-or from any folder in the CIFAR-10 "python version" layout. Batches are pickles, read with prefit.data.pickles'
-restricted unpickler.
-"""
+"""CIFAR-10 in its "python version" layout: reading such a folder (its pickles with prefit.data.pickles' restricted
+unpickler), and fetching the official ciFAIR-10 (downloaded once with pooch, md5-checked, cached)."""
 
 from __future__ import annotations
 

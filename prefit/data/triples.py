@@ -1,7 +1,5 @@
-"""The triples of the study (a target, an image of its class, an image of another class) and disjoint pools.
-
-Everything here works on labels alone, for any number of classes.
-"""
+"""The triples of the study (a target, an image of its class, an image of another class) and disjoint pools, drawn
+from labels alone, for any number of classes."""
 
 from __future__ import annotations
 
@@ -24,12 +22,9 @@ class Triple:
 
 
 def max_triples(labels: np.ndarray) -> int:
-    """The most triples with all images distinct that these labels allow.
-
-    With t_c triples whose A is of class c and o_c other-class images taken from c, a run of T triples exists
-    iff 2 t_c + o_c <= n_c, t_c + o_c <= T (A's class cannot supply its own other image), sum t = sum o = T.
-    For a given T the t_c that leave the most room for o are found greedily (the room is concave in t_c).
-    """
+    """The most triples with all images distinct that these labels allow. With t_c triples whose A is of class c and o_c
+    other images from c, T triples exist iff 2 t_c + o_c <= n_c, t_c + o_c <= T, sum t = sum o = T; for a given T the
+    t_c leaving the most room for o are found greedily (the room is concave in t_c)."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=1)
 
     def feasible(total: int) -> bool:
@@ -49,13 +44,10 @@ def max_triples(labels: np.ndarray) -> int:
 
 
 def draw_triples(labels: np.ndarray, n: int, seed: int) -> list[Triple]:
-    """Draw n triples in which no image appears twice (no A, same-class or other-class image repeats).
-
-    Walk one permutation of all images (np.random.default_rng(seed)); each unused image whose class still
-    has another unused image becomes an A; its same-class image is the next unused image of its class in
-    that permutation; the other class is drawn uniformly among the other classes with unused images, and
-    its next unused image is taken. Nothing depends on n, so the first k triples are the same for any n >= k.
-    """
+    """Draw n triples in which no image appears twice. Walk one permutation of all images (default_rng(seed)): each
+    unused image whose class has another unused image becomes an A, its same-class image the next unused one of its
+    class in the walk, its other image the next unused one of a class drawn uniformly among the other classes with
+    unused images. Nothing depends on n: the first k triples are the same for any n >= k."""
     labels = np.asarray(labels, dtype=np.int64)
     if n < 0:
         raise DataError(f"the number of triples must be >= 0, got {n}")

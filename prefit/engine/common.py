@@ -92,11 +92,9 @@ def auto_max_members(
     budget_bytes: int | None = None,
     fit: FitOptions | None = None,
 ) -> int:
-    """How many members to fit at once when train.max_members is null (`fit` None: the default options).
-
-    On a CPU the step works member after member, so a chunk is capped at about 64 MB; on CUDA at `budget_bytes` (a
-    job's share of a device), else half of the device's free memory, over `cuda_bytes_per_member`.
-    """
+    """How many members to fit at once when train.max_members is null (`fit` None: the default options): on a CPU
+    about 64 MB a chunk (the step works member after member); on CUDA `budget_bytes` (else half the free memory) over
+    `cuda_bytes_per_member`."""
     if device.type == "cuda":
         if budget_bytes is None:
             free, _ = torch.cuda.mem_get_info(device)

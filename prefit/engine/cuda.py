@@ -28,8 +28,7 @@ PROGRESS_EVERY = 250
 
 
 def fused_bytes_per_member_epoch(hls: int, hfs: int, pixels: int = 1024, precision: str = "highest") -> int:
-    """Bytes one member's epoch moves through device memory outside the matrix products (the sine, cosine, head and
-    Adam passes, and at `3xtf32` the halves): with their flops, what bounds a wide cell's epoch (bench.steady)."""
+    """Bytes one member's epoch moves outside the matrix products: with their flops, what bounds a wide cell's epoch."""
     split = precision == "3xtf32"
     words = (6 + 2 * split) * (hls + 1) * pixels * hfs + 12 * pixels + (7 + 2 * split) * n_weights(hls, hfs)
     if split:
@@ -42,12 +41,9 @@ def _pairs(views: list[Tensor]) -> Params:
 
 
 class FusedStep:
-    """Forward and hand-written backward of a chunk's stacked SIRENs through the fused kernels.
-
-    Parameters and gradients live in flat buffers (`fused.FlatParams`), so that Adam is one launch; `params` and
-    `grads` are (W, b) views into them. `epoch`, the device's counter, picks the snapshot slot (`slots[epoch]`, -1 for
-    none). At `3xtf32` each large operand is split into halves by the pass that makes it.
-    """
+    """Forward and hand-written backward of a chunk's stacked SIRENs through the fused kernels. Parameters and gradients
+    live in flat buffers (`fused.FlatParams`; `params`, `grads`: (W, b) views), so Adam is one launch; the device's
+    `epoch` picks the snapshot slot (`slots[epoch]`, -1: none). At `3xtf32` the pass that makes an operand splits it."""
 
     def __init__(
         self,

@@ -84,8 +84,8 @@ class SirenStep:
 
 
 class CpuStep:
-    """SirenStep's CPU twin (`prefit.kernels.siren_step`). It owns the parameters in the layout the compiled step
-    indexes (hidden layers stacked [hls, M, hfs, hfs]); `params` and the gradients are (W, b) views into them."""
+    """SirenStep compiled for a CPU (`prefit.kernels.siren_step`), owning the parameters in the kernel's layout (hidden
+    layers stacked [hls, M, hfs, hfs]); `params` and the gradients are (W, b) views into them."""
 
     def __init__(self, params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float):
         from prefit.kernels import siren_step  # numba loads when a CPU step is built, not on `import prefit.engine`

@@ -1,10 +1,7 @@
-"""Fused elementwise work of the CUDA engine: Triton kernels (`prefit.fused.kernels`) and their launchers.
-
-Each does in one pass what the torch step does in several (bias, sine and cosine; the cosine product and the bias
-gradient; the last layer's epilogue; the records and plateau schedule; Adam over a flat buffer), at `3xtf32` writing
-its result split (`split=`), and reads nothing back, so an epoch can be captured as a CUDA graph. The arithmetic is
-`prefit.engine.SirenStep`'s and `prefit.optim`'s. Under `TRITON_INTERPRET=1` the kernels run on CPU tensors.
-"""
+"""Fused elementwise work of the CUDA engine: Triton kernels (`prefit.fused.kernels`) and their launchers, each doing
+in one pass what the torch step does in several (bias, sine and cosine; cosine product and bias gradient; the last
+layer; records and plateau schedule; Adam over a flat buffer), split for `3xtf32` where asked, and reading nothing
+back, so an epoch can be captured as a CUDA graph. Under `TRITON_INTERPRET=1` they run on CPU tensors."""
 
 from __future__ import annotations
 
@@ -97,8 +94,7 @@ def head(
     epoch: torch.Tensor,
     scale: float,
 ) -> None:
-    """The last layer's epilogue, one program per member: pred_t [M, 3, pixels] gets the bias, grad_t the scaled
-    residual, loss its mean square, grad_bias its sum; the prediction is kept in snaps where slots[epoch] >= 0."""
+    """The last layer's epilogue per member: the bias added, the scaled residual, loss, bias gradient, and snapshot."""
     members, _, pixels = pred_t.shape
     args = (pred_t, bias, target_t, grad_t, loss, grad_bias, snaps, slots, epoch, scale, pixels, slots.shape[0])
     kernels.head[(members,)](*args, snaps.shape[1], BLOCK_P=min(1024, triton.next_power_of_2(pixels)))
@@ -139,8 +135,7 @@ class Schedule:
 
 
 def schedule(state: Schedule, loss: torch.Tensor, losses: torch.Tensor, lrs: torch.Tensor) -> None:
-    """One epoch's records, Adam's step size, the plateau's lr and epoch += 1, in one program of one warp: every
-    thread reads the scalar state, one writes it, and programs (or warps) are not ordered."""
+    """One epoch's records, step size, plateau and epoch += 1 in one single-warp program (programs are not ordered)."""
     s, members = state, loss.shape[0]
     args = (loss, s.lr, s.best, s.bad_epochs, losses, lrs, s.step_size, s.powers, s.epoch, s.consts, members)
     kernels.schedule[(1,)](
