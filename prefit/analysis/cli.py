@@ -1,15 +1,8 @@
-"""The command lines of the analysis (`python -m prefit.analyze`) and of the reports (`python -m prefit.report`).
-
-    python -m prefit.analyze SWEEP [--out DIR] [--psnr-cap DB] [--ci-method METHOD]
-    python -m prefit.report --independent SWEEP_I --chained SWEEP_C [--out FILE] [--robust SWEEP_R]
-        [--resolution SWEEP_S] [--psnr-cap DB] [--ci-method METHOD]
-    python -m prefit.report robustness SWEEP_A SWEEP_B [--out FILE] [--psnr-cap DB] [--ci-method METHOD]
-    python -m prefit.report resolution SWEEP [--out FILE] [--psnr-cap DB] [--ci-method METHOD]
-
-`--psnr-cap` defaults to 59 dB (`none` turns the capped AUC off), `--ci-method` to percentile (or bca): the
-defaults of prefit.analysis.pipeline.Options. The reports read each sweep's analysis (SWEEP/analysis), running the
-analysis first where it is missing, out of date, or made with other options. Unusable input, a bad option
-included, ends with one line, `error: ...`, on stderr and exit status 2: never a traceback.
+"""The command lines: `python -m prefit.analyze SWEEP` and `python -m prefit.report` (the protocol report;
+`robustness SWEEP_A SWEEP_B` and `resolution SWEEP` as a first argument for those), each with `--out` and the
+analysis options `--psnr-cap DB` (`none`: no capped AUC) and `--ci-method percentile|bca`, whose defaults are
+prefit.analysis.pipeline.Options'. Unusable input, a bad option included, ends with one line, `error: ...`, on
+stderr and exit status 2: never a traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +11,6 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from prefit.errors import one_line
 from prefit.schema import ANALYSIS_DIR
@@ -33,7 +25,10 @@ from .robustness import default_out, write_robustness_report
 from .stats import CI_METHODS
 
 Action = Callable[[argparse.Namespace, Options], str]  # what a command does with its arguments and options
-Argument = tuple[str, dict[str, Any]]  # a name or flag and its add_argument keywords
+REPORT_SWEEPS = {"--independent": "a sweep run with protocol=independent (required)"}
+REPORT_SWEEPS["--chained"] = "a sweep run with protocol=chained (required)"
+REPORT_SWEEPS["--robust"] = "a rerun of some cells with other arithmetic: adds a robustness section"
+REPORT_SWEEPS["--resolution"] = "some cells at several dataset.resolution: adds a resolution section"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,24 +48,20 @@ def psnr_cap(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f"must be a number of dB or none, got {value!r}") from None
 
 
-def run(prog: str, about: str, out: str, argv: Sequence[str] | None, action: Action, *arguments: Argument) -> int:
-    """Parse argv (the `arguments`, --out with the help `out`, the analysis options), run the action with the
-    parsed arguments and the options, print what it wrote; one line and exit status 2 on bad input."""
+def run(prog: str, about: str, out: str, argv: Sequence[str] | None, action: Action, *sweeps: str) -> int:
+    """Parse argv (the sweep folders `sweeps`: positional, or flags such as --chained; --out with the help `out`;
+    the analysis options), run the action, print what it wrote; one line and exit status 2 on bad input."""
     p = _Parser(prog=f"python -m prefit.{prog}", description=about)
-    for name, options in arguments:
-        p.add_argument(name, **({} if name.startswith("-") else {"metavar": name.upper()}), **options)
+    for name in sweeps:
+        flag = name.startswith("-")
+        options = {"required": "(required)" in REPORT_SWEEPS[name], "help": REPORT_SWEEPS[name]} if flag else {}
+        p.add_argument(name, metavar="SWEEP" if flag else name.upper(), **options)
     p.add_argument("--out", type=Path, default=None, help=out)
     cap, method = DEFAULT_OPTIONS.psnr_cap, DEFAULT_OPTIONS.ci_method
-    quantisation = f"10 log10(12 x 255^2) = {QUANTISATION_PSNR_DB:.1f} dB"
-    cap_help = f"the capped AUC's cap (default {cap:g} dB, the PSNR of 8-bit quantisation, {quantisation}; none: off)"
+    cap_help = f"the capped AUC's cap (default {cap:g} dB, 8-bit quantisation: {QUANTISATION_PSNR_DB:.1f}; none: off)"
     p.add_argument("--psnr-cap", type=psnr_cap, default=cap, metavar="DB", help=cap_help)
-    p.add_argument(
-        "--ci-method",
-        type=str.lower,
-        choices=CI_METHODS,
-        default=method,
-        help=f"bootstrap CI method (default {method})",
-    )
+    method_help = f"the bootstrap CI method (default {method})"
+    p.add_argument("--ci-method", type=str.lower, choices=CI_METHODS, default=method, help=method_help)
     try:
         args = p.parse_args(argv)
         print(action(args, Options(args.psnr_cap, args.ci_method)))
@@ -78,9 +69,6 @@ def run(prog: str, about: str, out: str, argv: Sequence[str] | None, action: Act
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
-
-
-SWEEP = {"help": "a sweep folder"}
 
 
 def analyze_main(argv: Sequence[str] | None = None) -> int:
@@ -91,35 +79,24 @@ def analyze_main(argv: Sequence[str] | None = None) -> int:
         return f"wrote {len(analyze(args.sweep, out, options))} files to {out}"
 
     about = "Curves, AUCs, paired statistics and verdicts, figures and a summary of a prefit sweep."
-    return run("analyze", about, f"output folder (default: SWEEP/{ANALYSIS_DIR})", argv, action, ("sweep", SWEEP))
+    return run("analyze", about, f"output folder (default: SWEEP/{ANALYSIS_DIR})", argv, action, "sweep")
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
     """`python -m prefit.report`: the protocol report; with a first argument `robustness` or `resolution`, those."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["robustness"]:
-        return robustness_main(argv[1:])
-    if argv[:1] == ["resolution"]:
-        return resolution_main(argv[1:])
+    if argv[:1] in (["robustness"], ["resolution"]):
+        return (robustness_main if argv[0] == "robustness" else resolution_main)(argv[1:])
 
     def action(args: argparse.Namespace, options: Options) -> str:
         out = args.out if args.out is not None else default_report(args.independent)
         written = write_report(args.independent, args.chained, out, options, args.robust, args.resolution)
         return f"wrote {out} and {len(written) - 1} more file(s) in {out.with_suffix('')}"
 
-    about = (
-        "Compare a sweep run under protocol=chained with one under protocol=independent (docs/findings.md and its "
-        "figures). `python -m prefit.report robustness A B` compares two sweeps that differ only in arithmetic; "
-        "`python -m prefit.report resolution SWEEP` one sweep's cells at several image sizes."
-    )
-    out = f"the report (default: {DEFAULT_NAME} beside the independent sweep); its figures go into the folder of "
-    sweeps = [
-        ("--independent", {"required": True, "metavar": "SWEEP", "help": "a sweep run with protocol=independent"}),
-        ("--chained", {"required": True, "metavar": "SWEEP", "help": "a sweep run with protocol=chained"}),
-        ("--robust", {"metavar": "SWEEP", "help": "a rerun of some cells with other arithmetic: robustness section"}),
-        ("--resolution", {"metavar": "SWEEP", "help": "some cells at several dataset.resolution: resolution section"}),
-    ]
-    return run("report", about, out + "the same name without the suffix", argv, action, *sweeps)
+    about = "The protocol report: a sweep run under protocol=chained beside one under protocol=independent. "
+    about += "`robustness A B` compares two sweeps that differ only in arithmetic, `resolution SWEEP` image sizes."
+    out = f"the report (default: {DEFAULT_NAME} beside the independent sweep); its figures: the folder of its name"
+    return run("report", about, out, argv, action, *REPORT_SWEEPS)
 
 
 def robustness_main(argv: Sequence[str]) -> int:
@@ -132,7 +109,7 @@ def robustness_main(argv: Sequence[str]) -> int:
 
     about = "Do two sweeps of the same cells and triples that differ only in arithmetic reach the same verdicts?"
     out = "the report (default: robustness_A_vs_B.md beside sweep A); its figure goes beside it, same name, .png"
-    return run("report robustness", about, out, argv, action, ("sweep_a", SWEEP), ("sweep_b", SWEEP))
+    return run("report robustness", about, out, argv, action, "sweep_a", "sweep_b")
 
 
 def resolution_main(argv: Sequence[str]) -> int:
@@ -145,4 +122,4 @@ def resolution_main(argv: Sequence[str]) -> int:
 
     about = "Verdicts of one sweep's cells at several image sizes (jobs that differ only in dataset.resolution)."
     out = f"the report (default: {RESOLUTION_NAME} beside the sweep); its figures go into the folder of its name"
-    return run("report resolution", about, out, argv, action, ("sweep", SWEEP))
+    return run("report resolution", about, out, argv, action, "sweep")

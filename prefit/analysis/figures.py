@@ -1,6 +1,5 @@
-"""The figures: per-cell PSNR curves, AUC box plots, paired differences with their CIs, reconstructions, the
-protocol pair of curves and the robustness scatter. Each function returns a matplotlib Figure (no pyplot
-state); `write_figure` saves one atomically. Every scheme has one colour in every figure."""
+"""The figures: PSNR curves per cell, AUC box plots, paired differences with their CIs, reconstructions and the
+robustness scatter, each a matplotlib Figure (no pyplot state), saved atomically; one colour per scheme."""
 
 from __future__ import annotations
 
@@ -24,22 +23,15 @@ from .reduce import MEASURE_BY_NAME, Measure
 from .stats import CONFIDENCE
 
 DPI = 120
-SCHEME_COLOURS = {  # the first three are the original's colours
-    "random": "cornflowerblue",
-    "same_class": "orange",
-    "other_class": "mediumseagreen",
-    "class_mean": "mediumpurple",
-    "multi_same": "sienna",
-    "meta": "crimson",
-}
-SCHEME_LABELS = {
-    "random": "random: fit A from a random initialisation",
-    "same_class": "same_class: pre-fit on an image of A's class",
-    "other_class": "other_class: pre-fit on an image of another class",
-    "class_mean": "class_mean: pre-fit on the mean image of A's class",
-    "multi_same": "multi_same: pre-fit on several images of A's class",
-    "meta": "meta: start from a meta-learned initialisation",
-}
+# A colour per scheme of prefit.schema.SCHEME_ORDER; the first three are the original's.
+COLOURS = ("cornflowerblue", "orange", "mediumseagreen", "mediumpurple", "sienna", "crimson")
+SCHEME_COLOURS = dict(zip(SCHEME_ORDER, COLOURS))
+LEGEND = (  # what each scheme of SCHEME_ORDER does, for the legends
+    "fit A from a random initialisation|pre-fit on an image of A's class|pre-fit on an image of another class|pre-fit "
+    "on the mean image of A's class|pre-fit on several images of A's class|start from a meta-learned initialisation"
+)
+SCHEME_LABELS = {scheme: f"{scheme}: {text}" for scheme, text in zip(SCHEME_ORDER, LEGEND.split("|"))}
+MEAN_STD = "PSNR vs epoch: mean and ±1 std"
 NOTE = {"fontsize": 8, "color": "dimgrey"}  # small grey text inside an axes
 
 
@@ -66,16 +58,14 @@ def _cell_axis(ax: Axes, labels: list[str], variants: bool = False) -> None:
 
 
 def _merged_legend(fig: Figure, axes: Sequence[Axes], fontsize: int = 8) -> None:
-    handles, labels = [], []
+    """One legend below the figure for the labels of all its axes, each once."""
+    found: dict = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
-    if handles:
-        fig.legend(
-            handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=fontsize, frameon=False
-        )
+            found.setdefault(label, handle)
+    if found:
+        style = {"loc": "outside lower center", "ncol": min(len(found), 6), "fontsize": fontsize, "frameon": False}
+        fig.legend(list(found.values()), list(found), **style)
 
 
 def draw_cell_curves(ax: Axes, curves: pd.DataFrame, palette: dict, labels: dict | None = None, cap=None) -> None:
@@ -99,27 +89,20 @@ def draw_cell_curves(ax: Axes, curves: pd.DataFrame, palette: dict, labels: dict
     ax.grid(alpha=0.3)
 
 
-def plot_cell_curves(
-    curves: pd.DataFrame, hls: int, hfs: int, n_triples: int, palette: dict, protocol="", cap=None, keys=""
-) -> Figure:
+def plot_cell_curves(curves: pd.DataFrame, hls: int, hfs: int, n: int, palette: dict, protocol="", cap=None, keys=""):
     """Mean PSNR per scheme over epochs with a +-1 std band, for one cell (`protocol` and `keys`, its study keys
     as text, named in the title when given): the original's per-cell plot."""
     fig = Figure(figsize=(10, 6), dpi=DPI)
     ax = fig.subplots()
     draw_cell_curves(ax, curves, palette, cap=cap)
     suffix = (f", {protocol} protocol" if protocol else "") + (f", {keys}" if keys else "")
-    ax.set_title(
-        f"SIREN with {hls} hidden layers, {hfs} hidden features{suffix}\n"
-        f"PSNR vs epoch: mean and ±1 std over {n_triples} triples"
-    )
+    ax.set_title(f"SIREN with {hls} hidden layers, {hfs} hidden features{suffix}\n{MEAN_STD} over {n} triples")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def plot_cell_pair(
-    curves: dict, hls: int, hfs: int, triples: dict, palette: dict, cap=None, panel="{} protocol"
-) -> Figure:
+def plot_cell_pair(curves: dict, hls: int, hfs: int, triples: dict, palette: dict, cap=None, panel="{} protocol"):
     """One cell under several protocols (or resolutions: `panel` words each panel's key), in the order of
     `curves`, side by side on one y axis."""
     fig = Figure(figsize=(6.5 * len(curves), 5.2), dpi=DPI, layout="constrained")
@@ -134,9 +117,7 @@ def plot_cell_pair(
     return fig
 
 
-def plot_paired_stats(
-    stats: pd.DataFrame, palette: dict, measure: Measure | str = "auc", sides: Sequence | None = None, column="protocol"
-) -> Figure:
+def plot_paired_stats(stats: pd.DataFrame, palette: dict, measure: Measure, sides=None, column="protocol") -> Figure:
     """Per cell (x, by size, then study keys) and scheme: the mean paired difference of one measure from random with
     its CI as an error bar, one panel per protocol (or per value of `column`, e.g. the resolution) on a shared y
     axis; a dashed line at 0 (`stats`: stats.parquet rows)."""
@@ -175,9 +156,7 @@ def plot_paired_stats(
     return fig
 
 
-def plot_auc_boxplot(
-    auc: pd.DataFrame, palette: dict[str, str], metric: str = "auc", title: str = "", protocols: Sequence[str] = ()
-) -> Figure:
+def plot_auc_boxplot(auc: pd.DataFrame, palette: dict, metric: str = "auc", title: str = "", protocols=()) -> Figure:
     """Box plot of a measure of every fit per cell and scheme, cells ordered by hls*hfs then hls (then study keys,
     named under the cell), one panel per protocol (default: the protocols in their order): with metric "auc", the
     original's auc.png."""
@@ -198,9 +177,8 @@ def plot_auc_boxplot(
             with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`
                 warnings.filterwarnings("ignore", message="vert: bool", category=DeprecationWarning)
                 box = {"fliersize": 2, "linewidth": 0.8, "width": 0.8}
-                sns.boxplot(
-                    data=finite, x="cell", y=metric, hue="scheme", hue_order=schemes, palette=palette, ax=ax, **box
-                )
+                box |= {"hue": "scheme", "hue_order": schemes, "palette": palette}
+                sns.boxplot(data=finite, x="cell", y=metric, ax=ax, **box)
             ax.legend(title="scheme", loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, title_fontsize=8)
         else:
             ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
@@ -209,9 +187,7 @@ def plot_auc_boxplot(
             ax.text(0.99, 0.01, note, transform=ax.transAxes, ha="right", va="bottom", **NOTE)
         for tick in ax.get_xticklabels():
             tick.set(rotation=60, ha="right", rotation_mode="anchor")
-        ax.set_xlabel(
-            "cell: hidden layers x hidden features, by size (hls·hfs)" + (", then study keys" if study else "")
-        )
+        ax.set_xlabel("cell: hidden layers x hidden features, by size (hls·hfs)" + (", then study keys" * bool(study)))
         ax.set_ylabel(f"{label}: area under PSNR vs epoch (dB·epoch)")
         ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         ax.grid(axis="y", alpha=0.3)
@@ -221,9 +197,7 @@ def plot_auc_boxplot(
     return fig
 
 
-def plot_recon(
-    recon: dict[str, np.ndarray], palette: dict[str, str], max_triples: int = 4, protocol: str = "", keys: str = ""
-) -> Figure:
+def plot_recon(recon: dict[str, np.ndarray], palette: dict, max_triples=4, protocol="", keys="") -> Figure:
     """Rows: a few triples. Columns: A, the same- and other-class images, then each scheme's reconstruction of
     A at each snapshot epoch, titled with its PSNR."""
     epochs = [int(e) for e in recon["epochs"]]

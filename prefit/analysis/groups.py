@@ -70,11 +70,9 @@ def typed(values: Sequence[object]) -> pd.api.extensions.ExtensionArray:
 
 def text(value: object) -> str:
     """A study value as Hydra spells it (`true`, `null`, `[a,b]`), numbers as Python prints them."""
-    if isinstance(value, (bool, np.bool_)):
-        return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(text(v) for v in value) + "]"
-    return "null" if value is None else str(value)
+    return str(value).lower() if isinstance(value, (bool, np.bool_)) else "null" if value is None else str(value)
 
 
 def keys_text(row: Mapping[str, object], keys: Sequence[str]) -> str:
@@ -98,8 +96,7 @@ def group_label(row: Mapping[str, object], keys: Sequence[str] = ()) -> str:
 def group_stem(row: Mapping[str, object], keys: Sequence[str] = (), protocol: bool = False) -> str:
     """A group in file names: `2hls_32hfs`, `_<protocol>` when asked, then its study keys made safe on every file
     system (`_train.lr=0.0002`; a long suffix cut and told apart by a hash)."""
-    stem = cell_stem(int(row["hls"]), int(row["hfs"])) + (f"_{row['protocol']}" if protocol else "")
-    suffix = keys_text(row, keys)
+    stem, suffix = cell_stem(int(row["hls"]), int(row["hfs"])) + f"_{row['protocol']}" * protocol, keys_text(row, keys)
     safe = re.sub(r"[^A-Za-z0-9._=+-]+", "_", suffix.replace(",", "_")).strip("_.")
     if len(safe) > STEM_CHARS:
         safe = f"{safe[:STEM_CHARS].rstrip('_.')}_{zlib.crc32(suffix.encode()):08x}"
@@ -138,6 +135,11 @@ def groups(frame: pd.DataFrame, with_protocol: bool = True) -> list[dict[str, ob
 def cell_order(cells: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Cells (hls, hfs) by model size hls*hfs ascending, ties by hls: the x order of the original AUC plot."""
     return sorted({(int(h), int(f)) for h, f in cells}, key=lambda c: (c[0] * c[1], c[0], c[1]))
+
+
+def of_cell(frame: pd.DataFrame, cell: tuple[int, int]) -> pd.DataFrame:
+    """A frame's rows of one cell (hls, hfs)."""
+    return frame[(frame["hls"] == cell[0]) & (frame["hfs"] == cell[1])]
 
 
 def cells_of(frame: pd.DataFrame) -> list[tuple[int, int]]:

@@ -23,6 +23,7 @@ from prefit.schema import MEMBER_KEYS, PSNR_COLUMNS, PSNR_FILE, RUN_FILE
 
 from .groups import categorize, group_keys, group_label, job_keys, member_keys, study_columns
 
+Folder = str | os.PathLike  # a folder or file as the functions take it
 MEMBER_INFO = ["target_index", "target_label", "prefit_index", "prefit_label"]
 READ_COLUMNS = [*MEMBER_KEYS, "phase", "stage", "epoch", "psnr", *MEMBER_INFO]
 RECON_KEYS = ("hls", "hfs", "epochs", "scheme", "triple", "recon", "psnr", "triple_images", "triple_indices")
@@ -53,9 +54,8 @@ def job_info(sweep: Sweep) -> pd.DataFrame:
     info["status"] = [r.get("status", "no run.json") for r in runs]
     info["wall_s"] = [float(r["wall_s"]) if isinstance(r.get("wall_s"), (int, float)) else np.nan for r in runs]
     info["device"] = [str(r.get("device", "?")) for r in runs]
-    info["device_name"] = [
-        d + (f" ({r['device_name']})" if "device_name" in r else "") for d, r in zip(info["device"], runs)
-    ]
+    names = [f" ({r['device_name']})" if "device_name" in r else "" for r in runs]
+    info["device_name"] = [device + name for device, name in zip(info["device"], names)]
     return sweep.jobs.assign(**info)
 
 
@@ -79,7 +79,7 @@ def find_psnr_files(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
     return [p for p in sorted(Path(sweep_dir).rglob(PSNR_FILE)) if skip is None or not p.resolve().is_relative_to(skip)]
 
 
-def load_sweep(sweep_dir: str | os.PathLike, exclude: Path | None = None) -> Sweep:
+def load_sweep(sweep_dir: Folder, exclude: Path | None = None) -> Sweep:
     """Read and validate every job of the sweep; raise AnalysisError on the first file that is unusable. The study
     keys that set its jobs apart become columns of `fits`, `members` and `jobs` after `protocol`."""
     root = Path(sweep_dir)
@@ -100,9 +100,8 @@ def load_sweep(sweep_dir: str | os.PathLike, exclude: Path | None = None) -> Swe
     if same.duplicated().any():
         again = members[same.duplicated()].iloc[0]
         first = files[members[same == same[same.duplicated()].iloc[0]].iloc[0]["_job"]]
-        raise AnalysisError(
-            f"{files[again['_job']]}: the fit of {member_name(again)} is also in {first} (a job run twice?)"
-        )
+        where = f"{files[again['_job']]}: the fit of {member_name(again)}"
+        raise AnalysisError(f"{where} is also in {first} (a job run twice?)")
     jobs = members.drop_duplicates("_job")
     jobs = jobs[group_keys(jobs)].assign(folder=[files[j].parent for j in jobs["_job"]]).reset_index(drop=True)
     fits = fits.sort_values([*member, "epoch"], ignore_index=True)[[*member, "epoch", "psnr"]]
@@ -135,17 +134,13 @@ def check_schema(path: Path, schema: pa.Schema) -> None:
     missing = [c for c in PSNR_COLUMNS if c not in schema.names]
     if missing:
         raise AnalysisError(f"{path}: not a prefit {PSNR_FILE}, missing column(s) {', '.join(missing)}")
-    for name, kind in PSNR_COLUMNS.items():
-        dtype = schema.field(name).type
-        if not _type_ok(dtype, kind):
-            raise AnalysisError(f"{path}: column {name!r} has type {dtype}, expected {kind}")
+    for name, kind in [(n, k) for n, k in PSNR_COLUMNS.items() if not _type_ok(schema.field(n).type, k)][:1]:
+        raise AnalysisError(f"{path}: column {name!r} has type {schema.field(name).type}, expected {kind}")
 
 
 def read_fit_rows(path: Path) -> pd.DataFrame:
-    """The validated `fit` rows of one psnr.parquet: exactly epochs 0..n-1 once per member.
-
-    Should a member hold several fits of A (several `fit` stages), the last one is the one reported.
-    """
+    """The validated `fit` rows of one psnr.parquet: exactly epochs 0..n-1 once per member (of a member's several
+    fits of A, its last `fit` stage)."""
     try:
         check_schema(path, pq.read_schema(path))
         table = pq.read_table(path, columns=READ_COLUMNS)
@@ -154,19 +149,13 @@ def read_fit_rows(path: Path) -> pd.DataFrame:
     for name in READ_COLUMNS:  # a NaN float is stored as a null by pandas: only keys must be non-null
         if PSNR_COLUMNS[name] not in ("Int64", "float") and table.column(name).null_count:
             raise AnalysisError(f"{path}: column {name!r} has null values")
-
-    frame = table.to_pandas()
-    frame = frame[frame["phase"].astype(str) == "fit"]
+    frame = table.to_pandas().query("phase == 'fit'")
     if frame.empty:
         raise AnalysisError(f"{path}: no rows with phase == 'fit'")
-    for name in MEMBER_INFO:
-        frame[name] = frame[name].astype("Int64")
-    for name in ("protocol", "scheme"):
-        frame[name] = frame[name].astype(str)
-    frame["psnr"] = frame["psnr"].astype("float64")  # stored as float32 (computed so); sums in float64
+    # psnr stored as float32 (computed so); sums in float64
+    frame = frame.astype({**dict.fromkeys(MEMBER_INFO, "Int64"), "protocol": str, "scheme": str, "psnr": "float64"})
     last = frame.groupby(MEMBER_KEYS)["stage"].transform("max")
     frame = frame[frame["stage"] == last].drop(columns=["phase", "stage"])
-
     dup = frame.duplicated([*MEMBER_KEYS, "epoch"])
     if dup.any():
         row = frame[dup].iloc[0]

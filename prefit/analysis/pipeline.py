@@ -28,7 +28,7 @@ from prefit.schema import AUC_FILE, RUN_FILE, STATS_FILE
 
 from .figures import plot_auc_boxplot, plot_cell_curves, plot_paired_stats, plot_recon, scheme_palette, write_figure
 from .groups import categorize, group_keys, group_stem, groups, keys_text, present, study_columns
-from .load import AnalysisError, Sweep, find_psnr_files, load_recon, load_sweep, read_run
+from .load import AnalysisError, Folder, Sweep, find_psnr_files, load_recon, load_sweep, read_run
 from .reduce import auc_table, by, curves_table, measures_in
 from .stats import CI_METHODS, stats_table
 from .tables import summary_markdown
@@ -72,16 +72,12 @@ class Analysis:
         if protocol not in found:
             raise AnalysisError(f"{self.sweep.root}: no fits with protocol {protocol!r} (found: {', '.join(found)})")
 
-        def keep(frame: pd.DataFrame) -> pd.DataFrame:
-            return frame[frame["protocol"] == protocol].reset_index(drop=True)
-
-        sweep = replace(self.sweep, jobs=keep(self.sweep.jobs))
-        return replace(self, sweep=sweep, curves=keep(self.curves), auc=keep(self.auc), stats=keep(self.stats))
+        frames = {"curves": self.curves, "auc": self.auc, "stats": self.stats, "jobs": self.sweep.jobs}
+        keep = {name: f[f["protocol"] == protocol].reset_index(drop=True) for name, f in frames.items()}
+        return replace(self, sweep=replace(self.sweep, jobs=keep.pop("jobs")), **keep)
 
 
-def compute_analysis(
-    sweep_dir: str | os.PathLike, options: Options = DEFAULT_OPTIONS, exclude: Path | None = None
-) -> Analysis:
+def compute_analysis(sweep_dir: Folder, options: Options = DEFAULT_OPTIONS, exclude: Path | None = None) -> Analysis:
     """Load a sweep and reduce it in memory."""
     sweep = load_sweep(sweep_dir, exclude=exclude)
     auc = auc_table(sweep.fits, sweep.members, options.psnr_cap)
@@ -101,10 +97,8 @@ def remove_stale_figures(figures_dir: Path, written: list[Path], patterns: tuple
     """Drop the figures in a folder that this run did not draw (a cell no longer in the sweep, a capped box plot
     without a cap), so that a folder never mixes two analyses."""
     keep = {path.resolve() for path in written}
-    for pattern in patterns:
-        for path in figures_dir.glob(pattern):
-            if path.resolve() not in keep:
-                path.unlink()
+    for path in [p for pattern in patterns for p in figures_dir.glob(pattern) if p.resolve() not in keep]:
+        path.unlink()
 
 
 def write_figures(analysis: Analysis, figures_dir: Path) -> list[Path]:
@@ -119,10 +113,8 @@ def write_figures(analysis: Analysis, figures_dir: Path) -> list[Path]:
         fig = plot_auc_boxplot(auc, palette, "auc_capped", f"AUC with PSNR capped at {cap:g} dB")
         written.append(write_figure(fig, figures_dir / "auc_capped_boxplot.png"))
     for m in measures_in(auc.columns) if len(stats) else []:
-        written.append(
-            write_figure(plot_paired_stats(stats, palette, m), figures_dir / f"paired_differences{m.suffix}.png")
-        )
-
+        fig = plot_paired_stats(stats, palette, m)
+        written.append(write_figure(fig, figures_dir / f"paired_differences{m.suffix}.png"))
     keys, study = group_keys(auc), study_columns(auc)
     triples = by(auc, keys)["triple"].nunique()
     curves = dict(tuple(by(analysis.curves, keys)))
@@ -145,17 +137,13 @@ def write_figures(analysis: Analysis, figures_dir: Path) -> list[Path]:
         except AnalysisError as exc:  # a reconstruction grid is a nicety: skip it, keep the analysis
             warnings.warn(f"skipping reconstruction figure: {exc}", stacklevel=2)
             continue
-        written.append(
-            write_figure(plot_recon(recon, palette, protocol=shown, keys=text), figures_dir / f"recon_{stem}.png")
-        )
+        fig = plot_recon(recon, palette, protocol=shown, keys=text)
+        written.append(write_figure(fig, figures_dir / f"recon_{stem}.png"))
     return written
 
 
-def analyze(
-    sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None, options: Options = DEFAULT_OPTIONS
-) -> dict[str, Path]:
+def analyze(sweep_dir: Folder, out: Folder | None = None, options: Options = DEFAULT_OPTIONS) -> dict[str, Path]:
     """Analyse a sweep folder and write its files; returns {path relative to out: path} of every file written.
-
     All or nothing: the files are written into a fresh folder beside `out`, which then takes `out`'s place, so a
     failure (a damaged recon.npz, a full disk, Ctrl-C) leaves the previous analysis whole. Files of the previous
     folder that the analysis does not write (an executed analysis.ipynb, notes) are carried over.
@@ -177,13 +165,9 @@ def analyze(
 def _write_all(analysis: Analysis, out: Path) -> list[Path]:
     auc, jobs, root = analysis.auc, analysis.sweep.jobs, analysis.sweep.root
     jobs = jobs.assign(folder=[Path(f).relative_to(root).as_posix() for f in jobs["folder"]])
-    written = [
-        write_parquet(analysis.curves, out / schema.CURVES_FILE),
-        write_parquet(auc, out / AUC_FILE),
-        atomic_write(out / schema.AUC_CSV_FILE, lambda tmp: auc.to_csv(tmp, index=False)),
-        write_parquet(analysis.stats, out / STATS_FILE),
-        write_parquet(jobs, out / JOBS_FILE),
-    ]
+    tables = {schema.CURVES_FILE: analysis.curves, AUC_FILE: auc, STATS_FILE: analysis.stats, JOBS_FILE: jobs}
+    written = [write_parquet(frame, out / name) for name, frame in tables.items()]
+    written.append(atomic_write(out / schema.AUC_CSV_FILE, lambda tmp: auc.to_csv(tmp, index=False)))
     written += write_figures(analysis, out / schema.FIGURES_DIR)
     written.append(write_text(summary_markdown(analysis), out / schema.SUMMARY_FILE))
     return written
@@ -202,8 +186,7 @@ def _swap_in(fresh: Path, out: Path, written: list[Path]) -> None:
         if path.is_file() and rel not in produced and not stale:
             (fresh / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, fresh / rel)
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
+    os.replace(out, old := out.with_name(f".{out.name}.old-{os.getpid()}"))
     os.replace(fresh, out)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -217,16 +200,13 @@ def check_layout(out: Path, root: Path) -> None:
     except (OSError, pa.ArrowException) as exc:
         raise AnalysisError(f"{out / STATS_FILE}: not a readable analysis ({one_line(exc)}); {again}") from None
     if "measure" not in names or not (out / JOBS_FILE).is_file():
-        raise AnalysisError(
-            f"{out}: an analysis in an older layout (stats.parquet one row per cell and scheme); {again}"
-        )
+        raise AnalysisError(f"{out}: an analysis in an older layout (stats.parquet a row per cell and scheme); {again}")
 
 
-def read_analysis(out: str | os.PathLike, root: str | os.PathLike | None = None) -> Analysis:
+def read_analysis(out: Folder, root: Folder | None = None) -> Analysis:
     """An analysis folder read back (`root`: its sweep, default the folder above it), scheme and protocol ordered
     categoricals; AnalysisError, in one line, for a folder without an analysis or one in an older layout."""
-    out = Path(out)
-    root = out.parent if root is None else Path(root)
+    out, root = Path(out), Path(out).parent if root is None else Path(root)
     if not (out / STATS_FILE).is_file():
         raise AnalysisError(f"{out}: no {STATS_FILE}: run `python -m prefit.analyze {root}` first")
     check_layout(out, root)
@@ -236,12 +216,9 @@ def read_analysis(out: str | os.PathLike, root: str | os.PathLike | None = None)
         raise AnalysisError(f"{out}: not a readable analysis ({one_line(exc)})") from None
     jobs["folder"] = [root / folder for folder in jobs["folder"]]
     runs = {folder: read_run(folder / RUN_FILE) for folder in jobs["folder"]}
-    if len(stats):
-        cap = stats["psnr_cap"].iloc[0]
-        options = Options(None if pd.isna(cap) else float(cap), str(stats["ci_method"].iloc[0]))
-    else:
-        options = Options(DEFAULT_OPTIONS.psnr_cap if "auc_capped" in auc.columns else None)
-    return Analysis(Sweep(root, jobs, runs), curves, auc, stats, options)
+    cap = stats["psnr_cap"].iloc[0] if len(stats) else DEFAULT_OPTIONS.psnr_cap if "auc_capped" in auc else np.nan
+    method = str(stats["ci_method"].iloc[0]) if len(stats) else CI_METHODS[0]
+    return Analysis(Sweep(root, jobs, runs), curves, auc, stats, Options(None if pd.isna(cap) else float(cap), method))
 
 
 def is_current(root: Path, out: Path, options: Options) -> bool:
@@ -259,12 +236,11 @@ def is_current(root: Path, out: Path, options: Options) -> bool:
     stats = pd.read_parquet(out / STATS_FILE, columns=["psnr_cap", "ci_method"])
     cap = stats["psnr_cap"].isna() if options.psnr_cap is None else stats["psnr_cap"] == options.psnr_cap
     capped = "auc_capped" in pq.read_schema(out / AUC_FILE).names
-    return capped == (options.psnr_cap is not None) and bool(
-        cap.all() and (stats["ci_method"] == options.ci_method).all()
-    )
+    same = cap.all() and (stats["ci_method"] == options.ci_method).all()
+    return bool(same) and capped == (options.psnr_cap is not None)
 
 
-def load_analysis(sweep_dir: str | os.PathLike, options: Options = DEFAULT_OPTIONS) -> Analysis:
+def load_analysis(sweep_dir: Folder, options: Options = DEFAULT_OPTIONS) -> Analysis:
     """A sweep's analysis as SWEEP/analysis holds it, analysed first (`analyze`, with `options`) when that folder is
     missing, older than a job's files, made from other jobs or with other options. An analysis in an older layout
     is refused in one line (`check_layout`)."""

@@ -1,17 +1,11 @@
 """The protocol report: the same cells run under the chained and the independent protocol, side by side.
 
-    python -m prefit.report --independent SWEEP_I --chained SWEEP_C [--out docs/findings.md] [--robust SWEEP_R]
-        [--resolution SWEEP_S] [--psnr-cap DB] [--ci-method METHOD]
-
 The original study's code aliased its "initial" weights (docs/protocol.md), so its schemes ran as one chain per
-triple (`protocol=chained`); `prefit` runs the study as stated (`protocol=independent`). From the analysis of one
-sweep of each (`load_analysis`) this report writes a markdown file (templates/protocol.md.j2) with its figures in a
-folder named after it (`docs/findings.md` -> `docs/findings/`): which cells of the full grid it covers, whether the
-sweeps hold the same triples, every scheme's verdicts against random under both protocols, what changes in the
-original's conclusion, the paired differences, the AUC box plots, each cell's curves and the runs. `--robust` (a
-rerun of some cells that differs only in arithmetic) adds a robustness section and the full robustness report
-(`findings/robustness_<protocol>.md`); `--resolution` (some cells at several `dataset.resolution`) a resolution
-section.
+triple (`protocol=chained`); `prefit` runs the study as stated (`protocol=independent`). From the analyses of one
+sweep of each, a markdown file (templates/protocol.md.j2) and its figures in a folder named after it: the cells of
+the full grid covered, whether the triples match, every verdict under both protocols, what changes in the
+original's conclusion, the paired differences, box plots, curves and runs; with `robust` a robustness section
+(and the full robustness reports), with `resolution` a resolution section.
 """
 
 from __future__ import annotations
@@ -25,31 +19,14 @@ import pandas as pd
 from prefit.schema import BASELINE, GRID_HFS, GRID_HLS, PROTOCOL_ORDER, cell_label, cell_stem
 
 from . import resolution as resolutions
-from . import robustness
+from . import robustness, tables
 from .figures import plot_auc_boxplot, plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
-from .groups import categorize, cell_order, cells_of, present, study_columns, study_texts
-from .load import AnalysisError, job_info, span
-from .pipeline import (
-    DEFAULT_OPTIONS,
-    Analysis,
-    Options,
-    load_analysis,
-    remove_stale_figures,
-    write_text,
-)
-from .reduce import Measure, cell_flags, measures_in
+from .groups import categorize, cell_order, cells_of, of_cell, present, study_columns, study_texts
+from .load import AnalysisError, Folder, job_info, span
+from .pipeline import DEFAULT_OPTIONS, Analysis, load_analysis, remove_stale_figures, write_text
+from .reduce import Measure, measures_in
 from .stats import ALPHA
-from .tables import (
-    CI_NAMES,
-    compare_markdown,
-    count_table,
-    duration,
-    markdown_table,
-    measure_sections,
-    render,
-    threshold_markdown,
-    verdict_table,
-)
+from .tables import CI_NAMES, duration, flagged_cells, markdown_table, render
 
 INDEPENDENT, CHAINED = PROTOCOL_ORDER
 FOCUS = "other_class"  # the scheme of the original's conclusion
@@ -68,18 +45,12 @@ def presentation(original_first: bool = True) -> list[str]:
 def coverage(cells: Sequence[tuple[int, int]]) -> dict[str, object]:
     """Which cells of the full grid (prefit.schema.GRID_HLS x GRID_HFS) the report covers, and which it does not."""
     grid = cell_order((h, f) for h in GRID_HLS for f in GRID_HFS)
-    return {
-        "n_grid": len(grid),
-        "grid": f"hls {span(GRID_HLS)} x hfs {span(GRID_HFS)}",
-        "in_grid": [c for c in cells if c in grid],
-        "outside": [c for c in cells if c not in grid],
-        "missing": [c for c in grid if c not in cells],
-    }
+    found = {"in_grid": [c for c in cells if c in grid], "outside": [c for c in cells if c not in grid]}
+    found |= {"n_grid": len(grid), "grid": f"hls {span(GRID_HLS)} x hfs {span(GRID_HFS)}"}
+    return found | {"missing": [c for c in grid if c not in cells]}
 
 
-def conclusion(
-    stats: pd.DataFrame, cells: list[tuple[int, int]], measures: Sequence[Measure], presented: Sequence[str]
-) -> dict[str, object]:
+def conclusion(stats: pd.DataFrame, cells: list[tuple[int, int]], measures: list[Measure], presented: list) -> dict:
     """What the paired statistics of both protocols say about the original's claim on the common cells: by the
     lead measure (the first of `measures`) in the smallest cell(s) and over all cells, then by the others."""
     lead = measures[0]
@@ -94,25 +65,18 @@ def conclusion(
 
     def tally(scheme: str, m: Measure) -> dict[str, dict[str, int]]:
         part = stats[(stats["scheme"] == scheme) & (stats["measure"] == m.name)]
-        return {
-            p: {v: int((part[part["protocol"] == p]["verdict"] == v).sum()) for v in ("beats", "worse")}
-            for p in presented
-        }
+        counts = {p: part[part["protocol"] == p]["verdict"] for p in presented}
+        return {p: {v: int((verdicts == v).sum()) for v in ("beats", "worse")} for p, verdicts in counts.items()}
 
     smallest = [c for c in cells if c[0] * c[1] == cells[0][0] * cells[0][1]]
     lead_verdicts = {p: verdicts(p, smallest) for p in presented}
     result["smallest_names"] = " and ".join(cell_label(*c) for c in smallest)
     result["in_smallest"] = f"in the smallest cell{'s' if len(smallest) > 1 else ''} ({result['smallest_names']})"
-    result["smallest"] = [
-        {
-            "cell": c,
-            "sides": [
-                {"protocol": p, "row": rows.get((p, *c, FOCUS, lead.name)), "verdict": lead_verdicts[p][i]}
-                for p in presented
-            ],
-        }
+    sides = [
+        [{"protocol": p, "row": rows.get((p, *c, FOCUS, lead.name)), "verdict": v[i]} for p, v in lead_verdicts.items()]
         for i, c in enumerate(smallest)
     ]
+    result["smallest"] = [{"cell": c, "sides": s} for c, s in zip(smallest, sides)]
     n_used = [int(s["row"]["n"]) for c in result["smallest"] for s in c["sides"] if s["row"] is not None]
     result["few"] = min(n_used) if n_used and 2.0 / 2 ** min(n_used) >= ALPHA else None
     result["min_p"] = 2.0 / 2 ** min(n_used) if n_used else None
@@ -123,9 +87,8 @@ def conclusion(
         if len(part) and len(cells) > 1:
             top = part.loc[part["delta"].idxmax() if lead.higher_is_better else part["delta"].idxmin()]
             cell = (int(top["hls"]), int(top["hfs"]))
-            result["largest"].append(
-                {"protocol": p, "cell": cell, "smallest": cell in smallest, "rank": cells.index(cell) + 1}
-            )
+            largest = {"protocol": p, "cell": cell, "smallest": cell in smallest}
+            result["largest"].append(largest | {"rank": cells.index(cell) + 1})
     yes = {p: all(v == "beats" for v in lead_verdicts[p]) for p in presented}
     if yes[CHAINED] and not yes[INDEPENDENT]:
         result["case"] = "only_chained"
@@ -139,16 +102,13 @@ def conclusion(
     result["independent_verdict"] = lead_verdicts[INDEPENDENT][0]
     others = [s for s in present(stats["scheme"]) if s not in (FOCUS, BASELINE)]
     result["others"] = [{"scheme": s, "tally": tally(s, lead)} for s in others]
-    result["by_measure"] = [
-        {"measure": m, "tally": tally(FOCUS, m), "smallest": {p: verdicts(p, smallest, m) for p in presented}}
-        for m in measures[1:]
-    ]
+    smallest_by = {m.name: {p: verdicts(p, smallest, m) for p in presented} for m in measures}
+    result["by_measure"] = [{"measure": m, "tally": tally(FOCUS, m), "smallest": smallest_by[m.name]} for m in measures]
+    del result["by_measure"][0]  # the lead measure's are above
     return result
 
 
-def conclusion_markdown(
-    stats: pd.DataFrame, cells: list[tuple[int, int]], measures: Sequence[Measure], presented: Sequence[str]
-) -> str:
+def conclusion_markdown(stats: pd.DataFrame, cells: list[tuple[int, int]], measures: list, presented: list) -> str:
     """The section "What changes in the conclusion", worded by templates/conclusion.md.j2."""
     c = conclusion(stats, cells, measures, presented)
     return render("conclusion.md.j2", c=c, presented=presented, common=cells)
@@ -159,40 +119,28 @@ def refuse_study_keys(run: Analysis) -> None:
     is refused in one line rather than matched by cell and study keys, which it does not do."""
     if study_columns(run.auc):
         shown = "; ".join(v or "(none)" for v in study_texts(run.auc))
-        raise AnalysisError(
-            f"{run.sweep.root}: its jobs differ in more than hls, hfs and protocol ({shown}); the protocol report "
-            "compares sweeps of one study: give it such sweeps, or analyse this one with python -m prefit.analyze"
-        )
+        what = "the protocol report compares sweeps of one study: give it such sweeps, or analyse this one alone"
+        raise AnalysisError(f"{run.sweep.root}: its jobs differ in more than hls, hfs and protocol ({shown}); {what}")
 
 
 def runs_markdown(runs: dict[str, Analysis], common: Sequence[tuple[int, int]]) -> str:
     """Per sweep its cells, triples, epochs, jobs and time; per common cell the triples, epochs and time of each."""
-    jobs = {p: job_info(r.sweep) for p, r in runs.items()}
+    jobs, rows = {p: job_info(r.sweep) for p, r in runs.items()}, []
     header = ["protocol", "sweep", "cells", "triples per cell", "epochs per fit", "schemes", "jobs (complete)"]
-    rows = []
-    for p, run in runs.items():
-        j, cells = jobs[p], run.auc.groupby(["hls", "hfs"])
-        missing = int(j["wall_s"].isna().sum())
+    for (p, run), j in zip(runs.items(), jobs.values()):
+        cells, missing = run.auc.groupby(["hls", "hfs"]), int(j["wall_s"].isna().sum())
         time = duration(float(j["wall_s"].sum())) + (f" ({missing} job(s) without wall_s)" if missing else "")
-        rows.append(
-            [p, f"`{run.sweep.root}`", cells.ngroups, span(cells["triple"].nunique()), span(run.auc["n_epochs"])]
-        )
-        rows[-1] += [
-            ", ".join(present(run.auc["scheme"])),
-            f"{len(j)} ({int((j['status'] == 'complete').sum())})",
-            time,
-        ]
-        rows[-1].append(", ".join(sorted(set(j["device"]))) or "—")
+        done = f"{len(j)} ({int((j['status'] == 'complete').sum())})"
+        triples = span(cells["triple"].nunique())
+        rows.append([p, f"`{run.sweep.root}`", cells.ngroups, triples, span(run.auc["n_epochs"])])
+        rows[-1] += [", ".join(present(run.auc["scheme"])), done, time, ", ".join(sorted(set(j["device"]))) or "—"]
     table = markdown_table([*header, "time (sum of wall_s)", "device(s)"], rows)
-    header = ["cell"] + [f"{k} ({p})" for k in ("triples", "epochs", "time") for p in runs]
-    rows = []
-    for hls, hfs in common:
-        auc = [r.auc[(r.auc["hls"] == hls) & (r.auc["hfs"] == hfs)] for r in runs.values()]
-        times = [j[(j["hls"] == hls) & (j["hfs"] == hfs)]["wall_s"] for j in jobs.values()]
+    header, rows = ["cell"] + [f"{k} ({p})" for k in ("triples", "epochs", "time") for p in runs], []
+    for cell in common:
+        auc, times = [of_cell(r.auc, cell) for r in runs.values()], [of_cell(j, cell)["wall_s"] for j in jobs.values()]
         time = [duration(float(t.sum())) if len(t) and t.notna().all() else "—" for t in times]
-        rows.append(
-            [cell_label(hls, hfs), *(a["triple"].nunique() for a in auc), *(span(a["n_epochs"]) for a in auc), *time]
-        )
+        triples, epochs = [a["triple"].nunique() for a in auc], [span(a["n_epochs"]) for a in auc]
+        rows.append([cell_label(*cell), *triples, *epochs, *time])
     note = "Time is the sum over jobs of `wall_s` in each job's `run.json` (jobs may have run in parallel)."
     return f"{table}\n\n{note}\n\n{markdown_table(header, rows)}"
 
@@ -208,27 +156,19 @@ def protocol_link(out: Path) -> str:
     return "`docs/protocol.md`"
 
 
-def default_report(independent: str | os.PathLike) -> Path:
+def default_report(independent: Folder) -> Path:
     """Where the report goes when no --out is given: beside the sweeps, never into the tracked docs/."""
     return Path(independent).resolve().parent / DEFAULT_NAME
 
 
-def write_report(
-    independent: str | os.PathLike,
-    chained: str | os.PathLike,
-    out: str | os.PathLike | None = None,
-    options: Options = DEFAULT_OPTIONS,
-    robust: str | os.PathLike | None = None,
-    resolution: str | os.PathLike | None = None,
-    original_first: bool = True,
-) -> dict[str, Path]:
+def write_report(independent: Folder, chained: Folder, out=None, options=DEFAULT_OPTIONS, robust=None, resolution=None):
     """Read both sweeps' analyses (and the robust and resolution ones) and write the report and its figures;
     returns {name: path} of every file written, names relative to the report's folder."""
     out = default_report(independent) if out is None else Path(out)
     figures_dir = out.with_suffix("")
     if figures_dir == out:
         raise AnalysisError(f"{out}: the report's name needs a suffix (e.g. findings.md), its figures go beside it")
-    presented = presentation(original_first)
+    presented = presentation()
     sources = {INDEPENDENT: independent, CHAINED: chained}
     runs = {p: load_analysis(sources[p], options).of_protocol(p) for p in presented}
     for run in runs.values():
@@ -243,32 +183,28 @@ def write_report(
         frame = getattr(run, name)
         return frame[[(h, f) in common for h, f in zip(frame["hls"], frame["hfs"])]]
 
-    stats, auc = (
-        categorize(pd.concat([in_common(runs[p], n) for p in presented], ignore_index=True), presented)
-        for n in ("stats", "auc")
-    )
+    frames = {n: pd.concat([in_common(runs[p], n) for p in presented], ignore_index=True) for n in ("stats", "auc")}
+    stats, auc = (categorize(frame, presented) for frame in frames.values())
     measures, palette = measures_in(auc.columns), scheme_palette(auc["scheme"].unique())
     written: list[Path] = []
 
-    def figure(fig: object, name: str) -> str:
+    def link_figure(fig: object, name: str) -> str:
         written.append(write_figure(fig, figures_dir / name))
         return _link(written[-1], out.parent)
 
-    boxes = {
-        m: figure(plot_auc_boxplot(auc, palette, m), f"{m}_boxplot.png") for m in ("auc_capped", "auc") if m in auc
-    }
-    sections = measure_sections(stats, measures)
+    drawn = [m for m in ("auc_capped", "auc") if m in auc]
+    boxes = {m: link_figure(plot_auc_boxplot(auc, palette, m), f"{m}_boxplot.png") for m in drawn}
+    sections = tables.measure_sections(stats, measures)
     for section in sections:
         m = section["measure"]
-        section["figure"] = figure(plot_paired_stats(stats, palette, m), f"paired_differences{m.suffix}.png")
-        section["table"] = compare_markdown(stats, m, "protocol", presented)
+        section["figure"] = link_figure(plot_paired_stats(stats, palette, m), f"paired_differences{m.suffix}.png")
+        section["table"] = tables.compare_markdown(stats, m, "protocol", presented)
     curves = []
-    for hls, hfs in common:
-        frames = {p: r.curves[(r.curves["hls"] == hls) & (r.curves["hfs"] == hfs)] for p, r in runs.items()}
-        triples = {p: r.auc[(r.auc["hls"] == hls) & (r.auc["hfs"] == hfs)]["triple"].nunique() for p, r in runs.items()}
-        fig = plot_cell_pair(frames, hls, hfs, triples, palette, options.psnr_cap)
-        curves.append({"cell": (hls, hfs), "link": figure(fig, f"psnr_{cell_stem(hls, hfs)}.png")})
-
+    for cell in common:
+        frames = {p: of_cell(r.curves, cell) for p, r in runs.items()}
+        triples = {p: of_cell(r.auc, cell)["triple"].nunique() for p, r in runs.items()}
+        fig = plot_cell_pair(frames, *cell, triples, palette, options.psnr_cap)
+        curves.append({"cell": cell, "link": link_figure(fig, f"psnr_{cell_stem(*cell)}.png")})
     robust_sections = []
     if robust is not None:
         other = load_analysis(robust, options)
@@ -278,18 +214,15 @@ def write_report(
             written += files.values()
             link = _link(files[f"robustness_{p}.png"], out.parent)
             report = {"protocol": p, "report": _link(files[f"robustness_{p}.md"], out.parent)}
-            robust_sections.append(report | robustness.context(comparison, link, options))
+            robust_sections.append(report | robustness.comparison_context(comparison, link, options))
         if not robust_sections:
             raise AnalysisError(f"{robust}: holds neither protocol of the report's sweeps")
-
     resolution_section = None
     if resolution is not None:
         by_side = resolutions.split_by_resolution(load_analysis(resolution, options))
-        resolution_section, files = resolutions.context(by_side, figures_dir, out.parent)
+        resolution_section, files = resolutions.resolution_context(by_side, figures_dir, out.parent)
         written += files
-
     check = robustness.compare_triples(runs[presented[0]].auc, runs[presented[1]].auc, common, ["hls", "hfs"])
-    flags = cell_flags(auc)
     context = {
         "ci_name": CI_NAMES[options.ci_method],
         "presented": presented,
@@ -302,13 +235,13 @@ def write_report(
         "protocol_link": protocol_link(out),
         "check": robustness.triples_text(check, ["hls", "hfs"]),
         "measures": measures,
-        "verdicts": verdict_table(stats, measures, "protocol", presented),
-        "counts": count_table(stats, measures, "protocol", presented),
+        "verdicts": tables.verdict_table(stats, measures, "protocol", presented),
+        "counts": tables.count_table(stats, measures, "protocol", presented),
         "conclusion": conclusion_markdown(stats, common, measures, presented),
-        "flagged": int(flags["flag_raw_auc"].sum()),
+        "flagged": len(flagged_cells(auc)),
         "sections": sections,
         "boxes": boxes,
-        "means": threshold_markdown(auc, flags),
+        "means": tables.threshold_markdown(auc),
         "curves": curves,
         "robust": robust_sections,
         "robust_root": robust,

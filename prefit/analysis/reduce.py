@@ -103,7 +103,6 @@ def auc_table(fits: pd.DataFrame, members: pd.DataFrame, psnr_cap: float | None)
         rec["diverged"] = bool(np.isnan(psnr).any() or np.isneginf(psnr).any())
         rec["saturated"] = bool(np.isposinf(psnr).any())
         records.append(rec)
-
     auc = pd.DataFrame.from_records(records).astype({threshold_column(db): "Int64" for db in thresholds})
     auc = auc.astype({k: fits[k].dtype for k in keys})
     auc = auc.merge(members, on=keys, how="left", validate="one_to_one")

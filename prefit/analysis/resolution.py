@@ -1,14 +1,8 @@
-"""The resolution report: the same cells fit at two (or more) image sizes, everything else equal.
-
-    python -m prefit.report resolution SWEEP [--out FILE] [--psnr-cap DB] [--ci-method METHOD]
-
-SWEEP is one sweep whose jobs differ only in their cell and `dataset.resolution` (for example
-`dataset.resolution=32,64` over `model.hfs=32,64,128` on the same `image_dir` folder), so that its one study key
-is the resolution (the `dataset.resolution` column of its analysis). At 32 x 32 a SIREN of 3 x 128 has over ten
-times more weights than the image has values; at 64 x 64 three times: whether pre-fitting helps may depend on how
-hard the image is for the network, and this report sets the verdicts side by side per resolution, with how hard
-each fit was (the random start's final PSNR, weights per image value) and what each job cost. The protocol report
-includes the same section with `--resolution SWEEP` (docs/findings.md).
+"""The resolution report: the same cells fit at several image sizes (a sweep whose one study key is
+`dataset.resolution`, e.g. `dataset.resolution=32,64` over `model.hfs=32,64,128`), everything else equal. Whether
+pre-fitting helps may depend on how hard an image is for the network, so the verdicts stand side by side per
+resolution, with how hard each fit was (the random start's final PSNR, weights per image value) and what each job
+cost. The protocol report includes the same section (`--resolution`).
 """
 
 from __future__ import annotations
@@ -25,9 +19,9 @@ from prefit.records import interval, span_s
 from prefit.schema import BASELINE, cell_label, cell_stem
 
 from .figures import plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
-from .groups import cells_of, present, study_columns
-from .load import AnalysisError, span
-from .pipeline import DEFAULT_OPTIONS, Analysis, Options, load_analysis, write_text
+from .groups import cells_of, of_cell, present, study_columns
+from .load import AnalysisError, Folder, job_info, span
+from .pipeline import DEFAULT_OPTIONS, Analysis, load_analysis, write_text
 from .reduce import measures_in
 from .tables import CI_NAMES, count_table, duration, markdown_table, render, verdict_counts, verdict_table, verdict_text
 
@@ -60,15 +54,10 @@ def split_by_resolution(run: Analysis) -> ByResolution:
     """The sweep's study key read as the resolution; a sweep that varies anything else is refused in one line."""
     study = study_columns(run.auc)
     if not study:
-        raise AnalysisError(
-            f"{run.sweep.root}: its jobs do not differ in {KEY}; run the cells at two resolutions "
-            f"in one sweep (e.g. {KEY}=32,64)"
-        )
+        raise AnalysisError(f"{run.sweep.root}: its jobs do not differ in {KEY}; run the cells at two in one sweep")
     if study != [KEY] or run.auc[KEY].isna().any():
-        raise AnalysisError(
-            f"{run.sweep.root}: its jobs differ in more than the cell and {KEY} (study keys: {', '.join(study)}; "
-            "or a job without a recorded study); the resolution report compares one study at several resolutions"
-        )
+        why = f"study keys: {', '.join(study)}; or a job without a recorded study"
+        raise AnalysisError(f"{run.sweep.root}: its jobs differ in more than the cell and {KEY} ({why})")
     if run.auc["protocol"].nunique() > 1:
         raise AnalysisError(f"{run.sweep.root}: holds more than one protocol; give the report one")
 
@@ -105,9 +94,8 @@ def lead_table(curves: pd.DataFrame, labels: list[str]) -> str:
     start's (the last epoch it leads), and the gap of the means at the last epoch. `curves`: curves.parquet rows
     with the resolution column."""
     schemes = [s for s in present(curves["scheme"]) if s != BASELINE]
-    header = ["cell", "scheme"] + [
-        f"{k} ({label})" for label in labels for k in ("leads random until epoch", "final gap, dB")
-    ]
+    names = ("leads random until epoch", "final gap, dB")
+    header = ["cell", "scheme"] + [f"{k} ({label})" for label in labels for k in names]
     rows = []
     for hls, hfs in cells_of(curves):
         for scheme in schemes:
@@ -127,29 +115,16 @@ def lead_table(curves: pd.DataFrame, labels: list[str]) -> str:
 
 
 def jobs_table(data: ByResolution) -> tuple[str, float, list[str]]:
-    """One row per job (cell, resolution, wall time, device); the summed wall time; the devices."""
-    sweep = data.run.sweep
-    rows, total, devices = [], 0.0, set()
-    for job in sorted(sweep.jobs.to_dict("records"), key=lambda j: (j["hls"], j["hfs"], str(j["folder"]))):
-        info = sweep.runs.get(job["folder"]) or {}
-        side = info.get("resolution") or ((info.get("study") or {}).get("dataset") or {}).get("resolution")
-        wall = info.get("wall_s")
-        total += float(wall) if isinstance(wall, (int, float)) else 0.0
-        device = str(info.get("device", "?")) + (f" ({info['device_name']})" if info.get("device_name") else "")
-        devices.add(device)
-        wall_text = f"{wall:,.0f} s" if isinstance(wall, (int, float)) else "—"
-        rows.append(
-            [
-                cell_label(job["hls"], job["hfs"]),
-                side_label(int(side)) if side else "?",
-                wall_text,
-                info.get("threads", "—"),
-                device,
-                info.get("members", "—"),
-            ]
-        )
-    header = ["cell", "resolution", "wall time", "threads", "device", "members"]
-    return markdown_table(header, rows), total, sorted(devices)
+    """One row per job (cell, resolution, wall time, threads, device, members); the summed wall time; the devices."""
+    jobs = job_info(data.run.sweep)
+    jobs = jobs.assign(_folder=jobs["folder"].astype(str)).sort_values(["hls", "hfs", "_folder"]).to_dict("records")
+    rows = []
+    for j in jobs:
+        wall = "—" if pd.isna(j["wall_s"]) else f"{j['wall_s']:,.0f} s"
+        rows.append([cell_label(j["hls"], j["hfs"]), side_label(int(j[KEY])), wall, j["threads"], j["device_name"]])
+        rows[-1].append(j["members"])
+    table = markdown_table(["cell", "resolution", "wall time", "threads", "device", "members"], rows)
+    return table, float(np.nansum([j["wall_s"] for j in jobs])), sorted({j["device_name"] for j in jobs})
 
 
 def verdict_changes(data: ByResolution) -> list[str]:
@@ -178,29 +153,25 @@ def sweep_span(data: ByResolution) -> float | None:
     return span_s(times) if times else None
 
 
-def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dict[str, object], list[Path]]:
+def resolution_context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dict[str, object], list[Path]]:
     """What templates/_resolution.md.j2 needs, and the figures written for it."""
     run, measures, stats, auc = data.run, measures_in(data.auc.columns), data.stats, data.auc
     palette = scheme_palette(auc["scheme"].unique())
     written, figures, links = [], {}, []
 
-    def figure(fig: object, name: str) -> str:
+    def save_figure(fig: object, name: str) -> str:
         written.append(write_figure(fig, figures_dir / name))
         return Path(os.path.relpath(written[-1], link_base)).as_posix()
 
     for m in [m for m in measures if m.name in ("auc_capped", "epochs_to_30db")]:
-        figures[m.label] = figure(
-            plot_paired_stats(stats, palette, m, data.labels, column=BY), f"resolution_paired{m.suffix}.png"
-        )
+        fig = plot_paired_stats(stats, palette, m, data.labels, column=BY)
+        figures[m.label] = save_figure(fig, f"resolution_paired{m.suffix}.png")
     for hls, hfs in cells_of(auc):
-        here = {
-            k: data.curves[(data.curves["hls"] == hls) & (data.curves["hfs"] == hfs) & (data.curves[BY] == k)]
-            for k in data.labels
-        }
+        here = {k: of_cell(data.curves[data.curves[BY] == k], (hls, hfs)) for k in data.labels}
         fits = auc[(auc["hls"] == hls) & (auc["hfs"] == hfs)]
         triples = {k: fits[fits[BY] == k]["triple"].nunique() for k in data.labels}
         fig = plot_cell_pair(here, hls, hfs, triples, palette, run.options.psnr_cap, panel="{}")
-        links.append({"cell": (hls, hfs), "link": figure(fig, f"resolution_psnr_{cell_stem(hls, hfs)}.png")})
+        links.append({"cell": (hls, hfs), "link": save_figure(fig, f"resolution_psnr_{cell_stem(hls, hfs)}.png")})
     jobs, total, devices = jobs_table(data)
     return {
         "ci_name": CI_NAMES[run.options.ci_method],
@@ -228,11 +199,10 @@ def context(data: ByResolution, figures_dir: Path, link_base: Path) -> tuple[dic
     }, written
 
 
-def write_resolution_report(
-    sweep: str | os.PathLike, out: str | os.PathLike | None = None, options: Options = DEFAULT_OPTIONS
-) -> dict[str, Path]:
+def write_resolution_report(sweep: Folder, out: Folder | None = None, options=DEFAULT_OPTIONS) -> dict[str, Path]:
     """Read a resolution sweep's analysis and write its report (beside the sweep by default) with its figures."""
     out = Path(sweep).resolve().parent / DEFAULT_NAME if out is None else Path(out)
-    ctx, written = context(split_by_resolution(load_analysis(sweep, options)), out.with_suffix(""), out.parent)
+    data = split_by_resolution(load_analysis(sweep, options))
+    ctx, written = resolution_context(data, out.with_suffix(""), out.parent)
     written.append(write_text(render("resolution.md.j2", r=ctx), out))
     return {Path(os.path.relpath(p, out.parent)).as_posix(): p for p in written}

@@ -28,7 +28,7 @@ from prefit.schema import BASELINE
 
 from .figures import plot_robustness, write_figure
 from .groups import categorize, group_keys, group_label, groups, sort_table, study_columns
-from .load import AnalysisError
+from .load import AnalysisError, Folder
 from .pipeline import DEFAULT_OPTIONS, Analysis, Options, load_analysis, write_text
 from .reduce import MEASURE_BY_NAME, Measure, by, measure_values, measures_in
 from .stats import VERDICTS
@@ -99,11 +99,9 @@ def config_differences(a: Analysis, b: Analysis, cells: list[tuple], keys: list[
             run = analysis.sweep.runs.get(folder) or {}
             for key, value in (flatten(run.get("config", {})) | {"device (run.json)": run.get("device", "?")}).items():
                 values.setdefault(key, (set(), set()))[side].add(str(value))
-    return {
-        k: (", ".join(sorted(va)) or "—", ", ".join(sorted(vb)) or "—")
-        for k, (va, vb) in sorted(values.items())
-        if va != vb and k not in ignored and not k.startswith(("model.", "hydra."))
-    }
+    ignored |= {k for k in values if k.startswith(("model.", "hydra."))}  # the cell; Hydra's own
+    differ = {k: sides for k, sides in sorted(values.items()) if sides[0] != sides[1] and k not in ignored}
+    return {k: tuple(", ".join(sorted(side)) or "—" for side in sides) for k, sides in differ.items()}
 
 
 def plain(frame: pd.DataFrame, keys: list[str] = (), cells: list[tuple] | None = None) -> pd.DataFrame:
@@ -120,9 +118,8 @@ def fit_gaps(a: pd.DataFrame, b: pd.DataFrame, measures: list[Measure], keys: li
     both = plain(a).merge(plain(b), on=[*keys, "scheme", "triple"], suffixes=("_a", "_b"))
     parts = []
     for m in measures:
-        side = [
-            measure_values(both.rename(columns={f"{c}_{s}": c for c in (m.name, "n_epochs")}), m.name) for s in "ab"
-        ]
+        names = [{f"{c}_{s}": c for c in (m.name, "n_epochs")} for s in "ab"]
+        side = [measure_values(both.rename(columns=columns), m.name) for columns in names]
         with np.errstate(invalid="ignore"):
             gap = (side[0] - side[1]).abs()
         frame = both[[*keys, "scheme"]].assign(measure=m.name, gap=gap.where(np.isfinite(gap)))
@@ -141,18 +138,14 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
     everything = [tuple(g[k] for k in keys) for g in groups(categorize(pd.concat([plain(a.auc), plain(b.auc)])))]
     both = [c for c in everything if c in found[0] and c in found[1]]
     if not both:
-        raise AnalysisError(
-            f"no cell is in both sweeps ({a.sweep.root}: {_cells([c for c in everything if c in found[0]], keys)}; "
-            f"{b.sweep.root}: {_cells([c for c in everything if c in found[1]], keys)})"
-        )
+        each = [f"{x.sweep.root}: {_cells([c for c in everything if c in f], keys)}" for x, f in zip((a, b), found)]
+        raise AnalysisError(f"no cell is in both sweeps ({'; '.join(each)})")
     triples = compare_triples(a.auc, b.auc, both, keys)
     ok = same_triples(triples).tolist()
     cells = [c for c, good in zip(both, ok) if good]
     if not cells:
-        raise AnalysisError(
-            f"no cell of both sweeps holds the same triples (compared {_cells(both, keys)}: the target or "
-            "pre-fit images, or the triple numbers, differ)"
-        )
+        why = "the target or pre-fit images, or the triple numbers, differ"
+        raise AnalysisError(f"no cell of both sweeps holds the same triples (compared {_cells(both, keys)}: {why})")
     measures = [m for m in measures_in(a.auc.columns) if m.name in b.auc.columns]
     on = [*keys, "scheme", "measure"]
     side = [plain(x.stats, keys, cells)[[*on, *SIDE_COLUMNS]] for x in (a, b)]
@@ -164,18 +157,15 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
     table = sort_table(table).assign(_m=lambda t: t["measure"].map(rank))
     table = table.sort_values("_m", kind="stable").drop(columns="_m").reset_index(drop=True)
     only = ([c for c in everything if c in found[0] - found[1]], [c for c in everything if c in found[1] - found[0]])
-    mismatched = [c for c, good in zip(both, ok) if not good]
-    config = config_differences(a, b, cells, keys)
+    mismatched, config = [c for c, good in zip(both, ok) if not good], config_differences(a, b, cells, keys)
     return Comparison((a.sweep.root, b.sweep.root), keys, cells, only, mismatched, triples, table, measures, config)
 
 
 def _cells(cells: object, keys: list[str]) -> str:
     """Cells (values of `keys`) in a sentence: `2x32, 3x32`, the protocol named only when several."""
-    rows = [dict(zip(keys, c)) for c in cells]
+    rows, study = [dict(zip(keys, c)) for c in cells], study_columns(keys)
     several = len({r.get("protocol") for r in rows}) > 1
-    study = study_columns(keys)
-    text = [group_label(r, study) + (f" ({r['protocol']})" if several else "") for r in rows]
-    return ", ".join(text) or "none"
+    return ", ".join(group_label(r, study) + (f" ({r['protocol']})" if several else "") for r in rows) or "none"
 
 
 def agreement_table(comparison: Comparison) -> str:
@@ -203,31 +193,28 @@ def side_by_side(comparison: Comparison, measure: Measure, only_disagreements: b
         row = [group_label(r, study) + (f" ({r['protocol']})" if several else ""), r["scheme"]]
         for s in "ab":
             side = {k: r[f"{k}_{s}"] for k in SIDE_COLUMNS} | {"measure": measure.name}
-            row += [fmt_diff_ci(side) + flag_mark(side)]
-            row += [fmt_p(side["p"]), verdict_text(side, with_diff=False, mark=False)]
+            row += [fmt_diff_ci(side) + flag_mark(side), fmt_p(side["p"]), verdict_text(side, False, False)]
         rows.append(row + ["yes" if r["agree"] else "**no**", fmt(r["gap"])])
     return markdown_table(header + ["agree", "largest per-fit gap"], rows)
 
 
 def triples_text(check: pd.DataFrame, keys: list[str]) -> dict[str, object]:
     """What compare_triples found, for the templates: cells checked, triples per cell, the mismatched cells."""
-    gap = check["random_auc_max_gap"].dropna()
+    gap, odd = check["random_auc_max_gap"].dropna(), check[~same_triples(check)].to_dict("records")
     return {
         "n_both": len(check),
         "triples": ", ".join(sorted({str(int(v)) for v in check["common"]})),
         "prefit_compared": int(check["prefit_compared"].sum()),
         "random_gap": fmt(float(gap.max())) if len(gap) else None,
-        "mismatched": [
-            {"cell": _cells([tuple(r[k] for k in keys)], keys), **{c: int(r[c]) for c in TRIPLE_COUNTS}}
-            for r in check[~same_triples(check)].to_dict("records")
-        ],
+        "mismatched": [{"cell": _cells([tuple(r[k] for k in keys)], keys), **r} for r in odd],
     }
 
 
-def context(comparison: Comparison, figure: str | None, options: Options) -> dict[str, object]:
+def comparison_context(comparison: Comparison, figure: str | None, options: Options) -> dict[str, object]:
     """Everything robustness.md.j2 (and the protocol report's robustness section) places."""
     t, keys = comparison.table, comparison.keys
     lead = comparison.measures[0] if comparison.measures else MEASURE_BY_NAME["auc"]
+    disagree = [m for m in comparison.measures if not t[t["measure"] == m.name]["agree"].all()]
     return {
         "ci_name": CI_NAMES[options.ci_method],
         "roots": comparison.roots,
@@ -246,11 +233,7 @@ def context(comparison: Comparison, figure: str | None, options: Options) -> dic
         "lead": lead.label,
         "lead_agree": int(t[t["measure"] == lead.name]["agree"].sum()),
         "lead_compared": int((t["measure"] == lead.name).sum()),
-        "disagreements": [
-            {"label": m.label, "table": side_by_side(comparison, m, True)}
-            for m in comparison.measures
-            if not t[t["measure"] == m.name]["agree"].all()
-        ],
+        "disagreements": [{"label": m.label, "table": side_by_side(comparison, m, True)} for m in disagree],
         "tables": [{"label": m.label, "table": side_by_side(comparison, m)} for m in comparison.measures],
     }
 
@@ -270,17 +253,12 @@ def write_comparison(comparison: Comparison, out: Path, options: Options) -> dic
     if figure == out:
         raise AnalysisError(f"{out}: the report's name needs a suffix (e.g. robustness.md), its figure goes beside it")
     written = {figure.name: write_figure(plot_robustness(comparison.table, comparison.measures, NAMES), figure)}
-    r = context(comparison, figure.name, options)
+    r = comparison_context(comparison, figure.name, options)
     text = render("robustness.md.j2", ci_name=r["ci_name"], r=r)
     return written | {out.name: write_text(text, out)}
 
 
-def write_robustness_report(
-    sweep_a: str | os.PathLike,
-    sweep_b: str | os.PathLike,
-    out: str | os.PathLike | None = None,
-    options=DEFAULT_OPTIONS,
-) -> dict[str, Path]:
+def write_robustness_report(sweep_a: Folder, sweep_b: Folder, out: Folder | None = None, options=DEFAULT_OPTIONS):
     """Read both sweeps' analyses, compare them, and write the report (default: `default_out`) and its figure;
     returns {file name: path}."""
     out = Path(out) if out is not None else default_out(sweep_a, sweep_b)

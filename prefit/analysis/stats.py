@@ -55,15 +55,11 @@ def bootstrap_ci(diffs: Sequence[float], rng: np.random.Generator, method: str =
         return (np.nan, np.nan) if len(d) == 0 else (float(d[0]), float(d[0]))
     if method not in CI_METHODS:
         raise ValueError(f"ci method must be one of {', '.join(CI_METHODS)}, got {method!r}")
-    options = {
-        "n_resamples": BOOTSTRAP_RESAMPLES,
-        "confidence_level": CONFIDENCE,
-        "vectorized": True,
-        _RNG_KEYWORD: rng,
-    }
+    options = {"n_resamples": BOOTSTRAP_RESAMPLES, "confidence_level": CONFIDENCE, _RNG_KEYWORD: rng}
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")  # BCa on a handful of pairs may warn that it is degenerate
         options |= {"method": "BCa" if method == "bca" else "percentile", "batch": max(1, 4_000_000 // len(d))}
+        options["vectorized"] = True
         low, high = scipy_stats.bootstrap((d,), np.mean, **options).confidence_interval
     return float(low), float(high)
 
@@ -103,11 +99,8 @@ def stats_table(auc: pd.DataFrame, ci_method: str = CI_METHODS[0], psnr_cap: flo
             low, high = bootstrap_ci(d, group_rng(BOOTSTRAP_SEED, rng_key(row, study)), ci_method)
             p, delta = wilcoxon_p(d), float(d.mean()) if len(d) else np.nan
             verdict = verdict_of(len(d), low, high, p, m.higher_is_better)
-            counts = [
-                group["diverged"].sum(),
-                group["saturated"].sum(),
-                (group["unreached"] & group["diff"].notna()).sum(),
-            ]
+            unreached = (group["unreached"] & group["diff"].notna()).sum()
+            counts = [group["diverged"].sum(), group["saturated"].sum(), unreached]
             rows.append([*key, m.name, BASELINE, len(d), delta, low, high, p, verdict, *map(int, counts)])
     table = pd.DataFrame(rows, columns=[*keys, *STATS_COLUMNS, *COUNT_COLUMNS])
     floats = dict.fromkeys(["delta", "ci_low", "ci_high", "p"], "float64")

@@ -1,10 +1,7 @@
-"""Markdown tables of the analysis, built from its frames, and the Jinja2 templates (templates/*.md.j2) that place
-them: Python computes every number, table and verdict, a template only words them (`render`).
-
-Groups are labelled `2x32`, and with study keys `2x32 train.lr=0.0002` (prefit.analysis.groups). Numbers: AUCs
-with thousands separators, small values with 4 significant digits, p with 3 decimals, a dash for what is missing.
-Verdicts: **beats** and **worse** in bold, `unclear` plain; a raw AUC in a cell where a fit passes 100 dB carries
-RAW_FLAG.
+"""Markdown tables of the analysis and the Jinja2 templates (templates/*.md.j2) that word them (`render`): Python
+computes every number, table and verdict, a template only places them. Groups read `2x32` or `2x32 train.lr=0.0002`;
+AUCs with thousands separators, small values with 4 significant digits, p with 3 decimals, a dash for what is
+missing; **beats** and **worse** in bold; a raw AUC in a cell where a fit passes 100 dB carries RAW_FLAG.
 """
 
 from __future__ import annotations
@@ -20,41 +17,29 @@ import pandas as pd
 
 from prefit.schema import BASELINE, PSNR_FILE, RUN_FILE, cell_label
 
+from . import reduce
 from .groups import group_keys, group_label, groups, present, sort_table, study_columns, study_texts
 from .load import span
-from .reduce import (
-    MEASURE_BY_NAME,
-    QUANTISATION_PSNR_DB,
-    RAW_AUC_FLAG_DB,
-    Measure,
-    by,
-    cell_flags,
-    mean_table,
-    measures_in,
-    paired_differences,
-)
+from .reduce import MEASURE_BY_NAME, RAW_AUC_FLAG_DB, Measure, by, cell_flags, mean_table, measures_in
 from .stats import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 
 if TYPE_CHECKING:
     from .pipeline import Analysis
 
 RAW_FLAG = "†"
-RAW_FLAG_NOTE = (
-    f"{RAW_FLAG}: a fit in this cell passes {RAW_AUC_FLAG_DB:g} dB, far beyond what an 8-bit image shows "
-    "(58.9 dB): its raw AUC there mostly measures float precision; read the capped AUC."
-)
+RAW_FLAG_NOTE = f"{RAW_FLAG}: a fit in this cell passes {RAW_AUC_FLAG_DB:g} dB, far beyond what an 8-bit image shows "
+RAW_FLAG_NOTE += "(58.9 dB): its raw AUC there mostly measures float precision; read the capped AUC."
+CI_NAMES = {"percentile": "percentile", "bca": "bias-corrected and accelerated (BCa)"}
 Row = Mapping[str, object]
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """A GitHub-flavoured markdown table (no tabulate dependency)."""
 
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
+    def line(values: Iterable[object]) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in values) + " |"
 
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
 
 
 def fmt(value: float | None, sign: bool = False) -> str:
@@ -68,9 +53,7 @@ def fmt(value: float | None, sign: bool = False) -> str:
 
 def fmt_p(p: float | None) -> str:
     """A p-value for a table: 3 decimals, `<0.001` below that, a dash when there is none."""
-    if p is None or pd.isna(p):
-        return "—"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return "—" if p is None or pd.isna(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def fmt_diff_ci(row: Row) -> str:
@@ -82,21 +65,18 @@ def fmt_diff_ci(row: Row) -> str:
 
 def describe(row: Row | None) -> str:
     """`Δ = +1,234 [+567, +2,000], p = 0.012, n = 20`: one comparison in a sentence."""
-    if row is None:
-        return "no pairs"
-    return f"Δ = {fmt_diff_ci(row)}, p = {fmt_p(row['p'])}, n = {int(row['n'])}"
+    return "no pairs" if row is None else f"Δ = {fmt_diff_ci(row)}, p = {fmt_p(row['p'])}, n = {int(row['n'])}"
 
 
 def duration(seconds: float | None) -> str:
     """`4 min 00 s`: a run time, rounded once (239.7 s is 4 min 00 s, not 3 min 60 s)."""
     if seconds is None or not np.isfinite(seconds):
         return "—"
+    whole = round(seconds)
     if seconds < 60:
         return f"{seconds:.1f} s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+    minutes = f"{whole // 60} min {whole % 60:02d} s"
+    return minutes if whole < 3600 else f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def flag_mark(row: Row) -> str:
@@ -109,8 +89,7 @@ def verdict_text(row: Row | None, with_diff: bool = True, mark: bool = True) -> 
     if row is None or row["verdict"] == "no data":
         return "—"
     word = f"**{row['verdict']}**" if row["verdict"] in ("beats", "worse") else row["verdict"]
-    text = f"{word} ({fmt(row['delta'], sign=True)})" if with_diff else word
-    return text + (flag_mark(row) if mark else "")
+    return (f"{word} ({fmt(row['delta'], sign=True)})" if with_diff else word) + (flag_mark(row) if mark else "")
 
 
 def comparisons(stats: pd.DataFrame, column: str) -> tuple[list[tuple[str, str]], dict[tuple, Row]]:
@@ -118,7 +97,7 @@ def comparisons(stats: pd.DataFrame, column: str) -> tuple[list[tuple[str, str]]
     by (group label, scheme, measure, value of `column`)."""
     study = study_columns(stats)
     order = sort_table(stats.drop(columns="protocol").assign(_row=range(len(stats))))["_row"]
-    records = stats.iloc[order.to_numpy()].to_dict("records")
+    records = stats.iloc[order].to_dict("records")
     found = {(group_label(r, study), r["scheme"], r["measure"], r[column]): r for r in records}
     return list(dict.fromkeys(key[:2] for key in found)), found
 
@@ -129,8 +108,23 @@ def verdict_table(stats: pd.DataFrame, measures: Sequence[Measure], column: str 
     sides = present(stats[column]) if sides is None else list(sides)
     rows, found = comparisons(stats, column)
     header = ["cell", "scheme"] + [m.label + (f" ({s})" if len(sides) > 1 else "") for m in measures for s in sides]
-    body = [[*row, *(verdict_text(found.get((*row, m.name, s))) for m in measures for s in sides)] for row in rows]
-    return markdown_table(header, body)
+    cells = [[verdict_text(found.get((*r, m.name, s))) for m in measures for s in sides] for r in rows]
+    return markdown_table(header, [[*r, *c] for r, c in zip(rows, cells)])
+
+
+def compare_markdown(stats: pd.DataFrame, measure: Measure, column: str, sides: Sequence[str]) -> str:
+    """One measure's Δ [CI], p, n and verdict per cell and scheme, for each side (`column`) side by side."""
+    rows, found = comparisons(stats[stats["measure"] == measure.name], column)
+    names = (f"Δ {measure.label} [{CONFIDENCE:.0%} CI]", "p", "n", "verdict")
+    values = [[*r, *(v for s in sides for v in side_values(found.get((*r, measure.name, s))))] for r in rows]
+    return markdown_table(["cell", "scheme"] + [f"{name} ({s})" for s in sides for name in names], values)
+
+
+def side_values(row: Row | None) -> list:
+    """Δ [CI], p, n and verdict of one comparison (dashes without one)."""
+    if row is None:
+        return ["—"] * 4
+    return [fmt_diff_ci(row) + flag_mark(row), fmt_p(row["p"]), int(row["n"]), verdict_text(row, False)]
 
 
 def verdict_counts(stats: pd.DataFrame, measures: Sequence[Measure], column: str, sides: Sequence) -> list[dict]:
@@ -148,108 +142,85 @@ def count_table(stats: pd.DataFrame, measures: Sequence[Measure], column: str = 
     """Per scheme, measure and side: in how many cells it beats random and is worse (of those with pairs)."""
     sides = present(stats[column]) if sides is None else list(sides)
     of = "of cells and variants" if study_columns(stats) else "of cells"
-    header = ["scheme", "measure"] + [f"beats / worse ({s if len(sides) > 1 else of})" for s in sides]
     rows: dict[tuple, list] = {}
     for c in verdict_counts(stats, measures, column, sides):
         rows.setdefault((c["scheme"], c["measure"]), []).append(f"{c['beats']} / {c['worse']} of {c['of']}")
+    header = ["scheme", "measure"] + [f"beats / worse ({s if len(sides) > 1 else of})" for s in sides]
     return markdown_table(header, [[*key, *cells] for key, cells in rows.items()])
 
 
-def stats_markdown(stats: pd.DataFrame, measure: Measure, protocol_column: bool | None = None) -> str:
+def stats_markdown(stats: pd.DataFrame, measure: Measure) -> str:
     """One measure's statistics per cell and scheme: Δ [CI], p, n, verdict, and the pairs left out or censored."""
     rows_of = sort_table(stats[stats["measure"] == measure.name])
-    protocol_column = rows_of["protocol"].nunique() > 1 if protocol_column is None else protocol_column
+    protocols, study = rows_of["protocol"].nunique() > 1, study_columns(stats)
     saturated = measure.name == "auc" and bool(rows_of["n_saturated"].sum())
-    header = ["cell"] + (["protocol"] if protocol_column else []) + ["scheme"]
+    header = ["cell"] + (["protocol"] if protocols else []) + ["scheme"]
     header += [f"Δ {measure.label} [{CONFIDENCE:.0%} CI]", "p (Wilcoxon)", "n", "verdict"]
     header += (["unreached"] if measure.is_time else []) + ["diverged"] + (["saturated"] if saturated else [])
-    study, rows = study_columns(stats), []
+    rows = []
     for r in rows_of.to_dict("records"):
-        row = [group_label(r, study)] + ([r["protocol"]] if protocol_column else []) + [r["scheme"]]
+        row = [group_label(r, study)] + ([r["protocol"]] if protocols else []) + [r["scheme"]]
         row += [fmt_diff_ci(r) + flag_mark(r), fmt_p(r["p"]), int(r["n"]), verdict_text(r, False, False)]
         row += ([int(r["n_unreached"])] if measure.is_time else []) + [int(r["n_diverged"])]
         rows.append(row + ([int(r["n_saturated"])] if saturated else []))
     return markdown_table(header, rows)
 
 
-def compare_markdown(stats: pd.DataFrame, measure: Measure, column: str, sides: Sequence[str]) -> str:
-    """One measure's Δ [CI], p, n and verdict per cell and scheme, for each side (`column`) side by side."""
-    rows, found = comparisons(stats[stats["measure"] == measure.name], column)
-    names = (f"Δ {measure.label} [{CONFIDENCE:.0%} CI]", "p", "n", "verdict")
-    header = ["cell", "scheme"] + [f"{name} ({s})" for s in sides for name in names]
-
-    def side(r: Row | None) -> list:
-        return (
-            ["—"] * 4
-            if r is None
-            else [fmt_diff_ci(r) + flag_mark(r), fmt_p(r["p"]), int(r["n"]), verdict_text(r, False)]
-        )
-
-    return markdown_table(
-        header, [[*row, *(v for s in sides for v in side(found.get((*row, measure.name, s))))] for row in rows]
-    )
-
-
 def multiplicity_note(stats: pd.DataFrame) -> str:
     """How many tests came out below ALPHA, and how many would by chance alone."""
-    tested = int(stats["p"].notna().sum())
-    below = int((stats["p"] < ALPHA).sum())
+    tested, below = int(stats["p"].notna().sum()), int((stats["p"] < ALPHA).sum())
     if not tested:
         return "No test could be made (fewer than 2 pairs, or all differences 0, in every cell)."
-    return (
-        f"{below} of {tested} tests have p < {ALPHA:g}; the p-values are not corrected for multiple comparisons "
-        f"(were no scheme to make any difference, about {ALPHA * tested:.1f} of {tested} would by chance alone)."
-    )
+    chance = f"were no scheme to make any difference, about {ALPHA * tested:.1f} of {tested} would by chance alone"
+    uncorrected = "the p-values are not corrected for multiple comparisons"
+    return f"{below} of {tested} tests have p < {ALPHA:g}; {uncorrected} ({chance})."
 
 
-def _flagged(flags: pd.DataFrame | None) -> set[tuple]:
-    """The group keys (as tuples) of the cells whose raw AUC is flagged (cell_flags' rows)."""
-    if flags is None:
-        return set()
+def measure_sections(stats: pd.DataFrame, measures: Sequence[Measure]) -> list[dict[str, object]]:
+    """Per measure (lead order): the measure, its statistics table and its multiplicity note."""
+    notes = {m.name: multiplicity_note(stats[stats["measure"] == m.name]) for m in measures}
+    return [{"measure": m, "table": stats_markdown(stats, m), "multiplicity": notes[m.name]} for m in measures]
+
+
+def flagged_cells(auc: pd.DataFrame) -> set[tuple]:
+    """The group keys (as tuples) of the cells whose raw AUC is flagged."""
+    flags = cell_flags(auc)
     return set(flags.loc[flags["flag_raw_auc"], group_keys(flags)].itertuples(index=False, name=None))
 
 
-def metric_table(auc: pd.DataFrame, metric: str, flags: pd.DataFrame | None = None) -> tuple[str, pd.Series]:
+def metric_table(auc: pd.DataFrame, metric: str) -> tuple[str, pd.Series]:
     """Per cell: the mean of one AUC per scheme, the best scheme, each scheme's mean paired difference from random
-    with its number of pairs, and the diverged fits; how often each scheme was best. flags: per cell
-    `flag_raw_auc`, marking a raw AUC with RAW_FLAG."""
-    keys, study = group_keys(auc), study_columns(auc)
-    schemes, several = present(auc["scheme"]), auc["protocol"].nunique() > 1
-    means, paired = mean_table(auc, metric), paired_differences(auc, metric)
+    with its number of pairs, and the diverged fits (a raw AUC's flagged cells marked); how often each was best."""
+    keys, study, schemes = group_keys(auc), study_columns(auc), present(auc["scheme"])
+    several = auc["protocol"].nunique() > 1
+    means, paired = mean_table(auc, metric), reduce.paired_differences(auc, metric)
     diverged, triples = by(auc, [*keys, "scheme"])["diverged"].sum(), by(auc, keys)["triple"].nunique()
-    flagged, others = _flagged(flags), [s for s in schemes if s != BASELINE] if BASELINE in schemes else []
+    flagged, others = flagged_cells(auc), [s for s in schemes if s != BASELINE] if BASELINE in schemes else []
     header = ["cell"] + (["protocol"] if several else []) + ["triples"]
     header += [f"mean {MEASURE_BY_NAME[metric].label} {s}" for s in schemes] + ["best"]
     header += [f"Δ {s} − {BASELINE} (pairs)" for s in others] + ["diverged (" + "/".join(schemes) + ")"]
-    rows, best_counts = [], []
+    rows, best = [], []
     for group in groups(auc):
         cell = tuple(group[k] for k in keys)
         cell_means = {s: means.get((*cell, s), np.nan) for s in schemes}
         known = {s: m for s, m in cell_means.items() if pd.notna(m)}
-        best_counts.append(max(known, key=known.get) if known else "—")
+        best.append(max(known, key=known.get) if known else "—")
         mark = f" {RAW_FLAG}" if metric == "auc" and cell in flagged else ""
         row = [group_label(group, study) + mark] + ([group["protocol"]] if several else []) + [int(triples[cell])]
-        row += [fmt(cell_means[s]) for s in schemes] + [best_counts[-1]]
-        for s in others:
-            p = paired.loc[(*cell, s)] if (*cell, s) in paired.index else None
-            row.append("—" if p is None else f"{fmt(p['delta'], sign=True)} ({int(p['n_pairs'])})")
+        row += [fmt(cell_means[s]) for s in schemes] + [best[-1]]
+        pairs = [paired.loc[(*cell, s)] if (*cell, s) in paired.index else None for s in others]
+        row += ["—" if p is None else f"{fmt(p['delta'], sign=True)} ({int(p['n_pairs'])})" for p in pairs]
         rows.append(row + ["/".join(str(int(diverged.get((*cell, s), 0))) for s in schemes)])
-    return markdown_table(header, rows), pd.Series(best_counts, dtype=object).value_counts()
+    return markdown_table(header, rows), pd.Series(best, dtype=object).value_counts()
 
 
-def threshold_cell(values: pd.Series) -> str:
-    """`412 (18/20)`: the median epoch over the fits that reached the threshold, and how many did."""
-    reached = values.dropna()
-    return f"{reached.median():.0f} ({len(reached)}/{len(values)})" if len(reached) else f"— (0/{len(values)})"
-
-
-def threshold_markdown(auc: pd.DataFrame, flags: pd.DataFrame | None = None, several: bool | None = None) -> str:
-    """Per cell and scheme: mean capped AUC, the epochs to each threshold, and the raw AUC last (flagged)."""
-    keys, study = [*group_keys(auc), "scheme"], study_columns(auc)
+def threshold_markdown(auc: pd.DataFrame, several: bool | None = None) -> str:
+    """Per cell and scheme: the mean capped AUC, the median epoch to each threshold over the fits that reached it
+    (how many did, of all), and the raw AUC last (flagged)."""
+    keys, study, flagged = [*group_keys(auc), "scheme"], study_columns(auc), flagged_cells(auc)
     thresholds = [c for c in auc.columns if c.startswith("epochs_to_")]
     several = auc["protocol"].nunique() > 1 if several is None else several
     means = {m: mean_table(auc, m) for m in ("auc", "auc_capped") if m in auc.columns}
-    flagged = _flagged(flags)
     header = ["cell"] + (["protocol"] if several else []) + ["scheme"]
     header += (["mean capped AUC"] if "auc_capped" in means else []) + [f"epochs to {c[10:-2]} dB" for c in thresholds]
     rows = []
@@ -257,14 +228,10 @@ def threshold_markdown(auc: pd.DataFrame, flags: pd.DataFrame | None = None, sev
         group = dict(zip(keys, key))
         row = [group_label(group, study)] + ([group["protocol"]] if several else []) + [group["scheme"]]
         row += [fmt(means["auc_capped"].get(key, np.nan))] if "auc_capped" in means else []
-        row += [threshold_cell(fits[c]) for c in thresholds]
+        for values in (fits[c].dropna() for c in thresholds):
+            row.append(f"{values.median():.0f} ({len(values)}/{len(fits)})" if len(values) else f"— (0/{len(fits)})")
         rows.append(row + [fmt(means["auc"].get(key, np.nan)) + (f" {RAW_FLAG}" if key[:-1] in flagged else "")])
     return markdown_table(header + ["mean raw AUC"], rows)
-
-
-def cell_text(cell: Sequence[int]) -> str:
-    """A cell (hls, hfs, ...) as templates write it: `2x32`."""
-    return cell_label(*cell[:2])
 
 
 @cache
@@ -273,11 +240,15 @@ def environment() -> jinja2.Environment:
     rather than an empty string."""
     loader, layout = jinja2.PackageLoader("prefit.analysis", "templates"), {"trim_blocks": True, "lstrip_blocks": True}
     env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False, **layout)  # markdown
-    env.filters.update(fmt=fmt, signed=lambda v: fmt(v, sign=True), p=fmt_p, describe=describe)
-    env.filters.update(cell=cell_text, cells=lambda cs: ", ".join(cell_text(c) for c in cs) or "none")
+
+    def cell(c: Sequence[int]) -> str:
+        return cell_label(*c[:2])
+
+    env.filters.update(fmt=fmt, signed=lambda v: fmt(v, sign=True), p=fmt_p, describe=describe, cell=cell)
+    env.filters["cells"] = lambda cs: ", ".join(cell(c) for c in cs) or "none"
     constants = {"confidence": f"{CONFIDENCE:.0%}", "alpha": f"{ALPHA:g}", "resamples": f"{BOOTSTRAP_RESAMPLES:,}"}
     constants |= {"seed": BOOTSTRAP_SEED, "raw_flag": RAW_FLAG, "raw_flag_db": f"{RAW_AUC_FLAG_DB:g}"}
-    constants |= {"quantisation": f"{QUANTISATION_PSNR_DB:.1f}", "flag_note": RAW_FLAG_NOTE}
+    constants |= {"quantisation": f"{reduce.QUANTISATION_PSNR_DB:.1f}", "flag_note": RAW_FLAG_NOTE}
     env.globals.update(constants, psnr_file=PSNR_FILE, run_file=RUN_FILE)
     return env
 
@@ -288,24 +259,13 @@ def render(template: str, **context: object) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
 
 
-CI_NAMES = {"percentile": "percentile", "bca": "bias-corrected and accelerated (BCa)"}
-
-
-def measure_sections(stats: pd.DataFrame, measures: Sequence[Measure]) -> list[dict[str, object]]:
-    """Per measure (lead order): the measure, its statistics table and its multiplicity note."""
-    notes = {m.name: multiplicity_note(stats[stats["measure"] == m.name]) for m in measures}
-    return [{"measure": m, "table": stats_markdown(stats, m), "multiplicity": notes[m.name]} for m in measures]
-
-
 def summary_markdown(analysis: Analysis) -> str:
     """summary.md from an analysis."""
-    sweep, auc, stats = analysis.sweep, analysis.auc, analysis.stats
-    measures, flags = measures_in(auc.columns), cell_flags(auc)
+    sweep, auc, stats, measures = analysis.sweep, analysis.auc, analysis.stats, measures_in(analysis.auc.columns)
     tables = {}
-    for metric in ("auc_capped", "auc"):
-        if metric in auc.columns:
-            table, best = metric_table(auc, metric, flags)
-            tables[metric] = {"table": table, "best": ", ".join(f"{s} in {n} cell(s)" for s, n in best.items())}
+    for metric in [m for m in ("auc_capped", "auc") if m in auc.columns]:
+        table, best = metric_table(auc, metric)
+        tables[metric] = {"table": table, "best": ", ".join(f"{s} in {n} cell(s)" for s, n in best.items())}
     context = {
         "ci_name": CI_NAMES[analysis.options.ci_method],
         "root": sweep.root,
@@ -328,8 +288,8 @@ def summary_markdown(analysis: Analysis) -> str:
         "has_stats": bool(len(stats)),
         "verdicts": verdict_table(stats, measures) if len(stats) else "",
         "counts": count_table(stats, measures) if len(stats) else "",
-        "flagged_cells": int(flags["flag_raw_auc"].sum()),
-        "threshold_table": threshold_markdown(auc, flags),
+        "flagged_cells": len(flagged_cells(auc)),
+        "threshold_table": threshold_markdown(auc),
         "metric_tables": tables,
         "sections": measure_sections(stats, measures) if len(stats) else [],
     }
