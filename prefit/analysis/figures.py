@@ -47,14 +47,14 @@ def write_figure(fig: Figure, path: Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
-def _cell_axis(ax: Axes, labels: list[str], variants: bool = False) -> None:
+def _cell_axis(ax: Axes, labels: list[str], keyed: bool = False) -> None:
     """Cells (and study keys) along x, by size; long labels (`2x32 train.lr=0.0002`) slanted."""
-    if variants and len(labels) > 2:  # long labels (`2x32 train.lr=0.0002`): slanted, ending at their tick
+    if keyed and len(labels) > 2:  # long labels (`2x32 train.lr=0.0002`): slanted, ending at their tick
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", rotation_mode="anchor")
     else:
         ax.set_xticks(range(len(labels)), labels, rotation=60 if len(labels) > 8 else 0)
     ax.set_xlim(-0.6, len(labels) - 0.4)
-    ax.set_xlabel("cell: hidden layers x hidden features, by size" + (", then study keys" if variants else ""))
+    ax.set_xlabel("cell: hidden layers x hidden features, by size" + (", then study keys" if keyed else ""))
 
 
 def _merged_legend(fig: Figure, axes: Sequence[Axes], fontsize: int = 8) -> None:

@@ -66,7 +66,7 @@ def conclusion(stats: pd.DataFrame, cells: list[tuple[int, int]], measures: list
     def tally(scheme: str, m: Measure) -> dict[str, dict[str, int]]:
         part = stats[(stats["scheme"] == scheme) & (stats["measure"] == m.name)]
         counts = {p: part[part["protocol"] == p]["verdict"] for p in presented}
-        return {p: {v: int((verdicts == v).sum()) for v in ("beats", "worse")} for p, verdicts in counts.items()}
+        return {p: {v: int((found == v).sum()) for v in ("beats", "worse")} for p, found in counts.items()}
 
     smallest = [c for c in cells if c[0] * c[1] == cells[0][0] * cells[0][1]]
     lead_verdicts = {p: verdicts(p, smallest) for p in presented}
@@ -103,8 +103,8 @@ def conclusion(stats: pd.DataFrame, cells: list[tuple[int, int]], measures: list
     others = [s for s in present(stats["scheme"]) if s not in (FOCUS, BASELINE)]
     result["others"] = [{"scheme": s, "tally": tally(s, lead)} for s in others]
     smallest_by = {m.name: {p: verdicts(p, smallest, m) for p in presented} for m in measures}
-    result["by_measure"] = [{"measure": m, "tally": tally(FOCUS, m), "smallest": smallest_by[m.name]} for m in measures]
-    del result["by_measure"][0]  # the lead measure's are above
+    by_measure = [{"measure": m, "tally": tally(FOCUS, m), "smallest": smallest_by[m.name]} for m in measures]
+    result["by_measure"] = by_measure[1:]  # the lead measure's are above
     return result
 
 
