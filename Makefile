@@ -66,7 +66,7 @@ repro: install
 # with a complete result are skipped. ARGS go to both sweeps; a preset in ARGS (+experiment=NAME) is composed after
 # grid/repro (Hydra takes one +experiment, so it becomes '+experiment=[grid,NAME]'), e.g.
 #   make study ARGS='model.hls=2 model.hfs=32 +experiment=smoke dataset=cifar_dir dataset.path=DIR'
-# ANALYSIS_ARGS go to both analyses and the report, e.g. ANALYSIS_ARGS='analysis.psnr_cap=59'.
+# ANALYSIS_ARGS go to both analyses and the report, e.g. ANALYSIS_ARGS='--psnr-cap 59'.
 ANALYSIS_ARGS ?=
 empty :=
 space := $(empty) $(empty)
@@ -128,7 +128,7 @@ clean:
 # The protocol-finding report: a sweep run with protocol=chained beside one with protocol=independent (same cells
 # and triples) -> docs/findings.md and its figures in docs/findings/. E.g. after `make grid` and `make repro`:
 #   make report SWEEP_INDEPENDENT=outputs/sweeps/grid SWEEP_CHAINED=outputs/sweeps/repro
-# Extra options in REPORT_ARGS, e.g. REPORT_ARGS='analysis.psnr_cap=59'.
+# Extra options in REPORT_ARGS, e.g. REPORT_ARGS='--psnr-cap 59'.
 SWEEP_INDEPENDENT ?= $(GRID_DIR)
 SWEEP_CHAINED ?= $(REPRO_DIR)
 FINDINGS ?= docs/findings.md

@@ -5,6 +5,7 @@ Value checks a type cannot express (`model.hls >= 1`) live in `validate`."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import reduce
@@ -171,7 +172,8 @@ def cell_folder(hls: int, hfs: int, overrides: str = "") -> str:
         key = item.split("=", 1)[0].lstrip("+~")
         return key not in (*RUNTIME_KEYS, *UNNAMED_OVERRIDES) and not key.startswith("hydra.")
 
-    return cell_dirname(hls, hfs, ",".join(item for item in overrides.split(",") if item and names(item)))
+    items = re.split(r",(?=[+~]?[\w.]+=)", overrides)  # a list value's commas (`+experiment=[grid,smoke]`) stay
+    return cell_dirname(hls, hfs, ",".join(item for item in items if item and names(item)))
 
 
 def unknown_keys(node: Any, prefix: str = "") -> list[str]:

@@ -1,6 +1,7 @@
 """Errors that reach the user as one line (`error: ...`, exit status 2), importable without Hydra."""
 
 import argparse
+import sys
 
 
 class ConfigError(ValueError):
@@ -39,3 +40,9 @@ class OneLineParser(argparse.ArgumentParser):
         if self.raises:
             raise self.raises(text)
         self.exit(2, f"error: {text}\n")
+
+
+def fail(error: BaseException | str) -> int:
+    """Tell the user what went wrong in one line on stderr; the exit status for it (2)."""
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return 2

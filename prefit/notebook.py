@@ -8,12 +8,11 @@ needing papermill), then nbclient runs it top to bottom in the current interpret
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from prefit.analysis import AnalysisError, read_analysis
-from prefit.errors import one_line
+from prefit.errors import OneLineParser, fail
 from prefit.io import atomic_path
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
@@ -43,7 +42,7 @@ def execute_notebook(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prefit.notebook", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m prefit.notebook", description=__doc__.splitlines()[0])
     parser.add_argument("analysis_dir", help="an analysis folder written by python -m prefit.analyze")
     parser.add_argument("--cell", default=None, help="the cell whose curves to show, e.g. 2x32 (default: first)")
     parser.add_argument("--out", default=None, help="where to write the executed notebook")
@@ -51,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = execute_notebook(args.analysis_dir, args.out, args.cell)
     except (AnalysisError, ImportError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
+        return fail(error)
     except Exception as error:  # a cell failed: nbclient's message is long; its first line says which
         print(f"error: the notebook failed: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 1

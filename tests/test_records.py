@@ -60,6 +60,8 @@ def test_the_study_leaves_out_how_a_job_runs_and_resolves_the_data_path(monkeypa
 def test_folder_names_leave_out_runtime_keys():
     overrides = "model.hls=2,model.hfs=32,train.device=cpu,+train.threads=1,protocol=chained,train.lr=0.001"
     assert cell_folder(2, 32, overrides) == "2hls_32hfs,protocol=chained,train.lr=0.001"
+    listed = "+experiment=[grid,smoke],model.hls=2,scheme=[random,meta],dataset.path=/a,hydra.launcher.n_jobs=2"
+    assert cell_folder(2, 32, listed) == "2hls_32hfs,scheme=[random,meta]"
 
 
 def test_complete_intact_result_is_skipped_and_a_damaged_one_is_not(tmp_path):

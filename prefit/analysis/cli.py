@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prefit.errors import one_line
+from prefit.errors import OneLineParser, fail
 from prefit.schema import ANALYSIS_DIR
 
 from .load import AnalysisError
@@ -31,13 +31,6 @@ REPORT_SWEEPS["--robust"] = "a rerun of some cells with other arithmetic: adds a
 REPORT_SWEEPS["--resolution"] = "some cells at several dataset.resolution: adds a resolution section"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors as one `error: ...` line (AnalysisError) instead of usage and a message."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise AnalysisError(f"{message} (see {self.prog} --help)")
-
-
 def psnr_cap(value: str) -> float | None:
     """--psnr-cap: a number of dB, or none/null/off."""
     if value.strip().lower() in ("none", "null", "off"):
@@ -51,7 +44,7 @@ def psnr_cap(value: str) -> float | None:
 def run(prog: str, about: str, out: str, argv: Sequence[str] | None, action: Action, *sweeps: str) -> int:
     """Parse argv (the sweep folders `sweeps`: positional, or flags such as --chained; --out with the help `out`;
     the analysis options), run the action, print what it wrote; one line and exit status 2 on bad input."""
-    p = _Parser(prog=f"python -m prefit.{prog}", description=about)
+    p = OneLineParser(prog=f"python -m prefit.{prog}", description=about, raises=AnalysisError)
     for name in sweeps:
         flag = name.startswith("-")
         options = {"required": "(required)" in REPORT_SWEEPS[name], "help": REPORT_SWEEPS[name]} if flag else {}
@@ -66,8 +59,7 @@ def run(prog: str, about: str, out: str, argv: Sequence[str] | None, action: Act
         args = p.parse_args(argv)
         print(action(args, Options(args.psnr_cap, args.ci_method)))
     except (AnalysisError, OSError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return fail(exc)
     return 0
 
 

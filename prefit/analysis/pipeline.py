@@ -33,8 +33,7 @@ from .reduce import auc_table, by, curves_table, measures_in
 from .stats import CI_METHODS, stats_table
 from .tables import summary_markdown
 
-JOBS_FILE = "jobs.parquet"  # one row per job: its folder (relative to the sweep) and its group columns
-TABLES = (schema.CURVES_FILE, AUC_FILE, STATS_FILE, JOBS_FILE)
+TABLES = (schema.CURVES_FILE, AUC_FILE, STATS_FILE, schema.JOBS_FILE)
 FIGURE_PATTERNS = ("psnr_*.png", "recon_*.png", "auc_*boxplot.png", "paired_differences*.png")
 
 
@@ -165,7 +164,7 @@ def analyze(sweep_dir: Folder, out: Folder | None = None, options: Options = DEF
 def _write_all(analysis: Analysis, out: Path) -> list[Path]:
     auc, jobs, root = analysis.auc, analysis.sweep.jobs, analysis.sweep.root
     jobs = jobs.assign(folder=[Path(f).relative_to(root).as_posix() for f in jobs["folder"]])
-    tables = {schema.CURVES_FILE: analysis.curves, AUC_FILE: auc, STATS_FILE: analysis.stats, JOBS_FILE: jobs}
+    tables = {schema.CURVES_FILE: analysis.curves, AUC_FILE: auc, STATS_FILE: analysis.stats, schema.JOBS_FILE: jobs}
     written = [write_parquet(frame, out / name) for name, frame in tables.items()]
     written.append(atomic_write(out / schema.AUC_CSV_FILE, lambda tmp: auc.to_csv(tmp, index=False)))
     written += write_figures(analysis, out / schema.FIGURES_DIR)
@@ -199,7 +198,7 @@ def check_layout(out: Path, root: Path) -> None:
         names = pq.read_schema(out / STATS_FILE).names
     except (OSError, pa.ArrowException) as exc:
         raise AnalysisError(f"{out / STATS_FILE}: not a readable analysis ({one_line(exc)}); {again}") from None
-    if "measure" not in names or not (out / JOBS_FILE).is_file():
+    if "measure" not in names or not (out / schema.JOBS_FILE).is_file():
         raise AnalysisError(f"{out}: an analysis in an older layout (stats.parquet a row per cell and scheme); {again}")
 
 
@@ -230,7 +229,7 @@ def is_current(root: Path, out: Path, options: Options) -> bool:
     inputs = [p for f in files for p in (f, f.parent / RUN_FILE) if p.is_file()]
     if max(p.stat().st_mtime_ns for p in inputs) > min(p.stat().st_mtime_ns for p in tables):
         return False
-    folders = set(pd.read_parquet(out / JOBS_FILE, columns=["folder"])["folder"])
+    folders = set(pd.read_parquet(out / schema.JOBS_FILE, columns=["folder"])["folder"])
     if folders != {f.parent.relative_to(root).as_posix() for f in files}:
         return False
     stats = pd.read_parquet(out / STATS_FILE, columns=["psnr_cap", "ci_method"])

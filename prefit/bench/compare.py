@@ -22,7 +22,7 @@ from typing import Any
 
 from prefit.bench.options import BenchError
 from prefit.data import SIDE
-from prefit.errors import OneLineParser
+from prefit.errors import OneLineParser, fail
 from prefit.io import atomic_write
 from prefit.records import interval, span_s
 from prefit.schema import GRID_HFS, GRID_HLS, RUN_FILE, cell_label
@@ -381,8 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             names = ", ".join(map(str, [*args.bench, *args.sweep]))
             raise BenchError(f"malformed input among {names}: {type(e).__name__} {e}") from None
     except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     if args.out:
         atomic_write(args.out, lambda tmp: tmp.write_text(text))
     print(text, end="")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +17,7 @@ from prefit.bench.machine import matmul_errors, measure_bandwidth, measure_ceili
 from prefit.bench.options import ENGINES, BenchError, Options, parse_args
 from prefit.bench.steady import format_steady
 from prefit.engine import device_name
+from prefit.errors import fail
 from prefit.io import write_json
 from prefit.precision import tf32
 
@@ -116,8 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = parse_args(argv)
         result = run_bench(opts)
     except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     write_json(opts.out, result)
     print(format_table(result))
     log(f"bench: {result['wall_s']:.0f} s; wrote {opts.out}")

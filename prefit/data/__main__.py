@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from prefit.data.base import DataError
 from prefit.data.tiles import DEFAULT_PHOTOS, INSTALL, PHOTOS, build_tiles
 from prefit.data.tiles import __doc__ as tiles_doc
-from prefit.errors import OneLineParser
+from prefit.errors import OneLineParser, fail
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,8 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             counts = build_tiles(opts.out, size=opts.size, photos=opts.photos, overwrite=opts.overwrite, echo=print)
         except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return fail(e)
         print(f"total: {sum(counts.values())} tiles of {opts.size}x{opts.size} in {len(counts)} classes -> {opts.out}")
     return 0
 

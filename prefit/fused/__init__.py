@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from prefit.precision import Split
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: prefit.precision calls this module
     from prefit.engine.options import FitOptions
+    from prefit.precision import Split
 
 try:
     import triton
