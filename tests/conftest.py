@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,3 +109,16 @@ def shared_sample() -> Path:
     if not (SHARED_SAMPLE / "batches.meta").is_file():
         pytest.skip(f"real-image sample {SHARED_SAMPLE} is absent (../shared is not part of a fresh clone)")
     return SHARED_SAMPLE
+
+
+def run_smoke_sweep(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`python -m prefit.train -m` of the smoke preset, a 1x8 SIREN, on the CIFAR-layout folder `data` into `out`:
+    one job at a time, one thread each (on a busy machine two contend for seconds). Fails the test on an error."""
+    command = [
+        *(sys.executable, "-m", "prefit.train", "-m", "+experiment=smoke", "model.hls=1", "model.hfs=8"),
+        *("dataset=cifar_dir", f"dataset.path={data}", f"hydra.sweep.dir={out}", "hydra.launcher.n_jobs=1"),
+        *("train.progress=false", "train.threads=1", *extra),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc

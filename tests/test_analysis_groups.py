@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +16,10 @@ from prefit.analysis.robustness import compare
 from prefit.schema import AUC_FILE, CURVES_FILE, STATS_FILE
 
 try:
+    from tests.conftest import run_smoke_sweep
     from tests.synthetic_sweep import SCHEMES, ramp_trajectories, study_of, write_cell, write_variant_sweep
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
+    from conftest import run_smoke_sweep
     from synthetic_sweep import SCHEMES, ramp_trajectories, study_of, write_cell, write_variant_sweep
 
 LR = [{"train__lr": 1e-4}, {"train__lr": 2e-4}]
@@ -167,24 +167,7 @@ def test_the_protocol_report_refuses_study_keys_in_one_line(
 def test_a_real_sweep_over_the_learning_rate(cifar_dir: Path, tmp_path: Path) -> None:
     """`python -m prefit.train -m ... train.lr=1e-4,2e-4`: two jobs of one cell, analysed one group per lr."""
     out = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        "-m",
-        "prefit.train",
-        "-m",
-        "+experiment=smoke",
-        "model.hls=1",
-        "model.hfs=8",
-        "train.epochs=20",
-        "dataset.n_triples=3",
-        "dataset=cifar_dir",
-        f"dataset.path={cifar_dir}",
-        f"hydra.sweep.dir={out}",
-        "hydra.launcher.n_jobs=1",
-        "train.progress=false",
-        "train.lr=1e-4,2e-4",
-    ]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    run_smoke_sweep(cifar_dir, out, "train.epochs=20", "dataset.n_triples=3", "train.lr=1e-4,2e-4")
     outputs = analyze(out)
     stats = pd.read_parquet(outputs["stats.parquet"])
     assert sorted(stats["train.lr"].unique()) == [1e-4, 2e-4] and len(stats) == 2 * 2 * 4

@@ -19,36 +19,14 @@ from prefit.analysis.pipeline import compute_analysis as analyse
 from prefit.analysis.robustness import compare, default_out, write_robustness_report
 
 try:
-    from tests.conftest import write_cifar_dir
+    from tests.conftest import run_smoke_sweep, write_cifar_dir
     from tests.synthetic_sweep import ramp_trajectories, write_cell
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from conftest import write_cifar_dir
+    from conftest import run_smoke_sweep, write_cifar_dir
     from synthetic_sweep import ramp_trajectories, write_cell
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def run_sweep(data: Path, out: Path, *extra: str) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "prefit.train",
-        "-m",
-        "+experiment=smoke",
-        "model.hls=1",
-        "model.hfs=8",
-        "dataset=cifar_dir",
-        f"dataset.path={data}",
-        "dataset.n_triples=8",
-        f"hydra.sweep.dir={out}",
-        "hydra.launcher.n_jobs=1",
-        "train.progress=false",
-        "train.threads=1",  # one thread: on a busy machine two contend for seconds
-        *extra,
-    ]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +35,8 @@ def real_sweeps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     sequential reference: the same study in other arithmetic."""
     root = tmp_path_factory.mktemp("robust")
     data = write_cifar_dir(root / "cifar", per_batch=20)  # 100 images: room for 8 triples
-    run_sweep(data, root / "batched")
-    run_sweep(data, root / "sequential", "train.engine=sequential")
+    run_smoke_sweep(data, root / "batched", "dataset.n_triples=8")
+    run_smoke_sweep(data, root / "sequential", "dataset.n_triples=8", "train.engine=sequential")
     return root / "batched", root / "sequential"
 
 
