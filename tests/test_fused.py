@@ -133,6 +133,44 @@ def test_fused_engine_equals_the_sequential_engine():
         torch.testing.assert_close(ba, bb, rtol=1e-4, atol=1e-5)
 
 
+class LaunchRecorder:
+    """Stands in for a Triton kernel: `kernel[grid](*args, **options)` records the launch instead of running it."""
+
+    def __init__(self) -> None:
+        self.launches: list[tuple[tuple, dict]] = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **options) -> None:
+            self.launches.append((args, options))
+
+        return launch
+
+
+def as_float32(x: float) -> float:
+    return torch.tensor(x, dtype=torch.float32).item()
+
+
+@pytest.mark.parametrize("betas,eps", [((0.9, 0.999), 1e-8), ((0.8, 0.99), 3e-10)])
+def test_fused_adam_is_given_torchs_float32_constants(monkeypatch, betas, eps):
+    """torch's Adam computes 1 - beta1 and 1 - beta2 in double and rounds them to the tensors' float32; the
+    compiled kernel, given beta2 as a float32 scalar, would compute 1 - float32(beta2) instead (9.99987e-4 for
+    0.999, not 1e-3), which the interpreter (in double) cannot show. So the launch passes the rounded constants."""
+    recorder = LaunchRecorder()
+    monkeypatch.setattr(fused.kernels, "adam", recorder)
+    layout = fused.FlatParams([torch.Size((2, 3, 4)), torch.Size((2, 1, 4))], DEVICE)
+    flat = layout.buffer(torch.empty(0, device=DEVICE))
+    state = fused.Schedule.start(FitOptions(betas=betas, eps=eps), 2, DEVICE)
+    fused.adam(layout, flat, flat.clone(), flat.clone(), flat.clone(), state)
+    ((args, _),) = recorder.launches
+    constants = [a for a in args if isinstance(a, float)]
+    beta1, beta2 = betas
+    want = [as_float32(1 - beta1), as_float32(beta2), as_float32(1 - beta2), as_float32(eps)]
+    assert [c.hex() for c in constants] == [w.hex() for w in want]  # bit for bit
+    float32_differences = {as_float32(1 - as_float32(beta1)), as_float32(1 - as_float32(beta2))}
+    assert float32_differences.isdisjoint(want)  # what a kernel subtracting in float32 would use: not torch's
+    assert fused.adam_constants(betas, eps) == tuple(want)
+
+
 def test_tf32_split_is_exact_and_rounds_to_ten_mantissa_bits():
     x = torch.randn(5, 33, 17, generator=torch.Generator().manual_seed(4)) * 100
     hi, lo = split_tf32(x)
@@ -149,7 +187,7 @@ def test_3xtf32_products_are_fp32_accurate():
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(4, 64, 48, generator=g), torch.randn(4, 48, 32, generator=g)
     exact = torch.bmm(a.double(), b.double()) * 30.0
-    out = product(torch.empty(4, 64, 32), a.to(DEVICE), b.to(DEVICE), 30.0, "3xtf32").cpu()
+    out = product(torch.empty(4, 64, 32, device=DEVICE), a.to(DEVICE), b.to(DEVICE), 30.0, "3xtf32").cpu()
     assert ((out.double() - exact).abs().max() / exact.abs().max()) < 1e-6
 
     def tf32(t):  # what a tensor core reads of an fp32 operand

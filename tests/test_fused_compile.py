@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent(
         *[(K.adam,
            dict(p_ptr=f32, g_ptr=f32, m_ptr=f32, v_ptr=f32, hi_ptr=f32, lo_ptr=f32, step_size_ptr=f32,
                 powers_ptr=f64, block_start_ptr=i64, block_tensor_ptr=i32, offsets_ptr=i64, numels_ptr=i64,
-                per_member_ptr=i64, beta1="fp32", beta2="fp32", eps="fp32"),
+                per_member_ptr=i64, one_minus_beta1="fp32", beta2="fp32", one_minus_beta2="fp32", eps="fp32"),
            dict(BLOCK=F.ADAM_BLOCK, SPLIT=split), {}) for split in (False, True)],
         (K.split_tf32, dict(x_ptr=f32, hi_ptr=f32, lo_ptr=f32, n="i32"), dict(BLOCK=F.ELEMENTWISE_BLOCK), {}),
     ]

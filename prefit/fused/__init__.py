@@ -111,8 +111,7 @@ class Schedule:
     epoch: torch.Tensor  # int64 [1]: epochs done
     consts: torch.Tensor  # float64 [6]: beta1, beta2, and the plateau's factor, threshold, min_lr (0), eps (1e-8)
     patience: int
-    betas: tuple[float, float]  # Adam's, with its eps
-    eps: float
+    adam: tuple[float, float, float, float]  # `adam_constants` of Adam's betas and eps
 
     @classmethod
     def start(cls, train: FitOptions, members: int, device: torch.device) -> Schedule:
@@ -128,9 +127,17 @@ class Schedule:
             epoch=torch.zeros(1, **i64),
             consts=torch.tensor(consts, **f64),  # Triton would pass Python floats as float32
             patience=train.plateau_patience,
-            betas=tuple(train.betas),
-            eps=train.eps,
+            adam=adam_constants(train.betas, train.eps),
         )
+
+
+def adam_constants(betas: tuple[float, float], eps: float) -> tuple[float, float, float, float]:
+    """(1 - beta1, beta2, 1 - beta2, eps) as torch's Adam uses them on float32 tensors: each computed in double,
+    then rounded to float32. Triton passes a Python float as float32, so a kernel given beta2 would compute
+    1 - float32(beta2) (9.99987e-4 for 0.999, not torch's 1e-3)."""
+    beta1, beta2 = betas
+    values = torch.tensor([1 - beta1, beta2, 1 - beta2, eps], dtype=torch.float32).tolist()
+    return values[0], values[1], values[2], values[3]
 
 
 def schedule(state: Schedule, loss: torch.Tensor, losses: torch.Tensor, lrs: torch.Tensor) -> None:
@@ -180,7 +187,7 @@ def adam(
 ) -> None:
     """Adam on `layout`'s flat buffers with `state`'s step sizes, in one launch (with `split`, their halves too)."""
     args = (params, grads, exp_avg, exp_avg_sq, *(split or (params, params)), state.step_size, state.powers)
-    constants = (*layout.tables, *state.betas, state.eps)
+    constants = (*layout.tables, *state.adam)
     kernels.adam[(layout.tables[0].shape[0],)](*args, *constants, BLOCK=ADAM_BLOCK, SPLIT=split is not None)
 
 

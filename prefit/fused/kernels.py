@@ -170,8 +170,9 @@ def adam(
     offsets_ptr,
     numels_ptr,
     per_member_ptr,
-    beta1,
+    one_minus_beta1,
     beta2,
+    one_minus_beta2,
     eps,
     BLOCK: constexpr,
     SPLIT: constexpr,
@@ -188,8 +189,8 @@ def adam(
     g = tl.load(g_ptr + offs, mask=mask, other=0.0)
     m = tl.load(m_ptr + offs, mask=mask, other=0.0)
     v = tl.load(v_ptr + offs, mask=mask, other=0.0)
-    m = m + (1.0 - beta1) * (g - m)
-    v = v * beta2 + (1.0 - beta2) * g * g
+    m = m + one_minus_beta1 * (g - m)  # the constants as torch rounds them (`prefit.fused.adam_constants`)
+    v = v * beta2 + one_minus_beta2 * g * g
     denom = tl.div_rn(tl.sqrt_rn(v), bias2_sqrt) + eps  # IEEE sqrt and division, as torch's (Triton's
     p = tl.load(p_ptr + offs, mask=mask, other=0.0) - step_size * tl.div_rn(m, denom)  # defaults are approximate)
     tl.store(m_ptr + offs, m, mask=mask)
