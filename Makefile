@@ -20,9 +20,10 @@ SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
 
 .PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness test-fast \
-	tiles resolution ci
+	tiles resolution ci check
 
 help:
+	@echo "make check     first on a new machine: the device, the probed step, jobs per device, engines' agreement, ETA"
 	@echo "make run       small study (hls 2,3 x hfs 32,64, 20 triples, 2000 epochs) + analysis -> $(RUN_DIR)"
 	@echo "make grid      the full 42-cell grid, independent protocol -> $(GRID_DIR)"
 	@echo "make repro     the full grid, chained protocol (reproduces the original figures) -> $(REPRO_DIR)"
@@ -95,6 +96,9 @@ resolution: tiles
 	$(PY) -m prefit.train -m dataset=image_dir dataset.path=$(TILES_DIR) dataset.resolution=$(RESOLUTIONS) \
 		model.hls=3 model.hfs=$(RESOLUTION_HFS) hydra.sweep.dir=$(RESOLUTION_DIR) $(ARGS)
 	$(PY) -m prefit.report resolution $(RESOLUTION_DIR) $(REPORT_ARGS)
+
+check: install
+	$(PY) -m prefit.check $(ARGS)
 
 analyze: install
 	$(PY) -m prefit.analyze $(SWEEP)

@@ -29,6 +29,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def user_cache(kind: str) -> Path:
+    """A folder of this user's cache for `kind` (meta-initialisations, probe verdicts): $PREFIT_CACHE/kind if set,
+    else the platform's user cache folder (~/.cache/prefit/kind on Linux)."""
+    if os.environ.get("PREFIT_CACHE"):
+        return Path(os.environ["PREFIT_CACHE"]).expanduser() / kind
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("prefit")) / kind
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call `write(tmp_path)`, then move the finished file onto `path`."""
     with atomic_path(path) as tmp:

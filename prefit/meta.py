@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from prefit.config import Config, MetaConfig
 from prefit.data import coordinate_grid, side_of
 from prefit.engine import fit_batched
 from prefit.engine.options import FitOptions
-from prefit.io import atomic_path
+from prefit.io import atomic_path, user_cache
 from prefit.model import Params, init_params, stack_params, triple_generator
 from prefit.schema import cell_stem
 
@@ -30,14 +29,6 @@ log = logging.getLogger(__name__)
 
 ALGORITHM_VERSION = 1  # bump when the learning procedure changes, so old cache entries are not reused
 META_STREAM = 1_000_003  # the "triple number" of the meta-initialisation's own random start
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("PREFIT_CACHE"):
-        return Path(os.environ["PREFIT_CACHE"]).expanduser() / "meta"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("prefit")) / "meta"
 
 
 def inner_options(cfg: Config, meta: MetaConfig) -> FitOptions:
@@ -93,7 +84,7 @@ def learned_init(
     """The cached initialisation for this cell and config, learned (and cached) on a miss."""
     meta = cfg.scheme.meta
     key = cache_key(cfg, meta, data_source, pool)
-    folder = Path(meta.cache_dir).expanduser() if meta.cache_dir else default_cache_dir()
+    folder = Path(meta.cache_dir).expanduser() if meta.cache_dir else user_cache("meta")
     path = folder / f"meta_{cell_stem(cfg.model.hls, cfg.model.hfs)}_{key}.pt"
     if path.is_file():
         try:

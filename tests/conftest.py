@@ -7,6 +7,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,10 @@ except ImportError:  # numpy < 1.26
 # test imports them. With a GPU they are compiled, and tests/test_cuda.py runs them for real.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Caches (probe verdicts, meta-initialisations) go to a folder of this test run, not the user's: set before any
+# test runs, so the subprocesses the tests start inherit it.
+os.environ["PREFIT_CACHE"] = tempfile.mkdtemp(prefix="prefit-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO.parent / "shared" / "data" / "cifar10-jpeg-sample"

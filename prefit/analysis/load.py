@@ -48,12 +48,14 @@ class Sweep:
 
 def job_info(sweep: Sweep) -> pd.DataFrame:
     """One row per job: its folder and group columns, then what its run.json says (`status`, `wall_s`, `device`
-    with its model's name, `threads`, `members`; missing values NA, a job without run.json `no run.json`)."""
+    with its model's name, the `step` that ran, `threads`, `members`; missing values NA, a job without run.json
+    `no run.json`)."""
     runs = [sweep.runs.get(folder) or {} for folder in sweep.jobs["folder"]]
     info = {key: [r.get(key, "—") for r in runs] for key in ("threads", "members")}
     info["status"] = [r.get("status", "no run.json") for r in runs]
     info["wall_s"] = [float(r["wall_s"]) if isinstance(r.get("wall_s"), (int, float)) else np.nan for r in runs]
     info["device"] = [str(r.get("device", "?")) for r in runs]
+    info["step"] = [str(r.get("step", "—")) for r in runs]  # the batched engine's step that ran (prefit.probe)
     names = [f" ({r['device_name']})" if "device_name" in r else "" for r in runs]
     info["device_name"] = [device + name for device, name in zip(info["device"], names)]
     return sweep.jobs.assign(**info)

@@ -133,8 +133,9 @@ def runs_markdown(runs: dict[str, Analysis], common: Sequence[tuple[int, int]]) 
         done = f"{len(j)} ({int((j['status'] == 'complete').sum())})"
         triples = span(cells["triple"].nunique())
         rows.append([p, f"`{run.sweep.root}`", cells.ngroups, triples, span(run.auc["n_epochs"])])
-        rows[-1] += [", ".join(present(run.auc["scheme"])), done, time, ", ".join(sorted(set(j["device"]))) or "—"]
-    table = markdown_table([*header, "time (sum of wall_s)", "device(s)"], rows)
+        rows[-1] += [", ".join(present(run.auc["scheme"])), done, time]
+        rows[-1] += [", ".join(sorted(set(j[key]))) or "—" for key in ("device_name", "step")]
+    table = markdown_table([*header, "time (sum of wall_s)", "device(s)", "step(s)"], rows)
     header, rows = ["cell"] + [f"{k} ({p})" for k in ("triples", "epochs", "time") for p in runs], []
     for cell in common:
         auc, times = [of_cell(r.auc, cell) for r in runs.values()], [of_cell(j, cell)["wall_s"] for j in jobs.values()]

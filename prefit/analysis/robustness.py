@@ -57,7 +57,7 @@ class Comparison:
     @property
     def study_keys(self) -> list[str]:
         """Differing config keys that change what is computed, not only how."""
-        return [k for k in self.config if k not in ARITHMETIC_KEYS and k != "device (run.json)"]
+        return [k for k in self.config if k not in ARITHMETIC_KEYS and not k.endswith(" (run.json)")]
 
 
 def compare_triples(a: pd.DataFrame, b: pd.DataFrame, cells: list[tuple], keys: list[str]) -> pd.DataFrame:
@@ -83,6 +83,9 @@ def compare_triples(a: pd.DataFrame, b: pd.DataFrame, cells: list[tuple], keys: 
     return pd.DataFrame(rows, columns=[*keys, *TRIPLE_COUNTS, "random_auc_max_gap"])
 
 
+RUN_FACTS = ("device", "step")  # what run.json records of how a job computed: the device, the step that ran
+
+
 def same_triples(check: pd.DataFrame) -> pd.Series:
     """Per row of compare_triples: both sides hold the same triples, on the same target and pre-fit images."""
     same = (check["triples_a"] == check["triples_b"]) & (check["common"] == check["triples_a"])
@@ -90,14 +93,15 @@ def same_triples(check: pd.DataFrame) -> pd.Series:
 
 
 def config_differences(a: Analysis, b: Analysis, cells: list[tuple], keys: list[str]) -> dict[str, tuple[str, str]]:
-    """The run.json config keys (prefit.keys.flatten: a null value is an absent key) and the recorded device whose
-    values differ between the jobs of the compared cells."""
+    """The run.json config keys (prefit.keys.flatten: a null value is an absent key) and the recorded device and
+    step (`RUN_FACTS`) whose values differ between the jobs of the compared cells."""
     ignored = {"experiment", *RUNTIME_KEYS} - set(ARITHMETIC_KEYS)  # neither what nor how a job computes
     values: dict[str, tuple[set, set]] = {}
     for side, analysis in enumerate((a, b)):
         for folder in plain(analysis.sweep.jobs, keys, cells)["folder"]:
             run = analysis.sweep.runs.get(folder) or {}
-            for key, value in (flatten(run.get("config", {})) | {"device (run.json)": run.get("device", "?")}).items():
+            facts = {f"{fact} (run.json)": run.get(fact, "?") for fact in RUN_FACTS}
+            for key, value in (flatten(run.get("config", {})) | facts).items():
                 values.setdefault(key, (set(), set()))[side].add(str(value))
     ignored |= {k for k in values if k.startswith(("model.", "hydra."))}  # the cell; Hydra's own
     differ = {k: sides for k, sides in sorted(values.items()) if sides[0] != sides[1] and k not in ignored}
