@@ -2,29 +2,21 @@
 
 A narrow cell's epoch is a few dozen small kernels, so on a GPU launching them is its cost. Here an epoch is per
 layer a product and one fused pass (`prefit.fused`) each way, one `schedule` program and one Adam launch; nothing
-is read back and buffers are allocated once, so several epochs are captured as one graph and replayed.
-`FusedChunk` runs them captured or eager (the same numbers); on a CPU under Triton's interpreter, for the tests.
+is read back and buffers are allocated once, so several epochs are captured as one graph and replayed
+(`prefit.engine.capture`). `FusedChunk` runs them captured or eager (the same numbers); on a CPU under Triton's
+interpreter, for the tests.
 """
 
 from __future__ import annotations
-
-from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 
 from prefit import fused
-from prefit.engine.common import flops_per_member_epoch, mark, seconds_between
+from prefit.engine.capture import GraphChunk, epochs_per_graph
 from prefit.engine.options import FitOptions
 from prefit.model import Params, n_weights
 from prefit.precision import Operand, Split, SplitWork, product, split_tf32
-
-# A captured graph holds enough epochs that one replay is about this many flops of work (a narrow cell's
-# epoch is tens of microseconds), and never more than MAX_EPOCHS_PER_GRAPH epochs.
-FLOPS_PER_REPLAY = 2e10
-MAX_EPOCHS_PER_GRAPH = 50
-# Progress (a read-back of the loss) at most every this many epochs.
-PROGRESS_EVERY = 250
 
 
 def fused_bytes_per_member_epoch(hls: int, hfs: int, pixels: int = 1024, precision: str = "highest") -> int:
@@ -126,18 +118,20 @@ class FusedStep:
         return self.loss, self.pred_t.transpose(1, 2), grads
 
 
-class FusedChunk:
+class FusedChunk(GraphChunk):
     """A chunk's whole fit on the device: step, schedule, Adam, and the per-epoch records."""
 
     def __init__(
         self, params: Params, coords: Tensor, target: Tensor, train: FitOptions, w0: float, slots: dict[int, int]
     ):
+        super().__init__(epochs_per_graph(params, target))
         members, device = target.shape[0], target.device
         self.train = train
         table = torch.full((train.epochs,), -1, dtype=torch.int32)
         for epoch, slot in slots.items():
             table[epoch] = slot
         self.state = fused.Schedule.start(train, members, device)
+        self.counter = self.state.epoch
         self.step = FusedStep(
             params, coords, target, w0, train.matmul_precision, table.to(device), len(slots), self.state.epoch
         )
@@ -145,13 +139,6 @@ class FusedChunk:
         self.snaps = self.step.snaps
         self.losses = torch.empty(train.epochs, members, device=device)
         self.lrs = torch.empty(train.epochs, members, dtype=torch.float64, device=device)
-        hls, hfs = len(params) - 2, params[0][0].shape[2]
-        work = flops_per_member_epoch(hls, hfs, target.shape[1]) * members
-        self.epochs_per_graph = int(max(1, min(MAX_EPOCHS_PER_GRAPH, FLOPS_PER_REPLAY // work)))
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.graph_epochs = 0
-        self.warm = False  # the first epoch has run (and the graph is captured)
-        self.steady: tuple[object, object, int] | None = None  # (start, end, epochs) of the last run's steady epochs
 
     def epoch(self) -> None:
         """One epoch's launches; nothing is read back."""
@@ -160,60 +147,5 @@ class FusedChunk:
         m, v = self.exp_avg, self.exp_avg_sq
         fused.adam(step.layout, step.flat, step.grad_flat, m, v, self.state, split=step.flat_split)
 
-    def run(self, capture: bool, progress=None) -> None:
-        """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The first call begins with an
-        eager epoch (compiling, making workspaces) and, with `capture`, captures the graph; the epochs after it are
-        the steady ones (`steady_seconds`). `progress(epochs, loss)`: every PROGRESS_EVERY epochs and at the end."""
-        epochs, done, reported = self.train.epochs, 0, 0
-
-        def advance(n: int) -> None:
-            nonlocal done, reported
-            done += n
-            if progress is not None and (done - reported >= PROGRESS_EVERY or done == epochs):
-                progress(done - reported, self.step.loss)
-                reported = done
-
-        device = self.losses.device
-        # Triton launches on the current device, and torch.cuda.graph's default capture stream belongs to the
-        # device of a process's first capture: on a machine of several GPUs, this chunk's device must be current
-        # and its capture stream its own
-        with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-            if not self.warm and epochs > 1:
-                self._warm_up(capture)
-                advance(1)
-            start, first = mark(device), done
-            if capture and self.graph is not None:
-                while epochs - done >= self.graph_epochs:
-                    self.graph.replay()
-                    advance(self.graph_epochs)
-            while done < epochs:
-                self.epoch()
-                advance(1)
-            # a one-epoch fit has no warm-up: its only epoch compiles, and is not a steady one
-            self.steady = (start, mark(device), done - first) if self.warm else None
-
-    def _warm_up(self, capture: bool) -> None:
-        """The first epoch; then, with `capture`, the graph of `epochs_per_graph` epochs (recorded, not run)."""
-        self.warm = True
-        if not capture:
-            self.epoch()
-            return
-        device = self.losses.device
-        current = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            self.epoch()
-        current.wait_stream(side)
-        self.graph_epochs = min(self.epochs_per_graph, self.train.epochs - 1)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=side):
-            for _ in range(self.graph_epochs):
-                self.epoch()
-
-    def steady_seconds(self) -> tuple[float, int]:
-        """Seconds and epochs of the last run's steady epochs (0, 0 without any); waits for the device."""
-        if self.steady is None or not self.steady[2]:
-            return 0.0, 0
-        start, end, epochs = self.steady
-        return seconds_between(start, end), epochs
+    def latest_loss(self) -> Tensor:
+        return self.step.loss
