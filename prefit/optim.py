@@ -12,9 +12,17 @@ import torch
 class BatchedAdam:
     """Adam (Kingma & Ba 2015) over stacked tensors [M, ...], a learning rate per member, torch's arithmetic. On a CPU
     one compiled pass a tensor (`prefit.kernels.adam_step`) instead of torch's eight; on CUDA torch's multi-tensor ops
-    with the learning rates as a tensor, never waiting for the device."""
+    with the learning rates as a tensor, never waiting for the device. With `device_step` the step count and bias
+    corrections live on the device too, so that a step can be captured in a CUDA graph (the same numbers)."""
 
-    def __init__(self, params: list[torch.Tensor], lr: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        params: list[torch.Tensor],
+        lr: torch.Tensor,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        device_step: bool = False,
+    ):
         self.params = params
         self.lr = lr  # [M] float64, shared with the scheduler
         self.beta1, self.beta2 = betas
@@ -22,7 +30,12 @@ class BatchedAdam:
         self.step_count = 0
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
-        self.compiled = all(p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous() for p in params)
+        self.device_step = device_step
+        if device_step:  # float64, as the host's Python floats: the steps taken and (beta1, beta2)
+            self.steps = torch.zeros((), dtype=torch.float64, device=lr.device)
+            self.betas = torch.tensor(betas, dtype=torch.float64, device=lr.device)
+        cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous() for p in params)
+        self.compiled = cpu and not device_step
         if self.compiled:
             from prefit.kernels import adam_step  # numba loads with the first CPU optimiser
 
@@ -34,11 +47,22 @@ class BatchedAdam:
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
-        self.step_count += 1
         if self.compiled:
+            self.step_count += 1
             self._compiled_step(grads)
         else:
-            self._foreach_step(grads)
+            self._foreach_step(grads, *self._bias_corrections())
+
+    def _bias_corrections(self) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """This step's 1 - beta1^t and sqrt(1 - beta2^t), in double as torch's Adam has them: from the host's step
+        count, or (`device_step`) from the device's, the second as the float32 that the host's scalar becomes."""
+        if not self.device_step:
+            self.step_count += 1
+            t = self.step_count
+            return 1 - self.beta1**t, (1 - self.beta2**t) ** 0.5
+        self.steps.add_(1)
+        bias = 1 - torch.pow(self.betas, self.steps)
+        return bias[0], bias[1].sqrt().to(self.params[0].dtype)
 
     def _compiled_step(self, grads: list[torch.Tensor]) -> None:
         lr = self.lr.numpy()
@@ -46,10 +70,9 @@ class BatchedAdam:
             g = g.view(g.shape[0], -1).numpy()
             self.kernel(p, g, m, v, lr, self.beta1, self.beta2, self.eps, self.step_count)
 
-    def _foreach_step(self, grads: list[torch.Tensor]) -> None:
-        t = self.step_count
-        bias1 = 1 - self.beta1**t
-        bias2_sqrt = (1 - self.beta2**t) ** 0.5
+    def _foreach_step(
+        self, grads: list[torch.Tensor], bias1: float | torch.Tensor, bias2_sqrt: float | torch.Tensor
+    ) -> None:
         torch._foreach_lerp_(self.exp_avg, grads, 1 - self.beta1)
         torch._foreach_mul_(self.exp_avg_sq, self.beta2)
         torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - self.beta2)
@@ -84,11 +107,11 @@ class BatchedPlateau:
 
     @torch.no_grad()
     def step(self, loss: torch.Tensor) -> None:
-        loss = loss.to(self.best.dtype)
+        loss = loss.to(self.best.dtype)  # the state is updated in place: a captured step replays on the same tensors
         better = loss < self.best * (1.0 - self.threshold)
-        self.best = torch.where(better, loss, self.best)
-        self.bad_epochs = torch.where(better, 0, self.bad_epochs + 1)
+        self.best.copy_(torch.where(better, loss, self.best))
+        self.bad_epochs.copy_(torch.where(better, 0, self.bad_epochs + 1))
         reduce = self.bad_epochs > self.patience
         new_lr = torch.clamp(self.lr * self.factor, min=self.min_lr)
         self.lr.copy_(torch.where(reduce & (self.lr - new_lr > self.eps), new_lr, self.lr))
-        self.bad_epochs = torch.where(reduce, 0, self.bad_epochs)
+        self.bad_epochs.masked_fill_(reduce, 0)

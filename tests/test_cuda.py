@@ -22,7 +22,7 @@ from images import smooth_images  # noqa: E402
 from prefit.bench.steady import FORMS  # noqa: E402
 from prefit.config import TrainConfig  # noqa: E402
 from prefit.data import coordinate_grid  # noqa: E402
-from prefit.engine import fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
+from prefit.engine import capture, fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
 from prefit.model import init_params, stack_params, triple_generator  # noqa: E402
 from prefit.precision import product  # noqa: E402
 
@@ -71,6 +71,50 @@ def test_fused_kernels_equal_the_plain_torch_step():
     plain = fit(CUDA, 4, 3, 128, 100, kernels="torch")
     assert gap(fused, plain) < 1e-3
     assert torch.equal(fused.lr, plain.lr)
+
+
+# the plateau schedule halves the learning rate every 21 epochs (no loss halves within them): it acts inside the
+# captured graphs, at epochs that rounding cannot move
+PLATEAU = dict(plateau_patience=20, plateau_threshold=0.5)
+
+
+def test_torch_step_captured_equals_eager_bit_for_bit():
+    """train.kernels=torch on CUDA (DeviceChunk): captured and eager run the same launches, so the same numbers."""
+    captured = fit(CUDA, 6, 2, 32, 120, kernels="torch", cuda_graphs=True, **PLATEAU)
+    eager = fit(CUDA, 6, 2, 32, 120, kernels="torch", cuda_graphs=False, **PLATEAU)
+    assert captured.steady_member_epochs == eager.steady_member_epochs == 6 * 119
+    assert (captured.lr[:, -1] < captured.lr[:, 0]).all()
+    assert torch.equal(captured.loss, eager.loss)
+    assert torch.equal(captured.lr, eager.lr)
+    assert torch.equal(captured.snapshots, eager.snapshots)
+    for (wa, ba), (wb, bb) in zip(captured.params, eager.params):
+        assert torch.equal(wa, wb) and torch.equal(ba, bb)
+
+
+def test_torch_step_captured_equals_the_sequential_engine():
+    batched = fit(CUDA, 4, 2, 32, 100, kernels="torch", cuda_graphs=True, **PLATEAU)
+    sequential = fit(CPU, 4, 2, 32, 100, **PLATEAU)
+    assert batched.steady_member_epochs == 4 * 99  # captured: the CUDA engine's loop, not the host's
+    assert gap(batched, sequential) < 1e-3
+    assert torch.equal(batched.lr, sequential.lr)
+    torch.testing.assert_close(batched.snapshots, sequential.snapshots, rtol=1e-3, atol=1e-3)
+
+
+def test_chunks_capture_on_one_stream_per_device(monkeypatch):
+    """Every chunk of a job, fused or torch, captures on the same stream (a cuBLAS workspace per stream stays)."""
+    streams = []
+
+    def recorded(device):
+        streams.append(real(device))
+        return streams[-1]
+
+    real = capture.capture_stream
+    monkeypatch.setattr(capture, "capture_stream", recorded)
+    config = TrainConfig(epochs=5, progress=False, snapshot_epochs=[])
+    for kernels in ("fused", "torch"):
+        config.kernels = kernels
+        fit_batched(members(4, 1, 16), smooth_images(4), coordinate_grid(), config, 30.0, CUDA, max_members=2)
+    assert len(streams) == 4 and all(s is streams[0] for s in streams)
 
 
 def test_3xtf32_fits_like_fp32():

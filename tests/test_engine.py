@@ -10,12 +10,15 @@ from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
 from prefit.engine import (
     batched_forward,
+    capture,
     fit_batched,
     fit_sequential,
     loss_and_grads,
     psnr_from_loss,
     snapshot_epochs_resolved,
 )
+from prefit.engine.batched import DeviceChunk, HostChunk
+from prefit.engine.common import snapshot_index
 from prefit.model import init_params, stack_params, triple_generator
 
 CPU = torch.device("cpu")
@@ -103,6 +106,61 @@ def test_snapshots_are_the_predictions_behind_the_recorded_psnr():
     for slot, epoch in enumerate([0, 5, 11]):
         mse = (result.snapshots[:, slot] - targets).square().mean(dim=(1, 2))
         torch.testing.assert_close(mse, result.loss[:, epoch])
+
+
+def test_the_device_loop_of_the_torch_step_equals_the_host_loop_bit_for_bit():
+    """DeviceChunk, the torch step with its schedule, records and snapshot slots on the device (captured on CUDA),
+    run eagerly here against HostChunk's host-driven loop with the same step and torch's multi-tensor Adam (as on
+    CUDA): losses, rates, snapshots and weights bit for bit, over a fit whose plateau schedule acts, and again over
+    a second run after `rewind`, which records from row 0 while the fit goes on."""
+    train = TrainConfig(
+        epochs=40, progress=False, lr=1e-3, plateau_patience=3, plateau_threshold=0.1, snapshot_epochs=[0, 7, 25, -1]
+    )
+    params, targets, coords = members(3), smooth_images(3), coordinate_grid()
+    slots = snapshot_index(train.epochs, train.snapshot_epochs)
+    host = HostChunk(params, coords, targets, train, 30.0, slots, "torch")
+    host.adam.compiled = False  # the multi-tensor Adam, which runs on CUDA (on a CPU the compiled one)
+    device = DeviceChunk(params, coords, targets, train, 30.0, slots)
+    reported = []
+    for run in range(2):
+        host.run()
+        device.rewind()
+        device.run(capture=False, progress=lambda n, loss: reported.append((n, loss.clone())))
+        assert torch.equal(device.losses, host.losses) and torch.equal(device.lrs, host.lrs), f"run {run}"
+        assert torch.equal(device.snaps, host.snaps), f"run {run}"
+        for (w, b), (host_w, host_b) in zip(device.step.params, host.step.params):
+            assert torch.equal(w, host_w) and torch.equal(b, host_b), f"run {run}"
+        assert (host.lrs[1:] != host.lrs[:-1]).any(dim=0).all()  # the schedule acted on every member in this run
+    assert host.snaps.isfinite().all() and not torch.equal(host.snaps[:, 0], host.snaps[:, 1])
+    assert sum(n for n, _ in reported) == 2 * train.epochs and torch.equal(reported[-1][1], host.losses[-1])
+    assert device.steady_seconds()[1] == train.epochs  # the second run's epochs: all steady ones
+
+
+def test_a_device_loop_run_past_its_epochs_rewrites_the_last_row():
+    """As FusedChunk: without `rewind`, a second run's records go to the last row and no snapshot is taken."""
+    train = TrainConfig(epochs=3, progress=False, snapshot_epochs=[0, -1])
+    params, targets, coords = members(2), smooth_images(2), coordinate_grid()
+    chunk = DeviceChunk(params, coords, targets, train, 30.0, snapshot_index(3, train.snapshot_epochs))
+    chunk.run(capture=False)
+    first, snaps = chunk.losses.clone(), chunk.snaps.clone()
+    chunk.run(capture=False)
+    assert torch.equal(chunk.losses[:2], first[:2]) and not torch.equal(chunk.losses[2], first[2])
+    assert torch.equal(chunk.snaps, snaps)
+    assert chunk.counter.item() == 6
+
+
+def test_one_capture_stream_per_device(monkeypatch):
+    """Chunks capture on one stream per device and process: torch keeps a cuBLAS workspace per stream that
+    empty_cache does not free. Counted here with streams stood in for (no GPU needed)."""
+    made = []
+    monkeypatch.setattr(capture, "_STREAMS", {})
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: made.append(device) or object())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    first = capture.capture_stream(torch.device("cuda", 0))
+    assert capture.capture_stream(torch.device("cuda", 0)) is first
+    second = capture.capture_stream(torch.device("cuda"))  # the current device's
+    assert second is not first and capture.capture_stream(torch.device("cuda", 1)) is second
+    assert made == [0, 1]
 
 
 def test_psnr_from_loss():

@@ -10,8 +10,21 @@ from prefit.optim import BatchedAdam, BatchedPlateau
 FUSED_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a CPU runs them interpreted
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled (cpu)", "multi-tensor (cuda path)"])
-def test_batched_adam_matches_torch_adam_per_member(compiled):
+# BatchedAdam's paths: compiled (a CPU's), multi-tensor (CUDA's), and multi-tensor with the step count on the
+# device (the torch step captured on CUDA)
+MODES = ["compiled (cpu)", "multi-tensor (cuda path)", "device step (captured)"]
+
+
+def batched_adam(params: list[torch.Tensor], lr: torch.Tensor, mode: str, **options) -> BatchedAdam:
+    """A BatchedAdam on CPU tensors taking the path `mode` names."""
+    adam = BatchedAdam(params, lr, device_step=mode == MODES[2], **options)
+    assert adam.compiled == (mode != MODES[2])  # contiguous float32 on the CPU, unless the step is on the device
+    adam.compiled = mode == MODES[0]
+    return adam
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batched_adam_matches_torch_adam_per_member(mode):
     torch.manual_seed(0)
     members, lrs = 3, [1e-4, 3e-3, 0.05]
     shapes = [(members, 5, 4), (members, 1, 4)]
@@ -19,9 +32,7 @@ def test_batched_adam_matches_torch_adam_per_member(compiled):
     grads = [[torch.randn(s) for s in shapes] for _ in range(60)]
 
     stacked = [p.clone() for p in start]
-    adam = BatchedAdam(stacked, torch.tensor(lrs, dtype=torch.float64))
-    assert adam.compiled  # contiguous float32 on the CPU
-    adam.compiled = compiled
+    adam = batched_adam(stacked, torch.tensor(lrs, dtype=torch.float64), mode)
     for g in grads:
         adam.step(g)
 
@@ -64,14 +75,12 @@ def assert_matches(result: list[torch.Tensor], start: list[torch.Tensor], expect
 
 
 @pytest.mark.parametrize("eps", [1e-8, 3e-10])
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled (cpu)", "multi-tensor (cuda path)"])
-def test_batched_adam_matches_torch_adam_where_eps_dominates(compiled, eps):
+@pytest.mark.parametrize("mode", MODES)
+def test_batched_adam_matches_torch_adam_where_eps_dominates(mode, eps):
     """Gradients far below eps: the step is about lr * m / eps, so an eps other than the one asked for shows."""
     lr, start, grads, expected = tiny_gradient_case(eps)
     stacked = [p.clone() for p in start]
-    adam = BatchedAdam(stacked, lr, betas=(0.9, 0.999), eps=eps)
-    assert adam.compiled
-    adam.compiled = compiled
+    adam = batched_adam(stacked, lr, mode, betas=(0.9, 0.999), eps=eps)
     for step in grads:
         adam.step(step)
     assert_matches(stacked, start, expected, rtol=1e-6, atol=1e-6)
@@ -101,6 +110,27 @@ def test_fused_adam_matches_torch_adam_where_eps_dominates(eps):
         fused.schedule(state, loss, losses, lrs)
         fused.adam(layout, flat, grad_flat, m, v, state)
     assert_matches([view.cpu() for view in layout.views(flat)], start, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.8, 0.99)])
+def test_the_device_step_count_gives_the_host_counts_numbers_bit_for_bit(betas):
+    """Adam's bias corrections from a step count on the device (float64 powers, what a captured step reads) are
+    the host's Python ones: the same weights bit for bit after thousands of steps and a changed learning rate."""
+    g = torch.Generator().manual_seed(4)
+    shapes = [(3, 5, 4), (3, 1, 4)]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    lr = torch.tensor([1e-4, 3e-3, 0.05], dtype=torch.float64)
+    host, device = [p.clone() for p in start], [p.clone() for p in start]
+    adams = [batched_adam(host, lr, MODES[1], betas=betas), batched_adam(device, lr, MODES[2], betas=betas)]
+    for step in range(2000):
+        if step == 1000:
+            lr[1] = 1e-3
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        for adam in adams:
+            adam.step(grads)
+    assert adams[1].steps.item() == 2000 and adams[1].step_count == 0
+    for p, q, p0 in zip(host, device, start):
+        assert torch.equal(p, q) and not torch.equal(p, p0)
 
 
 def test_batched_adam_follows_a_changing_learning_rate():

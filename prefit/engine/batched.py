@@ -1,6 +1,7 @@
 """The batched engine: a chunk's members as one model, chunks side by side on a CPU's cores, one learning rate per
 member (`prefit.optim`), nothing read back in the epoch loop. On CUDA (and under Triton's interpreter) a chunk runs
-through `prefit.engine.cuda`'s fused, captured loop; elsewhere through `HostChunk` and `prefit.engine.steps`."""
+through `prefit.engine.cuda`'s fused, captured loop, or with the torch step through `DeviceChunk`'s captured one;
+elsewhere through `HostChunk` and `prefit.engine.steps`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from prefit import fused
+from prefit.engine.capture import GraphChunk, epochs_per_graph
 from prefit.engine.common import engine, psnr_from_loss
 from prefit.engine.cuda import FusedChunk
 from prefit.engine.options import FitOptions
@@ -78,6 +80,8 @@ def _on_cores(run: Callable[[slice], Params], chunks: list[slice], threads: int)
 class HostChunk:
     """A chunk's fit through the host-driven loop (`prefit.engine.steps`, `prefit.optim`), as `FusedChunk` runs one."""
 
+    device_step = False  # Adam's step count on the device (`DeviceChunk`)
+
     def __init__(
         self, params: Params, coords: Tensor, target: Tensor, train: FitOptions, w0: float, slots: dict, kernels: str
     ):
@@ -87,7 +91,8 @@ class HostChunk:
         self.step = kind(params, coords, target, w0)
         self.lr = torch.full((members,), train.lr, dtype=torch.float64, device=device)
         flat = [t for pair in self.step.params for t in pair]
-        self.adam = BatchedAdam(flat, self.lr, betas=tuple(train.betas), eps=train.eps)
+        betas = tuple(train.betas)
+        self.adam = BatchedAdam(flat, self.lr, betas=betas, eps=train.eps, device_step=self.device_step)
         self.plateau = BatchedPlateau(self.lr, train.plateau_factor, train.plateau_patience, train.plateau_threshold)
         self.losses = torch.empty(train.epochs, members, device=device)
         self.lrs = torch.empty(train.epochs, members, dtype=torch.float64, device=device)
@@ -112,11 +117,59 @@ class HostChunk:
         return 0.0, 0  # only the CUDA engine times its steady epochs
 
 
+class DeviceChunk(GraphChunk, HostChunk):
+    """`HostChunk`'s torch step with every per-epoch state on the device, so that its epochs can be captured as
+    `FusedChunk`'s are (`GraphChunk`): the epoch counter, Adam's step count, the records written at the counter's
+    row, the snapshot slot looked up in a device table. A plain torch epoch is dozens of small launches; captured,
+    a 2 x 32 epoch of 100 members took 0.54 ms instead of 1.80 (H100). The numbers are `HostChunk`'s with the
+    multi-tensor Adam."""
+
+    device_step = True
+
+    def __init__(
+        self, params: Params, coords: Tensor, target: Tensor, train: FitOptions, w0: float, slots: dict[int, int]
+    ):
+        HostChunk.__init__(self, params, coords, target, train, w0, slots, "torch")
+        GraphChunk.__init__(self, epochs_per_graph(params, target))
+        device = target.device
+        self.counter = torch.zeros(1, dtype=torch.int64, device=device)
+        self.row = torch.zeros(1, dtype=torch.int64, device=device)  # where the latest epoch's records went
+        table = torch.full((train.epochs + 1,), -1, dtype=torch.int64)  # epoch -> slot, -1: none (and past the end)
+        for epoch, slot in slots.items():
+            table[epoch] = slot
+        self.table = table.to(device)
+
+    def epoch(self) -> None:
+        """HostChunk's epoch at the device counter's row; nothing is read back. A run past `epochs` epochs (without
+        `rewind`) writes the last row again and no snapshot, as `FusedChunk` does."""
+        loss, pred, grads = self.step()
+        torch.clamp(self.counter, max=self.train.epochs - 1, out=self.row)
+        self.losses.index_copy_(0, self.row, loss.unsqueeze(0))
+        self.lrs.index_copy_(0, self.row, self.lr.unsqueeze(0))
+        if self.slots:
+            slot = self.table.index_select(0, self.counter.clamp(max=self.train.epochs))
+            at = slot.clamp(min=0)
+            kept = self.snaps.index_select(1, at)
+            self.snaps.index_copy_(1, at, torch.where(slot >= 0, pred.unsqueeze(1), kept))
+        self.adam.step([g for pair in grads for g in pair])
+        self.plateau.step(loss)
+        self.counter.add_(1)
+
+    def latest_loss(self) -> Tensor:
+        return self.losses.index_select(0, self.row)[0]
+
+
 def _fit_chunk(params, chunk, targets, coords, train, w0, device, slots, result, bar, kernels) -> Params:
-    """One chunk of `fit_batched`: `FusedChunk` (CUDA graphs where on CUDA and train.cuda_graphs) or `HostChunk`."""
+    """One chunk of `fit_batched`: on CUDA `FusedChunk` or, with the torch step, `DeviceChunk` (both captured with
+    train.cuda_graphs); elsewhere `HostChunk`."""
     target = targets[chunk].to(device)
     start = [(w[chunk].to(device), b[chunk].to(device)) for w, b in params]
-    kind = FusedChunk if kernels == "fused" else partial(HostChunk, kernels=kernels)
+    if kernels == "fused":
+        kind = FusedChunk
+    elif kernels == "torch" and device.type == "cuda":
+        kind = DeviceChunk
+    else:
+        kind = partial(HostChunk, kernels=kernels)
     runner = kind(start, coords, target, train, w0, slots)
     del start  # copied into the runner's own buffers
     members = target.shape[0]
