@@ -1,10 +1,13 @@
 """A ledger of GPU memory shared by the jobs of one machine, so that jobs side by side never run a device out:
 
-    with acquire(need_bytes, min_bytes, {0: 72e9, 1: 72e9}) as lease:
-        run on torch.device("cuda", lease.device) with chunks fitting lease.granted_bytes
+    with acquire(need_bytes, min_bytes, {"3a4b5c6d-…": 72e9, "9c0d1e2f-…": 72e9}) as lease:
+        run on the CUDA device whose UUID is lease.device, with chunks fitting lease.granted_bytes
 
-A JSON file (in `<tempdir>/prefit-devices` or `$PREFIT_DEVICE_LEDGER`) rewritten atomically under a `flock`, whose
-entries of dead processes are dropped (a crashed job never blocks a device). It knows nothing of CUDA.
+Devices are keyed by an opaque id, the GPU's UUID: the same for every job on the machine, whatever index
+CUDA_VISIBLE_DEVICES gives it in each. A JSON file in a folder of the user's own (`ledger_dir`), rewritten atomically
+under a `flock`, whose entries of dead processes are dropped (a crashed job never blocks a device). Besides the ledger:
+the compute modes of the GPUs (an exclusive-process GPU takes one process at a time), whether a SLURM job owns its
+GPUs alone, and how many jobs a local sweep runs at once. Only `cuda_devices` and `cuda_capacities` touch CUDA.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import json
 import logging
 import os
 import socket
+import stat
+import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefit.io import write_json
+from prefit.errors import ConfigError
 
 log = logging.getLogger("prefit.devices")
 
@@ -34,32 +39,56 @@ LEDGER_FILE = "ledger.json"
 LOCK_FILE = "ledger.lock"
 POLL_S = 2.0
 GIB = 2**30
+# Jobs a local sweep runs at once per GPU when hydra.launcher.n_jobs is left at -1. Narrow cells are bound by kernel
+# launches and overlap well on one GPU; wide ones saturate it alone, and the ledger makes them wait rather than share.
+# A choice, not yet measured on a GPU.
+JOBS_PER_GPU = 3
+EXCLUSIVE_MODES = ("exclusive_process", "exclusive_thread")  # compute modes that allow one process per GPU
+NVML_MODES = {0: "Default", 1: "Exclusive_Thread", 2: "Prohibited", 3: "Exclusive_Process"}
+
+
+class LedgerError(ConfigError):
+    """The ledger's folder cannot be used by this user; reported as one line."""
 
 
 def ledger_dir(folder: str | os.PathLike | None = None) -> Path:
-    """The ledger's folder: `folder`, else $PREFIT_DEVICE_LEDGER, else `<tempdir>/prefit-devices` (per machine)."""
+    """The ledger's folder: `folder`, else $PREFIT_DEVICE_LEDGER, else `default_ledger_dir()`."""
     if folder is not None:
         return Path(folder)
-    return Path(os.environ.get(LEDGER_ENV) or Path(tempfile.gettempdir()) / "prefit-devices")
+    return Path(os.environ.get(LEDGER_ENV) or default_ledger_dir())
+
+
+def default_ledger_dir() -> Path:
+    """A folder of the user's own, so that two users never share (nor lock each other out of) one ledger:
+    $XDG_RUNTIME_DIR/prefit-devices where that is a writable folder, else <tempdir>/prefit-devices-<uid>."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
+        return Path(runtime) / "prefit-devices"
+    return Path(tempfile.gettempdir()) / f"prefit-devices-{os.getuid()}"
 
 
 @dataclass
 class Lease:
-    """Bytes of one device granted to this process until `release()` (or the end of a `with` block)."""
+    """Bytes of one device (by id) granted to this process until `release()` (or the end of a `with` block)."""
 
-    device: int
+    device: str
     granted_bytes: int
     id: str
     folder: Path
     waited_s: float = 0.0
+    exclusive: bool = False  # on release the entry stays as this process's context on the device, until it exits
     released: bool = field(default=False, compare=False)
 
     def release(self) -> None:
-        """Give the bytes back; releasing twice is harmless."""
-        if self.released:
+        """Give the bytes back; releasing twice is harmless, and so is a ledger folder removed meanwhile."""
+        if self.released or not self.folder.is_dir():
+            self.released = True
             return
         with _locked(self.folder) as leases:
-            leases[:] = [e for e in leases if e["id"] != self.id]
+            if self.exclusive:
+                leases[:] = [dict(e, bytes=0, context=True) if e["id"] == self.id else e for e in leases]
+            else:
+                leases[:] = [e for e in leases if e["id"] != self.id]
         self.released = True
 
     def __enter__(self) -> Lease:
@@ -72,16 +101,19 @@ class Lease:
 def acquire(
     need_bytes: int,
     min_bytes: int,
-    capacities: Mapping[int, int],
+    capacities: Mapping[str, int],
     *,
+    exclusive: Collection[str] = (),
     folder: str | os.PathLike | None = None,
     label: str = "",
     poll_s: float = POLL_S,
     timeout_s: float | None = None,
 ) -> Lease:
     """Lease `min(need_bytes, room)` bytes of the device with the most room, waiting until that is >= `min_bytes`.
-    `capacities`: device -> bytes jobs may use; a request beyond every device is cut to the largest, so none waits
-    forever. TimeoutError after `timeout_s` seconds of waiting (None: no limit)."""
+    `capacities`: device id -> bytes jobs may use, in order of preference on a tie; a request beyond every device is
+    cut to the largest, so none waits forever. A device in `exclusive` (exclusive-process compute mode) is leased whole
+    to one process at a time, and stays with it while it lives (its CUDA context does): a process holds at most one
+    such device. TimeoutError after `timeout_s` seconds of waiting (None: no limit)."""
     if not capacities:
         raise ValueError("no devices to lease from")
     largest = max(capacities.values())
@@ -94,52 +126,48 @@ def acquire(
     min_bytes = max(0, min(min_bytes, largest))
     need_bytes = max(min_bytes, min(need_bytes, largest))
     folder = ledger_dir(folder)
+    order = {d: i for i, d in enumerate(capacities)}
     started = time.monotonic()
     said = False
     me = {"pid": os.getpid(), "start": _start_time(os.getpid()), "host": socket.gethostname()}
     while True:
         with _locked(folder) as leases:
             room = rooms(capacities, leases)
-            device = max(room, key=lambda d: (room[d], -d))  # the most room; the lowest index on a tie
-            if room[device] >= min_bytes:
-                granted = int(min(need_bytes, room[device]))
-                entry = dict(id=uuid.uuid4().hex, device=device, bytes=granted, label=label, since=time.time(), **me)
+            held = {e["device"] for e in leases if _same_process(e, me) and (e.get("exclusive") or e.get("context"))}
+            others = {e["device"] for e in leases if not _same_process(e, me)}
+            fitting = [  # an exclusive device: unleased, no other process's context on it, none on another
+                d
+                for d in capacities
+                if (
+                    room[d] >= capacities[d] and d not in others and held <= {d}
+                    if d in exclusive
+                    else room[d] >= min_bytes
+                )
+            ]
+            if fitting:
+                device = max(fitting, key=lambda d: (room[d], -order[d]))
+                whole = device in exclusive
+                granted = int(capacities[device] if whole else min(need_bytes, room[device]))
+                if whole:  # the lease takes over this process's context entry
+                    leases[:] = [e for e in leases if not (e["device"] == device and _same_process(e, me))]
+                entry = dict(id=uuid.uuid4().hex, device=device, bytes=granted, label=label, exclusive=whole, **me)
+                entry["since"] = time.time()
                 leases.append(entry)
-                return Lease(device, granted, entry["id"], folder, waited_s=round(time.monotonic() - started, 3))
+                waited = round(time.monotonic() - started, 3)
+                return Lease(device, granted, entry["id"], folder, waited_s=waited, exclusive=whole)
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise TimeoutError(f"{who}: no device had {min_bytes} bytes free within {timeout_s} s")
         if not said:
+            best = max(room, key=lambda d: (room[d], -order[d]))
             log.info(
                 f"{who}: waiting for {min_bytes / GIB:.2f} GiB of GPU memory (most room now "
-                f"{room[device] / GIB:.2f} GiB on device {device}; ledger {folder})"
+                f"{room[best] / GIB:.2f} GiB on device {best}; ledger {folder})"
             )
             said = True
         time.sleep(poll_s)
 
 
-def cuda_capacities(
-    fraction: float | None = None, reserve_bytes: int = 0, only: Sequence[int] | None = None
-) -> dict[int, int]:
-    """Bytes leases may take per CUDA device (or those `only` names): `fraction` less `reserve_bytes`, at least half."""
-    import torch
-
-    if fraction is None:
-        text = os.environ.get(FRACTION_ENV) or str(DEFAULT_FRACTION)
-        try:
-            fraction = float(text)
-        except ValueError:
-            raise ValueError(f"${FRACTION_ENV} must be a number in (0, 1], got {text!r}") from None
-    if not 0 < fraction <= 1:
-        raise ValueError(f"the GPU memory fraction must be in (0, 1], got {fraction}")
-    indices = range(torch.cuda.device_count()) if only is None else only
-    capacities = {}
-    for index in indices:
-        usable = fraction * torch.cuda.get_device_properties(index).total_memory
-        capacities[int(index)] = int(max(usable - reserve_bytes, usable / 2))
-    return capacities
-
-
-def rooms(capacities: Mapping[int, int], leases: list[dict[str, Any]]) -> dict[int, int]:
+def rooms(capacities: Mapping[str, int], leases: list[dict[str, Any]]) -> dict[str, int]:
     """Bytes left on each device: its capacity less the leases on it."""
     return {d: bytes_ - sum(e["bytes"] for e in leases if e["device"] == d) for d, bytes_ in capacities.items()}
 
@@ -150,20 +178,173 @@ def entries(folder: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         return [dict(e) for e in leases]
 
 
+def cuda_devices(only: Sequence[int] | None = None) -> dict[str, int]:
+    """UUID -> CUDA index of this process's devices (or those `only` names): the index is local to the process
+    (CUDA_VISIBLE_DEVICES renumbers), the UUID is the device's name in the ledger."""
+    import torch
+
+    indices = range(torch.cuda.device_count()) if only is None else only
+    return {str(torch.cuda.get_device_properties(i).uuid) or f"cuda{i}": int(i) for i in indices}
+
+
+def cuda_capacities(
+    fraction: float | None = None, reserve_bytes: int = 0, only: Sequence[int] | None = None
+) -> dict[str, int]:
+    """Bytes leases may take per CUDA device by UUID (or those `only` names): `fraction` less `reserve_bytes`, at least
+    half."""
+    import torch
+
+    if fraction is None:
+        text = os.environ.get(FRACTION_ENV) or str(DEFAULT_FRACTION)
+        try:
+            fraction = float(text)
+        except ValueError:
+            raise ValueError(f"${FRACTION_ENV} must be a number in (0, 1], got {text!r}") from None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the GPU memory fraction must be in (0, 1], got {fraction}")
+    capacities = {}
+    for device, index in cuda_devices(only).items():
+        usable = fraction * torch.cuda.get_device_properties(index).total_memory
+        capacities[device] = int(max(usable - reserve_bytes, usable / 2))
+    return capacities
+
+
+def normal_uuid(text: str) -> str:
+    """A GPU UUID as torch and nvidia-smi both name it: nvidia-smi's `GPU-` prefix dropped, lower case."""
+    text = text.strip().lower()
+    return text[4:] if text.startswith("gpu-") else text
+
+
+def parse_compute_modes(text: str) -> dict[str, str]:
+    """{uuid: mode} from `nvidia-smi --query-gpu=uuid,compute_mode --format=csv,noheader` (uuids by `normal_uuid`)."""
+    modes = {}
+    for line in text.splitlines():
+        device, _, mode = line.partition(",")
+        if device.strip() and mode.strip():
+            modes[normal_uuid(device)] = mode.strip()
+    return modes
+
+
+def compute_modes() -> dict[str, str] | None:
+    """Each GPU's compute mode by UUID (`normal_uuid`), from NVML (pynvml) or else nvidia-smi; None where neither
+    answers. Never raises: a machine without either shares its GPUs as before."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            modes = {}
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                name = pynvml.nvmlDeviceGetUUID(handle)
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                modes[normal_uuid(name)] = NVML_MODES.get(pynvml.nvmlDeviceGetComputeMode(handle), "Unknown")
+            return modes
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # not installed, no driver, an old library: ask nvidia-smi
+        pass
+    try:
+        query = ["nvidia-smi", "--query-gpu=uuid,compute_mode", "--format=csv,noheader"]
+        done = subprocess.run(query, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (parse_compute_modes(done.stdout) or None) if done.returncode == 0 else None
+
+
+def is_exclusive(mode: str | None) -> bool:
+    """Whether a compute mode allows one process on the GPU at a time (a second one fails at context creation)."""
+    return mode is not None and mode.strip().lower().replace(" ", "_") in EXCLUSIVE_MODES
+
+
+def exclusive_devices(devices: Collection[str], modes: Mapping[str, str] | None) -> set[str]:
+    """The devices (by UUID, in any spelling) whose compute mode is exclusive; none where the modes are unknown."""
+    return {d for d in devices if is_exclusive((modes or {}).get(normal_uuid(d)))}
+
+
+def owns_devices(env: Mapping[str, str], parallel_jobs: int) -> bool:
+    """Whether this job has its GPUs to itself, so that the ledger steps aside: a SLURM job given its own GPUs
+    (CUDA_VISIBLE_DEVICES set by the scheduler, not shared as shards or through MPS) running no job beside this one."""
+    shared = env.get("SLURM_SHARDS_ON_NODE") or env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+    return bool(env.get("SLURM_JOB_ID")) and bool(env.get("CUDA_VISIBLE_DEVICES")) and not shared and parallel_jobs == 1
+
+
+def launcher_jobs(requested: int, cores: int, gpus: int = 0, exclusive: int = 0) -> int:
+    """Jobs a local (joblib) sweep runs at once for `hydra.launcher.n_jobs=requested`. -1 means one per core without
+    a GPU; with GPUs, JOBS_PER_GPU per GPU (1 per exclusive-process GPU), at most one per core, since one job per core
+    would queue dozens of jobs on each GPU. Other values as joblib reads them (-2: all cores but one)."""
+    if requested == 0:
+        raise ValueError("n_jobs must be >= 1 or negative, not 0")
+    cores = max(1, cores)
+    if requested > 0:
+        return requested
+    if requested < -1 or gpus <= 0:
+        return max(1, cores + 1 + requested)
+    exclusive = min(max(0, exclusive), gpus)
+    return max(1, min(cores, JOBS_PER_GPU * (gpus - exclusive) + exclusive))
+
+
 @contextmanager
 def _locked(folder: Path) -> Iterator[list[dict[str, Any]]]:
     """Hold the ledger's lock; yield its live leases as a list to edit in place; write it back if it changed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    _prepare(folder)
     try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except PermissionError as error:
+        raise LedgerError(
+            f"device ledger {folder}: {error.strerror}; set ${LEDGER_ENV} to a folder of your own"
+        ) from None
+    try:
+        with suppress(PermissionError):  # exactly 0600 whatever the umask; a lock file of another user's stays
+            os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         stored = _read(folder / LEDGER_FILE)
         leases = [e for e in stored if _alive(e)]
         yield leases
         if leases != stored:
-            write_json(folder / LEDGER_FILE, {"leases": leases})
+            _write(folder / LEDGER_FILE, {"leases": leases})
     finally:
         os.close(fd)  # closing the descriptor drops the lock
+
+
+def _prepare(folder: Path) -> None:
+    """Make the folder (mode 0700: only its user reads the ledger) unless it exists; refuse another user's folder.
+    The default folder is made private again if someone widened it; a folder named by the user is left as it is."""
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(folder, 0o700)
+            os.chmod(folder, 0o700)  # exactly, whatever the umask
+        except FileExistsError:  # made by another job meanwhile, or not a folder: the checks below tell
+            pass
+    default = folder == default_ledger_dir()
+    if default and os.path.islink(folder):
+        raise LedgerError(
+            f"device ledger folder {folder} is a symbolic link; set ${LEDGER_ENV} to a folder of your own"
+        )
+    info = os.stat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise LedgerError(f"device ledger folder {folder} is not a folder; set ${LEDGER_ENV} to a folder of your own")
+    if info.st_uid != os.getuid():
+        raise LedgerError(
+            f"device ledger folder {folder} belongs to another user (uid {info.st_uid}); "
+            f"set ${LEDGER_ENV} to a folder of your own"
+        )
+    if default and info.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+
+
+def _write(path: Path, data: Any) -> None:
+    """Replace the ledger atomically with a file of mode 0600."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)  # mkstemp's 0600 less the umask: exactly 0600
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -176,6 +357,10 @@ def _read(path: Path) -> list[dict[str, Any]]:
         return []
     leases = data.get("leases", []) if isinstance(data, dict) else []
     return [e for e in leases if isinstance(e, dict) and {"id", "device", "bytes", "pid"} <= e.keys()]
+
+
+def _same_process(entry: Mapping[str, Any], me: Mapping[str, Any]) -> bool:
+    return all(entry.get(k) == me[k] for k in ("pid", "start", "host"))
 
 
 def _alive(entry: dict[str, Any]) -> bool:
@@ -196,8 +381,8 @@ def _alive(entry: dict[str, Any]) -> bool:
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux); None where /proc does not say."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat_ = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2 :].split()
+    fields = stat_[stat_.rfind(")") + 2 :].split()
     return fields[19] if len(fields) > 19 else None

@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,17 @@ import prefit
 from prefit import records
 from prefit.config import Config, ConfigError, register, study_config, validate
 from prefit.data import DataError, draw_triples, load_images
-from prefit.devices import acquire, cuda_capacities
+from prefit.devices import (
+    JOBS_PER_GPU,
+    acquire,
+    compute_modes,
+    cuda_capacities,
+    cuda_devices,
+    exclusive_devices,
+    is_exclusive,
+    launcher_jobs,
+    owns_devices,
+)
 from prefit.engine import auto_max_members, cuda_bytes_per_member, device_name, resolve_device
 from prefit.errors import one_line
 from prefit.io import atomic_path
@@ -151,9 +161,11 @@ def _available_memory() -> int | None:
 def device_share(
     cfg: Config, device: torch.device, members: int, parallel_jobs: int = 1
 ) -> Iterator[tuple[torch.device, int, dict[str, Any] | None]]:
-    """The device, chunk size and lease (None on a CPU) a cell runs with while the block runs. On CUDA a job leases its
-    members' memory (or `train.max_members` of them) from `prefit.devices`, starts once MIN_CHUNK of them fit and sizes
-    its chunks for what it got: narrow cells run side by side, a wide one waits, none runs a device out."""
+    """The device, chunk size and lease record (None on a CPU) a cell runs with while the block runs. On CUDA a job
+    leases its members' memory (or `train.max_members` of them) from `prefit.devices`, starts once MIN_CHUNK of them
+    fit and sizes its chunks for what it got: narrow cells run side by side, a wide one waits, none runs a device out.
+    An exclusive-process GPU is leased whole, one job at a time; a SLURM job alone on its own GPUs takes a whole one
+    without the ledger (`prefit.devices.owns_devices`)."""
     hls, hfs, pixels = cfg.model.hls, cfg.model.hfs, cfg.dataset.side**2
     if device.type != "cuda":
         yield device, cfg.train.max_members or auto_max_members(hls, hfs, device, pixels, fit=cfg.train), None
@@ -163,19 +175,32 @@ def device_share(
     need = at_once * per_member
     least = need if cfg.train.max_members else min(at_once, MIN_CHUNK) * per_member
     only = None if device.index is None else [device.index]
+    indices = cuda_devices(only)  # the ledger names devices by UUID; CUDA, in this process, by index
     capacities = cuda_capacities(reserve_bytes=parallel_jobs * CUDA_CONTEXT_BYTES, only=only)
-    with acquire(need, least, capacities, label=f"{hls}x{hfs}") as lease:
-        device = torch.device("cuda", lease.device)
+    if owns_devices(os.environ, parallel_jobs):
+        uuid = next(iter(capacities))
+        lease, ledger, exclusive = nullcontext(), None, False
+        granted, waited = capacities[uuid], 0.0
+    else:
+        exclusive_ids = exclusive_devices(capacities, compute_modes())
+        lease = acquire(need, least, capacities, exclusive=exclusive_ids, label=f"{hls}x{hfs}")
+        uuid, granted, waited = lease.device, lease.granted_bytes, lease.waited_s
+        ledger, exclusive = str(lease.folder), lease.exclusive
+    with lease:
+        device = torch.device("cuda", indices[uuid])
         torch.cuda.set_device(device)  # work that names no device (streams, caches) lands there too
         max_members = cfg.train.max_members or auto_max_members(
-            hls, hfs, device, pixels, budget_bytes=lease.granted_bytes, fit=cfg.train
+            hls, hfs, device, pixels, budget_bytes=granted, fit=cfg.train
         )
         record = {
-            "device": lease.device,
-            "granted_bytes": lease.granted_bytes,
+            "device": uuid,
+            "index": indices[uuid],
+            "granted_bytes": granted,
             "need_bytes": need,
-            "capacity_bytes": capacities[lease.device],
-            "waited_s": lease.waited_s,
+            "capacity_bytes": capacities[uuid],
+            "waited_s": waited,
+            "ledger": ledger,  # None: the job owns its GPU and leased nothing
+            "exclusive": exclusive,
         }
         try:
             yield device, max_members, record
@@ -184,12 +209,13 @@ def device_share(
 
 
 def _parallel_jobs() -> int:
+    """Jobs of the sweep running at once, this one included, as the launcher reads n_jobs (joblib: -1 one per core;
+    cli() has already replaced a CUDA sweep's -1 by `launcher_jobs`' number); 1 for a single run or submitit's jobs."""
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return 1
     n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
-    cores = os.cpu_count() or 1
-    return min(cores, cores if n_jobs < 0 else n_jobs)
+    return launcher_jobs(n_jobs, os.cpu_count() or 1)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -208,12 +234,37 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 USER_ERRORS = (ConfigError, DataError, HydraException, OmegaConfBaseException)
 
 
-def _check_launcher_overrides(args: list[str]) -> None:
-    """Launcher values that would fail inside the launcher with a traceback, refused first in one line."""
+def _check_launcher_overrides(args: list[str]) -> list[str]:
+    """The command line to run: launcher values that would fail inside the launcher with a traceback are refused
+    first in one line, and a local (joblib) sweep on CUDA that leaves n_jobs at -1 gets JOBS_PER_GPU jobs per GPU
+    (`prefit.devices.launcher_jobs`) instead of one per core, which would queue dozens of jobs on each GPU."""
+    multirun, launcher, n_jobs, device = False, "joblib", "-1", "auto"
     for arg in args:
         key, _, value = arg.partition("=")
-        if key.lstrip("+~") == "hydra.launcher.n_jobs" and value.strip().lstrip("-").isdigit() and int(value) == 0:
-            raise ConfigError("hydra.launcher.n_jobs must be a number of jobs (>= 1, or -1 for one per core), not 0")
+        key, value = key.lstrip("+~"), value.strip()
+        if key == "hydra.launcher.n_jobs":
+            if value.lstrip("-").isdigit() and int(value) == 0:
+                raise ConfigError(
+                    "hydra.launcher.n_jobs must be a number of jobs (>= 1, or -1 for one per core), not 0"
+                )
+            n_jobs = value
+        launcher = value if key == "hydra/launcher" else launcher
+        device = value if key == "train.device" else device
+        multirun = multirun or arg in ("-m", "--multirun") or (key == "hydra.mode" and value.upper() == "MULTIRUN")
+    if not multirun or launcher != "joblib" or n_jobs != "-1" or device == "cpu" or not torch.cuda.is_available():
+        return args
+    gpus = 1 if device.startswith("cuda:") else torch.cuda.device_count()
+    if gpus < 1:
+        return args
+    exclusive = min(gpus, sum(is_exclusive(mode) for mode in (compute_modes() or {}).values()))
+    cores = os.cpu_count() or 1
+    jobs = launcher_jobs(-1, cores, gpus, exclusive)
+    how = f"{JOBS_PER_GPU} per GPU on {gpus} GPU(s)"
+    how += f", 1 per exclusive-process GPU ({exclusive} of them)" if exclusive else ""
+    how += f", at most one per core ({cores})" if jobs == cores else ""
+    print(f"[prefit] {jobs} jobs at once: {how}; hydra.launcher.n_jobs=N to change", flush=True)
+    kept = [arg for arg in args if arg.partition("=")[0].lstrip("+~") != "hydra.launcher.n_jobs"]
+    return [*kept, f"hydra.launcher.n_jobs={jobs}"]
 
 
 def cli() -> None:
@@ -222,7 +273,7 @@ def cli() -> None:
     # conf/hydra/launcher/submitit_*.yaml set defaults on the plugin's schema of the same name, on purpose
     warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name")
     try:
-        _check_launcher_overrides(sys.argv[1:])
+        sys.argv[1:] = _check_launcher_overrides(sys.argv[1:])
         main()
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from prefit import train as app
 from prefit.analysis.load import check_schema
@@ -164,12 +167,15 @@ def test_cuda_jobs_share_the_devices_through_the_ledger(tmp_path, monkeypatch):
     per = cuda_bytes_per_member(3, 64)
     asked = []
 
-    def capacities(reserve_bytes: int = 0, only=None) -> dict[int, int]:
+    def capacities(reserve_bytes: int = 0, only=None) -> dict[str, int]:
         asked.append((reserve_bytes, only))
-        return {i: c for i, c in {0: 50 * per, 1: 120 * per}.items() if only is None or i in only}
+        return {f"GPU-{i}": c for i, c in {0: 50 * per, 1: 120 * per}.items() if only is None or i in only}
 
     monkeypatch.setenv(LEDGER_ENV, str(tmp_path))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setattr(app, "cuda_capacities", capacities)
+    monkeypatch.setattr(app, "cuda_devices", lambda only=None: {f"GPU-{i}": i for i in only or (0, 1)})
+    monkeypatch.setattr(app, "compute_modes", lambda: None)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     cfg = Config()
     cfg.model.hls, cfg.model.hfs = 3, 64
@@ -230,3 +236,129 @@ def test_offline_without_data_says_where_and_how(tmp_path):
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert proc.returncode == 2 and len(error) == 1
     assert str(tmp_path / "cache") in error[0] and "dataset=cifar_dir" in error[0]
+
+
+def fake_cuda(monkeypatch, devices: dict[str, int], capacity: int, modes=None) -> None:
+    """device_share without a GPU: these UUID -> index devices, each of `capacity` bytes, the ledger real."""
+    monkeypatch.setattr(app, "cuda_devices", lambda only=None: dict(devices))
+    monkeypatch.setattr(app, "cuda_capacities", lambda reserve_bytes=0, only=None: dict.fromkeys(devices, capacity))
+    monkeypatch.setattr(app, "compute_modes", lambda: modes)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+
+
+def test_jobs_that_each_see_their_gpu_as_index_0_do_not_share_it(tmp_path, monkeypatch):
+    """Two SLURM jobs of one node with a GPU each: both CUDA index 0, the ledger tells them apart by UUID."""
+    per = cuda_bytes_per_member(3, 64)
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    cfg = Config()
+    cfg.model.hls, cfg.model.hfs = 3, 64
+    fake_cuda(monkeypatch, {"GPU-aaaa": 0}, 50 * per)
+    with app.device_share(cfg, torch.device("cuda"), 30, parallel_jobs=2) as (dev_a, chunk_a, lease_a):
+        fake_cuda(monkeypatch, {"GPU-bbbb": 0}, 50 * per)
+        with app.device_share(cfg, torch.device("cuda"), 100, parallel_jobs=2) as (dev_b, chunk_b, lease_b):
+            assert dev_a == dev_b == torch.device("cuda", 0) and (chunk_a, chunk_b) == (30, 50)
+            assert (lease_a["device"], lease_b["device"]) == ("GPU-aaaa", "GPU-bbbb")
+            assert lease_b["granted_bytes"] == 50 * per and lease_b["index"] == 0
+            assert lease_b["ledger"] == str(tmp_path) and not lease_b["exclusive"]
+            assert sorted(e["device"] for e in entries(tmp_path)) == ["GPU-aaaa", "GPU-bbbb"]
+
+
+def test_a_slurm_job_alone_on_its_gpu_needs_no_ledger(tmp_path, monkeypatch):
+    per = cuda_bytes_per_member(3, 64)
+    ledger = tmp_path / "ledger"
+    monkeypatch.setenv(LEDGER_ENV, str(ledger))
+    monkeypatch.setenv("SLURM_JOB_ID", "17")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.delenv("SLURM_SHARDS_ON_NODE", raising=False)
+    monkeypatch.delenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", raising=False)
+    cfg = Config()
+    cfg.model.hls, cfg.model.hfs = 3, 64
+    fake_cuda(monkeypatch, {"GPU-aaaa": 0}, 50 * per)
+    with app.device_share(cfg, torch.device("cuda"), 10) as (dev, chunk, lease):
+        assert dev == torch.device("cuda", 0) and chunk == 50  # sized for the whole device
+        assert lease["ledger"] is None and lease["granted_bytes"] == lease["capacity_bytes"] == 50 * per
+        assert not ledger.exists()  # neither read nor written
+    with app.device_share(cfg, torch.device("cuda"), 10, parallel_jobs=2) as (dev, chunk, lease):
+        assert lease["ledger"] == str(ledger) and lease["granted_bytes"] == 10 * per  # jobs side by side: leases
+        assert len(entries(ledger)) == 1
+
+
+def test_an_exclusive_process_gpu_is_leased_whole(tmp_path, monkeypatch):
+    per = cuda_bytes_per_member(3, 64)
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    cfg = Config()
+    cfg.model.hls, cfg.model.hfs = 3, 64
+    fake_cuda(monkeypatch, {"aaaa": 0, "bbbb": 1}, 50 * per, modes={"aaaa": "Default", "bbbb": "Exclusive_Process"})
+    share = [app.device_share(cfg, torch.device("cuda"), 10, parallel_jobs=2) for _ in range(3)]
+    with share[0] as (dev_a, _, lease_a), share[1] as (dev_b, _, lease_b), share[2] as (dev_c, _, lease_c):
+        assert dev_a == torch.device("cuda", 0) and not lease_a["exclusive"] and lease_a["granted_bytes"] == 10 * per
+        assert dev_b == torch.device("cuda", 1) and lease_b["exclusive"] and lease_b["granted_bytes"] == 50 * per
+        assert dev_c == torch.device("cuda", 0)  # the exclusive one is taken, whatever its room
+        assert [e["device"] for e in entries(tmp_path)] == ["aaaa", "bbbb", "aaaa"]
+
+
+def launch(monkeypatch, capsys, *args: str, gpus: int = 2, modes=None, cores: int = 16) -> list[str]:
+    """The arguments cli() hands Hydra for this command line, on a machine with `gpus` CUDA devices."""
+    ran = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(app, "compute_modes", lambda: modes)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(app, "main", lambda: ran.append(sys.argv[1:]))
+    monkeypatch.setattr(sys, "argv", ["prefit.train", *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with warnings.catch_warnings():
+        app.cli()
+    return ran[0]
+
+
+def test_a_gpu_sweep_runs_a_few_jobs_per_gpu(monkeypatch, capsys):
+    jobs = app.JOBS_PER_GPU
+    assert launch(monkeypatch, capsys, "-m", "model.hls=1,2") == [
+        "-m",
+        "model.hls=1,2",
+        f"hydra.launcher.n_jobs={2 * jobs}",
+    ]
+    said = capsys.readouterr().out
+    assert f"{2 * jobs} jobs at once" in said and "hydra.launcher.n_jobs=N" in said
+    assert launch(monkeypatch, capsys, "--multirun", "hydra.launcher.n_jobs=-1", "hydra/launcher=joblib") == [
+        "--multirun",
+        "hydra/launcher=joblib",
+        f"hydra.launcher.n_jobs={2 * jobs}",
+    ]
+    exclusive = {"aaaa": "Exclusive_Process", "bbbb": "Default", "cccc": "Default"}
+    assert launch(monkeypatch, capsys, "-m", modes=exclusive)[-1] == f"hydra.launcher.n_jobs={jobs + 1}"
+    assert launch(monkeypatch, capsys, "-m", cores=4)[-1] == "hydra.launcher.n_jobs=4"
+    assert launch(monkeypatch, capsys, "-m", "train.device=cuda:1")[-1] == f"hydra.launcher.n_jobs={jobs}"
+
+
+@pytest.mark.parametrize(
+    "args,gpus",
+    [
+        (["-m", "hydra.launcher.n_jobs=5"], 2),  # asked for
+        (["-m", "hydra/launcher=submitit_slurm"], 2),  # a job per SLURM job
+        (["-m", "hydra/launcher=submitit_local"], 2),
+        (["model.hls=2"], 2),  # one run
+        (["-m", "train.device=cpu"], 2),  # the sweep runs on the cores
+        (["-m", "model.hls=1,2"], 0),  # no GPU: one job per core
+    ],
+)
+def test_other_sweeps_keep_their_jobs(args, gpus, monkeypatch, capsys):
+    assert launch(monkeypatch, capsys, *args, gpus=gpus) == args
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    "launcher,n_jobs,expected",
+    [({"n_jobs": 6}, 6, 6), ({"n_jobs": -1}, -1, 16), ({"n_jobs": 20}, 20, 20), ({"partition": None}, None, 1)],
+)
+def test_a_job_counts_the_jobs_beside_it_as_the_launcher_runs_them(launcher, n_jobs, expected, monkeypatch):
+    """What cli() hands the launcher is what each job believes runs beside it (-1: joblib's one per core)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    hc = OmegaConf.create({"mode": RunMode.MULTIRUN, "launcher": launcher})
+    monkeypatch.setattr(app.HydraConfig, "get", staticmethod(lambda: hc))
+    assert app._parallel_jobs() == expected
+    hc.mode = RunMode.RUN
+    assert app._parallel_jobs() == 1
