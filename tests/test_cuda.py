@@ -19,10 +19,12 @@ if not torch.cuda.is_available():
 
 from images import smooth_images  # noqa: E402
 
+from prefit import probe as probes  # noqa: E402
 from prefit.bench.steady import FORMS  # noqa: E402
 from prefit.config import TrainConfig  # noqa: E402
 from prefit.data import coordinate_grid  # noqa: E402
 from prefit.engine import capture, fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
+from prefit.errors import ConfigError  # noqa: E402
 from prefit.model import init_params, stack_params, triple_generator  # noqa: E402
 from prefit.precision import product  # noqa: E402
 
@@ -187,3 +189,35 @@ def test_bench_on_cuda_reports_the_steady_state(tmp_path):
     for form in ("fused_graph", "fused_eager", "fused_graph_3xtf32", "fused_graph_tf32"):
         assert 0 < steady[form]["floor_ms"] <= steady[form]["ms_per_epoch"] * 1.05, (form, steady[form])
     assert "floor_ms" not in steady["torch_eager"]
+
+
+def test_the_fused_step_passes_its_probe_on_this_gpu():
+    verdict = probes.run_probe("fused", CUDA)
+    assert verdict.ok, verdict.cause
+    assert verdict.gap_db < probes.TOLERANCE_DB and verdict.key["device_uuid"]
+
+
+def test_a_fused_step_that_fails_to_compile_falls_back_to_the_torch_step(monkeypatch, tmp_path):
+    """A bad kernel option (a block that is not a power of two) fails Triton's compiler, as a broken toolchain would."""
+    from prefit import fused
+
+    monkeypatch.setenv("PREFIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused, "ELEMENTWISE_BLOCK", 1000)
+    choice = probes.choose_step("auto", CUDA)
+    assert choice.step == "torch" and "the fused step failed" in choice.warning
+    assert choice.verdict.file and "delete it to probe again" in choice.warning  # cached: later jobs skip it
+    with pytest.raises(ConfigError, match="train.kernels=fused failed its probe"):
+        probes.choose_step("fused", CUDA)
+
+
+def test_run_json_of_a_cuda_job_names_the_fused_step_and_the_gpu(cifar_dir, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "prefit.train", "+experiment=smoke", "model.hls=1", "model.hfs=8"]
+    command += ["dataset=cifar_dir", f"dataset.path={cifar_dir}", f"hydra.run.dir={out}", "train.progress=false"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["step"] == "fused" and run["cuda_graphs"] is True and run["probe"]["ok"] is True
+    assert run["device_uuid"] == str(torch.cuda.get_device_properties(0).uuid)
+    assert run["versions"]["triton"] and run["versions"]["cuda"] == torch.version.cuda
+    assert run["lease"]["device"] == run["device_uuid"]
