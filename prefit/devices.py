@@ -59,11 +59,9 @@ def ledger_dir(folder: str | os.PathLike | None = None) -> Path:
 
 
 def default_ledger_dir() -> Path:
-    """A folder of the user's own, so that two users never share (nor lock each other out of) one ledger:
-    $XDG_RUNTIME_DIR/prefit-devices where that is a writable folder, else <tempdir>/prefit-devices-<uid>."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
-        return Path(runtime) / "prefit-devices"
+    """<tempdir>/prefit-devices-<uid>: a folder of the user's own, so that two users never share (nor lock each other
+    out of) one ledger. Not $XDG_RUNTIME_DIR: it goes at the user's last logout (a sweep left running would lose its
+    leases), and jobs started without it (cron, sudo, containers) would keep another ledger."""
     return Path(tempfile.gettempdir()) / f"prefit-devices-{os.getuid()}"
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import sys
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import prefit
 from prefit import records
 from prefit.config import Config, ConfigError, register, study_config, validate
 from prefit.data import DataError, draw_triples, load_images
@@ -46,10 +45,11 @@ from prefit.devices import (
     launcher_jobs,
     owns_devices,
 )
-from prefit.engine import auto_max_members, cuda_bytes_per_member, device_name, resolve_device
+from prefit.engine import auto_max_members, cuda_bytes_per_member, resolve_device
 from prefit.errors import one_line
 from prefit.io import atomic_path
 from prefit.model import n_weights
+from prefit.probe import StepChoice, choose_step, device_facts, software_versions
 from prefit.schema import PSNR_FILE, RECON_FILE, write_psnr
 from prefit.schemes import build_plan, run_plan
 
@@ -84,11 +84,14 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     triples = draw_triples(data.labels, cfg.dataset.n_triples, cfg.seed)
     plan = build_plan(cfg, data, triples)
     with device_share(cfg, device, len(plan.members), parallel_jobs) as (device, max_members, lease):
+        choice = _choose_step(cfg, device)
         log.info(
             f"{cell}: {len(plan.members)} members, {len(triples)} triples, schemes {cfg.scheme.selected()}, protocol "
-            f"{cfg.protocol.name}, engine {cfg.train.engine} on {device} ({threads} threads, {max_members} at once)"
+            f"{cfg.protocol.name}, engine {cfg.train.engine} ({choice.step} step) on {device} ({threads} threads, "
+            f"{max_members} at once)"
         )
-        result = run_plan(cfg, plan, device, max_members)
+        run_cfg = replace(cfg, train=replace(cfg.train, kernels=choice.step))
+        result = run_plan(run_cfg, plan, device, max_members)
 
     out.mkdir(parents=True, exist_ok=True)
     records.claim(out, study, started_at)  # from here on, the folder is this study's
@@ -104,14 +107,18 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         "resolution": plan.side,
         "wall_s": round(time.time() - started, 3),
         "device": str(device),
-        "device_name": device_name(device),
+        **device_facts(device),
+        "step": choice.step,
+        "matmul_precision": str(cfg.train.matmul_precision),
+        "cuda_graphs": device.type == "cuda" and cfg.train.cuda_graphs,
+        "probe": choice.record(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "max_members": max_members,
         "lease": lease,
         "data": data.source,
         **result.info,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "prefit": prefit.__version__},
+        "versions": software_versions(),
         "started": started_at,
         "finished": datetime.now(timezone.utc).isoformat(),
         "study": study,
@@ -120,6 +127,19 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     record = records.complete(out, record)  # run.json last: it vouches for the files above
     log.info("%s: done in %.1f s -> %s", cell, record["wall_s"], out)
     return record
+
+
+def _choose_step(cfg: Config, device: torch.device) -> StepChoice:
+    """The batched engine's step on `device` after `auto` and the probe (`prefit.probe`), with its one warning line
+    where it falls back; the sequential engine has no step to choose."""
+    if cfg.train.engine == "sequential":
+        return StepChoice(str(cfg.train.kernels), "sequential")
+    choice = choose_step(str(cfg.train.kernels), device)
+    if choice.warning:
+        if cfg.train.matmul_precision == "3xtf32":
+            raise ConfigError(f"train.matmul_precision=3xtf32 needs the fused step, and {choice.warning}")
+        log.warning("train.kernels=%s: %s; the torch step runs instead", cfg.train.kernels, choice.warning)
+    return choice
 
 
 def check_memory(cfg: Config, device: torch.device) -> None:

@@ -217,11 +217,9 @@ def test_the_default_folder_is_the_users_own(no_ledger_env, monkeypatch):
     assert devices.default_ledger_dir() == tmp / "tmp" / f"prefit-devices-{os.getuid()}"
     monkeypatch.setattr(os, "getuid", lambda: 4242)
     assert devices.default_ledger_dir() == tmp / "tmp" / "prefit-devices-4242"  # another user: another folder
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp / "no-such-run-dir"))
-    assert devices.default_ledger_dir() == tmp / "tmp" / "prefit-devices-4242"
     (tmp / "run").mkdir()
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp / "run"))
-    assert devices.ledger_dir() == tmp / "run" / "prefit-devices"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp / "run"))  # removed at logout: not where a sweep's leases live
+    assert devices.ledger_dir() == tmp / "tmp" / "prefit-devices-4242"
     monkeypatch.setenv(devices.LEDGER_ENV, str(tmp / "chosen"))
     assert devices.ledger_dir() == tmp / "chosen"
 

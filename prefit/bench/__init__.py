@@ -18,7 +18,7 @@ Output: a table on stdout, progress on stderr, and `bench.json` (`--out`), writt
                 "ms_per_member_epoch_range": {...}, "batched_timing", "steady_state": {...} | null, ...}, ...], ...}
 
 On CUDA (or with `--steady`) `steady_state` (`prefit.bench.steady`) holds per form (`fused_graph`, `fused_eager`,
-`torch_eager`, ...) one chunk's warm epochs: `ms_per_epoch`, `ms_per_member_epoch`, `ms_range`, `gflops`,
+`torch_graph`, `torch_eager`, ...) one chunk's warm epochs: `ms_per_epoch`, `ms_per_member_epoch`, `ms_range`, `gflops`,
 `fraction_fp32`, `fraction_tf32` (of `ceiling_tf32_gflops`), and for fused forms `floor_ms` and `fraction_floor`
 (the products at the `torch.mm` rate, the other passes at `bandwidth_gbs`); on CUDA the batched figure is
 `fused_graph`'s (`batched_timing: "steady_state"`). `matmul_error`: each `train.matmul_precision`'s relative error

@@ -14,7 +14,8 @@ import torch
 
 from prefit.bench.machine import seconds
 from prefit.bench.options import Options
-from prefit.engine.batched import HostChunk
+from prefit.engine.batched import DeviceChunk, HostChunk
+from prefit.engine.capture import GraphChunk
 from prefit.engine.common import flops_per_member_epoch
 from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
 from prefit.engine.options import FitOptions
@@ -24,6 +25,7 @@ from prefit.model import Params
 FORMS = {
     "fused_graph": ("fused", True, "highest"),
     "fused_eager": ("fused", False, "highest"),
+    "torch_graph": ("torch", True, "highest"),  # what the engine runs on CUDA when the fused step cannot
     "torch_eager": ("torch", False, "highest"),
     "fused_graph_3xtf32": ("fused", True, "3xtf32"),
     "fused_graph_tf32": ("fused", True, "high"),
@@ -51,13 +53,15 @@ def epoch_times(
         train = FitOptions(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
         if kernels == "fused":
             chunk = FusedChunk(params, coords, target, train, w0, {})
+        elif capture:
+            chunk = DeviceChunk(params, coords, target, train, w0, {})
         else:
             chunk = HostChunk(params, coords, target, train, w0, {}, kernels)
         chunk.run(capture=capture)  # warm-up: compiles the kernels (and captures the graph), touches the memory
 
-        def run(chunk: FusedChunk | HostChunk = chunk, capture: bool = capture) -> None:
-            if isinstance(chunk, FusedChunk):
-                chunk.state.epoch.zero_()  # the records are rewritten from row 0; the schedule goes on
+        def run(chunk: GraphChunk | HostChunk = chunk, capture: bool = capture) -> None:
+            if isinstance(chunk, GraphChunk):
+                chunk.rewind()  # the records are rewritten from row 0; the schedule goes on
             chunk.run(capture=capture)
 
         times = [seconds(device, run) for _ in range(repeats)]
