@@ -56,16 +56,21 @@ def test_batched_on_cuda_equals_the_sequential_engine(hls, hfs):
     torch.testing.assert_close(batched.snapshots, sequential.snapshots, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("precision", ["highest", "3xtf32"])  # 3xtf32: the split buffers made before capture
-def test_captured_epochs_equal_eager_ones_bit_for_bit(precision):
-    captured = fit(CUDA, 6, 2, 32, 120, cuda_graphs=True, matmul_precision=precision)
-    eager = fit(CUDA, 6, 2, 32, 120, cuda_graphs=False, matmul_precision=precision)
-    assert captured.steady_member_epochs == eager.steady_member_epochs == 6 * 119
+def assert_bit_for_bit(captured, eager, steady_member_epochs: int) -> None:
+    """Captured and eager runs of one fit: the same steady epochs, losses, rates, snapshots and weights, bit for bit."""
+    assert captured.steady_member_epochs == eager.steady_member_epochs == steady_member_epochs
     assert torch.equal(captured.loss, eager.loss)
     assert torch.equal(captured.lr, eager.lr)
     assert torch.equal(captured.snapshots, eager.snapshots)
     for (wa, ba), (wb, bb) in zip(captured.params, eager.params):
         assert torch.equal(wa, wb) and torch.equal(ba, bb)
+
+
+@pytest.mark.parametrize("precision", ["highest", "3xtf32"])  # 3xtf32: the split buffers made before capture
+def test_captured_epochs_equal_eager_ones_bit_for_bit(precision):
+    captured = fit(CUDA, 6, 2, 32, 120, cuda_graphs=True, matmul_precision=precision)
+    eager = fit(CUDA, 6, 2, 32, 120, cuda_graphs=False, matmul_precision=precision)
+    assert_bit_for_bit(captured, eager, 6 * 119)
 
 
 def test_fused_kernels_equal_the_plain_torch_step():
@@ -84,13 +89,8 @@ def test_torch_step_captured_equals_eager_bit_for_bit():
     """train.kernels=torch on CUDA (DeviceChunk): captured and eager run the same launches, so the same numbers."""
     captured = fit(CUDA, 6, 2, 32, 120, kernels="torch", cuda_graphs=True, **PLATEAU)
     eager = fit(CUDA, 6, 2, 32, 120, kernels="torch", cuda_graphs=False, **PLATEAU)
-    assert captured.steady_member_epochs == eager.steady_member_epochs == 6 * 119
     assert (captured.lr[:, -1] < captured.lr[:, 0]).all()
-    assert torch.equal(captured.loss, eager.loss)
-    assert torch.equal(captured.lr, eager.lr)
-    assert torch.equal(captured.snapshots, eager.snapshots)
-    for (wa, ba), (wb, bb) in zip(captured.params, eager.params):
-        assert torch.equal(wa, wb) and torch.equal(ba, bb)
+    assert_bit_for_bit(captured, eager, 6 * 119)
 
 
 def test_torch_step_captured_equals_the_sequential_engine():

@@ -238,6 +238,15 @@ def test_offline_without_data_says_where_and_how(tmp_path):
     assert str(tmp_path / "cache") in error[0] and "dataset=cifar_dir" in error[0]
 
 
+def cell_3x64(monkeypatch, ledger) -> Config:
+    """The 3x64 cell's config, with the ledger in `ledger` and no SLURM job around."""
+    monkeypatch.setenv(LEDGER_ENV, str(ledger))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    cfg = Config()
+    cfg.model.hls, cfg.model.hfs = 3, 64
+    return cfg
+
+
 def fake_cuda(monkeypatch, devices: dict[str, int], capacity: int, modes=None) -> None:
     """device_share without a GPU: these UUID -> index devices, each of `capacity` bytes, the ledger real."""
     monkeypatch.setattr(app, "cuda_devices", lambda only=None: dict(devices))
@@ -249,10 +258,7 @@ def fake_cuda(monkeypatch, devices: dict[str, int], capacity: int, modes=None) -
 def test_jobs_that_each_see_their_gpu_as_index_0_do_not_share_it(tmp_path, monkeypatch):
     """Two SLURM jobs of one node with a GPU each: both CUDA index 0, the ledger tells them apart by UUID."""
     per = cuda_bytes_per_member(3, 64)
-    monkeypatch.setenv(LEDGER_ENV, str(tmp_path))
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    cfg = Config()
-    cfg.model.hls, cfg.model.hfs = 3, 64
+    cfg = cell_3x64(monkeypatch, tmp_path)
     fake_cuda(monkeypatch, {"GPU-aaaa": 0}, 50 * per)
     with app.device_share(cfg, torch.device("cuda"), 30, parallel_jobs=2) as (dev_a, chunk_a, lease_a):
         fake_cuda(monkeypatch, {"GPU-bbbb": 0}, 50 * per)
@@ -286,10 +292,7 @@ def test_a_slurm_job_alone_on_its_gpu_needs_no_ledger(tmp_path, monkeypatch):
 
 def test_an_exclusive_process_gpu_is_leased_whole(tmp_path, monkeypatch):
     per = cuda_bytes_per_member(3, 64)
-    monkeypatch.setenv(LEDGER_ENV, str(tmp_path))
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    cfg = Config()
-    cfg.model.hls, cfg.model.hfs = 3, 64
+    cfg = cell_3x64(monkeypatch, tmp_path)
     fake_cuda(monkeypatch, {"aaaa": 0, "bbbb": 1}, 50 * per, modes={"aaaa": "Default", "bbbb": "Exclusive_Process"})
     share = [app.device_share(cfg, torch.device("cuda"), 10, parallel_jobs=2) for _ in range(3)]
     with share[0] as (dev_a, _, lease_a), share[1] as (dev_b, _, lease_b), share[2] as (dev_c, _, lease_c):
