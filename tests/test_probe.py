@@ -106,9 +106,11 @@ def test_a_job_whose_probe_fails_runs_the_torch_step_says_so_once_and_records_it
     assert {"device_uuid", "driver", "matmul_precision", "cuda_graphs"} <= run.keys()
 
 
-def test_an_explicit_step_whose_probe_fails_ends_in_one_line_and_exit_2(cifar_dir, tmp_path):
-    proc = _train(cifar_dir, tmp_path / "run", "compile", "train.kernels=compiled")
+@pytest.mark.parametrize("step", ["compiled", "fused"])  # fused: on a CPU under Triton's interpreter (conftest)
+def test_an_explicit_step_whose_probe_fails_ends_in_one_line_and_exit_2(cifar_dir, tmp_path, step):
+    assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+    proc = _train(cifar_dir, tmp_path / "run", "compile", f"train.kernels={step}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: train.kernels=compiled failed its probe"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: train.kernels={step} failed its probe"), proc.stderr
     assert not (tmp_path / "run" / "run.json").exists()
