@@ -2,8 +2,10 @@
 # A time-boxed measurement of the CUDA engine against docs/performance.md's targets, for any machine with a GPU:
 # the stages share one wall-time budget, and the script always ends with its files written.
 #
-#   scripts/gpu-measure.sh STAGES OUT       # STAGES: tests, bench, grid, agree or all; several with commas
+#   scripts/gpu-measure.sh STAGES OUT       # STAGES: check, tests, bench, grid, agree or all; several with commas
 #
+#   check  python -m prefit.check: the probe's verdict on the fused step, the step auto runs, the jobs per GPU,
+#          2x32 and 3x128 against the sequential engine, and the estimated wall time of the study here
 #   tests  pytest tests/test_cuda.py and tests/test_fused.py (the Triton kernels compiled for the GPU)
 #   bench  python -m prefit.bench: 2x32 with 100 members (the target's chunk; the sequential engine beside it),
 #          then 2x32, 3x128, 3x512 and 8x1024 with 60 (the 8x1024 target's chunk, and what the independent
@@ -12,20 +14,21 @@
 #          at GRID_EPOCHS epochs (default 200), then python -m prefit.bench.compare: the targets filled
 #   agree  the benchmarked cells (AGREE_CELLS) trained one at a time (AGREE_EPOCHS, default 100), then
 #          python -m prefit.bench.compare: the benchmark against training's own steady rate (each job alone)
-#   all    tests, bench, grid, agree: in that order, the most needed first
+#   all    check, tests, bench, grid, agree: in that order, the most needed first
 #
 # Options (environment variables):
 #   MEASURE_S   the whole run's wall-time budget in seconds, default 570, counted from the script's start. Each
-#               stage runs under `timeout` with at most its own cap (tests 150 s, the two benchmarks 60 and 150 s,
+#               stage runs under `timeout` with at most its own cap (check 90 s, tests 150 s, the two benchmarks 60 and 150 s,
 #               the grid 270 s, each agree job 120 s) and what is left of the budget less 15 s to pack; a stage
 #               with under 30 s left is skipped. Set it some seconds under any limit the machine or its scheduler
 #               puts on the run (the default fits a 600-second limit).
-#   MAX_FILES   the most files the script leaves in OUT, default 7 (all of them), at least 2. The files are
-#               summary.md (the machine, each stage's exit status and seconds, the grid's products), tests.log,
+#   MAX_FILES   the most files the script leaves in OUT, default 8 (all of them), at least 2. The files are
+#               summary.md (the machine, each stage's exit status and seconds, the grid's products), check.txt,
+#               tests.log,
 #               bench_cuda.json, bench_cuda_60.json, grid.md, agree.md and logs.tar.gz (every stage's log,
 #               nvidia-smi's line and the sweeps' run.json records, to run python -m prefit.bench.compare again
-#               elsewhere). summary.md and logs.tar.gz always stay; then grid.md, agree.md, bench_cuda_60.json,
-#               bench_cuda.json and tests.log, in that order, as many as the cap allows; the rest are moved into
+#               elsewhere). summary.md and logs.tar.gz always stay; then check.txt, grid.md, agree.md,
+#               bench_cuda_60.json, bench_cuda.json and tests.log, in that order, as many as the cap allows; the rest are moved into
 #               logs.tar.gz (under out/), and summary.md says which. The summary and the reports are also
 #               printed at the end, so the output's last lines hold them.
 #   GRID_PRECISION  train.matmul_precision of the grid. auto (default): 3xtf32 when the benchmark's steady
@@ -40,14 +43,14 @@
 # itself; its figures are then the CPU's). Relative paths (OUT, DATA, WHEELS, SWEEP_ROOT) are the caller's.
 # Bad arguments or options end with one line, `error: ...`, and exit status 2, before anything runs.
 set -uo pipefail
-usage="usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: tests, bench, grid, agree, all)"
+usage="usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: check, tests, bench, grid, agree, all)"
 [ $# -eq 2 ] || { echo "error: $usage" >&2; exit 2; }
 stages=${1//,/ }
-[ "$stages" = all ] && stages="tests bench grid agree"
+[ "$stages" = all ] && stages="check tests bench grid agree"
 for stage in $stages; do
     case $stage in
-        tests|bench|grid|agree) ;;
-        *) echo "error: unknown stage '$stage' (tests, bench, grid, agree or all)" >&2; exit 2 ;;
+        check|tests|bench|grid|agree) ;;
+        *) echo "error: unknown stage '$stage' (check, tests, bench, grid, agree or all)" >&2; exit 2 ;;
     esac
 done
 [ -n "${stages// /}" ] || { echo "error: $usage" >&2; exit 2; }
@@ -58,9 +61,9 @@ esac
 case ${MEASURE_S:-570} in
     *[!0-9]*) echo "error: MEASURE_S must be a whole number of seconds, not '$MEASURE_S'" >&2; exit 2 ;;
 esac
-case ${MAX_FILES:-7} in
+case ${MAX_FILES:-8} in
     *[!0-9]*) max_files=0 ;;
-    *) max_files=$((10#${MAX_FILES:-7})) ;;  # 10#: 08 is eight, not a bad octal number
+    *) max_files=$((10#${MAX_FILES:-8})) ;;  # 10#: 08 is eight, not a bad octal number
 esac
 [ "$max_files" -ge 2 ] || { echo "error: MAX_FILES must be a whole number, at least 2, not '$MAX_FILES'" >&2; exit 2; }
 deadline=$((SECONDS + 10#${MEASURE_S:-570}))
@@ -125,6 +128,10 @@ compare() {  # compare NAME SWEEP: the sweep held against OUT's bench JSONs -> O
     "$py" -m prefit.bench.compare "${benches[@]}" --sweep "$2" --out "$out/$1.md" >> "$logs/$1.log"
 }
 
+run_check() {
+    within 90 check "$py" -m prefit.check --device $device 2>&1 | tee "$out/check.txt"
+}
+
 run_tests() {
     within 150 tests "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fused.py 2>&1 \
         | tee "$out/tests.log"
@@ -187,7 +194,7 @@ pack() {  # the logs, the sweeps' records and the files moved out of OUT -> OUT/
 
 cap() {  # at most MAX_FILES files in OUT: past summary.md and logs.tar.gz, the least needed move into logs.tar.gz
     local f keep=$((max_files - 2)) moved=()
-    for f in grid.md agree.md bench_cuda_60.json bench_cuda.json tests.log; do
+    for f in check.txt grid.md agree.md bench_cuda_60.json bench_cuda.json tests.log; do
         [ -f "$out/$f" ] || continue
         if [ $keep -gt 0 ]; then keep=$((keep - 1)); else moved+=("$f"); fi
     done

@@ -34,13 +34,13 @@ def measure(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProce
 def test_bad_usage_is_one_line_and_exit_2_before_anything_runs(tmp_path):
     proc = measure("nonsense", str(tmp_path / "out"), tmp_path=tmp_path)
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
-    assert proc.stderr.strip().splitlines() == ["error: unknown stage 'nonsense' (tests, bench, grid, agree or all)"]
+    assert proc.stderr.strip().splitlines() == ["error: unknown stage 'nonsense' (check, tests, bench, grid, agree or all)"]
     proc = measure("tests,nonsense", str(tmp_path / "out"), tmp_path=tmp_path)  # checked before tests run
     assert proc.returncode == 2 and "unknown stage 'nonsense'" in proc.stderr and not (tmp_path / "out").exists()
     for args in (("grid",), (",", str(tmp_path / "out"))):
         proc = measure(*args, tmp_path=tmp_path)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-            "error: usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: tests, bench, grid, agree, all)"
+            "error: usage: scripts/gpu-measure.sh STAGE[,STAGE...] OUT (stages: check, tests, bench, grid, agree, all)"
         ]
     for env, line in (
         ({"GRID_PRECISION": "fp16"}, "error: GRID_PRECISION must be auto, highest, 3xtf32 or high, not 'fp16'"),
@@ -66,6 +66,14 @@ def test_stages_the_deadline_leaves_no_time_for_are_skipped_and_the_files_still_
     assert said == [f"skipped: {what} (N s left of MEASURE_S)" for what in skipped]
     with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
         assert "logs/gpu.txt" in tar.getnames()
+
+
+def test_the_check_stage_brings_back_what_prefit_check_printed(tmp_path):
+    proc = measure("check", "out", tmp_path=tmp_path)  # ALLOW_CPU: the compiled step stands in for the fused one
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    check = (tmp_path / "out" / "check.txt").read_text()
+    assert "auto runs  the compiled step" in check and "estimated wall time of make run" in check
+    assert "| check | 0 |" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_max_files_moves_the_least_needed_files_into_the_archive(cifar_dir, tmp_path):
@@ -116,7 +124,7 @@ def test_the_grid_and_agree_stages_run_their_sweeps_and_bring_back_records_and_r
         "agree/1x4/run.json": (1, 4),
     }
     assert "## The benchmark against `prefit.train`" in (out / "agree.md").read_text()
-    assert len(list(out.iterdir())) <= 7  # MAX_FILES' default
+    assert len(list(out.iterdir())) <= 8  # MAX_FILES' default
 
 
 def toy_project(tmp_path: Path) -> Path:
