@@ -46,7 +46,7 @@ CELL = {
 
 def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "prefit.bench", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+        [sys.executable, "-m", "prefit.bench", *args], capture_output=True, text=True, timeout=600, cwd=cwd
     )
 
 
