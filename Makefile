@@ -28,10 +28,13 @@ help:
 	@echo "make grid      the full 42-cell grid, independent protocol -> $(GRID_DIR)"
 	@echo "make repro     the full grid, chained protocol (reproduces the original figures) -> $(REPRO_DIR)"
 	@echo "make study     the full grid under both protocols, both analyses, the protocol report -> $(STUDY_DIR)"
-	@echo "               (resumable; ARGS narrow both sweeps, e.g. ARGS='model.hls=2 model.hfs=32,64 +experiment=smoke')"
+	@echo "               (resumable; ARGS narrow both sweeps, e.g. ARGS='model.hls=2 model.hfs=32,64 +experiment=smoke';"
+	@echo "               STUDY_MERGE='DIR ...': more study folders of the same study, run elsewhere, merged in)"
 	@echo "make analyze SWEEP=DIR   curves, AUC, figures, summary of a sweep -> DIR/analysis"
+	@echo "               (SWEEP='DIR1 DIR2': one study's cells run apart, analysed as one -> DIR1/analysis)"
 	@echo "make notebook  execute notebooks/analysis.ipynb on SWEEP's analysis"
 	@echo "make report SWEEP_INDEPENDENT=DIR SWEEP_CHAINED=DIR   docs/findings.md: chained vs independent"
+	@echo "               (each may be several folders of one study, quoted: SWEEP_INDEPENDENT='DIR1 DIR2')"
 	@echo "make robustness SWEEP_A=DIR SWEEP_B=DIR   verdicts of two sweeps that differ only in arithmetic"
 	@echo "make tiles     real photographs from scikit-image cut into 64x64 tiles, a class each -> $(TILES_DIR)"
 	@echo "make resolution  hls 3 x hfs $(RESOLUTION_HFS) on the tiles at $(RESOLUTIONS) pixels a side + report"
@@ -68,20 +71,25 @@ repro: install
 # grid/repro (Hydra takes one +experiment, so it becomes '+experiment=[grid,NAME]'), e.g.
 #   make study ARGS='model.hls=2 model.hfs=32 +experiment=smoke dataset=cifar_dir dataset.path=DIR'
 # ANALYSIS_ARGS go to both analyses and the report, e.g. ANALYSIS_ARGS='--psnr-cap 59'.
+# STUDY_MERGE: other study folders of the same study, each with independent/ and chained/ as this target lays them
+# out (the cells run on another machine, copied here); their cells join STUDY_DIR's in both analyses (into
+# STUDY_DIR/<protocol>/analysis) and the report, e.g. make study ARGS='model.hfs=32,64' STUDY_MERGE=/mnt/gpu/study
 ANALYSIS_ARGS ?=
+STUDY_MERGE ?=
 empty :=
 space := $(empty) $(empty)
 comma := ,
 STUDY_PRESETS := $(subst [,,$(subst ],,$(patsubst +experiment=%,%,$(filter +experiment=%,$(ARGS)))))
 STUDY_ARGS := $(filter-out +experiment=%,$(ARGS))
 study_experiment = '+experiment=[$(subst $(space),$(comma),$(strip $(1) $(STUDY_PRESETS)))]'
+study_sweeps = $(strip $(STUDY_DIR)/$(1) $(addsuffix /$(1),$(STUDY_MERGE)))
 
 study: install
 	$(PY) -m prefit.train -m $(call study_experiment,grid) hydra.sweep.dir=$(STUDY_DIR)/independent $(STUDY_ARGS)
 	$(PY) -m prefit.train -m $(call study_experiment,repro) hydra.sweep.dir=$(STUDY_DIR)/chained $(STUDY_ARGS)
-	$(PY) -m prefit.analyze $(STUDY_DIR)/independent $(ANALYSIS_ARGS)
-	$(PY) -m prefit.analyze $(STUDY_DIR)/chained $(ANALYSIS_ARGS)
-	$(PY) -m prefit.report --independent $(STUDY_DIR)/independent --chained $(STUDY_DIR)/chained \
+	$(PY) -m prefit.analyze $(call study_sweeps,independent) $(ANALYSIS_ARGS)
+	$(PY) -m prefit.analyze $(call study_sweeps,chained) $(ANALYSIS_ARGS)
+	$(PY) -m prefit.report --independent $(call study_sweeps,independent) --chained $(call study_sweeps,chained) \
 		--out $(STUDY_DIR)/findings.md $(ANALYSIS_ARGS)
 	@echo "results: $(STUDY_DIR)/independent/ and $(STUDY_DIR)/chained/ (analysis/ in each);" \
 		"protocol report: $(STUDY_DIR)/findings.md"
@@ -100,9 +108,10 @@ resolution: tiles
 check: install
 	$(PY) -m prefit.check $(ARGS)
 
+# SWEEP may be several folders of one study (quoted, SWEEP='DIR1 DIR2'): analysed as one into DIR1/analysis.
 analyze: install
-	$(PY) -m prefit.analyze $(SWEEP)
-	@echo "analysis: $(SWEEP)/analysis/"
+	$(PY) -m prefit.analyze $(SWEEP) $(ANALYSIS_ARGS)
+	@echo "analysis: $(firstword $(SWEEP))/analysis/"
 
 notebook: install
 	$(PY) -m prefit.notebook $(SWEEP)/analysis
@@ -132,7 +141,8 @@ clean:
 # The protocol-finding report: a sweep run with protocol=chained beside one with protocol=independent (same cells
 # and triples) -> docs/findings.md and its figures in docs/findings/. E.g. after `make grid` and `make repro`:
 #   make report SWEEP_INDEPENDENT=outputs/sweeps/grid SWEEP_CHAINED=outputs/sweeps/repro
-# Extra options in REPORT_ARGS, e.g. REPORT_ARGS='--psnr-cap 59'.
+# Extra options in REPORT_ARGS, e.g. REPORT_ARGS='--psnr-cap 59'. Either sweep may be several folders of one study
+# (cells run on different machines or days), quoted: SWEEP_INDEPENDENT='outputs/sweeps/grid /mnt/laptop/grid'.
 SWEEP_INDEPENDENT ?= $(GRID_DIR)
 SWEEP_CHAINED ?= $(REPRO_DIR)
 FINDINGS ?= docs/findings.md

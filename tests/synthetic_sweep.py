@@ -17,6 +17,7 @@ of A's class in turn before the fit, `meta` fits A straight from its (meta-learn
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -288,3 +289,13 @@ def write_synthetic_sweep(
             traj[(schemes[0], n_triples - 1)][-3:] = np.inf
         write_cell(root / str(job), hls, hfs, traj, protocol=protocol, recon=recon, wall_s=wall_s)
     return root
+
+
+def copy_jobs(sweep: Path, to: Path, jobs: Iterable[str], names: Iterable[str] | None = None) -> Path:
+    """Another sweep folder holding copies of some job folders of `sweep` (as a sweep's cells are copied from the
+    machine that ran them), each under its own name or the one `names` gives; returns `to`."""
+    to = Path(to)
+    jobs = list(jobs)
+    for job, name in zip(jobs, list(names) if names is not None else jobs):
+        shutil.copytree(Path(sweep) / job, to / name)
+    return to

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,29 @@ import pytest
 from prefit.analysis.load import AnalysisError, find_psnr_files, job_info, load_recon, load_sweep, read_fit_rows, span
 from prefit.analysis.pipeline import compute_analysis
 from prefit.errors import one_line
-from prefit.schema import MEMBER_KEYS, PSNR_FILE, RECON_FILE, write_psnr
+from prefit.records import complete
+from prefit.schema import MEMBER_KEYS, PSNR_FILE, RECON_FILE, RUN_FILE, write_psnr
 
 try:
-    from tests.synthetic_sweep import psnr_frame, write_cell, write_synthetic_sweep
+    from tests.synthetic_sweep import (
+        copy_jobs,
+        psnr_frame,
+        ramp_trajectories,
+        study_of,
+        write_cell,
+        write_synthetic_sweep,
+        write_variant_sweep,
+    )
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import psnr_frame, write_cell, write_synthetic_sweep
+    from synthetic_sweep import (
+        copy_jobs,
+        psnr_frame,
+        ramp_trajectories,
+        study_of,
+        write_cell,
+        write_synthetic_sweep,
+        write_variant_sweep,
+    )
 
 NEW = ["class_mean", "multi_same", "meta"]
 
@@ -31,7 +49,8 @@ def test_only_fit_rows_of_the_last_fit_stage_are_read(tmp_path: Path) -> None:
     assert isinstance(loaded.fits["scheme"].dtype, pd.CategoricalDtype) and loaded.fits["scheme"].cat.ordered
     assert list(loaded.fits["scheme"].cat.categories) == ["random", "same_class", "other_class", *NEW]  # study order
     assert loaded.runs[sweep / "0"]["status"] == "complete"
-    assert loaded.jobs.to_dict("records") == [{"folder": sweep / "0", "hls": 2, "hfs": 32, "protocol": "independent"}]
+    job = {"sweep": sweep, "folder": sweep / "0", "hls": 2, "hfs": 32, "protocol": "independent"}
+    assert loaded.jobs.to_dict("records") == [job] and loaded.roots == (sweep,) and loaded.copies.empty
     assert (loaded.jobs["folder"][0] / RECON_FILE).is_file()
     info = job_info(loaded).iloc[0]
     assert (info["status"], info["wall_s"], info["device"], info["members"]) == ("complete", 1.5, "cpu", 12)
@@ -150,3 +169,68 @@ def test_one_line_keeps_the_end_of_a_long_message() -> None:
     huge = "start " + "x" * 5000 + " the remedy"
     cut = one_line(huge)
     assert len(cut) <= 2000 and cut.startswith("start ") and cut.endswith(" the remedy") and " ... " in cut
+
+
+def test_a_cell_in_two_folders_is_read_once_when_its_copies_agree(tmp_path: Path, capsys) -> None:
+    """Cells run on two machines: the folders read as one sweep; a cell copied into both is read once, from the
+    first folder, with one info line (here the jobs' run.json record their files' hashes, as a real job's do)."""
+    whole = write_synthetic_sweep(tmp_path / "whole", cells=[(2, 32), (3, 32)], n_triples=2, epochs=5)
+    for job in ("0", "1"):
+        complete(whole / job, json.loads((whole / job / RUN_FILE).read_text()))
+    a = copy_jobs(whole, tmp_path / "a", ["0"])
+    b = copy_jobs(whole, tmp_path / "b", ["1", "0"], ["1", "copy"])
+    capsys.readouterr()
+    merged, single = load_sweep([a, b]), load_sweep(whole)
+    pd.testing.assert_frame_equal(merged.fits, single.fits)
+    pd.testing.assert_frame_equal(merged.members, single.members)
+    assert merged.roots == (a, b) and merged.root == a and merged.name == f"{a}, {b}"
+    assert merged.jobs[["sweep", "folder"]].values.tolist() == [[a, a / "0"], [b, b / "1"]]
+    assert merged.copies[["sweep", "folder", "hls", "hfs"]].values.tolist() == [[b, b / "copy", 2, 32]]
+    info = f"info: {b / 'copy'}: cell 2x32 (independent) is also in {a / '0'}, the same study and results: read once"
+    assert capsys.readouterr().err.strip().splitlines() == [info]
+
+
+@pytest.mark.parametrize("change", ["results", "study"])
+def test_copies_of_a_cell_that_differ_are_refused_in_one_line_naming_both_folders(tmp_path: Path, change: str) -> None:
+    """The same cell in two folders with other numbers (rerun elsewhere) or of another study (the same numbers,
+    another train.lr recorded): which one the study means is not for the analysis to choose."""
+    traj = ramp_trajectories(2, 5)
+    a, b = tmp_path / "cluster", tmp_path / "laptop"
+    for hls in (2, 3):
+        write_cell(a / f"{hls}hls_32hfs", hls, 32, traj, recon=False, study=study_of(hls, 32))
+    other = {key: curve + 0.25 for key, curve in traj.items()} if change == "results" else traj
+    study = study_of(2, 32, train__lr=2e-4) if change == "study" else study_of(2, 32)
+    write_cell(b / "2hls_32hfs", 2, 32, other, recon=False, study=study)
+    with pytest.raises(AnalysisError) as info:
+        load_sweep([a, b])
+    message = str(info.value)
+    why = {"results": "other results (the sha256 of psnr.parquet differs)", "study": "another study (train.lr differ)"}
+    assert "\n" not in message and why[change] in message and "cell 2x32 (independent)" in message
+    assert str(a / "2hls_32hfs") in message and str(b / "2hls_32hfs") in message
+
+
+def test_the_cell_of_a_copy_is_told_by_the_keys_swept_in_either_folder(tmp_path: Path) -> None:
+    """Folder a sweeps train.lr over one cell; folder b holds a copy of its lr=2e-4 job: that job's copy, not a
+    second job of the cell with another lr."""
+    a = write_variant_sweep(tmp_path / "a", [{"train__lr": 1e-4}, {"train__lr": 2e-4}], cells=[(2, 32)], epochs=5)
+    name = "2hls_32hfs,train.lr=0.0002"
+    b = copy_jobs(a, tmp_path / "b", [name])
+    loaded = load_sweep([a, b])
+    assert sorted(loaded.jobs["train.lr"]) == [1e-4, 2e-4] and all(loaded.jobs["sweep"] == a)
+    assert loaded.copies["folder"].tolist() == [b / name] and loaded.copies["train.lr"].tolist() == [2e-4]
+
+
+def test_folders_given_twice_or_one_inside_another_are_refused(tmp_path: Path) -> None:
+    sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=1, epochs=3, recon=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for given, message in [
+        ([sweep, tmp_path / "s"], f"{tmp_path / 's'}: given twice (as {sweep})"),
+        ([sweep / "0", sweep], f"{sweep / '0'} is inside {sweep}: give each sweep folder once"),
+        ([sweep, empty], f"{empty}: no psnr.parquet found below this folder"),
+        ([sweep, tmp_path / "nowhere"], f"{tmp_path / 'nowhere'}: no such folder"),
+        ([], "no sweep folder given"),
+    ]:
+        with pytest.raises(AnalysisError) as info:
+            load_sweep(given)
+        assert message in str(info.value) and "\n" not in str(info.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -11,15 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefit.analysis import Options, analyze
+from prefit.analysis import Options, analyze, load_analysis, read_analysis
 from prefit.analysis.cli import analyze_main as main
+from prefit.analysis.pipeline import is_current
 from prefit.io import atomic_write
-from prefit.schema import AUC_FILE, STATS_FILE, SUMMARY_FILE
+from prefit.schema import AUC_FILE, PSNR_FILE, STATS_FILE, SUMMARY_FILE
 
 try:
-    from tests.synthetic_sweep import SCHEMES, write_cell, write_synthetic_sweep
+    from tests.synthetic_sweep import SCHEMES, copy_jobs, write_cell, write_synthetic_sweep
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import SCHEMES, write_cell, write_synthetic_sweep
+    from synthetic_sweep import SCHEMES, copy_jobs, write_cell, write_synthetic_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +70,11 @@ def test_all_outputs_written(analysed: tuple[Path, dict[str, Path]]) -> None:
     )
     assert set(stats["verdict"]) <= {"beats", "worse", "unclear", "no data"}
     jobs = pd.read_parquet(out / "jobs.parquet")
-    assert jobs.to_dict("records") == [
-        {"folder": str(i), "hls": h, "hfs": f, "protocol": "independent"} for i, (h, f) in enumerate(CELLS)
+    places = ["sweep", "folder", "hls", "hfs", "protocol", "device", "started", "wall_s", "used"]
+    assert jobs[places].to_dict("records") == [
+        {"sweep": "..", "folder": str(i), "hls": h, "hfs": f, "protocol": "independent"}
+        | {"device": "cpu", "started": "2025-01-01T00:00:00", "wall_s": 1.5, "used": True}
+        for i, (h, f) in enumerate(CELLS)
     ]
 
 
@@ -187,11 +193,12 @@ def test_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     capsys.readouterr()
     for bad, message in [
         (["--psnr-cap", "abc"], "argument --psnr-cap: must be a number of dB or none, got 'abc'"),
-        (["analysis.psnr_cap=59"], "unrecognized arguments: analysis.psnr_cap=59"),
+        (["analysis.psnr_cap=59"], "analysis.psnr_cap=59: no such folder"),
         (["--psnr-cap", "inf"], "the PSNR cap must be a finite number"),
         (["--ci-method", "student"], "argument --ci-method: invalid choice: 'student'"),
         (["--no-such-flag"], "unrecognized arguments"),
-        ([str(sweep)], "unrecognized arguments"),
+        ([str(sweep)], f"{sweep}: given twice"),
+        ([str(sweep / "0")], f"{sweep / '0'} is inside {sweep}: give each sweep folder once"),
     ]:
         assert main([str(sweep), *bad, "--out", str(tmp_path / "d")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -254,3 +261,102 @@ def test_analysis_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     outputs = analyze(sweep, options=Options(psnr_cap=None))
     assert (out / "analysis.ipynb").read_text() == "{}" and "figures/auc_capped_boxplot.png" not in outputs
     assert not (out / "figures" / "auc_capped_boxplot.png").exists()
+
+
+def test_two_folders_analyse_as_one_study(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A study's cells run on two machines: `python -m prefit.analyze A B --out DIR` gives the analysis of one folder
+    holding every cell; the cell copied into both (2x64) is read once."""
+    cells = [(2, 32), (3, 32), (2, 64)]
+    whole = write_synthetic_sweep(tmp_path / "whole", cells=cells, n_triples=4, epochs=10, recon=False)
+    a = copy_jobs(whole, tmp_path / "a", ["0", "2"])
+    b = copy_jobs(whole, tmp_path / "b", ["1", "2"], ["1", "again"])
+    one = analyze(whole, tmp_path / "one")
+    capsys.readouterr()
+    assert main([str(a), str(b), "--out", str(tmp_path / "merged")]) == 0
+    merged = tmp_path / "merged"
+    for name in ("auc.parquet", "stats.parquet", "curves.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(merged / name), pd.read_parquet(one[name]))
+    jobs = pd.read_parquet(merged / "jobs.parquet")[["sweep", "folder", "hls", "hfs", "used"]]
+    assert jobs.values.tolist() == [
+        ["../a", "0", 2, 32, True],
+        ["../a", "2", 2, 64, True],
+        ["../b", "1", 3, 32, True],
+        ["../b", "again", 2, 64, False],
+    ]
+    err = capsys.readouterr().err.strip().splitlines()
+    info = f"info: {b / 'again'}: cell 2x64 (independent) is also in {a / '2'}, the same study and results: read once"
+    assert [line for line in err if line.startswith(("info", "error"))] == [info]
+    summary = (merged / SUMMARY_FILE).read_text()
+    assert summary.startswith(f"# Analysis of `{a}`, `{b}`\n") and "- copies left out: 1 job(s)" in summary
+
+
+def test_a_conflicting_copy_ends_the_command_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The same cell rerun on another machine (other numbers) in a second folder: exit 2, one line naming both."""
+    whole = write_synthetic_sweep(tmp_path / "whole", cells=[(2, 32), (3, 32)], n_triples=2, epochs=6, recon=False)
+    b = copy_jobs(whole, tmp_path / "b", ["0"])
+    frame = pd.read_parquet(b / "0" / PSNR_FILE)
+    frame.assign(psnr=frame["psnr"] + 0.25).to_parquet(b / "0" / PSNR_FILE, index=False)
+    capsys.readouterr()
+    assert main([str(whole), str(b), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "other results" in err[0], err
+    assert str(whole / "0") in err[0] and str(b / "0") in err[0] and not (tmp_path / "out").exists()
+    assert main([str(whole), str(b)]) == 2 and not (whole / "analysis").exists()
+
+
+def test_the_analysis_of_several_folders_is_kept_current_for_all_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_analysis of two folders analyses them into the first one's analysis/ and reads it back while it is
+    current: a job of either folder newer than it, or a job added to either, makes it analyse them again; another
+    set of folders (the first alone) is analysed for itself."""
+    from prefit.analysis import load
+
+    whole = write_synthetic_sweep(tmp_path / "whole", cells=[(2, 32), (3, 32)], n_triples=3, epochs=6, recon=False)
+    a, b = copy_jobs(whole, tmp_path / "a", ["0"]), copy_jobs(whole, tmp_path / "b", ["1"])
+    first = load_analysis([a, b])
+    assert (a / "analysis" / STATS_FILE).is_file() and not (b / "analysis").exists()
+    reads: list[Path] = []
+    real = load.read_fit_rows
+    monkeypatch.setattr(load, "read_fit_rows", lambda path: reads.append(path) or real(path))
+    again = load_analysis([a, b])
+    assert reads == [] and again.sweep.roots == (a, b)
+    pd.testing.assert_frame_equal(again.stats, first.stats)
+    notebook = read_analysis(a / "analysis")  # no folders given: those its jobs.parquet records
+    assert notebook.sweep.roots == (a, b) and notebook.sweep.jobs["folder"].tolist() == [a / "0", b / "1"]
+    os.utime(b / "1" / PSNR_FILE)  # the second folder's job ran again
+    load_analysis([a, b])
+    assert sorted(reads) == [a / "0" / PSNR_FILE, b / "1" / PSNR_FILE]
+    reads.clear()
+    copy_jobs(whole, b, ["0"], ["late"])  # a copy arrives with its old times (rsync -a): the job list tells
+    assert len(load_analysis([a, b]).sweep.copies) == 1 and len(reads) == 3
+    reads.clear()
+    assert load_analysis([a, b]).sweep.name == f"{a}, {b}" and reads == []
+    alone = load_analysis(a)
+    assert set(alone.auc["hls"]) == {2} and alone.sweep.roots == (a,) and reads == [a / "0" / PSNR_FILE]
+
+
+def test_an_older_jobs_table_reads_as_one_folder_and_is_analysed_again(tmp_path: Path) -> None:
+    """jobs.parquet of an earlier version (no `sweep`, `used`): read back as the folder above it, never current."""
+    sweep = write_synthetic_sweep(tmp_path / "s", cells=[(2, 32)], n_triples=2, epochs=6, recon=False)
+    analyze(sweep)
+    path = sweep / "analysis" / "jobs.parquet"
+    pd.read_parquet(path)[["folder", "hls", "hfs", "protocol"]].to_parquet(path, index=False)
+    back = read_analysis(sweep / "analysis")
+    assert back.sweep.roots == (sweep,) and back.sweep.jobs["folder"].tolist() == [sweep / "0"]
+    assert not is_current([sweep], sweep / "analysis", Options())
+    assert "sweep" in pd.read_parquet(load_analysis(sweep).sweep.root / "analysis" / "jobs.parquet").columns
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_analyze_passes_several_folders() -> None:
+    venv = Path(sys.prefix)
+    command = ["make", "-n", "-C", str(REPO), "analyze", f"VENV={venv}", "-o", f"{venv}/.installed"]
+    for sweep, analysed, where in [("a", "a", "a"), ("a b", "a b", "a")]:
+        result = subprocess.run([*command, f"SWEEP={sweep}"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert [line.split("-m prefit.analyze")[1].split() for line in lines if "prefit.analyze" in line] == [
+            analysed.split()
+        ]
+        assert f"analysis: {where}/analysis/" in result.stdout

@@ -1,8 +1,9 @@
-"""The command lines: `python -m prefit.analyze SWEEP` and `python -m prefit.report` (the protocol report;
-`robustness SWEEP_A SWEEP_B` and `resolution SWEEP` as a first argument for those), each with `--out` and the
-analysis options `--psnr-cap DB` (`none`: no capped AUC) and `--ci-method percentile|bca`, whose defaults are
-prefit.analysis.pipeline.Options'. Unusable input, a bad option included, ends with one line, `error: ...`, on
-stderr and exit status 2: never a traceback.
+"""The command lines: `python -m prefit.analyze SWEEP [SWEEP ...]` and `python -m prefit.report` (the protocol
+report; `robustness SWEEP_A SWEEP_B` and `resolution SWEEP [SWEEP ...]` as a first argument for those), each with
+`--out` and the analysis options `--psnr-cap DB` (`none`: no capped AUC) and `--ci-method percentile|bca`, whose
+defaults are prefit.analysis.pipeline.Options'. Where a command takes several folders for one sweep, they are one
+study's cells run apart (other machines, other days), analysed as one (prefit.analysis.folders). Unusable input, a
+bad option included, ends with one line, `error: ...`, on stderr and exit status 2: never a traceback.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 from prefit.errors import OneLineParser, fail
 from prefit.schema import ANALYSIS_DIR
 
+from .folders import as_paths
 from .load import AnalysisError
-from .pipeline import DEFAULT_OPTIONS, Options, analyze
+from .pipeline import DEFAULT_OPTIONS, Options, analysis_dir, analyze
 from .protocol import DEFAULT_NAME, default_report, write_report
 from .reduce import QUANTISATION_PSNR_DB
 from .resolution import DEFAULT_NAME as RESOLUTION_NAME
@@ -25,10 +27,12 @@ from .robustness import default_out, write_robustness_report
 from .stats import CI_METHODS
 
 Action = Callable[[argparse.Namespace, Options], str]  # what a command does with its arguments and options
-REPORT_SWEEPS = {"--independent": "a sweep run with protocol=independent (required)"}
-REPORT_SWEEPS["--chained"] = "a sweep run with protocol=chained (required)"
-REPORT_SWEEPS["--robust"] = "a rerun of some cells with other arithmetic: adds a robustness section"
-REPORT_SWEEPS["--resolution"] = "some cells at several dataset.resolution: adds a resolution section"
+SEVERAL = " (several folders: one study's cells, merged)"
+REPORT_SWEEPS = {"--independent": "a sweep run with protocol=independent (required)" + SEVERAL}
+REPORT_SWEEPS["--chained"] = "a sweep run with protocol=chained (required)" + SEVERAL
+REPORT_SWEEPS["--robust"] = "a rerun of some cells with other arithmetic: adds a robustness section" + SEVERAL
+REPORT_SWEEPS["--resolution"] = "some cells at several dataset.resolution: adds a resolution section" + SEVERAL
+MANY = {"sweep", *REPORT_SWEEPS}  # the arguments that take one folder or several of one study
 
 
 def psnr_cap(value: str) -> float | None:
@@ -42,12 +46,14 @@ def psnr_cap(value: str) -> float | None:
 
 
 def run(prog: str, about: str, out: str, argv: Sequence[str] | None, action: Action, *sweeps: str) -> int:
-    """Parse argv (the sweep folders `sweeps`: positional, or flags such as --chained; --out with the help `out`;
-    the analysis options), run the action, print what it wrote; one line and exit status 2 on bad input."""
+    """Parse argv (the sweep folders `sweeps`: positional, or flags such as --chained; those in MANY take one folder
+    or several; --out with the help `out`; the analysis options), run the action, print what it wrote; one line and
+    exit status 2 on bad input."""
     p = OneLineParser(prog=f"python -m prefit.{prog}", description=about, raises=AnalysisError)
     for name in sweeps:
         flag = name.startswith("-")
         options = {"required": "(required)" in REPORT_SWEEPS[name], "help": REPORT_SWEEPS[name]} if flag else {}
+        options |= {"nargs": "+"} if name in MANY else {}
         p.add_argument(name, metavar="SWEEP" if flag else name.upper(), **options)
     p.add_argument("--out", type=Path, default=None, help=out)
     cap, method = DEFAULT_OPTIONS.psnr_cap, DEFAULT_OPTIONS.ci_method
@@ -56,7 +62,7 @@ def run(prog: str, about: str, out: str, argv: Sequence[str] | None, action: Act
     method_help = f"the bootstrap CI method (default {method})"
     p.add_argument("--ci-method", type=str.lower, choices=CI_METHODS, default=method, help=method_help)
     try:
-        args = p.parse_args(argv)
+        args = p.parse_intermixed_args(argv)
         print(action(args, Options(args.psnr_cap, args.ci_method)))
     except (AnalysisError, OSError) as exc:
         return fail(exc)
@@ -64,14 +70,19 @@ def run(prog: str, about: str, out: str, argv: Sequence[str] | None, action: Act
 
 
 def analyze_main(argv: Sequence[str] | None = None) -> int:
-    """`python -m prefit.analyze SWEEP [--out DIR] [options]`: the analysis files of one sweep."""
+    """`python -m prefit.analyze SWEEP [SWEEP ...] [--out DIR] [options]`: the analysis files of one sweep, or of
+    several folders of one study as one."""
 
     def action(args: argparse.Namespace, options: Options) -> str:
-        out = args.out if args.out is not None else Path(args.sweep) / ANALYSIS_DIR
+        out = args.out if args.out is not None else analysis_dir(args.sweep)
         return f"wrote {len(analyze(args.sweep, out, options))} files to {out}"
 
-    about = "Curves, AUCs, paired statistics and verdicts, figures and a summary of a prefit sweep."
-    return run("analyze", about, f"output folder (default: SWEEP/{ANALYSIS_DIR})", argv, action, "sweep")
+    about = "Curves, AUCs, paired statistics and verdicts, figures and a summary of a prefit sweep. Several SWEEP "
+    about += "folders are one study's cells run apart (other machines, other days), analysed as one: a cell in two "
+    about += "folders is read once when both copies are of the same study with the same psnr.parquet, and refused "
+    about += "otherwise."
+    out = f"output folder (default: SWEEP/{ANALYSIS_DIR}; with several folders, the first one's {ANALYSIS_DIR}/)"
+    return run("analyze", about, out, argv, action, "sweep")
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +98,8 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
     about = "The protocol report: a sweep run under protocol=chained beside one under protocol=independent. "
     about += "`robustness A B` compares two sweeps that differ only in arithmetic, `resolution SWEEP` image sizes."
-    out = f"the report (default: {DEFAULT_NAME} beside the independent sweep); its figures: the folder of its name"
+    out = f"the report (default: {DEFAULT_NAME} beside the (first) independent sweep); its figures: the folder of its "
+    out += "name"
     return run("report", about, out, argv, action, *REPORT_SWEEPS)
 
 
@@ -105,13 +117,13 @@ def robustness_main(argv: Sequence[str]) -> int:
 
 
 def resolution_main(argv: Sequence[str]) -> int:
-    """`python -m prefit.report resolution SWEEP [--out FILE] [options]`."""
+    """`python -m prefit.report resolution SWEEP [SWEEP ...] [--out FILE] [options]`."""
 
     def action(args: argparse.Namespace, options: Options) -> str:
-        out = args.out if args.out is not None else Path(args.sweep).resolve().parent / RESOLUTION_NAME
+        out = args.out if args.out is not None else as_paths(args.sweep)[0].resolve().parent / RESOLUTION_NAME
         written = write_resolution_report(args.sweep, out, options)
         return f"wrote {out} and {len(written) - 1} figure(s) in {out.with_suffix('')}"
 
     about = "Verdicts of one sweep's cells at several image sizes (jobs that differ only in dataset.resolution)."
-    out = f"the report (default: {RESOLUTION_NAME} beside the sweep); its figures go into the folder of its name"
+    out = f"the report (default: {RESOLUTION_NAME} beside the (first) sweep); its figures: the folder of its name"
     return run("report resolution", about, out, argv, action, "sweep")

@@ -1,5 +1,6 @@
-"""Reading a sweep folder: every job's `psnr.parquet` (validated against prefit.schema), run.json and recon.npz.
+"""Reading sweep folders: every job's `psnr.parquet` (validated against prefit.schema), run.json and recon.npz.
 
+One folder, or several of one study (prefit.analysis.folders: their jobs merged, a cell in two folders read once).
 Unusable input raises AnalysisError with a one-line message naming the file, so that the command lines print
 `error: ...` and exit 2 instead of a traceback.
 """
@@ -7,7 +8,6 @@ Unusable input raises AnalysisError with a one-line message naming the file, so 
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,43 +21,73 @@ import pyarrow.parquet as pq
 from prefit.errors import one_line
 from prefit.schema import MEMBER_KEYS, PSNR_COLUMNS, PSNR_FILE, RUN_FILE
 
+from .folders import AnalysisError, Folders, drop_copies, folders_text, sweep_folders
 from .groups import categorize, group_keys, group_label, job_keys, member_keys, study_columns
 
-Folder = str | os.PathLike  # a folder or file as the functions take it
 MEMBER_INFO = ["target_index", "target_label", "prefit_index", "prefit_label"]
 READ_COLUMNS = [*MEMBER_KEYS, "phase", "stage", "epoch", "psnr", *MEMBER_INFO]
 RECON_KEYS = ("hls", "hfs", "epochs", "scheme", "triple", "recon", "psnr", "triple_images", "triple_indices")
-
-
-class AnalysisError(Exception):
-    """Input the analysis cannot use; the message is one line and names the offending file."""
+RUN_FACTS = ("device", "device_name", "step", "started", "finished", "wall_s")  # where and when: kept in jobs.parquet
 
 
 @dataclass
 class Sweep:
-    """A sweep folder: `jobs` one row per job (its `folder`, its group columns), `runs` each job's run.json (None:
-    missing or unreadable); once its psnr.parquet files are read, `fits` (a row per fit of A and epoch) and `members`
-    (a row per fit of A, with its target and pre-fit images)."""
+    """The jobs of one sweep folder or of several of one study (`roots`; `root` the first): `jobs` one row per job
+    read (its `sweep` folder, its `folder`, its group columns), `copies` the same for jobs left out as copies of one
+    read from another folder, `runs` each job's run.json (None: missing or unreadable); once its psnr.parquet files
+    are read, `fits` (a row per fit of A and epoch) and `members` (a row per fit of A, with its target and pre-fit
+    images)."""
 
     root: Path
     jobs: pd.DataFrame
     runs: dict[Path, dict | None]
     fits: pd.DataFrame | None = None
     members: pd.DataFrame | None = None
+    roots: tuple[Path, ...] = ()
+    copies: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        self.roots = tuple(self.roots) or (self.root,)
+
+    @property
+    def name(self) -> str:
+        """Its folders in messages and reports: `A`, or `A, B`."""
+        return folders_text(self.roots)
+
+
+def known(value: object) -> object:
+    """A recorded value, None for null, NaN or NA (as a table read back holds them)."""
+    return None if value is None or (np.ndim(value) == 0 and pd.isna(value)) else value
+
+
+def run_facts(jobs: pd.DataFrame, runs: Mapping[Path, dict | None]) -> dict[str, list]:
+    """Per job where and when it ran (RUN_FACTS, None where unsaid) as its run.json says; a job whose run.json is
+    gone keeps what jobs.parquet recorded of it, so that a report still tells its machine and time."""
+    facts = {}
+    for key in RUN_FACTS:
+        kept = jobs[key].tolist() if key in jobs else [None] * len(jobs)
+        values = [known(k if runs.get(f) is None else runs[f].get(key)) for f, k in zip(jobs["folder"], kept)]
+        if key == "wall_s":
+            facts[key] = [float(v) if isinstance(v, (int, float)) else np.nan for v in values]
+        else:
+            facts[key] = [None if v is None else str(v) for v in values]
+    return facts
 
 
 def job_info(sweep: Sweep) -> pd.DataFrame:
-    """One row per job: its folder and group columns, then what its run.json says (`status`, `wall_s`, `device`
-    with its model's name, the `step` that ran, `threads`, `members`; missing values NA, a job without run.json
-    `no run.json`)."""
+    """One row per job: its sweep, folder and group columns, then what its run.json says (`status`, `wall_s`,
+    `device`, `machine` (the device with its model's name), the `step` that ran, `started`, `threads`, `members`;
+    missing values NA or a dash, a job without run.json `no run.json`)."""
     runs = [sweep.runs.get(folder) or {} for folder in sweep.jobs["folder"]]
+    facts = run_facts(sweep.jobs, sweep.runs)
     info = {key: [r.get(key, "—") for r in runs] for key in ("threads", "members")}
     info["status"] = [r.get("status", "no run.json") for r in runs]
-    info["wall_s"] = [float(r["wall_s"]) if isinstance(r.get("wall_s"), (int, float)) else np.nan for r in runs]
-    info["device"] = [str(r.get("device", "?")) for r in runs]
-    info["step"] = [str(r.get("step", "—")) for r in runs]  # the batched engine's step that ran (prefit.probe)
-    names = [f" ({r['device_name']})" if "device_name" in r else "" for r in runs]
-    info["device_name"] = [device + name for device, name in zip(info["device"], names)]
+    info["wall_s"] = facts["wall_s"]
+    info["device"] = [device or "?" for device in facts["device"]]
+    info["step"] = [step or "—" for step in facts["step"]]  # the batched engine's step that ran (prefit.probe)
+    names = [f" ({name})" if name else "" for name in facts["device_name"]]
+    info["machine"] = [device + name for device, name in zip(info["device"], names)]
+    info["started"] = [started or "—" for started in facts["started"]]
     return sweep.jobs.assign(**info)
 
 
@@ -81,18 +111,26 @@ def find_psnr_files(sweep_dir: Path, exclude: Path | None = None) -> list[Path]:
     return [p for p in sorted(Path(sweep_dir).rglob(PSNR_FILE)) if skip is None or not p.resolve().is_relative_to(skip)]
 
 
-def load_sweep(sweep_dir: Folder, exclude: Path | None = None) -> Sweep:
-    """Read and validate every job of the sweep; raise AnalysisError on the first file that is unusable. The study
-    keys that set its jobs apart become columns of `fits`, `members` and `jobs` after `protocol`."""
-    root = Path(sweep_dir)
-    if not root.is_dir():
-        raise AnalysisError(f"{root}: no such folder")
-    files = find_psnr_files(root, exclude)
-    if not files:
-        raise AnalysisError(f"{root}: no {PSNR_FILE} found below this folder")
-    runs = {path.parent: read_run(path.parent / RUN_FILE) for path in files}
-    keys = job_keys({folder: (run or {}).get("study") for folder, run in runs.items()})
-    fits = pd.concat([read_fit_rows(path).assign(_job=i) for i, path in enumerate(files)], ignore_index=True)
+def load_sweep(sweep_dirs: Folders, exclude: Path | None = None) -> Sweep:
+    """Read and validate every job of one sweep folder, or of several of one study (a cell in two of them read once
+    when its copies agree, refused when not: prefit.analysis.folders); raise AnalysisError on the first file that is
+    unusable. The study keys that set the jobs apart become columns of `fits`, `members` and `jobs` after
+    `protocol`."""
+    roots = sweep_folders(sweep_dirs)
+    found: list[tuple[Path, Path]] = []
+    for root in roots:
+        files = find_psnr_files(root, exclude)
+        if not files:
+            raise AnalysisError(f"{root}: no {PSNR_FILE} found below this folder")
+        found += [(root, path) for path in files]
+    runs = {path.parent: read_run(path.parent / RUN_FILE) for _, path in found}
+    frames = [read_fit_rows(path) for _, path in found]
+    copies = drop_copies(found, frames, runs)
+    used = [i for i in range(len(found)) if i not in copies]
+    files = [found[i][1] for i in used]
+    keys = job_keys({path.parent: (runs[path.parent] or {}).get("study") for path in files})
+    fits = pd.concat([frames[i].assign(_job=j) for j, i in enumerate(used)], ignore_index=True)
+    del frames
     at = fits.columns.get_loc("protocol") + 1
     for offset, key in enumerate(keys.columns):
         fits.insert(at + offset, key, keys[key].array.take(fits["_job"].to_numpy()))
@@ -105,10 +143,18 @@ def load_sweep(sweep_dir: Folder, exclude: Path | None = None) -> Sweep:
         where = f"{files[again['_job']]}: the fit of {member_name(again)}"
         raise AnalysisError(f"{where} is also in {first} (a job run twice?)")
     jobs = members.drop_duplicates("_job")
-    jobs = jobs[group_keys(jobs)].assign(folder=[files[j].parent for j in jobs["_job"]]).reset_index(drop=True)
+    sweeps, folders = [found[used[j]][0] for j in jobs["_job"]], [files[j].parent for j in jobs["_job"]]
+    jobs = jobs[group_keys(jobs)].assign(sweep=sweeps, folder=folders).reset_index(drop=True)
+    jobs = jobs[["sweep", "folder", *group_keys(jobs)]]
+    row = {folder: k for k, folder in enumerate(jobs["folder"])}
+    left_out = [
+        jobs.iloc[[row[found[j][1].parent]]].assign(sweep=[found[i][0]], folder=[found[i][1].parent])
+        for i, j in copies.items()
+    ]
     fits = fits.sort_values([*member, "epoch"], ignore_index=True)[[*member, "epoch", "psnr"]]
     members = members.sort_values(member, ignore_index=True).drop(columns="_job")
-    return Sweep(root, jobs[["folder", *group_keys(jobs)]], runs, fits, members)
+    copies_frame = pd.concat(left_out, ignore_index=True) if left_out else jobs.iloc[:0]
+    return Sweep(roots[0], jobs, runs, fits, members, tuple(roots), copies_frame)
 
 
 def read_run(path: Path) -> dict | None:

@@ -1,9 +1,11 @@
-"""The analysis of one sweep, end to end: load -> reduce -> statistics -> tables, figures and summary.md.
+"""The analysis of one sweep (or of several folders of one study), end to end: load -> reduce -> statistics ->
+tables, figures and summary.md.
 
 `compute_analysis` does it in memory; `analyze` writes the files of docs/formats.md ("Analysis outputs") into one
-folder, default SWEEP/analysis, all or nothing; `read_analysis` reads such a folder back, and `load_analysis`
-gives a sweep's analysis as its folder holds it, running `analyze` first when that folder is missing or out of
-date. The reports and the notebook read the analysis this way instead of the trajectories.
+folder, default SWEEP/analysis (with several folders the first one's), all or nothing; `read_analysis` reads such a
+folder back, and `load_analysis` gives the analysis as that folder holds it, running `analyze` first when the
+folder is missing or out of date for any of the sweeps' jobs. The reports and the notebook read the analysis this
+way instead of the trajectories.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from prefit.io import atomic_write
 from prefit.schema import AUC_FILE, RUN_FILE, STATS_FILE
 
 from .figures import plot_auc_boxplot, plot_cell_curves, plot_paired_stats, plot_recon, scheme_palette, write_figure
+from .folders import Folder, Folders, as_paths, command, placed, relative, sweep_folders
 from .groups import categorize, group_keys, group_stem, groups, keys_text, present, study_columns
-from .load import AnalysisError, Folder, Sweep, find_psnr_files, load_recon, load_sweep, read_run
+from .load import AnalysisError, Sweep, find_psnr_files, load_recon, load_sweep, read_run, run_facts
 from .reduce import auc_table, by, curves_table, measures_in
 from .stats import CI_METHODS, stats_table
 from .tables import summary_markdown
@@ -69,16 +72,18 @@ class Analysis:
         """One protocol's share (its statistics are per cell, so they carry over unchanged); an error if none."""
         found = present(self.auc["protocol"])
         if protocol not in found:
-            raise AnalysisError(f"{self.sweep.root}: no fits with protocol {protocol!r} (found: {', '.join(found)})")
+            raise AnalysisError(f"{self.sweep.name}: no fits with protocol {protocol!r} (found: {', '.join(found)})")
 
         frames = {"curves": self.curves, "auc": self.auc, "stats": self.stats, "jobs": self.sweep.jobs}
+        frames["copies"] = self.sweep.copies if self.sweep.copies is not None else self.sweep.jobs.iloc[:0]
         keep = {name: f[f["protocol"] == protocol].reset_index(drop=True) for name, f in frames.items()}
-        return replace(self, sweep=replace(self.sweep, jobs=keep.pop("jobs")), **keep)
+        sweep = replace(self.sweep, jobs=keep.pop("jobs"), copies=keep.pop("copies"))
+        return replace(self, sweep=sweep, **keep)
 
 
-def compute_analysis(sweep_dir: Folder, options: Options = DEFAULT_OPTIONS, exclude: Path | None = None) -> Analysis:
-    """Load a sweep and reduce it in memory."""
-    sweep = load_sweep(sweep_dir, exclude=exclude)
+def compute_analysis(sweep_dirs: Folders, options: Options = DEFAULT_OPTIONS, exclude: Path | None = None) -> Analysis:
+    """Load a sweep, or several folders of one study, and reduce it in memory."""
+    sweep = load_sweep(sweep_dirs, exclude=exclude)
     auc = auc_table(sweep.fits, sweep.members, options.psnr_cap)
     stats = stats_table(auc, options.ci_method, options.psnr_cap)
     return Analysis(sweep, curves_table(sweep.fits), auc, stats, options)
@@ -141,19 +146,26 @@ def write_figures(analysis: Analysis, figures_dir: Path) -> list[Path]:
     return written
 
 
-def analyze(sweep_dir: Folder, out: Folder | None = None, options: Options = DEFAULT_OPTIONS) -> dict[str, Path]:
-    """Analyse a sweep folder and write its files; returns {path relative to out: path} of every file written.
-    All or nothing: the files are written into a fresh folder beside `out`, which then takes `out`'s place, so a
-    failure (a damaged recon.npz, a full disk, Ctrl-C) leaves the previous analysis whole. Files of the previous
-    folder that the analysis does not write (an executed analysis.ipynb, notes) are carried over.
+def analysis_dir(sweep_dirs: Folders) -> Path:
+    """Where an analysis goes unless told: SWEEP/analysis; with several folders of one study, the first one's (which
+    then holds the analysis of them all, and records their folders in jobs.parquet)."""
+    return as_paths(sweep_dirs)[0] / schema.ANALYSIS_DIR
+
+
+def analyze(sweep_dirs: Folders, out: Folder | None = None, options: Options = DEFAULT_OPTIONS) -> dict[str, Path]:
+    """Analyse a sweep folder, or several of one study as one, and write the files; returns {path relative to out:
+    path} of every file written. All or nothing: the files are written into a fresh folder beside `out` (default
+    `analysis_dir`), which then takes `out`'s place, so a failure (a damaged recon.npz, a full disk, Ctrl-C) leaves
+    the previous analysis whole. Files of the previous folder that the analysis does not write (an executed
+    analysis.ipynb, notes) are carried over.
     """
-    sweep_dir = Path(sweep_dir)
-    out = Path(out) if out is not None else sweep_dir / schema.ANALYSIS_DIR
-    analysis = compute_analysis(sweep_dir, options, exclude=out)
+    roots = sweep_folders(sweep_dirs)
+    out = Path(out) if out is not None else analysis_dir(roots)
+    analysis = compute_analysis(roots, options, exclude=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        written = _write_all(analysis, fresh)
+        written = _write_all(analysis, fresh, out)
         _swap_in(fresh, out, written)
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
@@ -161,9 +173,23 @@ def analyze(sweep_dir: Folder, out: Folder | None = None, options: Options = DEF
     return {path.relative_to(fresh).as_posix(): out / path.relative_to(fresh) for path in written}
 
 
-def _write_all(analysis: Analysis, out: Path) -> list[Path]:
-    auc, jobs, root = analysis.auc, analysis.sweep.jobs, analysis.sweep.root
-    jobs = jobs.assign(folder=[Path(f).relative_to(root).as_posix() for f in jobs["folder"]])
+def jobs_table(sweep: Sweep, out: Path) -> pd.DataFrame:
+    """jobs.parquet: every job found, its `sweep` folder relative to the analysis folder `out` (`..` for
+    SWEEP/analysis), its `folder` relative to its sweep, its group columns, where and when it ran (RUN_FACTS), and
+    `used`: false for a copy of a cell read from another folder."""
+    parts = [(sweep.jobs, True)] + ([(sweep.copies, False)] if sweep.copies is not None else [])
+    frames = []
+    for jobs, used in parts:
+        where = zip(jobs["sweep"], jobs["folder"])
+        places = {"sweep": [relative(s, out) for s in jobs["sweep"]]}
+        places["folder"] = [Path(folder).relative_to(root).as_posix() for root, folder in where]
+        frames.append(jobs.assign(**places, **run_facts(jobs, sweep.runs), used=used))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _write_all(analysis: Analysis, out: Path, final: Path) -> list[Path]:
+    """Every file of an analysis into `out`, a fresh folder that then becomes `final`."""
+    auc, jobs = analysis.auc, jobs_table(analysis.sweep, final)
     tables = {schema.CURVES_FILE: analysis.curves, AUC_FILE: auc, STATS_FILE: analysis.stats, schema.JOBS_FILE: jobs}
     written = [write_parquet(frame, out / name) for name, frame in tables.items()]
     written.append(atomic_write(out / schema.AUC_CSV_FILE, lambda tmp: auc.to_csv(tmp, index=False)))
@@ -190,10 +216,10 @@ def _swap_in(fresh: Path, out: Path, written: list[Path]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def check_layout(out: Path, root: Path) -> None:
+def check_layout(out: Path, roots: list[Path]) -> None:
     """Fail, in one line, on an analysis folder that is not in the layout of docs/formats.md (written by an older
     version: stats.parquet one row per cell and scheme)."""
-    again = f"run `python -m prefit.analyze {root}` again"
+    again = f"run `{command(roots)}` again"
     try:
         names = pq.read_schema(out / STATS_FILE).names
     except (OSError, pa.ArrowException) as exc:
@@ -202,35 +228,45 @@ def check_layout(out: Path, root: Path) -> None:
         raise AnalysisError(f"{out}: an analysis in an older layout (stats.parquet a row per cell and scheme); {again}")
 
 
-def read_analysis(out: Folder, root: Folder | None = None) -> Analysis:
-    """An analysis folder read back (`root`: its sweep, default the folder above it), scheme and protocol ordered
-    categoricals; AnalysisError, in one line, for a folder without an analysis or one in an older layout."""
-    out, root = Path(out), Path(out).parent if root is None else Path(root)
+def read_analysis(out: Folder, roots: Folders | None = None) -> Analysis:
+    """An analysis folder read back (`roots`: its sweep folders, default those its jobs.parquet records, or the
+    folder above it), scheme and protocol ordered categoricals; AnalysisError, in one line, for a folder without an
+    analysis or one in an older layout."""
+    out = Path(out)
+    given = None if roots is None else as_paths(roots)
     if not (out / STATS_FILE).is_file():
-        raise AnalysisError(f"{out}: no {STATS_FILE}: run `python -m prefit.analyze {root}` first")
-    check_layout(out, root)
+        raise AnalysisError(f"{out}: no {STATS_FILE}: run `{command(given or [out.parent])}` first")
+    check_layout(out, given or [out.parent])
     try:
         curves, auc, stats, jobs = (categorize(pd.read_parquet(out / name)) for name in TABLES)
     except (OSError, pa.ArrowException) as exc:
         raise AnalysisError(f"{out}: not a readable analysis ({one_line(exc)})") from None
-    jobs["folder"] = [root / folder for folder in jobs["folder"]]
-    runs = {folder: read_run(folder / RUN_FILE) for folder in jobs["folder"]}
+    jobs = placed(jobs, out, given)
+    used = jobs.pop("used").astype(bool) if "used" in jobs.columns else pd.Series(True, index=jobs.index)
+    copies, jobs = jobs[~used].reset_index(drop=True), jobs[used].reset_index(drop=True)
+    runs = {folder: read_run(folder / RUN_FILE) for folder in [*jobs["folder"], *copies["folder"]]}
+    roots = given or list(dict.fromkeys(jobs["sweep"])) or [out.parent]
     cap = stats["psnr_cap"].iloc[0] if len(stats) else DEFAULT_OPTIONS.psnr_cap if "auc_capped" in auc else np.nan
     method = str(stats["ci_method"].iloc[0]) if len(stats) else CI_METHODS[0]
-    return Analysis(Sweep(root, jobs, runs), curves, auc, stats, Options(None if pd.isna(cap) else float(cap), method))
+    options = Options(None if pd.isna(cap) else float(cap), method)
+    return Analysis(Sweep(roots[0], jobs, runs, roots=tuple(roots), copies=copies), curves, auc, stats, options)
 
 
-def is_current(root: Path, out: Path, options: Options) -> bool:
-    """Whether an analysis folder was written after every job's files, from the same jobs, with these options."""
+def is_current(roots: list[Path], out: Path, options: Options) -> bool:
+    """Whether an analysis folder was written after every job's files of every sweep folder, from the same jobs
+    (copies left out included), with these options."""
     tables = [out / name for name in TABLES]
-    files = find_psnr_files(root, exclude=out)
+    files = [(root, path) for root in roots for path in find_psnr_files(root, exclude=out)]
     if not files or not all(path.is_file() for path in tables):
         return False
-    inputs = [p for f in files for p in (f, f.parent / RUN_FILE) if p.is_file()]
+    inputs = [p for _, f in files for p in (f, f.parent / RUN_FILE) if p.is_file()]
     if max(p.stat().st_mtime_ns for p in inputs) > min(p.stat().st_mtime_ns for p in tables):
         return False
-    folders = set(pd.read_parquet(out / schema.JOBS_FILE, columns=["folder"])["folder"])
-    if folders != {f.parent.relative_to(root).as_posix() for f in files}:
+    if "sweep" not in pq.read_schema(out / schema.JOBS_FILE).names:
+        return False  # an analysis of one folder by an earlier version: analysed again
+    jobs = pd.read_parquet(out / schema.JOBS_FILE, columns=["sweep", "folder"])
+    found = {(relative(root, out), path.parent.relative_to(root).as_posix()) for root, path in files}
+    if set(zip(jobs["sweep"], jobs["folder"])) != found:
         return False
     stats = pd.read_parquet(out / STATS_FILE, columns=["psnr_cap", "ci_method"])
     cap = stats["psnr_cap"].isna() if options.psnr_cap is None else stats["psnr_cap"] == options.psnr_cap
@@ -239,16 +275,14 @@ def is_current(root: Path, out: Path, options: Options) -> bool:
     return bool(same) and capped == (options.psnr_cap is not None)
 
 
-def load_analysis(sweep_dir: Folder, options: Options = DEFAULT_OPTIONS) -> Analysis:
-    """A sweep's analysis as SWEEP/analysis holds it, analysed first (`analyze`, with `options`) when that folder is
-    missing, older than a job's files, made from other jobs or with other options. An analysis in an older layout
-    is refused in one line (`check_layout`)."""
-    root = Path(sweep_dir)
-    out = root / schema.ANALYSIS_DIR
-    if not root.is_dir():
-        raise AnalysisError(f"{root}: no such folder")
+def load_analysis(sweep_dirs: Folders, options: Options = DEFAULT_OPTIONS) -> Analysis:
+    """The analysis of a sweep, or of several folders of one study, as `analysis_dir` holds it, analysed first
+    (`analyze`, with `options`) when that folder is missing, older than a job's files, made from other jobs or with
+    other options. An analysis in an older layout is refused in one line (`check_layout`)."""
+    roots = sweep_folders(sweep_dirs)
+    out = analysis_dir(roots)
     if (out / STATS_FILE).is_file():
-        check_layout(out, root)
-    if not is_current(root, out, options):
-        analyze(root, out, options)
-    return read_analysis(out, root)
+        check_layout(out, roots)
+    if not is_current(roots, out, options):
+        analyze(roots, out, options)
+    return read_analysis(out, roots)

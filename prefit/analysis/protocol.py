@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -21,8 +22,9 @@ from prefit.schema import BASELINE, GRID_HFS, GRID_HLS, PROTOCOL_ORDER, cell_lab
 from . import resolution as resolutions
 from . import robustness, tables
 from .figures import plot_auc_boxplot, plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
+from .folders import AnalysisError, Folders, as_paths
 from .groups import categorize, cell_order, cells_of, of_cell, present, study_columns, study_texts
-from .load import AnalysisError, Folder, job_info, span
+from .load import job_info, span
 from .pipeline import DEFAULT_OPTIONS, Analysis, load_analysis, remove_stale_figures, write_text
 from .reduce import Measure, measures_in
 from .stats import ALPHA
@@ -120,11 +122,12 @@ def refuse_study_keys(run: Analysis) -> None:
     if study_columns(run.auc):
         shown = "; ".join(v or "(none)" for v in study_texts(run.auc))
         what = "the protocol report compares sweeps of one study: give it such sweeps, or analyse this one alone"
-        raise AnalysisError(f"{run.sweep.root}: its jobs differ in more than hls, hfs and protocol ({shown}); {what}")
+        raise AnalysisError(f"{run.sweep.name}: its jobs differ in more than hls, hfs and protocol ({shown}); {what}")
 
 
 def runs_markdown(runs: dict[str, Analysis], common: Sequence[tuple[int, int]]) -> str:
-    """Per sweep its cells, triples, epochs, jobs and time; per common cell the triples, epochs and time of each."""
+    """Per sweep (its folders) its cells, triples, epochs, jobs and time; per common cell the triples, epochs and
+    time of each; per job of a common cell its folders, the machine it ran on, its step, start and time."""
     jobs, rows = {p: job_info(r.sweep) for p, r in runs.items()}, []
     header = ["protocol", "sweep", "cells", "triples per cell", "epochs per fit", "schemes", "jobs (complete)"]
     for (p, run), j in zip(runs.items(), jobs.values()):
@@ -132,9 +135,9 @@ def runs_markdown(runs: dict[str, Analysis], common: Sequence[tuple[int, int]]) 
         time = duration(float(j["wall_s"].sum())) + (f" ({missing} job(s) without wall_s)" if missing else "")
         done = f"{len(j)} ({int((j['status'] == 'complete').sum())})"
         triples = span(cells["triple"].nunique())
-        rows.append([p, f"`{run.sweep.root}`", cells.ngroups, triples, span(run.auc["n_epochs"])])
+        rows.append([p, code(run.sweep.roots), cells.ngroups, triples, span(run.auc["n_epochs"])])
         rows[-1] += [", ".join(present(run.auc["scheme"])), done, time]
-        rows[-1] += [", ".join(sorted(set(j[key]))) or "—" for key in ("device_name", "step")]
+        rows[-1] += [", ".join(sorted(set(j[key]))) or "—" for key in ("machine", "step")]
     table = markdown_table([*header, "time (sum of wall_s)", "device(s)", "step(s)"], rows)
     header, rows = ["cell"] + [f"{k} ({p})" for k in ("triples", "epochs", "time") for p in runs], []
     for cell in common:
@@ -143,7 +146,33 @@ def runs_markdown(runs: dict[str, Analysis], common: Sequence[tuple[int, int]]) 
         triples, epochs = [a["triple"].nunique() for a in auc], [span(a["n_epochs"]) for a in auc]
         rows.append([cell_label(*cell), *triples, *epochs, *time])
     note = "Time is the sum over jobs of `wall_s` in each job's `run.json` (jobs may have run in parallel)."
-    return f"{table}\n\n{note}\n\n{markdown_table(header, rows)}"
+    return f"{table}\n\n{note}\n\n{markdown_table(header, rows)}\n\n{jobs_markdown(jobs, common)}"
+
+
+def jobs_markdown(jobs: dict[str, pd.DataFrame], common: Sequence[tuple[int, int]]) -> str:
+    """One row per job of a common cell (job_info of each protocol's sweep): where its results came from (its sweep
+    folder and its folder there), the machine it ran on, the step, when it started and its wall time."""
+    rows = []
+    for cell in common:
+        for p, frame in jobs.items():
+            for job in of_cell(frame, cell).to_dict("records"):
+                place = [code([job["sweep"]]), code([Path(job["folder"]).relative_to(job["sweep"]).as_posix()])]
+                when = [job["machine"], job["step"], started(job["started"]), duration(job["wall_s"])]
+                rows.append([cell_label(*cell), p, *place, *when])
+    return markdown_table(["cell", "protocol", "sweep", "job", "machine", "step", "started", "wall time"], rows)
+
+
+def started(value: str) -> str:
+    """A run.json `started` to the minute (`2025-01-01 09:30`); as recorded if it is no ISO time."""
+    try:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        return value
+
+
+def code(items: Sequence[object]) -> str:
+    """Folders in markdown: `A`, `B`."""
+    return ", ".join(f"`{item}`" for item in items)
 
 
 def _link(path: Path, start: Path) -> str:
@@ -157,14 +186,18 @@ def protocol_link(out: Path) -> str:
     return "`docs/protocol.md`"
 
 
-def default_report(independent: Folder) -> Path:
-    """Where the report goes when no --out is given: beside the sweeps, never into the tracked docs/."""
-    return Path(independent).resolve().parent / DEFAULT_NAME
+def default_report(independent: Folders) -> Path:
+    """Where the report goes when no --out is given: beside the (first) independent sweep, never into the tracked
+    docs/."""
+    return as_paths(independent)[0].resolve().parent / DEFAULT_NAME
 
 
-def write_report(independent: Folder, chained: Folder, out=None, options=DEFAULT_OPTIONS, robust=None, resolution=None):
+def write_report(
+    independent: Folders, chained: Folders, out=None, options=DEFAULT_OPTIONS, robust=None, resolution=None
+):
     """Read both sweeps' analyses (and the robust and resolution ones) and write the report and its figures;
-    returns {name: path} of every file written, names relative to the report's folder."""
+    returns {name: path} of every file written, names relative to the report's folder. Each sweep may be several
+    folders of one study (prefit.analysis.folders), analysed as one."""
     out = default_report(independent) if out is None else Path(out)
     figures_dir = out.with_suffix("")
     if figures_dir == out:
@@ -217,7 +250,7 @@ def write_report(independent: Folder, chained: Folder, out=None, options=DEFAULT
             report = {"protocol": p, "report": _link(files[f"robustness_{p}.md"], out.parent)}
             robust_sections.append(report | robustness.comparison_context(comparison, link, options))
         if not robust_sections:
-            raise AnalysisError(f"{robust}: holds neither protocol of the report's sweeps")
+            raise AnalysisError(f"{other.sweep.name}: holds neither protocol of the report's sweeps")
     resolution_section = None
     if resolution is not None:
         by_side = resolutions.split_by_resolution(load_analysis(resolution, options))
@@ -227,7 +260,7 @@ def write_report(independent: Folder, chained: Folder, out=None, options=DEFAULT
     context = {
         "ci_name": CI_NAMES[options.ci_method],
         "presented": presented,
-        "runs": {p: r.sweep.root for p, r in runs.items()},
+        "runs": {p: code(r.sweep.roots) for p, r in runs.items()},
         "common": common,
         "only": {p: cell_order(cells[p] - set(common)) for p in presented},
         **coverage(common),
@@ -245,7 +278,7 @@ def write_report(independent: Folder, chained: Folder, out=None, options=DEFAULT
         "means": tables.threshold_markdown(auc),
         "curves": curves,
         "robust": robust_sections,
-        "robust_root": robust,
+        "robust_root": None if robust is None else code(as_paths(robust)),
         "runs_table": runs_markdown(runs, common),
         "resolution": resolution_section,
     }

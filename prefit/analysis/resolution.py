@@ -19,8 +19,9 @@ from prefit.records import interval, span_s
 from prefit.schema import BASELINE, cell_label, cell_stem
 
 from .figures import plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
+from .folders import Folder, Folders, as_paths
 from .groups import cells_of, of_cell, present, study_columns
-from .load import AnalysisError, Folder, job_info, span
+from .load import AnalysisError, job_info, span
 from .pipeline import DEFAULT_OPTIONS, Analysis, load_analysis, write_text
 from .reduce import measures_in
 from .tables import CI_NAMES, count_table, duration, markdown_table, render, verdict_counts, verdict_table, verdict_text
@@ -54,12 +55,12 @@ def split_by_resolution(run: Analysis) -> ByResolution:
     """The sweep's study key read as the resolution; a sweep that varies anything else is refused in one line."""
     study = study_columns(run.auc)
     if not study:
-        raise AnalysisError(f"{run.sweep.root}: its jobs do not differ in {KEY}; run the cells at two in one sweep")
+        raise AnalysisError(f"{run.sweep.name}: its jobs do not differ in {KEY}; run the cells at two in one sweep")
     if study != [KEY] or run.auc[KEY].isna().any():
         why = f"study keys: {', '.join(study)}; or a job without a recorded study"
-        raise AnalysisError(f"{run.sweep.root}: its jobs differ in more than the cell and {KEY} ({why})")
+        raise AnalysisError(f"{run.sweep.name}: its jobs differ in more than the cell and {KEY} ({why})")
     if run.auc["protocol"].nunique() > 1:
-        raise AnalysisError(f"{run.sweep.root}: holds more than one protocol; give the report one")
+        raise AnalysisError(f"{run.sweep.name}: holds more than one protocol; give the report one")
 
     def relabel(frame: pd.DataFrame) -> pd.DataFrame:
         side = frame[KEY].astype("int64")
@@ -121,10 +122,10 @@ def jobs_table(data: ByResolution) -> tuple[str, float, list[str]]:
     rows = []
     for j in jobs:
         wall = "—" if pd.isna(j["wall_s"]) else f"{j['wall_s']:,.0f} s"
-        rows.append([cell_label(j["hls"], j["hfs"]), side_label(int(j[KEY])), wall, j["threads"], j["device_name"]])
+        rows.append([cell_label(j["hls"], j["hfs"]), side_label(int(j[KEY])), wall, j["threads"], j["machine"]])
         rows[-1].append(j["members"])
     table = markdown_table(["cell", "resolution", "wall time", "threads", "device", "members"], rows)
-    return table, float(np.nansum([j["wall_s"] for j in jobs])), sorted({j["device_name"] for j in jobs})
+    return table, float(np.nansum([j["wall_s"] for j in jobs])), sorted({j["machine"] for j in jobs})
 
 
 def verdict_changes(data: ByResolution) -> list[str]:
@@ -175,7 +176,7 @@ def resolution_context(data: ByResolution, figures_dir: Path, link_base: Path) -
     jobs, total, devices = jobs_table(data)
     return {
         "ci_name": CI_NAMES[run.options.ci_method],
-        "root": run.sweep.root,
+        "root": run.sweep.name,
         "sources": sorted({str(info.get("data", "?")) for info in run.sweep.runs.values()}),
         "cells": cells_of(auc),
         "labels": data.labels,
@@ -199,9 +200,10 @@ def resolution_context(data: ByResolution, figures_dir: Path, link_base: Path) -
     }, written
 
 
-def write_resolution_report(sweep: Folder, out: Folder | None = None, options=DEFAULT_OPTIONS) -> dict[str, Path]:
-    """Read a resolution sweep's analysis and write its report (beside the sweep by default) with its figures."""
-    out = Path(sweep).resolve().parent / DEFAULT_NAME if out is None else Path(out)
+def write_resolution_report(sweep: Folders, out: Folder | None = None, options=DEFAULT_OPTIONS) -> dict[str, Path]:
+    """Read a resolution sweep's analysis (one folder, or several of one study) and write its report (beside the
+    first folder by default) with its figures."""
+    out = as_paths(sweep)[0].resolve().parent / DEFAULT_NAME if out is None else Path(out)
     data = split_by_resolution(load_analysis(sweep, options))
     ctx, written = resolution_context(data, out.with_suffix(""), out.parent)
     written.append(write_text(render("resolution.md.j2", r=ctx), out))

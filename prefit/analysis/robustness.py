@@ -15,7 +15,6 @@ keys outside ARITHMETIC_KEYS are flagged, as they change more than arithmetic.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +26,8 @@ from prefit.keys import flatten
 from prefit.schema import BASELINE
 
 from .figures import plot_robustness, write_figure
+from .folders import AnalysisError, Folder, Folders, as_paths
 from .groups import categorize, group_keys, group_label, groups, sort_table, study_columns
-from .load import AnalysisError, Folder
 from .pipeline import DEFAULT_OPTIONS, Analysis, Options, load_analysis, write_text
 from .reduce import MEASURE_BY_NAME, Measure, by, measure_values, measures_in
 from .stats import VERDICTS
@@ -44,7 +43,7 @@ TRIPLE_COUNTS = ["triples_a", "triples_b", "common", "target_mismatch", "prefit_
 class Comparison:
     """Two analysed sweeps compared cell by cell: which cells, whether their triples match, the verdicts."""
 
-    roots: tuple[Path, Path]
+    roots: tuple[str, str]  # each side's sweep folder(s), as text
     keys: list[str]  # the group columns: hls, hfs, protocol and the study keys
     cells: list[tuple]  # compared groups (values of `keys`): in both, with the same triples
     only: tuple[list, list]  # groups in one sweep only
@@ -136,13 +135,13 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
     cell of both holds the same triples."""
     keys = group_keys(a.auc)
     if keys != group_keys(b.auc):
-        shown = "; ".join(f"{x.sweep.root}: {', '.join(study_columns(x.auc)) or 'none'}" for x in (a, b))
+        shown = "; ".join(f"{x.sweep.name}: {', '.join(study_columns(x.auc)) or 'none'}" for x in (a, b))
         raise AnalysisError(f"the sweeps vary different study keys ({shown}): compare sweeps of one study")
     found = [set(x.auc[keys].drop_duplicates().itertuples(index=False, name=None)) for x in (a, b)]
     everything = [tuple(g[k] for k in keys) for g in groups(categorize(pd.concat([plain(a.auc), plain(b.auc)])))]
     both = [c for c in everything if c in found[0] and c in found[1]]
     if not both:
-        each = [f"{x.sweep.root}: {_cells([c for c in everything if c in f], keys)}" for x, f in zip((a, b), found)]
+        each = [f"{x.sweep.name}: {_cells([c for c in everything if c in f], keys)}" for x, f in zip((a, b), found)]
         raise AnalysisError(f"no cell is in both sweeps ({'; '.join(each)})")
     triples = compare_triples(a.auc, b.auc, both, keys)
     ok = same_triples(triples).tolist()
@@ -162,7 +161,7 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
     table = table.sort_values("_m", kind="stable").drop(columns="_m").reset_index(drop=True)
     only = ([c for c in everything if c in found[0] - found[1]], [c for c in everything if c in found[1] - found[0]])
     mismatched, config = [c for c, good in zip(both, ok) if not good], config_differences(a, b, cells, keys)
-    return Comparison((a.sweep.root, b.sweep.root), keys, cells, only, mismatched, triples, table, measures, config)
+    return Comparison((a.sweep.name, b.sweep.name), keys, cells, only, mismatched, triples, table, measures, config)
 
 
 def _cells(cells: object, keys: list[str]) -> str:
@@ -242,9 +241,10 @@ def comparison_context(comparison: Comparison, figure: str | None, options: Opti
     }
 
 
-def default_out(sweep_a: str | os.PathLike, sweep_b: str | os.PathLike) -> Path:
-    """Beside sweep A: `robustness_<A>_vs_<B>.md` in A's parent folder (never inside the repository's docs/)."""
-    a, b = Path(sweep_a).resolve(), Path(sweep_b).resolve()
+def default_out(sweep_a: Folders, sweep_b: Folders) -> Path:
+    """Beside sweep A: `robustness_<A>_vs_<B>.md` in A's parent folder (never inside the repository's docs/); of
+    several folders, the first."""
+    a, b = as_paths(sweep_a)[0].resolve(), as_paths(sweep_b)[0].resolve()
     out = a.parent / f"robustness_{a.name}_vs_{b.name}.md"
     if out.is_relative_to(REPO / "docs"):
         raise AnalysisError(f"the default report {out} would land in docs/: give --out")
@@ -262,7 +262,7 @@ def write_comparison(comparison: Comparison, out: Path, options: Options) -> dic
     return written | {out.name: write_text(text, out)}
 
 
-def write_robustness_report(sweep_a: Folder, sweep_b: Folder, out: Folder | None = None, options=DEFAULT_OPTIONS):
+def write_robustness_report(sweep_a: Folders, sweep_b: Folders, out: Folder | None = None, options=DEFAULT_OPTIONS):
     """Read both sweeps' analyses, compare them, and write the report (default: `default_out`) and its figure;
     returns {file name: path}."""
     out = Path(out) if out is not None else default_out(sweep_a, sweep_b)

@@ -268,10 +268,11 @@ def summary_markdown(analysis: Analysis) -> str:
         tables[metric] = {"table": table, "best": ", ".join(f"{s} in {n} cell(s)" for s, n in best.items())}
     context = {
         "ci_name": CI_NAMES[analysis.options.ci_method],
-        "root": sweep.root,
-        "root_resolved": sweep.root.resolve(),
+        "roots": sweep.roots,
+        "roots_resolved": [root.resolve() for root in sweep.roots],
         "n_files": len(sweep.jobs),
-        "n_complete": sum(1 for run in sweep.runs.values() if run and run.get("status") == "complete"),
+        "n_complete": sum((sweep.runs.get(f) or {}).get("status") == "complete" for f in sweep.jobs["folder"]),
+        "n_copies": 0 if sweep.copies is None else len(sweep.copies),
         "n_cells": auc.groupby(["hls", "hfs", "protocol"], observed=True).ngroups,
         "hls": span(auc["hls"]),
         "hfs": span(auc["hfs"]),
