@@ -3,6 +3,7 @@ verdicts, the written conclusion, the robustness section, and `python -m prefit.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,9 +22,9 @@ from prefit.analysis.reduce import MEASURES
 from prefit.schema import PROTOCOL_ORDER
 
 try:
-    from tests.synthetic_sweep import ramp_trajectories, write_cell
+    from tests.synthetic_sweep import copy_jobs, ramp_trajectories, write_cell
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import ramp_trajectories, write_cell
+    from synthetic_sweep import copy_jobs, ramp_trajectories, write_cell
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -284,6 +285,10 @@ def test_make_report_target() -> None:
         "-m prefit.report --independent a/i --chained b/c --out docs/findings.md --robust r --ci-method bca"
         in result.stdout
     )
+    several = ["SWEEP_INDEPENDENT=a/i laptop/i", "SWEEP_CHAINED=b/c gpu/c"]
+    result = subprocess.run(["make", "-n", "report", *several], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "-m prefit.report --independent a/i laptop/i --chained b/c gpu/c --out docs/findings.md" in result.stdout
 
 
 def test_default_out_is_beside_the_sweeps_not_in_docs(
@@ -367,3 +372,32 @@ def test_an_analysis_in_the_old_layout_is_one_line(sweeps: dict[str, Path], tmp_
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "python -m prefit.analyze" in err[0]
+
+
+def test_several_folders_per_protocol(sweeps: dict[str, Path], tmp_path: Path) -> None:
+    """The chained cells run on two machines, one folder each: `--chained GPU LAPTOP` reports what the chained sweep
+    of both cells reports, and the Runs tables name each folder, and each job's folder, machine and start."""
+    gpu = copy_jobs(sweeps["chained"], tmp_path / "gpu", ["0"])
+    laptop = copy_jobs(sweeps["chained"], tmp_path / "laptop", ["1"])
+    run = json.loads((laptop / "1" / "run.json").read_text())
+    run |= {"device": "cuda:0", "device_name": "NVIDIA H200", "started": "2025-02-03T04:05:06", "step": "fused"}
+    (laptop / "1" / "run.json").write_text(json.dumps(run))
+    out = tmp_path / "merged.md"
+    argv = ["--independent", str(sweeps["independent"]), "--chained", str(gpu), str(laptop), "--out", str(out)]
+    assert main(argv) == 0
+    text = out.read_text()
+    one = write_report(sweeps["independent"], sweeps["chained"], tmp_path / "single.md")["single.md"].read_text()
+
+    def body(report: str, name: str) -> str:  # every verdict, number and figure, not where the runs came from
+        return report[report.index("- **cells covered**") : report.index("## Runs")].replace(f"]({name}/", "](")
+
+    assert body(text, "merged") == body(one, "single")
+    assert f"chained sweep: `{gpu}`, `{laptop}`" in text
+    assert f"| chained | `{gpu}`, `{laptop}` | 2 | {N_TRIPLES} | {EPOCHS} |" in text
+    assert "| 2 (2) | 1 min 15 s | cpu, cuda:0 (NVIDIA H200) | fused, — |" in text
+    jobs = text[text.index("| cell | protocol | sweep | job | machine | step | started | wall time |") :]
+    assert f"| 2x32 | chained | `{gpu}` | `0` | cpu | — | 2025-01-01 00:00 | 30.0 s |" in jobs
+    assert f"| 3x32 | chained | `{laptop}` | `1` | cuda:0 (NVIDIA H200) | fused | 2025-02-03 04:05 | 45.0 s |" in jobs
+    independent = f"`{sweeps['independent']}`"
+    assert f"| 3x32 | independent | {independent} | `1` | cpu | — | 2025-01-01 00:00 | 45.0 s |" in jobs
+    assert (gpu / "analysis" / "stats.parquet").is_file() and not (laptop / "analysis").exists()

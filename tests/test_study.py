@@ -67,3 +67,26 @@ def test_make_study_runs_both_protocols_reports_and_resumes(cifar_dir, tmp_path)
     assert {p: p.stat().st_mtime_ns for p in study.glob("*/*/psnr.parquet")} == done
     assert json.loads((study / "chained" / CELLS[0] / "run.json").read_text())["status"] == "complete"
     assert "protocol report" in first.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_study_merges_the_study_folders_run_elsewhere(tmp_path):
+    """STUDY_MERGE names study folders run on other machines (independent/ and chained/ in each): both analyses
+    and the report read them with STUDY_DIR's own; without it the commands are those of one folder."""
+    venv, study = Path(sys.prefix), tmp_path / "study"
+    command = ["make", "-n", "-C", str(REPO), "study", f"VENV={venv}", "-o", f"{venv}/.installed", f"STUDY_DIR={study}"]
+
+    def folders(*extra: str) -> list[list[str]]:
+        proc = subprocess.run([*command, *extra], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout.replace("\\\n", " ")
+        return [line.split(" -m ")[1].split()[1:] for line in text.splitlines() if "prefit.analyze" in line] + [
+            line.split(" -m prefit.report ")[1].split()[:-2] for line in text.splitlines() if "prefit.report" in line
+        ]
+
+    merged = f"{tmp_path}/gpu {tmp_path}/laptop"
+    by = {p: [f"{study}/{p}", f"{tmp_path}/gpu/{p}", f"{tmp_path}/laptop/{p}"] for p in ("independent", "chained")}
+    report = ["--independent", *by["independent"], "--chained", *by["chained"]]
+    assert folders(f"STUDY_MERGE={merged}") == [by["independent"], by["chained"], report]
+    one = ["--independent", f"{study}/independent", "--chained", f"{study}/chained"]
+    assert folders() == [[f"{study}/independent"], [f"{study}/chained"], one]

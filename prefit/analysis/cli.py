@@ -54,6 +54,7 @@ def run(prog: str, about: str, out: str, argv: Sequence[str] | None, action: Act
         flag = name.startswith("-")
         options = {"required": "(required)" in REPORT_SWEEPS[name], "help": REPORT_SWEEPS[name]} if flag else {}
         options |= {"nargs": "+"} if name in MANY else {}
+        options |= {} if flag or name not in MANY else {"help": "a sweep folder" + SEVERAL}
         p.add_argument(name, metavar="SWEEP" if flag else name.upper(), **options)
     p.add_argument("--out", type=Path, default=None, help=out)
     cap, method = DEFAULT_OPTIONS.psnr_cap, DEFAULT_OPTIONS.ci_method
