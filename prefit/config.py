@@ -120,6 +120,8 @@ class TrainConfig(FitOptions):
     # torch threads per job; None: the cores divided among parallel jobs
     threads: int | None = field(default=None, metadata=RUNTIME_ARITHMETIC)
     overwrite: bool = field(default=False, metadata=RUNTIME)
+    # save the cell's progress (checkpoint.pt) every this many minutes of wall time, to resume a cut job; 0: never
+    checkpoint_minutes: float = field(default=5.0, metadata=RUNTIME)
 
 
 @dataclass
@@ -196,6 +198,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     **dict.fromkeys(("model.hls", "model.hfs", "train.epochs"), ("be an integer >= 1", lambda v: v >= 1)),
     **dict.fromkeys(POSITIVE, ("be > 0", lambda v: v > 0)),
     "train.plateau_patience": ("be >= 0", lambda v: v >= 0),
+    "train.checkpoint_minutes": ("be >= 0 (0: no checkpoints)", lambda v: v >= 0),
     "train.plateau_factor": ("be in (0, 1)", lambda v: 0 < v < 1),
     "train.plateau_threshold": ("be a finite number", math.isfinite),
     **dict.fromkeys(
@@ -204,7 +207,8 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
         ("be >= 1", lambda v: v >= 1),
     ),
 }
-FINITE = (*POSITIVE, "train.plateau_factor")  # a NaN fails no comparison: these are checked first
+# a NaN fails no comparison: these are checked first
+FINITE = (*POSITIVE, "train.plateau_factor", "train.checkpoint_minutes")
 
 
 def validate(cfg: Config) -> None:

@@ -17,9 +17,12 @@ same_class and other_class. `run_plan` fits stage k as one batch of every member
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,6 +33,9 @@ from prefit.data import DataError, ImageSet, Triple, coordinate_grid, draw_pool,
 from prefit.engine import fit, flops_per_member_epoch, psnr_from_loss, snapshot_epochs_resolved
 from prefit.meta import learned_init
 from prefit.model import Params, init_params, member_params, stack_params, triple_generator
+
+if TYPE_CHECKING:  # types only: the checkpoint is made by the app
+    from prefit.checkpoint import CellCheckpoint
 
 
 @dataclass(frozen=True)
@@ -201,10 +207,70 @@ class CellResult:
     info: dict = field(default_factory=dict)  # e.g. the meta-initialisation's cache hit or miss
 
 
-def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) -> CellResult:
-    """Run every stage of the plan; collect per-epoch rows and the snapshots of the fits on A."""
+@dataclass
+class _Progress:
+    """A cell's progress, what a checkpoint holds besides the engine's state in the stage under way: the records of the
+    stages done, each member's parameters at the start of the next stage, and what run.json records so far."""
+
+    done: list[dict]  # per stage done: loss, lr, snapshots (of its fits on A), timing
+    current: list[Params]
+    info: dict
+
+    def state(self, cfg: Config, plan: Plan, stage: int, fit_state: dict | None = None, stage_s: float = 0.0) -> dict:
+        """The cell's state in `stage` (`prefit.checkpoint`), with `position`: where it is."""
+        members = sum(len(m.fits) > stage for m in plan.members)
+        position = {
+            "stage": stage,
+            "stages": max(len(m.fits) for m in plan.members),
+            "member_epochs": int(fit_state["member_epochs"]) if fit_state is not None else 0,
+            "of": members * cfg.train.epochs,
+        }
+        cell = {"done": self.done, "current": stack_params(self.current), "info": self.info}
+        return {"position": position, **cell, "fit": fit_state, "stage_s": stage_s}
+
+
+def run_plan(
+    cfg: Config, plan: Plan, device: torch.device, max_members: int, checkpoint: CellCheckpoint | None = None
+) -> CellResult:
+    """Run every stage of the plan; collect per-epoch rows and the snapshots of the fits on A. With `checkpoint`
+    (`prefit.checkpoint`), the cell's progress is saved whenever the checkpoint says a save is due, and a saved one is
+    resumed: the stages done, the parameters carried into the next, and the engine's state in the stage under way."""
+    stages = max(len(m.fits) for m in plan.members)
+    saved = checkpoint.resume(plan_key(cfg, plan)) if checkpoint is not None else None
+    if saved is None:
+        info, current = _starts(cfg, plan, device, max_members)
+        progress = _Progress([], current, info)
+    else:
+        current = [member_params(saved["current"], i) for i in range(len(plan.members))]
+        progress = _Progress(saved["done"], current, {**saved["info"], "resumed": saved["position"]})
+    frames, recon_parts = [], []
+    snapshots = snapshot_epochs_resolved(cfg.train.epochs, cfg.train.snapshot_epochs)
+    for stage in range(stages):
+        active = [i for i, m in enumerate(plan.members) if len(m.fits) > stage]
+        specs = [plan.members[i].fits[stage] for i in active]
+        triples = [plan.members[i].triple for i in active]
+        is_fit = [j for j, s in enumerate(specs) if s.phase == "fit"]
+        if stage == len(progress.done):
+            resume = saved if saved is not None and saved["position"]["stage"] == stage else None
+            _fit_stage(cfg, plan, stage, active, progress, device, max_members, checkpoint, resume)
+            if checkpoint is not None and stage + 1 < stages and checkpoint.due():
+                checkpoint.save(progress.state(cfg, plan, stage + 1))
+        record = progress.done[stage]
+        frames.append(_rows(cfg, stage, specs, triples, record["loss"], record["lr"]))
+        if is_fit:
+            fit_on_a = ([specs[j].scheme for j in is_fit], [triples[j] for j in is_fit])
+            recon_parts.append((*fit_on_a, record["snapshots"], record["loss"][is_fit][:, snapshots]))
+    rows = pd.concat(frames, ignore_index=True)
+    fits = len(rows) // cfg.train.epochs
+    flops = flops_per_member_epoch(cfg.model.hls, cfg.model.hfs, plan.side**2)
+    info = {**progress.info, **fit_rate([r["timing"] for r in progress.done], cfg.train.epochs, flops)}
+    return CellResult(rows, _recon(cfg, plan, recon_parts), len(plan.members), fits, info)
+
+
+def _starts(cfg: Config, plan: Plan, device: torch.device, max_members: int) -> tuple[dict, list[Params]]:
+    """What run.json records of the starts (the meta-initialisation's cache), and each member's initial parameters:
+    its triple's, or the learned meta-initialisation."""
     hls, hfs, w0 = cfg.model.hls, cfg.model.hfs, cfg.model.w0
-    coords = coordinate_grid(plan.side)
     inits: dict[int, Params] = {
         t.triple: init_params(hls, hfs, w0, triple_generator(cfg.seed, t.triple)) for t in plan.triples
     }
@@ -214,34 +280,57 @@ def run_plan(cfg: Config, plan: Plan, device: torch.device, max_members: int) ->
         meta_init, info["meta"] = learned_init(
             cfg, plan.data_source, plan.meta_pool, plan.meta_signals, device, max_members
         )
-    current: list[Params] = [meta_init if m.start == "meta" else inits[m.triple] for m in plan.members]
-    frames, recon_parts = [], []
-    timings: list[dict[str, float | int]] = []  # per stage: members fitted together, seconds inside `fit`
-    stages = max(len(m.fits) for m in plan.members)
-    for stage in range(stages):
-        active = [i for i, m in enumerate(plan.members) if len(m.fits) > stage]
-        specs = [plan.members[i].fits[stage] for i in active]
-        targets = plan.signals[[s.image for s in specs]]
-        start, desc = stack_params([current[i] for i in active]), f"{hls}x{hfs} stage {stage + 1}/{stages}"
-        clock = time.perf_counter()
-        result = fit(cfg.train.engine, start, targets, coords, cfg.train, w0, device, max_members, desc)
-        timings.append({"members": len(active), "fit_s": round(time.perf_counter() - clock, 3)})
-        if result.steady_member_epochs:
-            timings[-1].update(steady_s=round(result.steady_s, 4), steady_member_epochs=result.steady_member_epochs)
-        for j, i in enumerate(active):
-            current[i] = member_params(result.params, j)
-        triples = [plan.members[i].triple for i in active]
-        frames.append(_rows(cfg, stage, specs, triples, result.loss, result.lr))
-        is_fit = [j for j, s in enumerate(specs) if s.phase == "fit"]
-        if is_fit:
-            snap_loss = result.loss[is_fit][:, snapshot_epochs_resolved(cfg.train.epochs, cfg.train.snapshot_epochs)]
-            recon_parts.append(
-                ([specs[j].scheme for j in is_fit], [triples[j] for j in is_fit], result.snapshots[is_fit], snap_loss)
-            )
-    rows = pd.concat(frames, ignore_index=True)
-    fits = len(rows) // cfg.train.epochs
-    info.update(fit_rate(timings, cfg.train.epochs, flops_per_member_epoch(hls, hfs, plan.side**2)))
-    return CellResult(rows, _recon(cfg, plan, recon_parts), len(plan.members), fits, info)
+    return info, [meta_init if m.start == "meta" else inits[m.triple] for m in plan.members]
+
+
+def _fit_stage(
+    cfg: Config,
+    plan: Plan,
+    stage: int,
+    active: list[int],
+    progress: _Progress,
+    device: torch.device,
+    max_members: int,
+    checkpoint: CellCheckpoint | None,
+    resume: dict | None,
+) -> None:
+    """Fit stage `stage` of every member in `active` (from `resume`, a saved cell state in this stage, if given);
+    append its records to `progress.done` and carry its parameters into `progress.current`."""
+    specs = [plan.members[i].fits[stage] for i in active]
+    targets = plan.signals[[s.image for s in specs]]
+    start = stack_params([progress.current[i] for i in active])
+    desc = f"{cfg.model.hls}x{cfg.model.hfs} stage {stage + 1}/{max(len(m.fits) for m in plan.members)}"
+    before = resume["stage_s"] if resume is not None else 0.0  # seconds of this stage before a resume
+    clock = time.perf_counter()
+
+    def state(fit_state: dict | None) -> dict:
+        return progress.state(cfg, plan, stage, fit_state, before + time.perf_counter() - clock)
+
+    saver = checkpoint.bind(state) if checkpoint is not None else None
+    options = dict(saver=saver, resume=resume["fit"] if resume is not None else None)
+    coords, w0 = coordinate_grid(plan.side), cfg.model.w0
+    result = fit(cfg.train.engine, start, targets, coords, cfg.train, w0, device, max_members, desc, **options)
+    timing = {"members": len(active), "fit_s": round(before + time.perf_counter() - clock, 3)}
+    if result.steady_member_epochs:
+        timing.update(steady_s=round(result.steady_s, 4), steady_member_epochs=result.steady_member_epochs)
+    is_fit = [j for j, s in enumerate(specs) if s.phase == "fit"]
+    progress.done.append(
+        {"loss": result.loss, "lr": result.lr, "snapshots": result.snapshots[is_fit], "timing": timing}
+    )
+    for j, i in enumerate(active):
+        progress.current[i] = member_params(result.params, j)
+
+
+def plan_key(cfg: Config, plan: Plan) -> dict:
+    """What a checkpoint must have been saved for besides the study: the members, their fits, the epochs."""
+    fits = [[m.triple, m.start, *[[f.scheme, f.phase, f.image, f.target_index] for f in m.fits]] for m in plan.members]
+    return {
+        "members": len(plan.members),
+        "stages": max(len(m.fits) for m in plan.members),
+        "epochs": cfg.train.epochs,
+        "side": plan.side,
+        "fits": hashlib.sha256(json.dumps(fits).encode()).hexdigest()[:16],
+    }
 
 
 def fit_rate(stages: list[dict[str, float | int]], epochs: int, flops_each: float) -> dict[str, object]:

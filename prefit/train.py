@@ -4,15 +4,19 @@
     python -m prefit.train -m model.hls=2,3 model.hfs=32,64  # a sweep, one job per cell (joblib launcher)
 
 A job runs the plan of fits (`prefit.schemes`) and writes `psnr.parquet`, `recon.npz` and `run.json` atomically
-(docs/formats.md); one whose results exist for the same study is skipped, so a rerun resumes a sweep. Bad input
-ends in one line on stderr (`error: ...`) and exit status 2.
+(docs/formats.md); one whose results exist for the same study is skipped, so a rerun resumes a sweep, and a cell cut
+midway resumes from its checkpoint (`prefit.checkpoint`). Bad input ends in one line on stderr (`error: ...`) and
+exit status 2; a job stopped by SIGTERM, SIGUSR1 or SIGUSR2 saves its cell's progress, says so in one line and
+exits with 128 + the signal's number.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from prefit import records
+from prefit.checkpoint import CHECKPOINT_FILE, CellCheckpoint, Interrupted
 from prefit.config import Config, ConfigError, register, study_config, validate
 from prefit.data import DataError, draw_triples, load_images
 from prefit.devices import (
@@ -70,6 +75,7 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     study = study_config(cfg)
     if records.job_action(out, study, cfg.train.overwrite) == "skip":
         log.info("%s: complete result already in %s, skipped (train.overwrite=true reruns it)", cell, out)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # left by a job stopped after its record: of no more use
         return {"status": "skipped", "cell": cell}
     started = time.time()
     started_at = datetime.fromtimestamp(started, timezone.utc).isoformat()
@@ -83,6 +89,7 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
     data = load_images(cfg.dataset)
     triples = draw_triples(data.labels, cfg.dataset.n_triples, cfg.seed)
     plan = build_plan(cfg, data, triples)
+    checkpoint = CellCheckpoint(out / CHECKPOINT_FILE, study, cfg.train.checkpoint_minutes)
     with device_share(cfg, device, len(plan.members), parallel_jobs) as (device, max_members, lease):
         choice = _choose_step(cfg, device)
         log.info(
@@ -91,7 +98,8 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
             f"{max_members} at once)"
         )
         run_cfg = replace(cfg, train=replace(cfg.train, kernels=choice.step))
-        result = run_plan(run_cfg, plan, device, max_members)
+        with stop_on_signals(checkpoint, cfg.train.checkpoint_minutes > 0):
+            result = run_plan(run_cfg, plan, device, max_members, checkpoint)
 
     out.mkdir(parents=True, exist_ok=True)
     records.claim(out, study, started_at)  # from here on, the folder is this study's
@@ -125,8 +133,31 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         "config": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
     }
     record = records.complete(out, record)  # run.json last: it vouches for the files above
+    checkpoint.remove()
     log.info("%s: done in %.1f s -> %s", cell, record["wall_s"], out)
     return record
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@contextmanager
+def stop_on_signals(checkpoint: CellCheckpoint, enabled: bool = True) -> Iterator[None]:
+    """While the block runs, SIGTERM, SIGUSR1 and SIGUSR2 (what SLURM and submitit send before a time limit or a
+    preemption) only mark `checkpoint` as stopping: the fits save the cell's progress at their next safe point and
+    raise `Interrupted`, whose `chain` then calls the handler that was there before (submitit's requeues the job).
+    A signal after the last fit changes nothing: the cell completes. Outside the main thread, where Python takes no
+    handlers, and unless `enabled`, the signals keep their handlers."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, checkpoint.request_stop) for signum in STOP_SIGNALS}
+    checkpoint.previous = previous
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _choose_step(cfg: Config, device: torch.device) -> StepChoice:
@@ -243,6 +274,14 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     try:
         return run(OmegaConf.to_object(cfg), Path(hc.runtime.output_dir), _parallel_jobs())
+    except Interrupted as stop:
+        if hc.mode == RunMode.MULTIRUN:  # as a user error: the sweep reports the job, cli() the line and status
+            log.error("%s", stop)
+            stop.chain()
+            raise
+        print(str(stop), file=sys.stderr, flush=True)
+        stop.chain()  # the handler before ours (submitit's requeues the job, and exits)
+        raise SystemExit(stop.status) from None
     except USER_ERRORS as error:
         if hc.mode == RunMode.MULTIRUN:  # the sweep reports which job failed; cli() prints one line
             log.error("%s", one_line(error))
@@ -298,6 +337,9 @@ def cli() -> None:
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stop:
+        print(str(stop), file=sys.stderr)
+        sys.exit(stop.status)
     except KeyboardInterrupt:
         print("interrupted: completed cells are kept; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)

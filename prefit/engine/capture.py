@@ -60,6 +60,7 @@ class GraphChunk:
         self.graph_epochs = 0
         self.warm = False  # the first epoch has run (and the graph is captured)
         self.steady: tuple[object, object, int] | None = None  # (start, end, epochs) of the last run's steady epochs
+        self.position = 0  # epochs of the fit done when a run paused (or a state was loaded); 0: the next run starts
 
     def epoch(self) -> None:
         """One epoch's launches; nothing is read back."""
@@ -73,11 +74,19 @@ class GraphChunk:
         """Records from row 0 again, the fit going on from where it is (a benchmark's next timed run)."""
         self.counter.zero_()
 
-    def run(self, capture: bool, progress: Callable[[int, Tensor], None] | None = None) -> None:
-        """All epochs: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The first call begins with an
-        eager epoch (compiling, making workspaces) and, with `capture`, captures the graph; the epochs after it are
-        the steady ones (`steady_seconds`). `progress(epochs, loss)`: every PROGRESS_EVERY epochs and at the end."""
-        epochs, done, reported = self.train.epochs, 0, 0
+    def run(
+        self,
+        capture: bool,
+        progress: Callable[[int, Tensor], None] | None = None,
+        pause: Callable[[], bool] | None = None,
+    ) -> bool:
+        """The fit's epochs from `position`: graphs of `epochs_per_graph` epochs replayed, the rest eagerly. The first
+        call begins with an eager epoch (compiling, making workspaces) and, with `capture`, captures the graph; the
+        epochs after it are the steady ones (`steady_seconds`). `progress(epochs, loss)`: every PROGRESS_EVERY epochs,
+        at the end and when pausing. `pause()` is asked after each replay or eager epoch but the first (a host call,
+        no device sync); when it says so, the run stops there, `position` keeping the epoch. Whether all epochs ran."""
+        epochs, done = self.train.epochs, self.position
+        reported = done
 
         def advance(n: int) -> None:
             nonlocal done, reported
@@ -91,19 +100,23 @@ class GraphChunk:
         # device of a process's first capture: on a machine of several GPUs, this chunk's device must be current
         # and its capture stream its own
         with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-            if not self.warm and epochs > 1:
+            if not self.warm and epochs - done > 1:
                 self._warm_up(capture)
                 advance(1)
             start, first = mark(device), done
-            if capture and self.graph is not None:
-                while epochs - done >= self.graph_epochs:
+            while done < epochs and not (done > first and pause is not None and pause()):
+                if capture and self.graph is not None and epochs - done >= self.graph_epochs:
                     self.graph.replay()
                     advance(self.graph_epochs)
-            while done < epochs:
-                self.epoch()
-                advance(1)
+                else:
+                    self.epoch()
+                    advance(1)
             # a one-epoch fit has no warm-up: its only epoch compiles, and is not a steady one
             self.steady = (start, mark(device), done - first) if self.warm else None
+        if progress is not None and done > reported:
+            progress(done - reported, self.latest_loss())
+        self.position = 0 if done >= epochs else done
+        return done >= epochs
 
     def _warm_up(self, capture: bool) -> None:
         """The first epoch; then, with `capture`, the graph of `epochs_per_graph` epochs (recorded, not run)."""

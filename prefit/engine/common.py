@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from prefit.engine.options import FitOptions
+from prefit.engine.state import Saver
 from prefit.errors import ConfigError
 from prefit.model import Params, n_weights
 
@@ -118,13 +120,16 @@ def flops_per_member_epoch(hls: int, hfs: int, pixels: int = 1024) -> float:
     return 6.0 * pixels * n_weights(hls, hfs)
 
 
-# loop(params, targets, coords, train, w0, device, max_members, slots, result, bar) -> each chunk's final parameters
+# loop(params, targets, coords, train, w0, device, max_members, slots, result, bar, saver, resume)
+#   -> each chunk's final parameters
 Loop = Callable[..., list[Params]]
 
 
 def engine(loop: Loop) -> Callable[..., FitResult]:
-    """An engine, `fit(params, targets, coords, train, w0, device, max_members, desc)`: `loop` in the frame both
-    share (the result, whose losses, rates and snapshots `loop` writes, snapshot slots, progress bar)."""
+    """An engine, `fit(params, targets, coords, train, w0, device, max_members, desc, saver, resume)`: `loop` in the
+    frame both share (the result, whose losses, rates and snapshots `loop` writes, snapshot slots, progress bar).
+    `saver` (`prefit.engine.state.Saver`) is given the fit's state when it says a save is due; `resume`, a state it
+    was given, starts the fit from there."""
 
     def fit(
         params: Params,
@@ -135,6 +140,8 @@ def engine(loop: Loop) -> Callable[..., FitResult]:
         device: torch.device,
         max_members: int | None = None,
         desc: str = "fit",
+        saver: Saver | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> FitResult:
         members, pixels = targets.shape[0], targets.shape[1]
         slots = snapshot_index(train.epochs, train.snapshot_epochs)
@@ -147,7 +154,7 @@ def engine(loop: Loop) -> Callable[..., FitResult]:
         style = dict(unit="member-epoch", unit_scale=True, dynamic_ncols=True, leave=False, mininterval=0.5)
         with tqdm(total=members * train.epochs, desc=desc, disable=not train.progress, **style) as bar:
             args = (coords.to(device), train, w0, device, max_members or members, slots, result, bar)
-            final = loop(params, targets, *args)
+            final = loop(params, targets, *args, saver, resume)
         result.params = [tuple(torch.cat([p[k][i] for p in final]) for i in (0, 1)) for k in range(len(params))]
         return result
 

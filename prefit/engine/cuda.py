@@ -9,10 +9,13 @@ interpreter, for the tests.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from prefit import fused
+from prefit.engine import state
 from prefit.engine.capture import GraphChunk, epochs_per_graph
 from prefit.engine.options import FitOptions
 from prefit.model import Params, n_weights
@@ -136,7 +139,8 @@ class FusedChunk(GraphChunk):
             params, coords, target, w0, train.matmul_precision, table.to(device), len(slots), self.state.epoch
         )
         self.exp_avg, self.exp_avg_sq = self.step.layout.buffer(target), self.step.layout.buffer(target)
-        self.snaps = self.step.snaps
+        self.snaps = self.step.snaps  # [M, max(1, slots), pixels, 3]
+        self.n_slots = len(slots)
         self.losses = torch.empty(train.epochs, members, device=device)
         self.lrs = torch.empty(train.epochs, members, dtype=torch.float64, device=device)
 
@@ -149,3 +153,41 @@ class FusedChunk(GraphChunk):
 
     def latest_loss(self) -> Tensor:
         return self.step.loss
+
+    def buffers(self) -> dict[str, Any]:
+        """The chunk's own state tensors, named as in a chunk state (`prefit.engine.state`): views of its flat
+        buffers and its schedule's tensors."""
+        views, schedule = self.step.layout.views, self.state
+        return {
+            "params": views(self.step.flat),
+            "exp_avg": views(self.exp_avg),
+            "exp_avg_sq": views(self.exp_avg_sq),
+            "lr": schedule.lr,
+            "best": schedule.best,
+            "bad_epochs": schedule.bad_epochs,
+            "snaps": self.snaps[:, : self.n_slots],
+            "losses": self.losses,
+            "lrs": self.lrs,
+        }
+
+    def save_state(self) -> dict[str, Any]:
+        """A chunk state of the fit so far (CPU copies), with the schedule's running powers of the betas."""
+        return state.capture(self.buffers(), self.position, self.position, self.state.powers)
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        """Go on from a chunk state, in place: a captured graph replays on the same buffers. The powers of the betas
+        are the saved ones (a product of t factors, not beta^t), or from the steps where another step saved it; at
+        3xtf32 the weights' TF32 halves are made again from the restored weights."""
+        state.restore(self.buffers(), saved)
+        epoch = int(saved["epoch"])
+        if "powers" in saved:
+            self.state.powers.copy_(saved["powers"])
+        else:
+            beta1, beta2 = self.train.betas
+            t = int(saved["adam_steps"])
+            powers = [beta1**t, beta2**t, (1 - beta2**t) ** 0.5]
+            self.state.powers.copy_(torch.tensor(powers, dtype=torch.float64))
+        self.state.epoch.fill_(epoch)
+        if self.step.flat_split is not None:
+            split_tf32(self.step.flat, (self.step.flat_split.hi, self.step.flat_split.lo))
+        self.position = epoch

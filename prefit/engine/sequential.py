@@ -9,11 +9,19 @@ from prefit.engine.common import engine, psnr_from_loss
 from prefit.model import Params, Siren, member_params, stack_params
 
 
-def _fit(params, targets, coords, train, w0, device, max_members, slots, result, bar) -> list[Params]:
-    """The reference: one SIREN module, torch Adam and torch ReduceLROnPlateau per member, one at a time."""
+def _fit(params, targets, coords, train, w0, device, max_members, slots, result, bar, saver, resume) -> list[Params]:
+    """The reference: one SIREN module, torch Adam and torch ReduceLROnPlateau per member, one at a time. With a
+    `saver`, the members fitted so far are saved between members when a save is due; `resume` starts after them."""
     members, hls, hfs = targets.shape[0], len(params) - 2, params[0][0].shape[2]
     final: list[Params] = []
-    for i in range(members):
+    first = 0
+    if resume is not None:
+        first = int(resume["members_done"])
+        result.loss[:first], result.lr[:first] = resume["loss"], resume["lr"]
+        result.snapshots[:first] = resume["snapshots"]
+        final = [member_params(resume["params"], i) for i in range(first)]
+        bar.update(first * train.epochs)
+    for i in range(first, members):
         model = Siren(hls, hfs, w0).to(device).load_params(member_params(params, i))
         target = targets[i].to(device)
         opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas), eps=train.eps)
@@ -37,6 +45,11 @@ def _fit(params, targets, coords, train, w0, device, max_members, slots, result,
         final.append([(w.cpu(), b.cpu()) for w, b in model.params()])
         if bar.disable is False:
             bar.set_postfix(member=f"{i + 1}/{members}", psnr=f"{psnr_from_loss(losses[-1]).item():.1f}")
+        if saver is not None and i + 1 < members and saver.due():
+            done = slice(0, i + 1)
+            rows = {key: getattr(result, key)[done].clone() for key in ("loss", "lr", "snapshots")}
+            fitted = stack_params(final)
+            saver.save({"member_epochs": (i + 1) * train.epochs, "members_done": i + 1, **rows, "params": fitted})
     return [stack_params(final)]
 
 
