@@ -107,6 +107,6 @@ CURVES_FILE = "curves.parquet"
 AUC_FILE = "auc.parquet"
 AUC_CSV_FILE = "auc.csv"
 STATS_FILE = "stats.parquet"
-JOBS_FILE = "jobs.parquet"  # one row per job: its folder (relative to the sweep) and its group columns
+JOBS_FILE = "jobs.parquet"  # one row per job: its sweep and folder, group columns, machine, step, times, used
 SUMMARY_FILE = "summary.md"
 FIGURES_DIR = "figures"

@@ -34,7 +34,8 @@ def measure(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProce
 def test_bad_usage_is_one_line_and_exit_2_before_anything_runs(tmp_path):
     proc = measure("nonsense", str(tmp_path / "out"), tmp_path=tmp_path)
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
-    assert proc.stderr.strip().splitlines() == ["error: unknown stage 'nonsense' (check, tests, bench, grid, agree or all)"]
+    unknown = "error: unknown stage 'nonsense' (check, tests, bench, grid, agree or all)"
+    assert proc.stderr.strip().splitlines() == [unknown]
     proc = measure("tests,nonsense", str(tmp_path / "out"), tmp_path=tmp_path)  # checked before tests run
     assert proc.returncode == 2 and "unknown stage 'nonsense'" in proc.stderr and not (tmp_path / "out").exists()
     for args in (("grid",), (",", str(tmp_path / "out"))):
