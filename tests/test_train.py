@@ -19,7 +19,18 @@ from omegaconf import OmegaConf
 
 from prefit import train as app
 from prefit.analysis.load import check_schema
-from prefit.config import Config
+from prefit.checkpoint import CHECKPOINT_FILE
+from prefit.config import (
+    RUNTIME_KEYS,
+    Config,
+    ConfigError,
+    SchemeConfig,
+    SchemesConfig,
+    TrainConfig,
+    cell_folder,
+    study_config,
+    validate,
+)
 from prefit.devices import LEDGER_ENV, entries
 from prefit.engine import auto_max_members, cuda_bytes_per_member
 
@@ -147,6 +158,29 @@ def test_a_damaged_result_is_computed_again_and_a_moved_cache_is_not(cifar_dir, 
     assert "skipped" in relative.stdout + relative.stderr
 
 
+def test_checkpoint_minutes_is_a_runtime_key_and_checked():
+    """How often a job saves changes neither the study nor the cell's folder; a negative or NaN value is refused."""
+    assert "train.checkpoint_minutes" in RUNTIME_KEYS
+    assert study_config(Config(train=TrainConfig(checkpoint_minutes=0.5))) == study_config(Config())
+    assert cell_folder(2, 32, "train.checkpoint_minutes=0.5") == cell_folder(2, 32, "")
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="train.checkpoint_minutes"):
+            validate(Config(train=TrainConfig(checkpoint_minutes=bad)))
+    validate(Config(scheme=SchemesConfig(random=SchemeConfig()), train=TrainConfig(checkpoint_minutes=0.0)))
+
+
+@pytest.mark.slow
+def test_a_complete_cell_keeps_no_checkpoint(cifar_dir, tmp_path):
+    """A job removes its checkpoint once run.json is complete; a checkpoint left beside a complete result (a job
+    stopped between the two) goes when a rerun skips the cell."""
+    out = tmp_path / "cell"
+    train(*tiny(cifar_dir, "train.checkpoint_minutes=0.001"), f"hydra.run.dir={out}")
+    assert (out / "run.json").is_file() and not (out / CHECKPOINT_FILE).exists()
+    (out / CHECKPOINT_FILE).write_bytes(b"left over")
+    again = train(*tiny(cifar_dir), f"hydra.run.dir={out}")
+    assert "skipped" in again.stdout + again.stderr and not (out / CHECKPOINT_FILE).exists()
+
+
 @pytest.mark.slow
 def test_engines_and_protocols_through_the_app(cifar_dir, tmp_path):
     train(*tiny(cifar_dir, "train.engine=sequential"), f"hydra.run.dir={tmp_path / 'seq'}")
@@ -213,6 +247,7 @@ CLI_BAD_INPUTS = [
     (["dataset=cifar_dir", "dataset.path=/no/such/folder"], "/no/such/folder"),
     (["model.hfs=100000"], "GiB"),  # refused before anything is allocated, with the memory it would need
     (["-m", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs"),
+    (["train.checkpoint_minutes=-1"], "train.checkpoint_minutes"),
 ]
 
 
