@@ -343,6 +343,26 @@ def cli() -> None:
     except KeyboardInterrupt:
         print("interrupted: completed cells are kept; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except OSError as error:
+        if not _making_a_folder(error):
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(
+            f"error: cannot create the output folder {where}{error.strerror or error} (choose another "
+            "hydra.run.dir or hydra.sweep.dir)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def _making_a_folder(error: OSError) -> bool:
+    """Whether `error` came from creating a folder (Hydra's output folders, a cell's), not from reading input."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("mkdir", "makedirs"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 if __name__ == "__main__":

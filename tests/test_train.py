@@ -400,3 +400,18 @@ def test_a_job_counts_the_jobs_beside_it_as_the_launcher_runs_them(launcher, n_j
     assert app._parallel_jobs() == expected
     hc.mode = RunMode.RUN
     assert app._parallel_jobs() == 1
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_an_output_folder_that_cannot_be_made_is_one_line_and_exit_2(cifar_dir, tmp_path, mode):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    args = ["-m"] if mode == "sweep" else []
+    proc = train(*args, *tiny(cifar_dir), f"hydra.{mode}.dir={blocker / 'out'}", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        f"error: cannot create the output folder {blocker / 'out'}: Not a directory "
+        "(choose another hydra.run.dir or hydra.sweep.dir)"
+    ]
+    assert blocker.read_text() == "not a folder\n"
