@@ -77,6 +77,14 @@ def run(cfg: Config, out: Path, parallel_jobs: int = 1) -> dict[str, Any]:
         log.info("%s: complete result already in %s, skipped (train.overwrite=true reruns it)", cell, out)
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # left by a job stopped after its record: of no more use
         return {"status": "skipped", "cell": cell}
+    with records.hold_cell(out, study, overwrite=cfg.train.overwrite) as claim:
+        if not claim.held:  # another job computes the cell, or completed it meanwhile: hold_cell said so
+            return {"status": "skipped", "cell": cell, "reason": claim.reason}
+        return _run_held(cfg, out, parallel_jobs, cell, study)
+
+
+def _run_held(cfg: Config, out: Path, parallel_jobs: int, cell: dict[str, int], study: dict[str, Any]) -> dict:
+    """Fit the cell whose folder this job holds (`records.hold_cell`) and write its files, run.json last."""
     started = time.time()
     started_at = datetime.fromtimestamp(started, timezone.utc).isoformat()
     # the cores divided among the jobs running side by side, unless train.threads says otherwise

@@ -157,3 +157,20 @@ def test_presets_expand_the_grid_and_command_line_overrides_win(tmp_path):
     )
     launched = re.findall(r"#\d+ : ", narrowed.stdout + narrowed.stderr)
     assert len(launched) == 2  # the command line's hls and hfs replace the preset's lists
+
+
+def test_two_runs_of_one_sweep_fit_each_cell_once(cifar_dir, tmp_path):
+    """Started together on one folder (a resubmitted array beside the first): a cell held by one is skipped by the
+    other, so every cell is fitted once, and the results are those of one run."""
+    out = tmp_path / "sweep"
+    command = sweep_command(cifar_dir, out, "hydra.launcher.n_jobs=1", "train.threads=1", "train.epochs=300")
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    folders = sorted(p.parent for p in out.glob("*/psnr.parquet"))
+    assert [f.name.split(",")[0] for f in folders] == sorted(CELLS)  # named with train.epochs=300 too
+    done = [line for log in logs for line in log.splitlines() if "done in" in line]
+    assert len(done) == len(CELLS), logs
+    for folder in folders:
+        assert sum(line.endswith(f"-> {folder}") for line in done) == 1, (folder, logs)
+    assert not list(out.glob("*/claim.json"))  # released
