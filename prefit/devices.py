@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from prefit.errors import ConfigError
+from prefit.io import holder_alive, process_start
 
 log = logging.getLogger("prefit.devices")
 
@@ -127,7 +128,7 @@ def acquire(
     order = {d: i for i, d in enumerate(capacities)}
     started = time.monotonic()
     said = False
-    me = {"pid": os.getpid(), "start": _start_time(os.getpid()), "host": socket.gethostname()}
+    me = {"pid": os.getpid(), "start": process_start(os.getpid()), "host": socket.gethostname()}
     while True:
         with _locked(folder) as leases:
             room = rooms(capacities, leases)
@@ -297,7 +298,7 @@ def _locked(folder: Path) -> Iterator[list[dict[str, Any]]]:
             os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         stored = _read(folder / LEDGER_FILE)
-        leases = [e for e in stored if _alive(e)]
+        leases = [e for e in stored if holder_alive(e)]
         yield leases
         if leases != stored:
             _write(folder / LEDGER_FILE, {"leases": leases})
@@ -359,28 +360,3 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 def _same_process(entry: Mapping[str, Any], me: Mapping[str, Any]) -> bool:
     return all(entry.get(k) == me[k] for k in ("pid", "start", "host"))
-
-
-def _alive(entry: dict[str, Any]) -> bool:
-    """Whether the process that took a lease still runs (entries of other hosts are trusted)."""
-    if entry.get("host") not in (None, socket.gethostname()):
-        return True
-    pid = entry["pid"]
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        pass
-    start = entry.get("start")
-    return start is None or _start_time(pid) in (None, start)  # a reused pid has another start time
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux); None where /proc does not say."""
-    try:
-        stat_ = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat_[stat_.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else None

@@ -1,11 +1,13 @@
-"""Atomic file writes: a reader (or a resumed sweep) sees a complete file or none, never half of one."""
+"""Files written atomically (a reader, or a resumed sweep, sees a complete file or none), the user cache, and whether
+the process named in a record of a file it holds (a GPU lease, a cell's claim) still runs."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,3 +50,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def holder_alive(entry: Mapping[str, Any]) -> bool:
+    """Whether the process named by a record of a file it holds (a GPU lease, a cell's claim: `host`, `pid`,
+    `start`) still runs; records of other hosts are trusted."""
+    if entry.get("host") not in (None, socket.gethostname()):
+        return True
+    pid = entry["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        pass
+    start = entry.get("start")
+    return start is None or process_start(pid) in (None, start)  # a reused pid has another start time
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux); None where /proc does not say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None

@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from prefit.config import study_of
-from prefit.devices import _alive, _start_time
 from prefit.errors import ConfigError
-from prefit.io import write_json
+from prefit.io import holder_alive, process_start, write_json
 from prefit.keys import config_diff
 from prefit.schema import PSNR_FILE, RECON_FILE, RUN_FILE
 
@@ -162,7 +161,7 @@ def _identity(stale_s: float) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
         "pid": pid,
-        "start": _start_time(pid),
+        "start": process_start(pid),
         "slurm": slurm,
         "token": uuid.uuid4().hex,
         "started": datetime.now(timezone.utc).isoformat(),
@@ -219,7 +218,7 @@ def _stale(seen: _Seen, me: dict[str, Any], stale_s: float) -> str | None:
     if rec.get("host") == me["host"] and isinstance(pid, int):
         if (pid, start) == (me["pid"], me["start"]):
             return None  # this process (another thread of it)
-        if not _alive({"host": rec["host"], "pid": pid, "start": start}):
+        if not holder_alive({"host": rec["host"], "pid": pid, "start": start}):
             return "its process is gone"
     theirs, ours = rec.get("slurm"), me["slurm"]
     if isinstance(theirs, dict) and ours and theirs.get("job") == ours["job"]:

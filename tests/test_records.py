@@ -19,8 +19,8 @@ import pytest
 
 from prefit import records
 from prefit.config import ARITHMETIC_KEYS, RUNTIME_KEYS, Config, MetaConfig, cell_folder, study_config
-from prefit.devices import _start_time
 from prefit.errors import ConfigError
+from prefit.io import process_start
 from prefit.keys import config_diff
 
 
@@ -185,7 +185,7 @@ def test_a_claim_is_exclusive_names_its_holder_and_goes_at_the_end(tmp_path, cap
         assert claim.held and claim.reason == ""
         record = json.loads((out / records.CLAIM_FILE).read_text())
         assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
-        assert record["start"] == _start_time(os.getpid()) and record["token"] == claim.token
+        assert record["start"] == process_start(os.getpid()) and record["token"] == claim.token
         assert record["study"] == study() and record["started"]
         with records.hold_cell(out, study(), stale_s=60) as second:  # this process again: the claim is live
             assert not second.held and second.reason == "held" and second.holder["token"] == claim.token
