@@ -6,16 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from synthetic_sweep import ALL_SCHEMES, write_synthetic_sweep
 
 from prefit.analysis.figures import plot_auc_boxplot, plot_paired_stats, plot_robustness, scheme_palette, write_figure
 from prefit.analysis.load import load_sweep
 from prefit.analysis.reduce import MEASURE_BY_NAME, auc_table
 from prefit.analysis.stats import stats_table
-
-try:
-    from tests.synthetic_sweep import ALL_SCHEMES, write_synthetic_sweep
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import ALL_SCHEMES, write_synthetic_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_smoke_sweep
+from synthetic_sweep import SCHEMES, ramp_trajectories, study_of, write_cell, write_variant_sweep
 
 from prefit.analysis import AnalysisError, analyze, compute_analysis, load_sweep
 from prefit.analysis.cli import analyze_main
@@ -14,13 +16,6 @@ from prefit.analysis.groups import categorize, group_keys, group_label, group_st
 from prefit.analysis.protocol import write_report
 from prefit.analysis.robustness import compare
 from prefit.schema import AUC_FILE, CURVES_FILE, STATS_FILE
-
-try:
-    from tests.conftest import run_smoke_sweep
-    from tests.synthetic_sweep import SCHEMES, ramp_trajectories, study_of, write_cell, write_variant_sweep
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from conftest import run_smoke_sweep
-    from synthetic_sweep import SCHEMES, ramp_trajectories, study_of, write_cell, write_variant_sweep
 
 LR = [{"train__lr": 1e-4}, {"train__lr": 2e-4}]
 LABELS = ["train.lr=0.0001", "train.lr=0.0002"]

@@ -8,33 +8,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_sweep import (
+    copy_jobs,
+    psnr_frame,
+    ramp_trajectories,
+    study_of,
+    write_cell,
+    write_synthetic_sweep,
+    write_variant_sweep,
+)
 
 from prefit.analysis.load import AnalysisError, find_psnr_files, job_info, load_recon, load_sweep, read_fit_rows, span
 from prefit.analysis.pipeline import compute_analysis
 from prefit.errors import one_line
 from prefit.records import complete
 from prefit.schema import MEMBER_KEYS, PSNR_FILE, RECON_FILE, RUN_FILE, write_psnr
-
-try:
-    from tests.synthetic_sweep import (
-        copy_jobs,
-        psnr_frame,
-        ramp_trajectories,
-        study_of,
-        write_cell,
-        write_synthetic_sweep,
-        write_variant_sweep,
-    )
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import (
-        copy_jobs,
-        psnr_frame,
-        ramp_trajectories,
-        study_of,
-        write_cell,
-        write_synthetic_sweep,
-        write_variant_sweep,
-    )
 
 NEW = ["class_mean", "multi_same", "meta"]
 

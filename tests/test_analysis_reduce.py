@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_sweep import ALL_SCHEMES, SCHEMES, write_cell
 
 from prefit.analysis.figures import scheme_palette
 from prefit.analysis.groups import categorize, cell_order, sort_table
@@ -24,11 +25,6 @@ from prefit.analysis.reduce import (
     paired_frame,
 )
 from prefit.schema import cell_label
-
-try:
-    from tests.synthetic_sweep import ALL_SCHEMES, SCHEMES, write_cell
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import ALL_SCHEMES, SCHEMES, write_cell
 
 
 def auc_of(tmp_path: Path, trajectories: dict, psnr_cap: float | None = 59.0) -> pd.DataFrame:

@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from synthetic_sweep import write_synthetic_sweep, write_variant_sweep
 
 from prefit.analysis import AnalysisError
 from prefit.analysis.cli import report_main
 from prefit.analysis.protocol import write_report
 from prefit.analysis.resolution import write_resolution_report
-
-try:
-    from tests.synthetic_sweep import write_synthetic_sweep, write_variant_sweep
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import write_synthetic_sweep, write_variant_sweep
 
 SIDES = [{"dataset__resolution": 64}, {"dataset__resolution": 32}]
 

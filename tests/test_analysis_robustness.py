@@ -12,18 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_smoke_sweep, write_cifar_dir
+from synthetic_sweep import ramp_trajectories, write_cell
 
 from prefit.analysis.cli import report_main
 from prefit.analysis.load import AnalysisError
 from prefit.analysis.pipeline import compute_analysis as analyse
 from prefit.analysis.robustness import compare, default_out, write_robustness_report
-
-try:
-    from tests.conftest import run_smoke_sweep, write_cifar_dir
-    from tests.synthetic_sweep import ramp_trajectories, write_cell
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from conftest import run_smoke_sweep, write_cifar_dir
-    from synthetic_sweep import ramp_trajectories, write_cell
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -9,15 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
+from synthetic_sweep import write_cell, write_synthetic_sweep
 
 from prefit.analysis.load import load_sweep
 from prefit.analysis.reduce import auc_table
 from prefit.analysis.stats import bootstrap_ci, group_rng, stats_table, verdict_of, wilcoxon_p
-
-try:
-    from tests.synthetic_sweep import write_cell, write_synthetic_sweep
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import write_cell, write_synthetic_sweep
 
 KNOWN_DIFFS = [10.0, -4.0, 6.0, 2.0, 1.0]  # AUC(other_class) - AUC(random) of triples 0..4: mean exactly 3
 

@@ -12,17 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_sweep import SCHEMES, copy_jobs, write_cell, write_synthetic_sweep
 
 from prefit.analysis import Options, analyze, load_analysis, read_analysis
 from prefit.analysis.cli import analyze_main as main
 from prefit.analysis.pipeline import is_current
 from prefit.io import atomic_write
 from prefit.schema import AUC_FILE, PSNR_FILE, STATS_FILE, SUMMARY_FILE
-
-try:
-    from tests.synthetic_sweep import SCHEMES, copy_jobs, write_cell, write_synthetic_sweep
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import SCHEMES, copy_jobs, write_cell, write_synthetic_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]

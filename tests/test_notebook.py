@@ -17,10 +17,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-try:
-    from tests.synthetic_sweep import write_synthetic_sweep
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import write_synthetic_sweep
+from synthetic_sweep import write_synthetic_sweep  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
 KERNEL = "prefit-test-python"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from synthetic_sweep import copy_jobs, ramp_trajectories, write_cell
 
 from prefit.analysis import Options
 from prefit.analysis.cli import report_main as main
@@ -20,11 +21,6 @@ from prefit.analysis.load import AnalysisError
 from prefit.analysis.protocol import conclusion_markdown, coverage, duration, presentation, write_report
 from prefit.analysis.reduce import MEASURES
 from prefit.schema import PROTOCOL_ORDER
-
-try:
-    from tests.synthetic_sweep import copy_jobs, ramp_trajectories, write_cell
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path itself
-    from synthetic_sweep import copy_jobs, ramp_trajectories, write_cell
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
