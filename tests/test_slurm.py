@@ -1,7 +1,7 @@
 """Sweeps on a real SLURM cluster of one node (scripts/slurm-local.sh): hydra/launcher=submitit_slurm gives the
 same results as a local sweep, and a job cut mid-cell is requeued and resumes from its checkpoint.
 
-The cluster is started once for the session (installing slurm-wlm and munge with apt-get where they are missing)
+The cluster is started once for the test run (installing slurm-wlm and munge with apt-get where they are missing)
 and stopped, its state removed, however the tests end. Where it cannot be (not root, no apt-get, no network for
 the packages, daemons that do not come up) the tests skip, saying why.
 """
@@ -51,7 +51,7 @@ def _free_port_pair() -> int:
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """A one-node cluster for the session; yields the environment its clients (and the sweeps) need."""
+    """A one-node cluster for the test run; yields the environment its clients (and the sweeps) need."""
     if os.geteuid() != 0:
         pytest.skip("a local SLURM cluster needs root (slurmd runs each job as its user)")
     if shutil.which("apt-get") is None and not all(shutil.which(c) for c in ("slurmctld", "slurmd", "srun", "munged")):
@@ -64,7 +64,7 @@ def slurm(tmp_path_factory) -> Iterator[dict[str, str]]:
         "SLURM_LOCAL_PORT": str(_free_port_pair()),
     }
     for key in [k for k in env if k.startswith("SLURM_") and not k.startswith("SLURM_LOCAL_")]:
-        del env[key]  # from an allocation this session may run in: the cluster here is another
+        del env[key]  # from an allocation the tests may run in: the cluster here is another
     try:
         started = subprocess.run([SCRIPT, "start"], env=env, capture_output=True, text=True, timeout=900)
         if started.returncode != 0:
