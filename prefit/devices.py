@@ -214,14 +214,25 @@ def normal_uuid(text: str) -> str:
     return text[4:] if text.startswith("gpu-") else text
 
 
-def parse_compute_modes(text: str) -> dict[str, str]:
-    """{uuid: mode} from `nvidia-smi --query-gpu=uuid,compute_mode --format=csv,noheader` (uuids by `normal_uuid`)."""
-    modes = {}
+def parse_gpu_query(text: str) -> dict[str, str]:
+    """{uuid: value} from `nvidia-smi --query-gpu=uuid,FIELD --format=csv,noheader` (uuids by `normal_uuid`)."""
+    values = {}
     for line in text.splitlines():
-        device, _, mode = line.partition(",")
-        if device.strip() and mode.strip():
-            modes[normal_uuid(device)] = mode.strip()
-    return modes
+        device, _, value = line.partition(",")
+        if device.strip() and value.strip():
+            values[normal_uuid(device)] = value.strip()
+    return values
+
+
+def gpu_query(field: str) -> dict[str, str] | None:
+    """Each GPU's `field` (compute_mode, driver_version, ...) by UUID, as nvidia-smi reports it; None where it does
+    not answer. Never raises."""
+    try:
+        query = ["nvidia-smi", f"--query-gpu=uuid,{field}", "--format=csv,noheader"]
+        done = subprocess.run(query, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (parse_gpu_query(done.stdout) or None) if done.returncode == 0 else None
 
 
 def compute_modes() -> dict[str, str] | None:
@@ -242,13 +253,7 @@ def compute_modes() -> dict[str, str] | None:
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # not installed, no driver, an old library: ask nvidia-smi
-        pass
-    try:
-        query = ["nvidia-smi", "--query-gpu=uuid,compute_mode", "--format=csv,noheader"]
-        done = subprocess.run(query, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (parse_compute_modes(done.stdout) or None) if done.returncode == 0 else None
+        return gpu_query("compute_mode")
 
 
 def is_exclusive(mode: str | None) -> bool:

@@ -15,8 +15,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import subprocess
 import time
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
@@ -28,6 +26,7 @@ import torch
 import prefit
 from prefit.bench.workload import make_members, smooth_targets
 from prefit.data.tensors import coordinate_grid
+from prefit.devices import gpu_query, normal_uuid
 from prefit.engine import device_name, fit_batched, psnr_from_loss
 from prefit.engine.batched import resolve_kernels
 from prefit.engine.options import FitOptions
@@ -89,32 +88,13 @@ def software_versions() -> dict[str, str | None]:
     }
 
 
-def _driver(uuid: str) -> str | None:
-    """The NVIDIA driver's version as nvidia-smi reports it (None where nvidia-smi does not answer)."""
-    if not shutil.which("nvidia-smi"):
-        return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=uuid,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) == 2 and fields[0] in (uuid, f"GPU-{uuid}"):
-            return fields[1]
-    return None
-
-
 def device_facts(device: torch.device) -> dict[str, Any]:
     """Name, UUID and driver of `device` (UUID and driver None on a CPU), for run.json and the probe's key."""
     if device.type != "cuda":
         return {"device_name": device_name(device), "device_uuid": None, "driver": None}
     uuid = str(torch.cuda.get_device_properties(device).uuid)
-    return {"device_name": device_name(device), "device_uuid": uuid, "driver": _driver(uuid)}
+    driver = (gpu_query("driver_version") or {}).get(normal_uuid(uuid))
+    return {"device_name": device_name(device), "device_uuid": uuid, "driver": driver}
 
 
 def probe_key(step: str, device: torch.device) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from prefit.devices import (
     is_exclusive,
     launcher_jobs,
     owns_devices,
-    parse_compute_modes,
+    parse_gpu_query,
 )
 
 BOUND_S = 60  # deadlock safety only: every wait below ends long before this when the ledger works
@@ -290,7 +290,7 @@ GPU-00000000-0000-0000-0000-000000000000, Prohibited
 
 
 def test_compute_modes_from_nvidia_smi(monkeypatch):
-    modes = parse_compute_modes(NVIDIA_SMI)
+    modes = parse_gpu_query(NVIDIA_SMI)
     assert modes == {
         "1d5e6f0a-1111-2222-3333-444455556666": "Default",
         "9a8b7c6d-aaaa-bbbb-cccc-ddddeeeeffff": "Exclusive_Process",
@@ -393,3 +393,15 @@ def test_jobs_per_gpu(requested, cores, gpus, exclusive, jobs):
 def test_jobs_per_gpu_refuses_zero():
     with pytest.raises(ValueError):
         launcher_jobs(0, 16, 1, 0)
+
+
+def test_gpu_query_asks_nvidia_smi_for_a_field_by_uuid(monkeypatch):
+    asked = []
+
+    def run(command, **kwargs):
+        asked.append(command)
+        return SimpleNamespace(returncode=0, stdout="GPU-AAAA-1, 550.54.15\nGPU-bbbb-2, 550.54.15\n")
+
+    monkeypatch.setattr(devices.subprocess, "run", run)
+    assert devices.gpu_query("driver_version") == {"aaaa-1": "550.54.15", "bbbb-2": "550.54.15"}
+    assert asked == [["nvidia-smi", "--query-gpu=uuid,driver_version", "--format=csv,noheader"]]
