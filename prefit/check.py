@@ -23,7 +23,8 @@ from prefit.devices import JOBS_PER_GPU, compute_modes, cuda_devices, exclusive_
 from prefit.engine import fit_batched, fit_sequential, flops_per_member_epoch, psnr_from_loss, resolve_device
 from prefit.engine.options import FitOptions
 from prefit.errors import ConfigError, OneLineParser, fail
-from prefit.probe import TOLERANCE_DB, W0, choose_step, device_facts, software_versions
+from prefit.model import SIREN
+from prefit.probe import TOLERANCE_DB, choose_step, device_facts, software_versions
 
 # The study's cell: 20 triples, each 5 fits (random; same_class and other_class: a pre-fit and the fit of A),
 # 2000 epochs on 32 x 32 pixels.
@@ -58,12 +59,12 @@ def time_cell(hls: int, hfs: int, step: str, device: torch.device) -> CellTiming
     coords = coordinate_grid(CIFAR_SIDE)
     params, targets = make_members(hls, hfs, members), smooth_targets(members)
     train = FitOptions(epochs=epochs, kernels=step, progress=False, snapshot_epochs=[])
-    fit_batched(params, targets, coords, replace(train, epochs=2), W0, device)
-    batched, seconds = _timed(fit_batched, params, targets, coords, train, W0, device)
+    fit_batched(params, targets, coords, replace(train, epochs=2), SIREN, device)
+    batched, seconds = _timed(fit_batched, params, targets, coords, train, SIREN, device)
     few = [(w[:seq_members], b[:seq_members]) for w, b in params]
     short = FitOptions(epochs=seq_epochs, progress=False, snapshot_epochs=[])
-    fit_sequential(few, targets[:seq_members], coords, replace(short, epochs=2), W0, device)
-    sequential, seq_seconds = _timed(fit_sequential, few, targets[:seq_members], coords, short, W0, device)
+    fit_sequential(few, targets[:seq_members], coords, replace(short, epochs=2), SIREN, device)
+    sequential, seq_seconds = _timed(fit_sequential, few, targets[:seq_members], coords, short, SIREN, device)
     gap = psnr_from_loss(batched.loss[:seq_members, :seq_epochs].double()) - psnr_from_loss(sequential.loss.double())
     return CellTiming(
         hls,

@@ -56,9 +56,19 @@ MatmulPrecision = Choice("MatmulPrecision", {name: name for name in ("highest", 
 
 
 class Kernels(Choice):
-    """The batched step: auto picks compiled on a CPU and fused on CUDA (prefit.engine.batched)."""
+    """The batched step: auto picks compiled on a CPU and fused on CUDA for a SIREN, generic for other families
+    (prefit.engine.batched)."""
 
     auto = "auto"
     compiled = "compiled"  # numba, CPU
     fused = "fused"  # Triton, CUDA
-    torch = "torch"  # plain torch ops, either device
+    torch = "torch"  # plain torch ops, either device (SIREN)
+    generic = "generic"  # any family: torch.func (vmap of grad over the members), either device
+
+
+class Family(Choice):
+    """The neural field's family (prefit.model): its activation, initialisation and coordinate encoding."""
+
+    siren = "siren"  # sine activations (Sitzmann et al. 2020)
+    ffn = "ffn"  # ReLU on random Fourier features (Tancik et al. 2020)
+    gauss = "gauss"  # Gaussian activations (Ramasinghe & Lucey 2022)

@@ -15,10 +15,11 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from prefit.choices import CIFAR_SIDE, IMAGE_DIR_SIDE, DatasetName, Device, Engine, Protocol, Split
+from prefit.choices import CIFAR_SIDE, IMAGE_DIR_SIDE, DatasetName, Device, Engine, Family, Protocol, Split
 from prefit.engine.options import FitOptions
 from prefit.errors import ConfigError
 from prefit.keys import ARITHMETIC, RUNTIME, RUNTIME_ARITHMETIC, marked_keys, without
+from prefit.model import Field, make_field
 from prefit.schema import SCHEME_ORDER, cell_dirname
 
 __all__ = ["Config", "ConfigError", "TrainConfig", "validate", "register"]
@@ -46,11 +47,24 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    """A SIREN: `hls` hidden layers of `hfs` hidden features, sine frequency `w0`."""
+    """A neural field of a `family` (prefit.model): `hls` hidden layers of `hfs` hidden features, and the family's own
+    constants (`conf/model/<family>.yaml` sets them; another family's stay null)."""
 
+    family: Family = Family.siren
     hls: int = 2
     hfs: int = 32
-    w0: float = 30.0
+    w0: float | None = 30.0  # siren: sine frequency of the first and hidden layers
+    sigma: float | None = None  # ffn: standard deviation of the Fourier features' matrix B
+    features: int | None = None  # ffn: columns of B (the first layer reads 2 x features)
+    scale: float | None = None  # gauss: exp(-(scale z)^2)
+
+    def field(self, seed: int) -> Field:
+        """The engines' description of this network (the Fourier features' B drawn from `seed`)."""
+        return make_field(self.family, seed, self.w0, self.sigma, self.features, self.scale)
+
+
+# each family's own constants: set for it, null for the others
+FAMILY_KEYS = {Family.siren: ("w0",), Family.ffn: ("sigma", "features"), Family.gauss: ("scale",)}
 
 
 @dataclass
@@ -148,6 +162,8 @@ def study_of(config: dict[str, Any]) -> dict[str, Any]:
     """A config (plain data, composed now or recorded in a run.json) as a study: what decides the results. No
     preset name, no runtime keys, `dataset.path` resolved so that two spellings of one folder are one study."""
     study = without(config, ("experiment", *RUNTIME_KEYS))
+    if isinstance(study.get("model"), dict):
+        study["model"].setdefault("family", "siren")  # a record from before other families existed is a SIREN's
     dataset = study.get("dataset")
     if isinstance(dataset, dict) and dataset.get("path"):
         dataset["path"] = str(Path(dataset["path"]).expanduser().resolve())
@@ -189,7 +205,8 @@ def unknown_keys(node: Any, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
-POSITIVE = ("model.w0", "train.lr", "train.eps", "scheme.meta.inner_lr", "scheme.meta.outer_lr")
+POSITIVE = ("model.w0", "model.sigma", "model.scale", "train.lr", "train.eps")
+POSITIVE += ("scheme.meta.inner_lr", "scheme.meta.outer_lr")
 # key: what its value must be, and the test; keys under a scheme that is not selected are not checked
 RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "seed": ("be an integer in [0, 2^63)", lambda v: 0 <= v < 2**63),
@@ -198,6 +215,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     **dict.fromkeys(("model.hls", "model.hfs", "train.epochs"), ("be an integer >= 1", lambda v: v >= 1)),
     **dict.fromkeys(POSITIVE, ("be > 0", lambda v: v > 0)),
     "train.plateau_patience": ("be >= 0", lambda v: v >= 0),
+    "model.features": ("be an integer >= 1", lambda v: v >= 1),
     "train.checkpoint_minutes": ("be >= 0 (0: no checkpoints)", lambda v: v >= 0),
     "train.plateau_factor": ("be in (0, 1)", lambda v: 0 < v < 1),
     "train.plateau_threshold": ("be a finite number", math.isfinite),
@@ -218,13 +236,20 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
 
+    model = cfg.model
+    for family, keys in FAMILY_KEYS.items():
+        for key in keys:
+            value = getattr(model, key)
+            if family == model.family:
+                need(value is not None, f"model.{key} must be set for model={family} (conf/model/{family}.yaml)")
+            else:
+                need(value is None, f"model.{key} is model={family}'s; model={model.family} takes none (leave it null)")
     unknown = unknown_keys(cfg)
     need(not unknown, f"unknown key(s) {', '.join(unknown)}: not in the schema (prefit/config.py); check the spelling")
     for key, (requirement, test) in RULES.items():
         group, _, name = key.rpartition(".")
         node = reduce(getattr, group.split("."), cfg) if group else cfg
-        if node is not None:
-            value = getattr(node, name)
+        if node is not None and (value := getattr(node, name)) is not None:  # null: checked above or allowed
             need(key not in FINITE or math.isfinite(value), f"{key} must be a finite number, got {value}")
             need(test(value), f"{key} must {requirement}, got {list(value) if key == 'train.betas' else value}")
     dataset, resolution = cfg.dataset, cfg.dataset.resolution

@@ -22,7 +22,7 @@ from prefit.data import coordinate_grid, side_of
 from prefit.engine import fit_batched
 from prefit.engine.options import FitOptions
 from prefit.io import atomic_path, user_cache
-from prefit.model import Params, init_params, stack_params, triple_generator
+from prefit.model import Params, stack_params, triple_generator
 from prefit.schema import cell_stem
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,16 @@ def cache_key(cfg: Config, meta: MetaConfig, data_source: str, pool: np.ndarray)
 
 
 def reptile(cfg: Config, meta: MetaConfig, signals: torch.Tensor, device: torch.device, max_members: int) -> Params:
-    """Learn one SIREN initialisation on `signals` [pool, pixels, 3]; returns (W [in, out], b [out]) pairs."""
-    hls, hfs, w0 = cfg.model.hls, cfg.model.hfs, cfg.model.w0
-    theta = init_params(hls, hfs, w0, triple_generator(cfg.seed, META_STREAM))
+    """Learn one initialisation of the cell's network on `signals` [pool, pixels, 3]; (W [in, out], b [out]) pairs."""
+    hls, hfs, field = cfg.model.hls, cfg.model.hfs, cfg.model.field(cfg.seed)
+    theta = field.init_params(hls, hfs, triple_generator(cfg.seed, META_STREAM))
     rng = np.random.default_rng([cfg.seed, META_STREAM])
     inner = inner_options(cfg, meta)
     coords = coordinate_grid(side_of(signals.shape[1]))
     for step in trange(meta.outer_steps, desc=f"{hls}x{hfs} meta", disable=not cfg.train.progress, leave=False):
         tasks = rng.choice(signals.shape[0], size=meta.meta_batch, replace=False)
         start = stack_params([theta] * meta.meta_batch)
-        fitted = fit_batched(start, signals[tasks], coords, inner, w0, device, max_members).params
+        fitted = fit_batched(start, signals[tasks], coords, inner, field, device, max_members).params
         finite = torch.stack([torch.isfinite(w).all(dim=(1, 2)) for w, _ in fitted]).all(dim=0)
         if not finite.any():
             log.warning("meta step %d: every task diverged; step skipped", step)

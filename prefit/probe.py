@@ -32,6 +32,7 @@ from prefit.engine.batched import resolve_kernels
 from prefit.engine.options import FitOptions
 from prefit.errors import ConfigError, one_line
 from prefit.io import user_cache, write_json
+from prefit.model import SIREN, Field
 
 log = logging.getLogger("prefit.probe")
 
@@ -44,7 +45,7 @@ TOLERANCE_DB = 1e-3
 # The tiny cell: 4 members of 2 x 32 on 16 x 16 pixels for 60 epochs. On CUDA the first epoch runs eagerly, the
 # next 50 as one captured graph, the rest eagerly again; with a 0.5 threshold the plateau schedule halves the
 # learning rate after every 21 epochs, twice. At the default lr the two steps agree to about 1e-6 dB.
-MEMBERS, HLS, HFS, SIDE, EPOCHS, W0 = 4, 2, 32, 16, 60, 30.0
+MEMBERS, HLS, HFS, SIDE, EPOCHS = 4, 2, 32, 16, 60
 PROBE_FIT = FitOptions(
     epochs=EPOCHS, plateau_patience=20, plateau_threshold=0.5, snapshot_epochs=[0, -1], progress=False
 )
@@ -117,7 +118,7 @@ def run_probe(step: str, device: torch.device, key: dict[str, Any] | None = None
     started = time.perf_counter()
 
     def fit(kernels: str):
-        return fit_batched(params, targets, coords, replace(PROBE_FIT, kernels=kernels), W0, device)
+        return fit_batched(params, targets, coords, replace(PROBE_FIT, kernels=kernels), SIREN, device)
 
     def verdict(ok: bool, cause: str | None, gap: float | None = None) -> Verdict:
         return Verdict(step, ok, cause, gap, round(time.perf_counter() - started, 3), key)
@@ -197,10 +198,12 @@ class StepChoice:
         }
 
 
-def choose_step(requested: str, device: torch.device) -> StepChoice:
+def choose_step(requested: str, device: torch.device, field: Field = SIREN) -> StepChoice:
     """train.kernels -> the step a job runs. `auto` runs the device's fast step if it can run here and passed its
     probe, else the torch step, saying why in one warning line; an explicit fast step that fails its probe is a
-    ConfigError (one line, exit 2). `torch` runs as asked."""
+    ConfigError (one line, exit 2). `torch` and `generic` run as asked, and other families than SIREN run `generic`."""
+    if resolve_kernels(requested, device, field) == "generic":  # refuses a SIREN-only step for another family
+        return StepChoice(requested, "generic")
     if requested == "torch":
         return StepChoice(requested, "torch")
     step = resolve_kernels(requested, device)  # refuses steps that cannot run on this device at all

@@ -32,7 +32,7 @@ from prefit.config import Config
 from prefit.data import DataError, ImageSet, Triple, coordinate_grid, draw_pool, to_signal, to_uint8
 from prefit.engine import fit, flops_per_member_epoch, psnr_from_loss, snapshot_epochs_resolved
 from prefit.meta import learned_init
-from prefit.model import Params, init_params, member_params, stack_params, triple_generator
+from prefit.model import Params, member_params, stack_params, triple_generator
 
 if TYPE_CHECKING:  # types only: the checkpoint is made by the app
     from prefit.checkpoint import CellCheckpoint
@@ -262,7 +262,7 @@ def run_plan(
             recon_parts.append((*fit_on_a, record["snapshots"], record["loss"][is_fit][:, snapshots]))
     rows = pd.concat(frames, ignore_index=True)
     fits = len(rows) // cfg.train.epochs
-    flops = flops_per_member_epoch(cfg.model.hls, cfg.model.hfs, plan.side**2)
+    flops = flops_per_member_epoch(cfg.model.hls, cfg.model.hfs, plan.side**2, cfg.model.field(cfg.seed).inputs)
     info = {**progress.info, **fit_rate([r["timing"] for r in progress.done], cfg.train.epochs, flops)}
     return CellResult(rows, _recon(cfg, plan, recon_parts), len(plan.members), fits, info)
 
@@ -270,9 +270,9 @@ def run_plan(
 def _starts(cfg: Config, plan: Plan, device: torch.device, max_members: int) -> tuple[dict, list[Params]]:
     """What run.json records of the starts (the meta-initialisation's cache), and each member's initial parameters:
     its triple's, or the learned meta-initialisation."""
-    hls, hfs, w0 = cfg.model.hls, cfg.model.hfs, cfg.model.w0
+    hls, hfs, field = cfg.model.hls, cfg.model.hfs, cfg.model.field(cfg.seed)
     inits: dict[int, Params] = {
-        t.triple: init_params(hls, hfs, w0, triple_generator(cfg.seed, t.triple)) for t in plan.triples
+        t.triple: field.init_params(hls, hfs, triple_generator(cfg.seed, t.triple)) for t in plan.triples
     }
     info: dict = {}
     meta_init = None
@@ -308,8 +308,8 @@ def _fit_stage(
 
     saver = checkpoint.bind(state) if checkpoint is not None else None
     options = dict(saver=saver, resume=resume["fit"] if resume is not None else None)
-    coords, w0 = coordinate_grid(plan.side), cfg.model.w0
-    result = fit(cfg.train.engine, start, targets, coords, cfg.train, w0, device, max_members, desc, **options)
+    coords, field = coordinate_grid(plan.side), cfg.model.field(cfg.seed)
+    result = fit(cfg.train.engine, start, targets, coords, cfg.train, field, device, max_members, desc, **options)
     timing = {"members": len(active), "fit_s": round(before + time.perf_counter() - clock, 3)}
     if result.steady_member_epochs:
         timing.update(steady_s=round(result.steady_s, 4), steady_member_epochs=result.steady_member_epochs)

@@ -173,7 +173,7 @@ def _choose_step(cfg: Config, device: torch.device) -> StepChoice:
     where it falls back; the sequential engine has no step to choose."""
     if cfg.train.engine == "sequential":
         return StepChoice(str(cfg.train.kernels), "sequential")
-    choice = choose_step(str(cfg.train.kernels), device)
+    choice = choose_step(str(cfg.train.kernels), device, cfg.model.field(cfg.seed))
     if choice.warning:
         if cfg.train.matmul_precision == "3xtf32":
             raise ConfigError(f"train.matmul_precision=3xtf32 needs the fused step, and {choice.warning}")
@@ -186,7 +186,7 @@ def check_memory(cfg: Config, device: torch.device) -> None:
     hls, hfs = cfg.model.hls, cfg.model.hfs
     pixels = cfg.dataset.side**2
     members = cfg.dataset.n_triples * len(cfg.scheme.selected())
-    weight_bytes = 4 * n_weights(hls, hfs)
+    weight_bytes = 4 * n_weights(hls, hfs, cfg.model.field(cfg.seed).inputs)
     image_bytes = 4 * 3 * pixels * (len(cfg.train.snapshot_epochs) + 1)
     need = weight_bytes * (2 * members + 4) + image_bytes * members
     available = _available_memory()

@@ -19,7 +19,7 @@ from prefit.bench.workload import fit_original, make_members, smooth_targets
 from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
 from prefit.engine import flops_per_member_epoch
-from prefit.model import member_params
+from prefit.model import SIREN, member_params
 
 ENGINES = ("batched", "sequential", "original")
 MACHINE = {
@@ -217,6 +217,6 @@ def test_epoch_times_of_the_fused_loop_without_capture():
         pytest.skip(f"the fused kernels cannot run: {why}")
     coords = coordinate_grid(4)
     params, targets = make_members(1, 4, 2), smooth_targets(2)[:, :16]
-    times = epoch_times(params, coords, targets, 30.0, epochs=3, repeats=2, forms=("fused_eager", "fused_graph"))
+    times = epoch_times(params, coords, targets, SIREN, epochs=3, repeats=2, forms=("fused_eager", "fused_graph"))
     assert set(times) == {"fused_eager"}  # no CUDA, no graph
     assert times["fused_eager"]["ms_per_epoch"] > 0

@@ -28,7 +28,7 @@ from prefit.engine import fit_batched, fit_sequential
 from prefit.engine.batched import DeviceChunk, HostChunk
 from prefit.engine.common import snapshot_index
 from prefit.engine.cuda import FusedChunk
-from prefit.model import init_params, stack_params, triple_generator
+from prefit.model import SIREN, init_params, stack_params, triple_generator
 from prefit.schemes import build_plan, plan_key, run_plan
 
 CPU = torch.device("cpu")
@@ -65,10 +65,13 @@ def chunk_kinds():
     kinds = {
         "compiled": lambda *a: HostChunk(*a, "compiled"),
         "torch": lambda *a: HostChunk(*a, "torch"),
+        "generic": lambda *a: HostChunk(*a, "generic"),
         "device": DeviceChunk,
     }
     if fused.available(CPU):  # under Triton's interpreter (tests/conftest.py), on 4 x 4 pixels
-        kinds["fused"] = FusedChunk
+        kinds["fused"] = lambda params, coords, targets, options, field, slots: FusedChunk(
+            params, coords, targets, options, field.w0, slots
+        )
     return kinds
 
 
@@ -84,7 +87,7 @@ def test_a_chunk_resumes_from_its_saved_state_bit_for_bit(kind):
     slots = snapshot_index(epochs, train_options.snapshot_epochs)
 
     def chunk():
-        return make(params, coords, targets, train_options, 30.0, slots)
+        return make(params, coords, targets, train_options, SIREN, slots)
 
     whole = chunk()
     assert whole.run(capture=False)
@@ -140,17 +143,17 @@ def test_a_fit_resumes_from_every_save_bit_for_bit(engine, kernels, threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        whole = engine(params, targets, coords, options, 30.0, CPU, max_members=2)
+        whole = engine(params, targets, coords, options, SIREN, CPU, max_members=2)
         saver = CountingSaver(every=7 if engine is fit_batched else 2)
-        assert_same_fit(engine(params, targets, coords, options, 30.0, CPU, max_members=2, saver=saver), whole)
+        assert_same_fit(engine(params, targets, coords, options, SIREN, CPU, max_members=2, saver=saver), whole)
         assert len(saver.states) >= 2
         if engine is fit_batched:  # chunks saved mid-fit, and (in turn) saved before they started
             epochs = [s["epoch"] for state in saver.states for s in state["states"]]
             assert any(0 < e < 30 for e in epochs) and (threads > 1 or 0 in epochs)
         for state in saver.states:
-            assert_same_fit(engine(params, targets, coords, options, 30.0, CPU, max_members=2, resume=state), whole)
+            assert_same_fit(engine(params, targets, coords, options, SIREN, CPU, max_members=2, resume=state), whole)
         if kernels == "compiled":
-            smaller = engine(params, targets, coords, options, 30.0, CPU, max_members=1, resume=saver.states[0])
+            smaller = engine(params, targets, coords, options, SIREN, CPU, max_members=1, resume=saver.states[0])
             assert_same_fit(smaller, whole)
     finally:
         torch.set_num_threads(before)

@@ -25,7 +25,7 @@ from prefit.config import TrainConfig  # noqa: E402
 from prefit.data import coordinate_grid  # noqa: E402
 from prefit.engine import capture, fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
 from prefit.errors import ConfigError  # noqa: E402
-from prefit.model import init_params, stack_params, triple_generator  # noqa: E402
+from prefit.model import SIREN, init_params, stack_params, triple_generator  # noqa: E402
 from prefit.precision import product  # noqa: E402
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -39,8 +39,8 @@ def fit(device, n, hls, hfs, epochs, **train):
     config = TrainConfig(epochs=epochs, progress=False, snapshot_epochs=[0, 10, -1], **train)
     params, targets = members(n, hls, hfs), smooth_images(n)
     if device.type == "cpu":
-        return fit_sequential(params, targets, coordinate_grid(), config, 30.0, device)
-    return fit_batched(params, targets, coordinate_grid(), config, 30.0, device, max_members=n)
+        return fit_sequential(params, targets, coordinate_grid(), config, SIREN, device)
+    return fit_batched(params, targets, coordinate_grid(), config, SIREN, device, max_members=n)
 
 
 def gap(a, b) -> float:
@@ -115,7 +115,7 @@ def test_chunks_capture_on_one_stream_per_device(monkeypatch):
     config = TrainConfig(epochs=5, progress=False, snapshot_epochs=[])
     for kernels in ("fused", "torch"):
         config.kernels = kernels
-        fit_batched(members(4, 1, 16), smooth_images(4), coordinate_grid(), config, 30.0, CUDA, max_members=2)
+        fit_batched(members(4, 1, 16), smooth_images(4), coordinate_grid(), config, SIREN, CUDA, max_members=2)
     assert len(streams) == 4 and all(s is streams[0] for s in streams)
 
 

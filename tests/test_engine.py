@@ -19,7 +19,7 @@ from prefit.engine import (
 )
 from prefit.engine.batched import DeviceChunk, HostChunk
 from prefit.engine.common import snapshot_index
-from prefit.model import init_params, stack_params, triple_generator
+from prefit.model import SIREN, init_params, stack_params, triple_generator
 
 CPU = torch.device("cpu")
 
@@ -31,8 +31,8 @@ def members(n: int, hls: int = 2, hfs: int = 16):
 def both_engines(n: int, train: TrainConfig, max_members: int, hls: int = 2, hfs: int = 16):
     """The batched and the sequential engine's results on the same n members and targets."""
     params, targets = members(n, hls, hfs), smooth_images(n)
-    batched = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=max_members)
-    return batched, fit_sequential(params, targets, coordinate_grid(), train, 30.0, CPU)
+    batched = fit_batched(params, targets, coordinate_grid(), train, SIREN, CPU, max_members=max_members)
+    return batched, fit_sequential(params, targets, coordinate_grid(), train, SIREN, CPU)
 
 
 def psnr_gap(a, b) -> float:
@@ -77,8 +77,8 @@ def test_engines_agree_when_the_plateau_schedule_acts():
 def test_chunking_does_not_change_results():
     train = TrainConfig(epochs=40, progress=False)
     params, targets = members(5), smooth_images(5)
-    whole = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=5)
-    chunked = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=2)
+    whole = fit_batched(params, targets, coordinate_grid(), train, SIREN, CPU, max_members=5)
+    chunked = fit_batched(params, targets, coordinate_grid(), train, SIREN, CPU, max_members=2)
     torch.testing.assert_close(whole.loss, chunked.loss, rtol=1e-5, atol=0)
     for (a, _), (b, _) in zip(whole.params, chunked.params):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -87,10 +87,10 @@ def test_chunking_does_not_change_results():
 def test_a_diverging_member_does_not_poison_the_others():
     train = TrainConfig(epochs=30, progress=False)
     params, targets = members(4), smooth_images(4)
-    clean = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
+    clean = fit_batched(params, targets, coordinate_grid(), train, SIREN, CPU, max_members=4)
     poisoned_targets = targets.clone()
     poisoned_targets[1, 0, 0] = float("nan")
-    poisoned = fit_batched(params, poisoned_targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
+    poisoned = fit_batched(params, poisoned_targets, coordinate_grid(), train, SIREN, CPU, max_members=4)
     assert poisoned.loss[1].isnan().all()
     keep = [0, 2, 3]
     torch.testing.assert_close(poisoned.loss[keep], clean.loss[keep], rtol=1e-6, atol=0)
@@ -101,7 +101,7 @@ def test_snapshots_are_the_predictions_behind_the_recorded_psnr():
     train = TrainConfig(epochs=12, progress=False, snapshot_epochs=[0, 5, 99, -1])
     assert snapshot_epochs_resolved(12, train.snapshot_epochs) == [0, 5, 11]  # 99 dropped, -1 = last
     params, targets = members(2), smooth_images(2)
-    result = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=2)
+    result = fit_batched(params, targets, coordinate_grid(), train, SIREN, CPU, max_members=2)
     assert result.snapshots.shape == (2, 3, 1024, 3)
     for slot, epoch in enumerate([0, 5, 11]):
         mse = (result.snapshots[:, slot] - targets).square().mean(dim=(1, 2))
@@ -118,9 +118,9 @@ def test_the_device_loop_of_the_torch_step_equals_the_host_loop_bit_for_bit():
     )
     params, targets, coords = members(3), smooth_images(3), coordinate_grid()
     slots = snapshot_index(train.epochs, train.snapshot_epochs)
-    host = HostChunk(params, coords, targets, train, 30.0, slots, "torch")
+    host = HostChunk(params, coords, targets, train, SIREN, slots, "torch")
     host.adam.compiled = False  # the multi-tensor Adam, which runs on CUDA (on a CPU the compiled one)
-    device = DeviceChunk(params, coords, targets, train, 30.0, slots)
+    device = DeviceChunk(params, coords, targets, train, SIREN, slots)
     reported = []
     for run in range(2):
         host.run()
@@ -140,7 +140,7 @@ def test_a_device_loop_run_past_its_epochs_rewrites_the_last_row():
     """As FusedChunk: without `rewind`, a second run's records go to the last row and no snapshot is taken."""
     train = TrainConfig(epochs=3, progress=False, snapshot_epochs=[0, -1])
     params, targets, coords = members(2), smooth_images(2), coordinate_grid()
-    chunk = DeviceChunk(params, coords, targets, train, 30.0, snapshot_index(3, train.snapshot_epochs))
+    chunk = DeviceChunk(params, coords, targets, train, SIREN, snapshot_index(3, train.snapshot_epochs))
     chunk.run(capture=False)
     first, snaps = chunk.losses.clone(), chunk.snaps.clone()
     chunk.run(capture=False)
@@ -189,8 +189,8 @@ def test_cpu_paths_agree_chunks_side_by_side_and_one_chunk_on_two_threads():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        one_chunk = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=4)
-        side_by_side = fit_batched(params, targets, coordinate_grid(), train, 30.0, CPU, max_members=1)
+        one_chunk = fit_batched(params, targets, coordinate_grid(), train, SIREN, CPU, max_members=4)
+        side_by_side = fit_batched(params, targets, coordinate_grid(), train, SIREN, CPU, max_members=1)
     finally:
         torch.set_num_threads(threads)
     gap = psnr_gap(one_chunk, side_by_side)

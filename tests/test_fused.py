@@ -15,7 +15,7 @@ from prefit.config import ConfigError, TrainConfig  # noqa: E402
 from prefit.engine import SirenStep, cuda_bytes_per_member, fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
 from prefit.engine.cuda import FusedChunk, FusedStep, fused_bytes_per_member_epoch  # noqa: E402
 from prefit.engine.options import FitOptions  # noqa: E402
-from prefit.model import init_params, stack_params, triple_generator  # noqa: E402
+from prefit.model import SIREN, init_params, stack_params, triple_generator  # noqa: E402
 from prefit.optim import BatchedAdam, BatchedPlateau  # noqa: E402
 from prefit.precision import product, split_tf32  # noqa: E402
 
@@ -120,8 +120,8 @@ def test_fused_engine_equals_the_sequential_engine():
     params, target = members(3, 2, 8), targets(3, coords)
     train = TrainConfig(epochs=40, progress=False, kernels="fused", snapshot_epochs=[0, 7, -1])
     train.plateau_patience, train.plateau_threshold = 2, 0.2  # so that the schedule acts within 40 epochs
-    a = fit_batched(params, target, coords, train, 30.0, DEVICE, max_members=2)
-    b = fit_sequential(params, target, coords, train, 30.0, torch.device("cpu"))
+    a = fit_batched(params, target, coords, train, SIREN, DEVICE, max_members=2)
+    b = fit_sequential(params, target, coords, train, SIREN, torch.device("cpu"))
     gap = (psnr_from_loss(a.loss) - psnr_from_loss(b.loss)).abs().max().item()
     assert gap < 1e-3, f"fused and sequential engines differ by {gap:.2e} dB"
     assert torch.equal(a.lr, b.lr)
@@ -205,7 +205,7 @@ def test_3xtf32_needs_the_fused_step():
     coords = small_grid()
     train = TrainConfig(epochs=2, progress=False, kernels="compiled", matmul_precision="3xtf32")
     with pytest.raises(ConfigError, match="3xtf32"):
-        fit_batched(members(1, 1, 4), targets(1, coords), coords, train, 30.0, torch.device("cpu"), max_members=1)
+        fit_batched(members(1, 1, 4), targets(1, coords), coords, train, SIREN, torch.device("cpu"), max_members=1)
 
 
 def fresh_split_step(params, coords, target, w0):

@@ -29,7 +29,7 @@ from prefit.config import (
 )
 from prefit.data import ImageSet, coordinate_grid, draw_pool, draw_triples, to_signal
 from prefit.meta import reptile
-from prefit.model import Params, Siren, init_params, member_params, triple_generator
+from prefit.model import Field, FieldNet, Params, init_params, member_params, triple_generator
 from prefit.schemes import build_plan, run_plan
 
 CPU = torch.device("cpu")
@@ -71,7 +71,7 @@ def make_cfg(protocol: str, schemes: tuple[str, ...], cache_dir) -> Config:
 
 def loss_of(params: Params, target: torch.Tensor) -> float:
     """The mean squared error of one SIREN's weights on a [pixels, 3] target, in float64."""
-    model = Siren(HLS, HFS, W0).double().load_params([(w.double(), b.double()) for w, b in params])
+    model = FieldNet.for_params([(w.double(), b.double()) for w, b in params], Field(w0=W0)).double()
     with torch.no_grad():
         return F.mse_loss(model(coordinate_grid(SIDE).double()), target.double()).item()
 

@@ -26,7 +26,7 @@ from prefit.data import coordinate_grid, draw_triples, read_cifar_dir, to_signal
 from prefit.engine import fit_batched, fit_sequential
 from prefit.engine.options import FitOptions
 from prefit.meta import META_STREAM, inner_options, learned_init, reptile
-from prefit.model import init_params, stack_params, triple_generator
+from prefit.model import SIREN, init_params, stack_params, triple_generator
 from prefit.schemes import build_plan, run_plan
 
 CPU = torch.device("cpu")
@@ -92,7 +92,7 @@ def test_reptile_with_one_task_and_full_step_lands_on_the_fitted_weights(data, t
     learned = reptile(cfg, meta, signals, CPU, max_members=1)
     start = init_params(1, 8, 30.0, triple_generator(cfg.seed, 1_000_003))
     inner = replace(cfg.train, epochs=3, lr=meta.inner_lr, snapshot_epochs=[])
-    fitted = fit_batched(stack_params([start]), signals, coordinate_grid(), inner, 30.0, CPU, 1).params
+    fitted = fit_batched(stack_params([start]), signals, coordinate_grid(), inner, SIREN, CPU, 1).params
     for (w, b), (fw, fb) in zip(learned, fitted):
         torch.testing.assert_close(w, fw[0])
         torch.testing.assert_close(b, fb[0, 0])
@@ -113,7 +113,7 @@ def test_reptile_moves_towards_the_mean_of_the_meta_batch_with_an_annealed_step(
     theta = init_params(hls, hfs, w0, triple_generator(cfg.seed, META_STREAM))
     inner = replace(cfg.train, epochs=3, lr=1e-2, snapshot_epochs=[], progress=False)
     for step in range(3):
-        fitted = fit_sequential(stack_params([theta] * 3), signals, coordinate_grid(side), inner, w0, CPU).params
+        fitted = fit_sequential(stack_params([theta] * 3), signals, coordinate_grid(side), inner, SIREN, CPU).params
         rate = 0.8 * (1 - step / 3)
         theta = [
             (w + rate * (fw.mean(0) - w), b + rate * (fb.mean(0).reshape(-1) - b))

@@ -7,13 +7,13 @@ import torch
 
 from prefit.data import coordinate_grid
 from prefit.engine import batched_forward
-from prefit.model import Siren, init_params, layer_sizes, member_params, n_weights, stack_params, triple_generator
+from prefit.model import FieldNet, init_params, layer_sizes, member_params, n_weights, stack_params, triple_generator
 
 
 def test_layers_match_the_protocol():
     assert layer_sizes(2, 32) == [(2, 32), (32, 32), (32, 32), (32, 3)]  # hls = 2: four linear layers
-    assert len(Siren(5, 8).layers) == 7
-    assert n_weights(2, 32) == sum(p.numel() for p in Siren(2, 32).parameters())
+    assert len(FieldNet(layer_sizes(5, 8)).layers) == 7
+    assert n_weights(2, 32) == sum(p.numel() for p in FieldNet(layer_sizes(2, 32)).parameters())
 
 
 @pytest.mark.parametrize("hls,hfs", [(2, 32), (3, 128)])
@@ -45,7 +45,7 @@ def test_module_and_batched_forward_agree():
     coords = coordinate_grid()
     batched = batched_forward(stacked, coords, 30.0)
     for i in range(3):
-        module = Siren(3, 16).load_params(member_params(stacked, i))
+        module = FieldNet.for_params(member_params(stacked, i))
         torch.testing.assert_close(module(coords), batched[i], rtol=1e-5, atol=1e-5)
         back = module.params()
         assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(back, members[i]))

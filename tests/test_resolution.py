@@ -23,7 +23,7 @@ from prefit import train as app
 from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
 from prefit.engine import auto_max_members, cuda_bytes_per_member, fit_batched, fit_sequential, psnr_from_loss
-from prefit.model import init_params, n_weights, stack_params, triple_generator
+from prefit.model import SIREN, init_params, n_weights, stack_params, triple_generator
 
 CONF = Path(app.__file__).resolve().parents[1] / "conf"
 GOLDEN = Path(__file__).parent / "golden" / "cifar_tiny.npz"
@@ -71,8 +71,8 @@ def test_both_engines_fit_the_same_at_other_resolutions(side):
     train = TrainConfig(epochs=25, lr=1e-3, snapshot_epochs=[0, -1], progress=False)
     params, targets = members(3), smooth_images(3, side=side)
     coords = coordinate_grid(side)
-    batched = fit_batched(params, targets, coords, train, 30.0, CPU, max_members=2)
-    sequential = fit_sequential(params, targets, coords, train, 30.0, CPU)
+    batched = fit_batched(params, targets, coords, train, SIREN, CPU, max_members=2)
+    sequential = fit_sequential(params, targets, coords, train, SIREN, CPU)
     assert batched.snapshots.shape == sequential.snapshots.shape == (3, 2, side * side, 3)
     gap = (psnr_from_loss(batched.loss) - psnr_from_loss(sequential.loss)).abs().max().item()
     assert gap < 1e-3, gap

@@ -16,9 +16,10 @@ import torch
 from prefit.bench.machine import PeakMemory, seconds
 from prefit.bench.options import ENGINES, Options
 from prefit.bench.steady import format_steady, steady_state_cell
-from prefit.bench.workload import W0, Run, make_members, runner, smooth_targets
+from prefit.bench.workload import Run, make_members, runner, smooth_targets
 from prefit.data import SIDE, coordinate_grid
 from prefit.engine import auto_max_members, flops_per_member_epoch
+from prefit.model import SIREN
 
 
 def log(message: str) -> None:
@@ -105,7 +106,7 @@ def bench_cell(hls: int, hfs: int, opts: Options, device: torch.device, ceiling:
     if opts.steady if opts.steady is not None else device.type == "cuda":
         start = [(w.to(device), b.to(device)) for w, b in make_members(hls, hfs, chunk)]
         target = smooth_targets(chunk, side=side).to(device)
-        steady = steady_state_cell(start, coords.to(device), target, W0, opts)
+        steady = steady_state_cell(start, coords.to(device), target, SIREN, opts)
         log(f"[{name}] steady state: " + format_steady([{"hls": hls, "hfs": hfs, "steady_state": steady}])[0])
         if device.type == "cuda":  # the figure a study sees: captured epochs, transfers and set-up outside
             ms["batched"] = steady["fused_graph"]["ms_per_member_epoch"]

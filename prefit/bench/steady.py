@@ -19,7 +19,7 @@ from prefit.engine.capture import GraphChunk
 from prefit.engine.common import flops_per_member_epoch
 from prefit.engine.cuda import FusedChunk, fused_bytes_per_member_epoch
 from prefit.engine.options import FitOptions
-from prefit.model import Params
+from prefit.model import Field, Params
 
 # form -> (kernels, captured, train.matmul_precision)
 FORMS = {
@@ -27,6 +27,7 @@ FORMS = {
     "fused_eager": ("fused", False, "highest"),
     "torch_graph": ("torch", True, "highest"),  # what the engine runs on CUDA when the fused step cannot
     "torch_eager": ("torch", False, "highest"),
+    "generic_eager": ("generic", False, "highest"),  # any family's step (torch.func), here on a SIREN
     "fused_graph_3xtf32": ("fused", True, "3xtf32"),
     "fused_graph_tf32": ("fused", True, "high"),
 }
@@ -36,7 +37,7 @@ def epoch_times(
     params: Params,
     coords: torch.Tensor,
     target: torch.Tensor,
-    w0: float,
+    field: Field,
     epochs: int = 200,
     repeats: int = 5,
     forms: tuple[str, ...] = tuple(FORMS),
@@ -52,11 +53,11 @@ def epoch_times(
             continue
         train = FitOptions(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
         if kernels == "fused":
-            chunk = FusedChunk(params, coords, target, train, w0, {})
+            chunk = FusedChunk(params, coords, target, train, field.w0, {})
         elif capture:
-            chunk = DeviceChunk(params, coords, target, train, w0, {})
+            chunk = DeviceChunk(params, coords, target, train, field, {})
         else:
-            chunk = HostChunk(params, coords, target, train, w0, {}, kernels)
+            chunk = HostChunk(params, coords, target, train, field, {}, kernels)
         chunk.run(capture=capture)  # warm-up: compiles the kernels (and captures the graph), touches the memory
 
         def run(chunk: GraphChunk | HostChunk = chunk, capture: bool = capture) -> None:
@@ -88,15 +89,15 @@ def floor_ms(
     return 1e3 * members * (flops / (rate * 1e9) + moved / (bandwidth_gbs * 1e9))
 
 
-def steady_state_cell(params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float, opts: Options) -> dict:
+def steady_state_cell(params: Params, coords: torch.Tensor, target: torch.Tensor, field: Field, opts: Options) -> dict:
     """A cell's `steady_state`: `epoch_times` of its chunk and each form's share of the ceilings and of `floor_ms`."""
     ceilings, members, repeats = opts.ceilings, target.shape[0], 3
     hls, hfs = len(params) - 2, params[0][0].shape[2]
     per_member = flops_per_member_epoch(hls, hfs, target.shape[1])
     rate = 0.6 * ceilings["fp32"] * 1e9
     epochs = int(min(500, max(10, min(2.0, opts.budget / 10) * rate / (per_member * members))))
-    forms = tuple(FORMS) if target.device.type == "cuda" else ("torch_eager",)
-    times = epoch_times(params, coords, target, w0, epochs=epochs, repeats=repeats, forms=forms)
+    forms = tuple(FORMS) if target.device.type == "cuda" else ("torch_eager", "generic_eager")
+    times = epoch_times(params, coords, target, field, epochs=epochs, repeats=repeats, forms=forms)
     record: dict = {"members": members, "epochs": epochs, "repeats": repeats}
     for form, t in times.items():
         fractions = {f"fraction_{name}": t["gflops"] / c for name, c in ceilings.items() if c}

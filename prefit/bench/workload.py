@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from prefit.data import SIDE
 from prefit.engine import fit_batched, fit_sequential
 from prefit.engine.options import FitOptions
-from prefit.model import Params, Siren, init_params, member_params, stack_params, triple_generator
+from prefit.model import SIREN, FieldNet, Params, member_params, stack_params, triple_generator
 
-W0 = 30.0
 SEED = 0
 
 
@@ -28,15 +27,14 @@ def smooth_targets(n: int, seed: int = SEED, side: int = SIDE) -> torch.Tensor:
 
 def make_members(hls: int, hfs: int, n: int, seed: int = SEED) -> Params:
     """Start weights of n members, stacked, drawn as the study draws them (one generator per member)."""
-    return stack_params([init_params(hls, hfs, W0, triple_generator(seed, i)) for i in range(n)])
+    return stack_params([SIREN.init_params(hls, hfs, triple_generator(seed, i)) for i in range(n)])
 
 
 def fit_original(
     params: Params, target: torch.Tensor, coords: torch.Tensor, train: FitOptions, device: torch.device
 ) -> list[float]:
     """One fit as the original study wrote it, its PSNR on the host each epoch: the baseline; the PSNRs."""
-    hls, hfs = len(params) - 2, params[0][0].shape[1]
-    model = Siren(hls, hfs, W0).to(device).load_params(params)
+    model = FieldNet.for_params(params).to(device)
     coords, target_dev = coords.to(device), target.to(device)
     truth = (target.cpu().numpy() + 1.0) / 2.0
     opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas), eps=train.eps)
@@ -69,9 +67,9 @@ def runner(
         train = FitOptions(epochs=epochs, progress=False)
         sub = [(w[:members], b[:members]) for w, b in params]
         if engine == "batched":
-            fit_batched(sub, targets[:members], coords, train, W0, device, max_members=chunk)
+            fit_batched(sub, targets[:members], coords, train, SIREN, device, max_members=chunk)
         elif engine == "sequential":
-            fit_sequential(sub, targets[:members], coords, train, W0, device)
+            fit_sequential(sub, targets[:members], coords, train, SIREN, device)
         else:
             for i in range(members):
                 fit_original(member_params(sub, i), targets[i], coords, train, device)

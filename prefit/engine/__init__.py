@@ -22,7 +22,7 @@ from prefit.engine.common import (
     snapshot_epochs_resolved,
 )
 from prefit.engine.sequential import fit_sequential
-from prefit.engine.steps import CpuStep, SirenStep, batched_forward, loss_and_grads
+from prefit.engine.steps import CpuStep, GenericStep, SirenStep, batched_forward, loss_and_grads
 
 ENGINES = {"batched": fit_batched, "sequential": fit_sequential}
 
@@ -35,6 +35,7 @@ def fit(engine: str, *args, **kwargs) -> FitResult:
 __all__ = [
     "ENGINES",
     "CpuStep",
+    "GenericStep",
     "FitResult",
     "SirenStep",
     "auto_max_members",

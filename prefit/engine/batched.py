@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 import torch
@@ -20,14 +19,20 @@ from prefit.engine.capture import GraphChunk, epochs_per_graph
 from prefit.engine.common import engine, psnr_from_loss
 from prefit.engine.cuda import FusedChunk
 from prefit.engine.options import FitOptions
-from prefit.engine.steps import CpuStep, SirenStep
+from prefit.engine.steps import CpuStep, GenericStep, SirenStep
 from prefit.errors import ConfigError
-from prefit.model import Params
+from prefit.model import Field, Params
 from prefit.optim import BatchedAdam, BatchedPlateau
 
 
-def resolve_kernels(name: str, device: torch.device) -> str:
-    """train.kernels -> the step that runs: auto is `compiled` on a CPU, `fused` on CUDA (where Triton is)."""
+def resolve_kernels(name: str, device: torch.device, field: Field | None = None) -> str:
+    """train.kernels -> the step that runs: for a SIREN of one head, auto is `compiled` on a CPU, `fused` on CUDA
+    (where Triton is); another family runs the `generic` step, and so does a SIREN with several heads (the
+    shared-encoder pre-fit), whatever step its cell's other fits run."""
+    if field is not None and not is_plain_siren(field):
+        if name not in ("auto", "generic") and field.family != "siren":
+            raise ConfigError(f"train.kernels={name} runs SIRENs only; model={field.family} runs the generic step")
+        return "generic"
     if name == "auto":
         if device.type == "cpu":
             return "compiled"
@@ -39,11 +44,11 @@ def resolve_kernels(name: str, device: torch.device) -> str:
     return name
 
 
-def _fit(params, targets, coords, train, w0, device, max_members, slots, result, bar, saver, resume) -> list[Params]:
+def _fit(params, targets, inputs, train, field, device, max_members, slots, result, bar, saver, resume) -> list[Params]:
     """Fit stacked members to targets [M, pixels, 3], `max_members` at a time (results do not depend on it). With a
     `saver`, the chunks running stop between epochs when a save is due, their states and the finished chunks' results
     are saved together, and the fit goes on; `resume` (a saved fit state) starts the chunks where they were."""
-    kernels = resolve_kernels(train.kernels, device)
+    kernels = resolve_kernels(train.kernels, device, field)
     if train.matmul_precision == "3xtf32" and kernels != "fused":
         raise ConfigError(f"train.matmul_precision=3xtf32 needs train.kernels=fused (the step is {kernels})")
     threads = torch.get_num_threads()
@@ -52,7 +57,7 @@ def _fit(params, targets, coords, train, w0, device, max_members, slots, result,
         chunks, saved = _chunks(targets.shape[0], max_members, threads if side_by_side else 1), {}
     else:
         chunks, saved = state.resumed_chunks(resume, targets.shape[0], max_members)
-    fit = _Chunks(params, targets, chunks, saved, (coords, train, w0, device, slots, kernels), result, bar, saver)
+    fit = _Chunks(params, targets, chunks, saved, (inputs, train, field, device, slots, kernels), result, bar, saver)
     while todo := fit.unfinished():
         fit.lead = todo[0]  # started in every round, so that every round makes progress
         if side_by_side and threads > 1 and len(todo) > 1:
@@ -67,6 +72,11 @@ def _fit(params, targets, coords, train, w0, device, max_members, slots, result,
 
 
 fit_batched = engine(_fit)
+
+
+def is_plain_siren(field: Field) -> bool:
+    """Whether the SIREN's hand-written steps (torch, compiled, fused) can run it: a SIREN with one head."""
+    return field.family == "siren" and field.heads == 1
 
 
 def _chunks(members: int, max_members: int, cores: int) -> list[slice]:
@@ -94,12 +104,15 @@ class HostChunk:
     device_step = False  # Adam's step count on the device (`DeviceChunk`)
 
     def __init__(
-        self, params: Params, coords: Tensor, target: Tensor, train: FitOptions, w0: float, slots: dict, kernels: str
+        self, params: Params, inputs: Tensor, target: Tensor, train: FitOptions, field: Field, slots: dict, kernels: str
     ):
         members, device = target.shape[0], target.device
         self.train, self.slots = train, slots
-        kind = CpuStep if kernels == "compiled" and device.type == "cpu" else SirenStep
-        self.step = kind(params, coords, target, w0)
+        if kernels == "generic":
+            self.step = GenericStep(params, inputs, target, field)
+        else:
+            kind = CpuStep if kernels == "compiled" and device.type == "cpu" else SirenStep
+            self.step = kind(params, inputs, target, field.w0)
         self.lr = torch.full((members,), train.lr, dtype=torch.float64, device=device)
         flat = [t for pair in self.step.params for t in pair]
         betas = tuple(train.betas)
@@ -177,9 +190,9 @@ class DeviceChunk(GraphChunk, HostChunk):
     device_step = True
 
     def __init__(
-        self, params: Params, coords: Tensor, target: Tensor, train: FitOptions, w0: float, slots: dict[int, int]
+        self, params: Params, coords: Tensor, target: Tensor, train: FitOptions, field: Field, slots: dict[int, int]
     ):
-        HostChunk.__init__(self, params, coords, target, train, w0, slots, "torch")
+        HostChunk.__init__(self, params, coords, target, train, field, slots, "torch")
         GraphChunk.__init__(self, epochs_per_graph(params, target))
         device = target.device
         self.counter = torch.zeros(1, dtype=torch.int64, device=device)
@@ -229,7 +242,7 @@ class _Chunks:
 
     def __init__(self, params, targets, chunks, saved, setup, result, bar, saver: state.Saver | None):
         self.params, self.targets, self.chunks, self.saved = params, targets, chunks, saved
-        self.coords, self.train, self.w0, self.device, self.slots, self.kernels = setup
+        self.inputs, self.train, self.field, self.device, self.slots, self.kernels = setup
         self.result, self.bar = result, bar
         self.due = saver.due if saver is not None else None
         self.live: dict[int, HostChunk | FusedChunk] = {}
@@ -277,12 +290,11 @@ class _Chunks:
         target = self.targets[chunk].to(device)
         start = [(w[chunk].to(device), b[chunk].to(device)) for w, b in self.params]
         if self.kernels == "fused":
-            kind = FusedChunk
+            runner = FusedChunk(start, self.inputs, target, self.train, self.field.w0, self.slots)
         elif self.kernels == "torch" and device.type == "cuda":
-            kind = DeviceChunk
+            runner = DeviceChunk(start, self.inputs, target, self.train, self.field, self.slots)
         else:
-            kind = partial(HostChunk, kernels=self.kernels)
-        runner = kind(start, self.coords, target, self.train, self.w0, self.slots)
+            runner = HostChunk(start, self.inputs, target, self.train, self.field, self.slots, self.kernels)
         del start  # copied into the runner's own buffers
         if index in self.saved:
             runner.load_state(self.saved.pop(index))

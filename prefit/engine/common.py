@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from prefit.engine.options import FitOptions
 from prefit.engine.state import Saver
 from prefit.errors import ConfigError
-from prefit.model import Params, n_weights
+from prefit.model import Field, Params, n_weights
 
 
 @dataclass
@@ -115,19 +115,21 @@ def snapshot_epochs_resolved(epochs: int, snapshot_epochs: Sequence[int]) -> lis
     return list(snapshot_index(epochs, snapshot_epochs))
 
 
-def flops_per_member_epoch(hls: int, hfs: int, pixels: int = 1024) -> float:
-    """The study's work unit: 6 x pixels x weights (forward 2, backward 4 flops per weight and pixel)."""
-    return 6.0 * pixels * n_weights(hls, hfs)
+def flops_per_member_epoch(hls: int, hfs: int, pixels: int = 1024, inputs: int = 2) -> float:
+    """The study's work unit: 6 x pixels x weights (forward 2, backward 4 flops per weight and pixel); `inputs`: the
+    width the first layer reads (2 coordinates, or a Fourier-feature network's features)."""
+    return 6.0 * pixels * n_weights(hls, hfs, inputs)
 
 
-# loop(params, targets, coords, train, w0, device, max_members, slots, result, bar, saver, resume)
+# loop(params, targets, inputs, train, field, device, max_members, slots, result, bar, saver, resume)
 #   -> each chunk's final parameters
 Loop = Callable[..., list[Params]]
 
 
 def engine(loop: Loop) -> Callable[..., FitResult]:
-    """An engine, `fit(params, targets, coords, train, w0, device, max_members, desc, saver, resume)`: `loop` in the
-    frame both share (the result, whose losses, rates and snapshots `loop` writes, snapshot slots, progress bar).
+    """An engine, `fit(params, targets, coords, train, field, device, max_members, desc, saver, resume)`: `loop` in
+    the frame both share (the result, whose losses, rates and snapshots `loop` writes, snapshot slots, progress bar;
+    the coordinates encoded once as `field` says, into the inputs its first layer reads).
     `saver` (`prefit.engine.state.Saver`) is given the fit's state when it says a save is due; `resume`, a state it
     was given, starts the fit from there."""
 
@@ -136,7 +138,7 @@ def engine(loop: Loop) -> Callable[..., FitResult]:
         targets: torch.Tensor,
         coords: torch.Tensor,
         train: FitOptions,
-        w0: float,
+        field: Field,
         device: torch.device,
         max_members: int | None = None,
         desc: str = "fit",
@@ -148,12 +150,12 @@ def engine(loop: Loop) -> Callable[..., FitResult]:
         result = FitResult(
             loss=torch.empty(members, train.epochs, dtype=torch.float32),
             lr=torch.empty(members, train.epochs, dtype=torch.float64),
-            snapshots=torch.empty(members, len(slots), pixels, 3, dtype=torch.float32),
+            snapshots=torch.empty(members, len(slots), pixels, targets.shape[2], dtype=torch.float32),
             params=[],
         )
         style = dict(unit="member-epoch", unit_scale=True, dynamic_ncols=True, leave=False, mininterval=0.5)
         with tqdm(total=members * train.epochs, desc=desc, disable=not train.progress, **style) as bar:
-            args = (coords.to(device), train, w0, device, max_members or members, slots, result, bar)
+            args = (field.encode(coords).to(device), train, field, device, max_members or members, slots, result, bar)
             final = loop(params, targets, *args, saver, resume)
         result.params = [tuple(torch.cat([p[k][i] for p in final]) for i in (0, 1)) for k in range(len(params))]
         return result

@@ -1,4 +1,4 @@
-"""The plain reference engine: one SIREN module, torch Adam and ReduceLROnPlateau per member, in turn."""
+"""The plain reference engine: one network module, torch Adam and ReduceLROnPlateau per member, in turn."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from prefit.engine.common import engine, psnr_from_loss
-from prefit.model import Params, Siren, member_params, stack_params
+from prefit.model import FieldNet, Params, member_params, stack_params
 
 
-def _fit(params, targets, coords, train, w0, device, max_members, slots, result, bar, saver, resume) -> list[Params]:
-    """The reference: one SIREN module, torch Adam and torch ReduceLROnPlateau per member, one at a time. With a
+def _fit(params, targets, inputs, train, field, device, max_members, slots, result, bar, saver, resume) -> list[Params]:
+    """The reference: one `FieldNet` module, torch Adam and torch ReduceLROnPlateau per member, one at a time. With a
     `saver`, the members fitted so far are saved between members when a save is due; `resume` starts after them."""
-    members, hls, hfs = targets.shape[0], len(params) - 2, params[0][0].shape[2]
+    members = targets.shape[0]
     final: list[Params] = []
     first = 0
     if resume is not None:
@@ -22,14 +22,14 @@ def _fit(params, targets, coords, train, w0, device, max_members, slots, result,
         final = [member_params(resume["params"], i) for i in range(first)]
         bar.update(first * train.epochs)
     for i in range(first, members):
-        model = Siren(hls, hfs, w0).to(device).load_params(member_params(params, i))
+        model = FieldNet.for_params(member_params(params, i), field).to(device)
         target = targets[i].to(device)
         opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas), eps=train.eps)
         plateau = dict(factor=train.plateau_factor, patience=train.plateau_patience, threshold=train.plateau_threshold)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **plateau)  # mode min, relative threshold, as ours
         losses = torch.empty(train.epochs, device=device)
         for epoch in range(train.epochs):
-            pred = model(coords)
+            pred = model(inputs)
             loss = F.mse_loss(pred, target)
             losses[epoch] = loss.detach()
             result.lr[i, epoch] = opt.param_groups[0]["lr"]

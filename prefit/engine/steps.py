@@ -1,12 +1,14 @@
-"""The batched SIREN's step, forward and hand-written backward: `SirenStep` in torch ops on any device, `CpuStep`
-compiled (`prefit.kernels`), and on CUDA `prefit.engine.cuda.FusedStep`, all with the same arithmetic."""
+"""The batched steps: one epoch's forward and backward of every member of a chunk. `GenericStep` runs any family by
+autograd (`torch.func`); the SIREN's own, with a hand-written backward, are `SirenStep` in torch ops on any device,
+`CpuStep` compiled (`prefit.kernels`) and on CUDA `prefit.engine.cuda.FusedStep`, all with the same arithmetic."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.func import functional_call, grad_and_value, vmap
 
-from prefit.model import Params
+from prefit.model import Field, FieldNet, Params, member_params
 
 
 def batched_forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Tensor:
@@ -134,3 +136,29 @@ def loss_and_grads(
     """One forward and backward pass of the torch step (the engine keeps a step per chunk)."""
     loss, pred, grads = SirenStep(params, coords, target, w0)()
     return loss, pred.clone(), [(gw.clone(), gb.clone()) for gw, gb in grads]
+
+
+class GenericStep:
+    """Any family's step: one member's loss and gradients by autograd through its `FieldNet` (`functional_call` with
+    the member's weights), mapped over the chunk's members by `vmap`. A new family needs only its `Field`; the SIREN's
+    hand-written steps are tested against this one."""
+
+    def __init__(self, params: Params, inputs: torch.Tensor, target: torch.Tensor, field: Field):
+        self.params = [(w.clone(), b.clone()) for w, b in params]  # its own copy, updated in place by the optimiser
+        self.inputs = inputs.to(params[0][0])
+        self.target = target
+        net = FieldNet.for_params([(w.cpu(), b.cpu()) for w, b in member_params(params, 0)], field)
+
+        def member(weights: Params, inputs: torch.Tensor, target: torch.Tensor):
+            named = {}
+            for k, (w, b) in enumerate(weights):
+                named[f"layers.{k}.weight"], named[f"layers.{k}.bias"] = w.T, b[0]
+            pred = functional_call(net, named, (inputs,))
+            return torch.mean((pred - target) ** 2), pred
+
+        self.grads = vmap(grad_and_value(member, has_aux=True), in_dims=(0, None, 0))
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
+        """Per-member loss [M], predictions [M, pixels, channels] before the update, and the gradients."""
+        grads, (loss, pred) = self.grads(self.params, self.inputs, self.target)
+        return loss, pred, [(gw.contiguous(), gb.contiguous()) for gw, gb in grads]
