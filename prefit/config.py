@@ -102,6 +102,16 @@ class MetaConfig(SchemeConfig):
 
 
 @dataclass
+class SharedEncoderConfig(SchemeConfig):
+    """STRAINER (Vyas et al., NeurIPS 2024): one network pre-fit jointly on k images of A's class (multi_same's, none in
+    any triple), every layer shared but the last `head_layers`, a head per image; A's fit starts from the shared layers
+    and the triple's own random head, so that it differs from `random` in the shared layers only (prefit.shared)."""
+
+    k: int = 10
+    head_layers: int = 1
+
+
+@dataclass
 class SchemesConfig:
     """The selected schemes: a field is set when its file in `conf/scheme/` is selected, else None."""
 
@@ -111,6 +121,7 @@ class SchemesConfig:
     class_mean: ClassMeanConfig | None = None
     multi_same: MultiSameConfig | None = None
     meta: MetaConfig | None = None
+    shared_encoder: SharedEncoderConfig | None = None
 
     def selected(self) -> list[str]:
         return [name for name in SCHEME_ORDER if getattr(self, name) is not None]
@@ -221,6 +232,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "train.plateau_threshold": ("be a finite number", math.isfinite),
     **dict.fromkeys(
         ("dataset.n_triples", "scheme.multi_same.k", "scheme.class_mean.pool_size")
+        + ("scheme.shared_encoder.k", "scheme.shared_encoder.head_layers")
         + tuple(f"scheme.meta.{k}" for k in ("outer_steps", "inner_steps", "meta_batch", "pool_size")),
         ("be >= 1", lambda v: v >= 1),
     ),
@@ -274,3 +286,9 @@ def validate(cfg: Config) -> None:
     )
     meta = cfg.scheme.meta
     need(meta is None or meta.meta_batch <= meta.pool_size, "scheme.meta.meta_batch must be <= scheme.meta.pool_size")
+    heads = cfg.scheme.shared_encoder.head_layers if cfg.scheme.shared_encoder is not None else 1
+    need(
+        heads <= model.hls + 1,
+        f"scheme.shared_encoder.head_layers must be <= model.hls + 1 = {model.hls + 1} (the first layer is always "
+        f"shared), got {heads}",
+    )

@@ -18,7 +18,7 @@ RECON_FILE = "recon.npz"
 RUN_FILE = "run.json"
 
 # Known schemes and protocols, in the order tables, legends and configs list them.
-SCHEME_ORDER = ("random", "same_class", "other_class", "class_mean", "multi_same", "meta")
+SCHEME_ORDER = ("random", "same_class", "other_class", "class_mean", "multi_same", "meta", "shared_encoder")
 PROTOCOL_ORDER = tuple(p.value for p in Protocol)  # the study as stated, then the original's defect
 BASELINE = "random"  # what every other scheme is compared with
 

@@ -9,10 +9,13 @@ each for `train.epochs` epochs with a fresh optimiser. The schemes differ only i
     class_mean    [mean, A]     mean: the mean image of A's class over a pool outside the triples
     multi_same    [B1..Bk, A]   k images of A's class, none in any triple
     meta          [A]           from a Reptile-learned initialisation (prefit.meta) instead of the random one
+    shared_encoder [B1+..+Bk, A] one network with a head per image fits multi_same's k images jointly; A's fit starts
+                                from its shared layers and the triple's random head (prefit.shared)
 
 `protocol=independent`: each scheme its own member, from the triple's shared initialisation. `protocol=chained`
 (the original's aliasing defect): one member per triple fitting [A, B, A, C, A], its fits on A reported as random,
-same_class and other_class. `run_plan` fits stage k as one batch of every member with a k-th fit.
+same_class and other_class. `run_plan` fits stage k as one batch of every member with a k-th fit (the joint pre-fits
+as a batch of their own).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from prefit.data import DataError, ImageSet, Triple, coordinate_grid, draw_pool,
 from prefit.engine import fit, flops_per_member_epoch, psnr_from_loss, snapshot_epochs_resolved
 from prefit.meta import learned_init
 from prefit.model import Params, member_params, stack_params, triple_generator
+from prefit.shared import class_images, fit_groups, fresh_head, merged, stage_groups
 
 if TYPE_CHECKING:  # types only: the checkpoint is made by the app
     from prefit.checkpoint import CellCheckpoint
@@ -44,11 +48,12 @@ class FitSpec:
 
     scheme: str  # the scheme its rows are reported under
     phase: str  # "prefit" or "fit" (the fit on A)
-    image: int  # row in Plan.signals
-    target_index: int  # index of the image in the split (-1 for a synthesised image)
+    image: int  # row in Plan.signals (-1 for a joint pre-fit)
+    target_index: int  # index of the image in the split (-1 for a synthesised image or a joint pre-fit)
     target_label: int
     prefit_index: int | None = None  # for a fit on A: the image fit just before
     prefit_label: int | None = None
+    joint: tuple[int, ...] = ()  # a joint pre-fit's (shared_encoder's) images: rows in Plan.signals, one per head
 
 
 @dataclass
@@ -111,6 +116,7 @@ class _Extras:
 
     class_mean_pool: np.ndarray | None = None
     multi_same: dict[int, list[int]] = field(default_factory=dict)  # triple -> its k same-class images
+    shared_encoder: dict[int, list[int]] = field(default_factory=dict)  # the same, for the joint pre-fit
 
 
 def _independent(bank: _Bank, t: Triple, schemes: Sequence[str], extras: _Extras) -> list[Member]:
@@ -133,6 +139,10 @@ def _independent(bank: _Bank, t: Triple, schemes: Sequence[str], extras: _Extras
             images = extras.multi_same[t.triple]
             fits = [bank.fit(scheme, "prefit", b) for b in images]
             members.append(Member(t.triple, [*fits, bank.fit(scheme, "fit", t.target, before=images[-1])]))
+        elif scheme == "shared_encoder":
+            rows = tuple(bank.row(b) for b in extras.shared_encoder[t.triple])
+            fit_a = replace(bank.fit(scheme, "fit", t.target), prefit_label=label)
+            members.append(Member(t.triple, [FitSpec(scheme, "prefit", -1, -1, label, joint=rows), fit_a]))
         else:
             raise ValueError(f"scheme {scheme!r} has no plan")
     return members
@@ -151,23 +161,6 @@ def _chained(bank: _Bank, t: Triple, schemes: Sequence[str], extras: _Extras) ->
     return [Member(t.triple, chain[: last + 1])]
 
 
-def _multi_same_images(data: ImageSet, triples: list[Triple], k: int, seed: int, exclude: set[int]) -> dict:
-    """k images of each triple's class per triple, none in any triple and none shared between triples."""
-    rng = np.random.default_rng([seed, 2])
-    free = np.array(sorted(set(range(len(data))) - exclude), dtype=np.int64)
-    by_class = {int(c): list(rng.permutation(free[data.labels[free] == c])) for c in np.unique(data.labels)}
-    chosen = {}
-    for t in triples:
-        label = int(data.labels[t.target])
-        if len(by_class.get(label, [])) < k:
-            raise DataError(
-                f"scheme multi_same needs {k} more images of class {label} outside the triples; "
-                "lower scheme.multi_same.k or dataset.n_triples"
-            )
-        chosen[t.triple] = [int(by_class[label].pop()) for _ in range(k)]
-    return chosen
-
-
 def build_plan(cfg: Config, data: ImageSet, triples: list[Triple]) -> Plan:
     bank = _Bank(data)
     for t in triples:  # every triple's three images, for the pictures, whatever the schemes
@@ -178,7 +171,9 @@ def build_plan(cfg: Config, data: ImageSet, triples: list[Triple]) -> Plan:
     if cfg.scheme.class_mean is not None:
         extras.class_mean_pool = _pool(data, cfg.scheme.class_mean.pool_size, cfg.seed, in_triples, "class_mean")
     if cfg.scheme.multi_same is not None:
-        extras.multi_same = _multi_same_images(data, triples, cfg.scheme.multi_same.k, cfg.seed, in_triples)
+        extras.multi_same = class_images(data, triples, cfg.scheme.multi_same.k, cfg.seed, in_triples)
+    if (shared := cfg.scheme.shared_encoder) is not None:
+        extras.shared_encoder = class_images(data, triples, shared.k, cfg.seed, in_triples, "shared_encoder")
     if cfg.scheme.meta is not None:
         meta_pool = _pool(data, cfg.scheme.meta.pool_size, cfg.seed, in_triples, "meta")
     schemes = cfg.scheme.selected()
@@ -295,10 +290,11 @@ def _fit_stage(
     resume: dict | None,
 ) -> None:
     """Fit stage `stage` of every member in `active` (from `resume`, a saved cell state in this stage, if given);
-    append its records to `progress.done` and carry its parameters into `progress.current`."""
+    append its records to `progress.done` and carry its parameters into `progress.current`: after a joint pre-fit,
+    the start of A's fit (its shared layers and the member's own random head, `prefit.shared.fresh_head`)."""
     specs = [plan.members[i].fits[stage] for i in active]
-    targets = plan.signals[[s.image for s in specs]]
-    start = stack_params([progress.current[i] for i in active])
+    starts, triples = [progress.current[i] for i in active], [plan.members[i].triple for i in active]
+    groups = stage_groups(cfg, plan.signals, specs, starts, triples, max_members)
     desc = f"{cfg.model.hls}x{cfg.model.hfs} stage {stage + 1}/{max(len(m.fits) for m in plan.members)}"
     before = resume["stage_s"] if resume is not None else 0.0  # seconds of this stage before a resume
     clock = time.perf_counter()
@@ -307,23 +303,27 @@ def _fit_stage(
         return progress.state(cfg, plan, stage, fit_state, before + time.perf_counter() - clock)
 
     saver = checkpoint.bind(state) if checkpoint is not None else None
-    options = dict(saver=saver, resume=resume["fit"] if resume is not None else None)
-    coords, field = coordinate_grid(plan.side), cfg.model.field(cfg.seed)
-    result = fit(cfg.train.engine, start, targets, coords, cfg.train, field, device, max_members, desc, **options)
+    coords = coordinate_grid(plan.side)
+
+    def run(group, saver, resume):
+        args = (group.start, group.targets, coords, cfg.train, group.field, device, group.max_members, desc)
+        return fit(cfg.train.engine, *args, saver=saver, resume=resume)
+
+    results = fit_groups(groups, run, saver, resume["fit"] if resume is not None else None, cfg.train.epochs)
     timing = {"members": len(active), "fit_s": round(before + time.perf_counter() - clock, 3)}
-    if result.steady_member_epochs:
-        timing.update(steady_s=round(result.steady_s, 4), steady_member_epochs=result.steady_member_epochs)
+    if steady := sum(r.steady_member_epochs for r in results):
+        timing.update(steady_s=round(sum(r.steady_s for r in results), 4), steady_member_epochs=steady)
     is_fit = [j for j, s in enumerate(specs) if s.phase == "fit"]
-    progress.done.append(
-        {"loss": result.loss, "lr": result.lr, "snapshots": result.snapshots[is_fit], "timing": timing}
-    )
+    loss, lr, snapshots, finals = merged(groups, results, is_fit)
+    progress.done.append({"loss": loss, "lr": lr, "snapshots": snapshots, "timing": timing})
+    head_layers = cfg.scheme.shared_encoder.head_layers if cfg.scheme.shared_encoder is not None else 0
     for j, i in enumerate(active):
-        progress.current[i] = member_params(result.params, j)
+        progress.current[i] = fresh_head(finals[j], starts[j], head_layers) if specs[j].joint else finals[j]
 
 
 def plan_key(cfg: Config, plan: Plan) -> dict:
     """What a checkpoint must have been saved for besides the study: the members, their fits, the epochs."""
-    fits = [[m.triple, m.start, *[[f.scheme, f.phase, f.image, f.target_index] for f in m.fits]] for m in plan.members]
+    fits = [[m.triple, m.start, *[_fit_key(f) for f in m.fits]] for m in plan.members]
     return {
         "members": len(plan.members),
         "stages": max(len(m.fits) for m in plan.members),
@@ -331,6 +331,11 @@ def plan_key(cfg: Config, plan: Plan) -> dict:
         "side": plan.side,
         "fits": hashlib.sha256(json.dumps(fits).encode()).hexdigest()[:16],
     }
+
+
+def _fit_key(f: FitSpec) -> list:
+    """A fit in `plan_key`: a joint pre-fit adds its images (other fits' keys are as they were before it existed)."""
+    return [f.scheme, f.phase, f.image, f.target_index, *([list(f.joint)] if f.joint else [])]
 
 
 def fit_rate(stages: list[dict[str, float | int]], epochs: int, flops_each: float) -> dict[str, object]:
