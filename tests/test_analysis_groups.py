@@ -110,6 +110,21 @@ def test_a_new_axis_needs_no_code_of_its_own(tmp_path: Path) -> None:
     assert "| 3x32 model.family=siren | other_class |" in outputs["summary.md"].read_text()
 
 
+def test_families_with_keys_of_their_own_analyse_as_one_sweep(tmp_path: Path) -> None:
+    """A SIREN and a Fourier-feature network in one sweep: each family's own keys are null in the other's jobs, a
+    value like any other (`null`), so every group is found in every table and figure; labels leave nulls out."""
+    ffn = {"model__family": "ffn", "model__w0": None, "model__sigma": 5.0, "model__features": 256, "train__lr": 1e-3}
+    sweep = write_variant_sweep(tmp_path / "s", [{"model__family": "siren"}, ffn], n_triples=3)
+    outputs = analyze(sweep)
+    stats = pd.read_parquet(outputs["stats.parquet"])
+    assert set(stats["model.family"]) == {"siren", "ffn"} and set(stats["model.sigma"]) == {"5.0", "null"}
+    assert len(stats.drop_duplicates(["hls", "model.family", "scheme", "measure"])) == len(stats)  # no group merged
+    summary = outputs["summary.md"].read_text()
+    assert "| 2x32 model.family=siren,model.w0=30.0,train.lr=0.0001 | same_class |" in summary
+    assert "model.sigma=null" not in summary and "| 3x32 model.family=ffn,model.features=256," in summary
+    assert any(name.startswith("figures/psnr_3hls_32hfs_model.family=ffn") for name in outputs)
+
+
 def test_a_sweep_without_study_keys_has_none(tmp_path: Path) -> None:
     for hls in (2, 3):  # studies recorded, but they differ only in the cell
         traj = ramp_trajectories(2, 8, seed=hls)

@@ -54,7 +54,18 @@ def job_keys(studies: Mapping[Path, Mapping[str, object] | None]) -> pd.DataFram
     recorded = {folder: study_of(dict(s)) for folder, s in studies.items() if isinstance(s, Mapping)}
     flat = {folder: flatten(study) for folder, study in recorded.items()}
     keys = varying_keys(recorded.values())
-    return pd.DataFrame({k: typed([flat.get(f, {}).get(k) for f in studies]) for k in keys}, index=list(studies))
+    return pd.DataFrame({k: typed(key_values(k, flat, studies)) for k in keys}, index=list(studies))
+
+
+def key_values(key: str, flat: Mapping[Path, Mapping[str, object]], folders: Iterable[Path]) -> list[object]:
+    """A study key's value per job. Where some recorded studies set it and others leave it null (a key of one model
+    family, say), every recorded value is its text and null is `null`, a value like any other, so that groups and
+    lookups never meet a missing key; a job without a recorded study stays missing (None)."""
+    values = [flat[f].get(key) if f in flat else None for f in folders]
+    sections = all(v == {} for v in values if v is not None)  # a scheme without options: selected or not (`typed`)
+    if not sections and any(key not in study for study in flat.values()):
+        values = [text(flat[f].get(key)) if f in flat else None for f in folders]
+    return values
 
 
 def typed(values: Sequence[object]) -> pd.api.extensions.ExtensionArray:
@@ -76,8 +87,8 @@ def text(value: object) -> str:
 
 
 def keys_text(row: Mapping[str, object], keys: Sequence[str]) -> str:
-    """A group's study keys as text, `seed=1,train.lr=0.0002` (a missing value left out); "" without keys."""
-    return ",".join(f"{k}={text(row[k])}" for k in keys if not pd.isna(row[k]))
+    """A group's study keys as text, `seed=1,train.lr=0.0002` (a missing or null value left out); "" without keys."""
+    return ",".join(f"{k}={text(row[k])}" for k in keys if not pd.isna(row[k]) and row[k] != "null")
 
 
 def study_texts(frame: pd.DataFrame) -> list[str]:
@@ -124,6 +135,12 @@ def sort_table(frame: pd.DataFrame, then: Sequence[str] = ()) -> pd.DataFrame:
     size = frame["hls"].astype("int64") * frame["hfs"].astype("int64")
     rows = frame.assign(_size=size).sort_values(["_size", *by], kind="stable", na_position="first")
     return rows.drop(columns="_size").reset_index(drop=True)
+
+
+def group_key(values: Iterable[object]) -> tuple:
+    """A group's values as a dictionary key: a missing study key (None, NA or NaN: a key another family has, say)
+    is None however the table spelled it, so that keys from groupby and from rows match."""
+    return tuple(None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v for v in values)
 
 
 def groups(frame: pd.DataFrame, with_protocol: bool = True) -> list[dict[str, object]]:

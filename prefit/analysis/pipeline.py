@@ -30,7 +30,7 @@ from prefit.schema import AUC_FILE, RUN_FILE, STATS_FILE
 
 from .figures import plot_auc_boxplot, plot_cell_curves, plot_paired_stats, plot_recon, scheme_palette, write_figure
 from .folders import Folder, Folders, as_paths, command, placed, relative, sweep_folders
-from .groups import categorize, group_keys, group_stem, groups, keys_text, present, study_columns
+from .groups import categorize, group_key, group_keys, group_stem, groups, keys_text, present, study_columns
 from .load import AnalysisError, Sweep, find_psnr_files, load_recon, load_sweep, read_run, run_facts
 from .reduce import auc_table, by, curves_table, measures_in
 from .stats import CI_METHODS, stats_table
@@ -120,12 +120,12 @@ def write_figures(analysis: Analysis, figures_dir: Path) -> list[Path]:
         fig = plot_paired_stats(stats, palette, m)
         written.append(write_figure(fig, figures_dir / f"paired_differences{m.suffix}.png"))
     keys, study = group_keys(auc), study_columns(auc)
-    triples = by(auc, keys)["triple"].nunique()
-    curves = dict(tuple(by(analysis.curves, keys)))
+    triples = {group_key(k): n for k, n in by(auc, keys)["triple"].nunique().items()}
+    curves = {group_key(k): part for k, part in by(analysis.curves, keys)}
     jobs = analysis.sweep.jobs
-    recons = {tuple(job[k] for k in keys): job["folder"] / "recon.npz" for job in jobs.to_dict("records")}
+    recons = {group_key(job[k] for k in keys): job["folder"] / "recon.npz" for job in jobs.to_dict("records")}
     for group in tqdm(groups(auc), desc="figures", unit="cell", disable=None):
-        key, hls, hfs, protocol = tuple(group[k] for k in keys), group["hls"], group["hfs"], group["protocol"]
+        key, hls, hfs, protocol = group_key(group[k] for k in keys), group["hls"], group["hfs"], group["protocol"]
         stem = group_stem(group, study, protocol=several)  # the protocol only when needed
         shown = protocol if several or protocol != "independent" else ""  # named in titles unless the default
         text = keys_text(group, study)
