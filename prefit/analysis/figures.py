@@ -24,11 +24,12 @@ from .stats import CONFIDENCE
 
 DPI = 120
 # A colour per scheme of prefit.schema.SCHEME_ORDER; the first three are the original's.
-COLOURS = ("cornflowerblue", "orange", "mediumseagreen", "mediumpurple", "sienna", "crimson")
+COLOURS = ("cornflowerblue", "orange", "mediumseagreen", "mediumpurple", "sienna", "crimson", "teal")
 SCHEME_COLOURS = dict(zip(SCHEME_ORDER, COLOURS))
 LEGEND = (  # what each scheme of SCHEME_ORDER does, for the legends
     "fit A from a random initialisation|pre-fit on an image of A's class|pre-fit on an image of another class|pre-fit "
-    "on the mean image of A's class|pre-fit on several images of A's class|start from a meta-learned initialisation"
+    "on the mean image of A's class|pre-fit on several images of A's class|start from a meta-learned initialisation|"
+    "shared layers pre-fit jointly on several images of A's class, a fresh head"
 )
 SCHEME_LABELS = {scheme: f"{scheme}: {text}" for scheme, text in zip(SCHEME_ORDER, LEGEND.split("|"))}
 MEAN_STD = "PSNR vs epoch: mean and ±1 std"
