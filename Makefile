@@ -16,11 +16,12 @@ TILES_DIR ?= outputs/tiles
 RESOLUTION_DIR ?= outputs/sweeps/resolution
 RESOLUTIONS ?= 32,64
 RESOLUTION_HFS ?= 32,64,128
+FAMILIES_DIR ?= outputs/sweeps/families
 SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
 
 .PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness test-fast \
-	tiles resolution ci check
+	tiles resolution families ci check
 
 help:
 	@echo "make check     first on a new machine: the device, the probed step, jobs per device, engines' agreement, ETA"
@@ -38,6 +39,8 @@ help:
 	@echo "make robustness SWEEP_A=DIR SWEEP_B=DIR   verdicts of two sweeps that differ only in arithmetic"
 	@echo "make tiles     real photographs from scikit-image cut into 64x64 tiles, a class each -> $(TILES_DIR)"
 	@echo "make resolution  hls 3 x hfs $(RESOLUTION_HFS) on the tiles at $(RESOLUTIONS) pixels a side + report"
+	@echo "make families FAMILIES_DIR=DIR   report of a sweep run with model=siren,ffn,gauss (other neural fields)"
+	@echo "               -> families.md beside DIR (REPORT_ARGS='--out FILE' elsewhere)"
 	@echo "make bench     time both engines -> bench.json"
 	@echo "make test | test-fast (no subprocess sweeps) | lint | install | clean.   Hydra overrides: ARGS='...'"
 	@echo "make ci        .ci/run in a fresh clone of the committed work, with and without ../shared (clones removed)"
@@ -104,6 +107,14 @@ resolution: tiles
 	$(PY) -m prefit.train -m dataset=image_dir dataset.path=$(TILES_DIR) dataset.resolution=$(RESOLUTIONS) \
 		model.hls=3 model.hfs=$(RESOLUTION_HFS) hydra.sweep.dir=$(RESOLUTION_DIR) $(ARGS)
 	$(PY) -m prefit.report resolution $(RESOLUTION_DIR) $(REPORT_ARGS)
+
+# Beyond SIREN: the report of a sweep whose jobs differ in their cell and model family (each family with the settings
+# its conf/model/<family>.yaml sets), e.g. after
+#   python -m prefit.train -m model=siren,ffn,gauss model.hls=2,3 model.hfs=32,64 hydra.sweep.dir=$(FAMILIES_DIR)
+# -> FAMILIES_DIR/../families.md. `make report ... REPORT_ARGS='--families DIR'` puts the same section into
+# docs/findings.md.
+families: install
+	$(PY) -m prefit.report families $(FAMILIES_DIR) $(REPORT_ARGS)
 
 check: install
 	$(PY) -m prefit.check $(ARGS)

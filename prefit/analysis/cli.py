@@ -1,5 +1,6 @@
 """The command lines: `python -m prefit.analyze SWEEP [SWEEP ...]` and `python -m prefit.report` (the protocol
-report; `robustness SWEEP_A SWEEP_B` and `resolution SWEEP [SWEEP ...]` as a first argument for those), each with
+report; `robustness SWEEP_A SWEEP_B`, `resolution SWEEP [SWEEP ...]` and `families SWEEP [SWEEP ...]` as a first
+argument for those), each with
 `--out` and the analysis options `--psnr-cap DB` (`none`: no capped AUC) and `--ci-method percentile|bca`, whose
 defaults are prefit.analysis.pipeline.Options'. Where a command takes several folders for one sweep, they are one
 study's cells run apart (other machines, other days), analysed as one (prefit.analysis.folders). Unusable input, a
@@ -16,13 +17,14 @@ from pathlib import Path
 from prefit.errors import OneLineParser, fail
 from prefit.schema import ANALYSIS_DIR
 
-from .folders import as_paths
+from .axis import Axis, write_axis_report
+from .axis import default_out as axis_out
+from .families import AXIS as FAMILIES
 from .load import AnalysisError
 from .pipeline import DEFAULT_OPTIONS, Options, analysis_dir, analyze
 from .protocol import DEFAULT_NAME, default_report, write_report
 from .reduce import QUANTISATION_PSNR_DB
-from .resolution import DEFAULT_NAME as RESOLUTION_NAME
-from .resolution import write_resolution_report
+from .resolution import AXIS as RESOLUTION
 from .robustness import default_out, write_robustness_report
 from .stats import CI_METHODS
 
@@ -32,6 +34,7 @@ REPORT_SWEEPS = {"--independent": "a sweep run with protocol=independent (requir
 REPORT_SWEEPS["--chained"] = "a sweep run with protocol=chained (required)" + SEVERAL
 REPORT_SWEEPS["--robust"] = "a rerun of some cells with other arithmetic: adds a robustness section" + SEVERAL
 REPORT_SWEEPS["--resolution"] = "some cells at several dataset.resolution: adds a resolution section" + SEVERAL
+REPORT_SWEEPS["--families"] = "some cells fit by several model families: adds a section Beyond SIREN" + SEVERAL
 MANY = {"sweep", *REPORT_SWEEPS}  # the arguments that take one folder or several of one study
 
 
@@ -87,18 +90,22 @@ def analyze_main(argv: Sequence[str] | None = None) -> int:
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
-    """`python -m prefit.report`: the protocol report; with a first argument `robustness` or `resolution`, those."""
+    """`python -m prefit.report`: the protocol report; with a first argument `robustness`, `resolution` or
+    `families`, those."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["robustness"], ["resolution"]):
-        return (robustness_main if argv[0] == "robustness" else resolution_main)(argv[1:])
+    others = {"robustness": robustness_main, "resolution": resolution_main, "families": families_main}
+    if argv[:1] and argv[0] in others:
+        return others[argv[0]](argv[1:])
 
     def action(args: argparse.Namespace, options: Options) -> str:
         out = args.out if args.out is not None else default_report(args.independent)
-        written = write_report(args.independent, args.chained, out, options, args.robust, args.resolution)
+        sweeps = (args.independent, args.chained, out, options, args.robust, args.resolution, args.families)
+        written = write_report(*sweeps)
         return f"wrote {out} and {len(written) - 1} more file(s) in {out.with_suffix('')}"
 
     about = "The protocol report: a sweep run under protocol=chained beside one under protocol=independent. "
-    about += "`robustness A B` compares two sweeps that differ only in arithmetic, `resolution SWEEP` image sizes."
+    about += "`robustness A B` compares two sweeps that differ only in arithmetic, `resolution SWEEP` image sizes, "
+    about += "`families SWEEP` model families."
     out = f"the report (default: {DEFAULT_NAME} beside the (first) independent sweep); its figures: the folder of its "
     out += "name"
     return run("report", about, out, argv, action, *REPORT_SWEEPS)
@@ -117,14 +124,26 @@ def robustness_main(argv: Sequence[str]) -> int:
     return run("report robustness", about, out, argv, action, "sweep_a", "sweep_b")
 
 
-def resolution_main(argv: Sequence[str]) -> int:
-    """`python -m prefit.report resolution SWEEP [SWEEP ...] [--out FILE] [options]`."""
+def axis_main(axis: Axis, about: str, argv: Sequence[str]) -> int:
+    """`python -m prefit.report NAME SWEEP [SWEEP ...] [--out FILE] [options]`: the report over a study axis."""
 
     def action(args: argparse.Namespace, options: Options) -> str:
-        out = args.out if args.out is not None else as_paths(args.sweep)[0].resolve().parent / RESOLUTION_NAME
-        written = write_resolution_report(args.sweep, out, options)
+        out = args.out if args.out is not None else axis_out(axis, args.sweep)
+        written = write_axis_report(axis, args.sweep, out, options)
         return f"wrote {out} and {len(written) - 1} figure(s) in {out.with_suffix('')}"
 
+    out = f"the report (default: {axis.default_name} beside the (first) sweep); its figures: the folder of its name"
+    return run(f"report {axis.name}", about, out, argv, action, "sweep")
+
+
+def resolution_main(argv: Sequence[str]) -> int:
+    """`python -m prefit.report resolution SWEEP [SWEEP ...] [--out FILE] [options]`."""
     about = "Verdicts of one sweep's cells at several image sizes (jobs that differ only in dataset.resolution)."
-    out = f"the report (default: {RESOLUTION_NAME} beside the (first) sweep); its figures: the folder of its name"
-    return run("report resolution", about, out, argv, action, "sweep")
+    return axis_main(RESOLUTION, about, argv)
+
+
+def families_main(argv: Sequence[str]) -> int:
+    """`python -m prefit.report families SWEEP [SWEEP ...] [--out FILE] [options]`."""
+    about = "Verdicts of one sweep's cells fit by several model families (jobs that differ only in model.family and "
+    about += "the settings each family's config sets: model.w0, model.sigma, model.features, model.scale, train.lr)."
+    return axis_main(FAMILIES, about, argv)

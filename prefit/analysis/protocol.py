@@ -5,7 +5,8 @@ triple (`protocol=chained`); `prefit` runs the study as stated (`protocol=indepe
 sweep of each, a markdown file (templates/protocol.md.j2) and its figures in a folder named after it: the cells of
 the full grid covered, whether the triples match, every verdict under both protocols, what changes in the
 original's conclusion, the paired differences, box plots, curves and runs; with `robust` a robustness section
-(and the full robustness reports), with `resolution` a resolution section.
+(and the full robustness reports), with `resolution` a resolution section, with `families` one on other neural
+fields (prefit.analysis.axis).
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import pandas as pd
 
 from prefit.schema import BASELINE, GRID_HFS, GRID_HLS, PROTOCOL_ORDER, cell_label, cell_stem
 
-from . import resolution as resolutions
 from . import robustness, tables
+from .axis import section as axis_section
+from .families import AXIS as FAMILIES
 from .figures import plot_auc_boxplot, plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
 from .folders import AnalysisError, Folders, as_paths
 from .groups import categorize, cell_order, cells_of, of_cell, present, study_columns, study_texts
 from .load import job_info, span
 from .pipeline import DEFAULT_OPTIONS, Analysis, load_analysis, remove_stale_figures, write_text
 from .reduce import Measure, measures_in
+from .resolution import AXIS as RESOLUTION
 from .stats import ALPHA
 from .tables import CI_NAMES, duration, flagged_cells, markdown_table, render
 
@@ -35,7 +38,14 @@ FOCUS = "other_class"  # the scheme of the original's conclusion
 ORIGINAL_CLAIM = "pre-fitting on an image of a different class helps small models most"
 DEFAULT_NAME = "findings.md"  # beside the independent sweep, unless --out says otherwise (make report: docs/)
 REPO = Path(__file__).resolve().parents[2]
-FIGURE_PATTERNS = ("psnr_*.png", "paired_differences*.png", "auc_*boxplot.png", "robustness_*", "resolution_*.png")
+FIGURE_PATTERNS = (
+    "psnr_*.png",
+    "paired_differences*.png",
+    "auc_*boxplot.png",
+    "robustness_*",
+    "resolution_*.png",
+    "families_*.png",
+)
 
 
 def presentation(original_first: bool = True) -> list[str]:
@@ -193,11 +203,17 @@ def default_report(independent: Folders) -> Path:
 
 
 def write_report(
-    independent: Folders, chained: Folders, out=None, options=DEFAULT_OPTIONS, robust=None, resolution=None
+    independent: Folders,
+    chained: Folders,
+    out=None,
+    options=DEFAULT_OPTIONS,
+    robust=None,
+    resolution=None,
+    families=None,
 ):
-    """Read both sweeps' analyses (and the robust and resolution ones) and write the report and its figures;
-    returns {name: path} of every file written, names relative to the report's folder. Each sweep may be several
-    folders of one study (prefit.analysis.folders), analysed as one."""
+    """Read both sweeps' analyses (and the robust, resolution and families ones) and write the report and its
+    figures; returns {name: path} of every file written, names relative to the report's folder. Each sweep may be
+    several folders of one study (prefit.analysis.folders), analysed as one."""
     out = default_report(independent) if out is None else Path(out)
     figures_dir = out.with_suffix("")
     if figures_dir == out:
@@ -251,11 +267,11 @@ def write_report(
             robust_sections.append(report | robustness.comparison_context(comparison, link, options))
         if not robust_sections:
             raise AnalysisError(f"{other.sweep.name}: holds neither protocol of the report's sweeps")
-    resolution_section = None
-    if resolution is not None:
-        by_side = resolutions.split_by_resolution(load_analysis(resolution, options))
-        resolution_section, files = resolutions.resolution_context(by_side, figures_dir, out.parent)
-        written += files
+    axes: dict[str, dict | None] = {"resolution": None, "families": None}
+    for name, axis, sweep in (("resolution", RESOLUTION, resolution), ("families", FAMILIES, families)):
+        if sweep is not None:
+            axes[name], files = axis_section(axis, sweep, options, figures_dir, out.parent)
+            written += files
     check = robustness.compare_triples(runs[presented[0]].auc, runs[presented[1]].auc, common, ["hls", "hfs"])
     context = {
         "ci_name": CI_NAMES[options.ci_method],
@@ -280,7 +296,7 @@ def write_report(
         "robust": robust_sections,
         "robust_root": None if robust is None else code(as_paths(robust)),
         "runs_table": runs_markdown(runs, common),
-        "resolution": resolution_section,
+        **axes,
     }
     written.append(write_text(render("protocol.md.j2", **context), out))
     remove_stale_figures(figures_dir, written, FIGURE_PATTERNS)
