@@ -25,7 +25,7 @@ from prefit.config import TrainConfig  # noqa: E402
 from prefit.data import coordinate_grid  # noqa: E402
 from prefit.engine import capture, fit_batched, fit_sequential, psnr_from_loss  # noqa: E402
 from prefit.errors import ConfigError  # noqa: E402
-from prefit.model import SIREN, init_params, stack_params, triple_generator  # noqa: E402
+from prefit.model import SIREN, init_params, make_field, stack_params, triple_generator  # noqa: E402
 from prefit.precision import product  # noqa: E402
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -221,3 +221,18 @@ def test_run_json_of_a_cuda_job_names_the_fused_step_and_the_gpu(cifar_dir, tmp_
     assert run["device_uuid"] == str(torch.cuda.get_device_properties(0).uuid)
     assert run["versions"]["triton"] and run["versions"]["cuda"] == torch.version.cuda
     assert run["lease"]["device"] == run["device_uuid"]
+
+
+@pytest.mark.parametrize("family", ["ffn", "gauss"])
+def test_generic_step_on_cuda_equals_the_sequential_reference(family):
+    """Another family's fit on the GPU (the generic step: vmap of grad, batched Adam on the device) against one module
+    and torch's Adam per member on the CPU."""
+    constants = (None, 5.0, 64, None) if family == "ffn" else (None, None, None, 10.0)
+    field = make_field(family, 0, *constants)
+    params = stack_params([field.init_params(2, 32, triple_generator(11, i)) for i in range(4)])
+    config = TrainConfig(epochs=100, lr=1e-3, progress=False, snapshot_epochs=[0, -1])
+    targets = smooth_images(4)
+    batched = fit_batched(params, targets, coordinate_grid(), config, field, CUDA, max_members=4)
+    sequential = fit_sequential(params, targets, coordinate_grid(), config, field, CPU)
+    assert gap(batched, sequential) < 1e-2  # GPU and CPU products round differently; a wrong step is dBs off
+    assert torch.equal(batched.lr, sequential.lr)
