@@ -98,7 +98,7 @@ def steady_state_cell(params: Params, coords: torch.Tensor, target: torch.Tensor
     rate = 0.6 * ceilings["fp32"] * 1e9
     epochs = int(min(500, max(10, min(2.0, opts.budget / 10) * rate / (per_member * members))))
     forms = tuple(FORMS) if target.device.type == "cuda" else ("torch_eager", "generic_eager")
-    if hfs > GENERIC_WIDEST:  # autograd keeps every activation (the fused chunk may not fit); no family is that wide
+    if hfs > GENERIC_WIDEST:  # autograd keeps every activation: the fused chunk may not fit
         forms = tuple(f for f in forms if FORMS[f][0] != "generic")
     times = epoch_times(params, coords, target, field, epochs=epochs, repeats=repeats, forms=forms)
     record: dict = {"members": members, "epochs": epochs, "repeats": repeats}
