@@ -21,6 +21,7 @@ SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
 
 .PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness test-fast \
+	results findings \
 	tiles resolution families ci check
 
 help:
@@ -43,6 +44,8 @@ help:
 	@echo "               -> families.md beside DIR (REPORT_ARGS='--out FILE' elsewhere)"
 	@echo "make bench     time both engines -> bench.json"
 	@echo "make test | test-fast (no subprocess sweeps) | lint | install | clean.   Hydra overrides: ARGS='...'"
+	@echo "make results   every sweep behind docs/findings.md, into results/ (resumable: complete cells are skipped)"
+	@echo "make findings  docs/findings.md from results/ (the study, robustness, resolution and families sections)"
 	@echo "make ci        .ci/run in a fresh clone of the committed work, with and without ../shared (clones removed)"
 
 $(VENV)/.installed: pyproject.toml
@@ -166,3 +169,25 @@ robustness: install
 report: install
 	$(PY) -m prefit.report --independent $(SWEEP_INDEPENDENT) --chained $(SWEEP_CHAINED) --out $(FINDINGS) $(REPORT_ARGS)
 	@echo "report: $(FINDINGS), figures in $(basename $(FINDINGS))/"
+
+# The sweeps behind docs/findings.md, kept in results/ (results/README.md), and the findings from them. Each sweep is
+# resumable; a cut run goes on where it stopped (complete cells skipped, a cell under way from its checkpoint).
+SAMPLE ?= dataset=cifar_dir dataset.path=../shared/data/cifar10-jpeg-sample
+RESULTS ?= results
+RESULT_CELLS ?= model.hls=2,3,4,5,6,7,8 model.hfs=32,64,128
+
+results: install
+	$(PY) -m prefit.train -m +experiment=grid $(RESULT_CELLS) $(SAMPLE) hydra.sweep.dir=$(RESULTS)/study/independent $(ARGS)
+	$(PY) -m prefit.train -m +experiment=repro $(RESULT_CELLS) $(SAMPLE) hydra.sweep.dir=$(RESULTS)/study/chained $(ARGS)
+	$(PY) -m prefit.train -m +experiment=grid model.hls=2,3,4,5,6,7,8 model.hfs=32,64 $(SAMPLE) train.kernels=torch \
+		hydra.sweep.dir=$(RESULTS)/robust-torch $(ARGS)
+	test -d $(TILES_DIR) || $(PY) -m prefit.data build-tiles $(TILES_DIR)
+	$(PY) -m prefit.train -m dataset=image_dir dataset.path=$(TILES_DIR) dataset.resolution=32,64 model.hls=3 \
+		model.hfs=32,64,128 hydra.sweep.dir=$(RESULTS)/resolution $(ARGS)
+	$(PY) -m prefit.train -m model=siren,ffn,gauss model.hls=2,3,4 model.hfs=32,64 \
+		'scheme=[random,same_class,other_class,shared_encoder]' $(SAMPLE) hydra.sweep.dir=$(RESULTS)/families $(ARGS)
+
+findings: install
+	$(PY) -m prefit.report --independent $(RESULTS)/study/independent --chained $(RESULTS)/study/chained \
+		--robust $(RESULTS)/robust-torch --resolution $(RESULTS)/resolution --families $(RESULTS)/families \
+		--out $(FINDINGS) $(REPORT_ARGS)
