@@ -3,7 +3,7 @@
 A job saves its cell's progress into `checkpoint.pt` in the cell's folder every `train.checkpoint_minutes` of wall
 time and when asked to stop (SIGTERM, SIGUSR1, SIGUSR2: `prefit.train.stop_on_signals`), always between epochs,
 atomically (`prefit.io.atomic_path`). The file holds the study, the plan's shape, where the cell was and the state
-(`prefit.schemes.run_plan`'s, with the engine's fit state, `prefit.engine.state`), and a sha256 of all of it. A job
+(`prefit.cell.run_plan`'s, with the engine's fit state, `prefit.engine.state`), and a sha256 of all of it. A job
 trusts it only if the hash, the study (`prefit.keys.config_diff`) and the plan match; otherwise it says so in one
 warning line and starts the cell from scratch. Resumed, the compiled CPU step gives the same bits as a run never cut.
 """

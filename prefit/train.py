@@ -3,11 +3,11 @@
     python -m prefit.train                                   # one cell (conf/config.yaml defaults)
     python -m prefit.train -m model.hls=2,3 model.hfs=32,64  # a sweep, one job per cell (joblib launcher)
 
-A job runs the plan of fits (`prefit.schemes`) and writes `psnr.parquet`, `recon.npz` and `run.json` atomically
-(docs/formats.md); one whose results exist for the same study is skipped, so a rerun resumes a sweep, and a cell cut
-midway resumes from its checkpoint (`prefit.checkpoint`). Bad input ends in one line on stderr (`error: ...`) and
-exit status 2; a job stopped by SIGTERM, SIGUSR1 or SIGUSR2 saves its cell's progress, says so in one line and
-exits with 128 + the signal's number.
+A job builds the plan of fits (`prefit.schemes`), runs it (`prefit.cell`) and writes `psnr.parquet`, `recon.npz` and
+`run.json` atomically (docs/formats.md); one whose results exist for the same study is skipped, so a rerun resumes a
+sweep, and a cell cut midway resumes from its checkpoint (`prefit.checkpoint`). Bad input ends in one line on stderr
+(`error: ...`) and exit status 2; a job stopped by SIGTERM, SIGUSR1 or SIGUSR2 saves its cell's progress, says so in
+one line and exits with 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from prefit import records
+from prefit.cell import run_plan
 from prefit.checkpoint import CHECKPOINT_FILE, CellCheckpoint, Interrupted
 from prefit.config import Config, ConfigError, register, study_config, validate
 from prefit.data import DataError, draw_triples, load_images
@@ -56,7 +57,7 @@ from prefit.io import atomic_path
 from prefit.model import n_weights
 from prefit.probe import StepChoice, choose_step, device_facts, software_versions
 from prefit.schema import PSNR_FILE, RECON_FILE, write_psnr
-from prefit.schemes import build_plan, run_plan
+from prefit.schemes import build_plan
 
 log = logging.getLogger("prefit.train")
 register()

@@ -19,8 +19,9 @@ import pytest
 import torch
 from images import smooth_images
 
-import prefit.schemes
+import prefit.cell
 from prefit import fused, train
+from prefit.cell import plan_key, run_plan
 from prefit.checkpoint import CHECKPOINT_FILE, CellCheckpoint, Interrupted, describe, read_position
 from prefit.config import Config, ModelConfig, SchemeConfig, SchemesConfig, TrainConfig, study_config
 from prefit.data import coordinate_grid, draw_triples, read_cifar_dir
@@ -29,7 +30,7 @@ from prefit.engine.batched import DeviceChunk, HostChunk
 from prefit.engine.common import snapshot_index
 from prefit.engine.cuda import FusedChunk
 from prefit.model import SIREN, init_params, stack_params, triple_generator
-from prefit.schemes import build_plan, plan_key, run_plan
+from prefit.schemes import build_plan
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -207,14 +208,14 @@ def test_a_stop_requested_as_a_stage_ends_saves_the_next_stage_start(cell, tmp_p
     whole = run_plan(cfg, plan, CPU, max_members=2)
     path = tmp_path / CHECKPOINT_FILE
     checkpoint = CellCheckpoint(path, study, minutes=60)
-    engine_fit = prefit.schemes.fit
+    engine_fit = prefit.cell.fit
 
     def fit_then_stop(*args, **kwargs):
         result = engine_fit(*args, **kwargs)
         checkpoint.request_stop(signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(prefit.schemes, "fit", fit_then_stop)
+    monkeypatch.setattr(prefit.cell, "fit", fit_then_stop)
     with pytest.raises(Interrupted):
         run_plan(cfg, plan, CPU, 2, checkpoint)
     monkeypatch.undo()

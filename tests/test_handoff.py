@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from images import smooth_images
 
-import prefit.schemes
+import prefit.cell
+from prefit.cell import run_plan
 from prefit.config import (
     ClassMeanConfig,
     Config,
@@ -30,7 +31,7 @@ from prefit.config import (
 from prefit.data import ImageSet, coordinate_grid, draw_pool, draw_triples, to_signal
 from prefit.meta import reptile
 from prefit.model import Field, FieldNet, Params, init_params, member_params, triple_generator
-from prefit.schemes import build_plan, run_plan
+from prefit.schemes import build_plan
 
 CPU = torch.device("cpu")
 SIDE, HLS, HFS, W0 = 8, 1, 16, 30.0
@@ -83,14 +84,14 @@ def same_weights(a: Params, b: Params) -> bool:
 def run_recording(cfg: Config, data: ImageSet, monkeypatch):
     """Run a cell of 2 triples (at most 4 members fitted at once) and keep each stage's final weights."""
     finals: list[Params] = []
-    engine_fit = prefit.schemes.fit
+    engine_fit = prefit.cell.fit
 
     def recording_fit(*args, **kwargs):
         result = engine_fit(*args, **kwargs)
         finals.append(result.params)
         return result
 
-    monkeypatch.setattr(prefit.schemes, "fit", recording_fit)
+    monkeypatch.setattr(prefit.cell, "fit", recording_fit)
     triples = draw_triples(data.labels, 2, cfg.seed)
     result = run_plan(cfg, build_plan(cfg, data, triples), CPU, max_members=4)
     return triples, result.rows, finals

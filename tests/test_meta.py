@@ -12,6 +12,7 @@ import torch
 from images import smooth_images
 
 import prefit.meta
+from prefit.cell import run_plan
 from prefit.config import (
     ClassMeanConfig,
     Config,
@@ -27,7 +28,7 @@ from prefit.engine import fit_batched, fit_sequential
 from prefit.engine.options import FitOptions
 from prefit.meta import META_STREAM, inner_options, learned_init, reptile
 from prefit.model import SIREN, init_params, stack_params, triple_generator
-from prefit.schemes import build_plan, run_plan
+from prefit.schemes import build_plan
 
 CPU = torch.device("cpu")
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import prefit.schemes
+import prefit.cell
+from prefit.cell import run_plan
 from prefit.checkpoint import CHECKPOINT_FILE, CellCheckpoint, read_position
 from prefit.choices import Family
 from prefit.config import (
@@ -36,11 +37,11 @@ from prefit.config import (
 )
 from prefit.data import DataError, coordinate_grid, draw_triples, read_cifar_dir, to_signal
 from prefit.model import FieldNet, Params, member_params, triple_generator
-from prefit.schemes import build_plan, run_plan
+from prefit.schemes import build_plan
 from prefit.shared import HEAD_STREAM
 
 CPU = torch.device("cpu")
-CONF = Path(prefit.schemes.__file__).resolve().parents[1] / "conf"
+CONF = Path(prefit.cell.__file__).resolve().parents[1] / "conf"
 FIT = dict(progress=False, lr=1e-3, snapshot_epochs=[0, -1])
 
 
@@ -78,14 +79,14 @@ def split_index(plan, row: int) -> int:
 def record_fits(monkeypatch) -> list[tuple[Params, torch.Tensor, object, Params]]:
     """Every engine call of run_plan: (stacked start, targets, field, stacked final parameters)."""
     calls = []
-    engine_fit = prefit.schemes.fit
+    engine_fit = prefit.cell.fit
 
     def recording(*args, **kwargs):
         result = engine_fit(*args, **kwargs)
         calls.append((args[1], args[2], args[5], result.params))
         return result
 
-    monkeypatch.setattr(prefit.schemes, "fit", recording)
+    monkeypatch.setattr(prefit.cell, "fit", recording)
     return calls
 
 
