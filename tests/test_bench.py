@@ -204,6 +204,7 @@ def test_steady_state_epochs_are_timed_per_form_and_recorded(tmp_path):
     flops = flops_per_member_epoch(1, 8) * steady["members"]
     assert close(torch_form["gflops"], flops / torch_form["ms_per_epoch"] / 1e6, rel=1e-6)
     assert "fused_graph" not in steady and cell["batched_timing"] == "whole_fits"
+    assert {"generic_eager", "generic_compiled"} <= steady.keys()  # any family's step, eager and torch.compile'd
     assert "steady 1x8" in proc.stdout
 
 

@@ -4,6 +4,7 @@ line."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -64,6 +65,50 @@ def test_siren_fast_steps_equal_the_generic_step(kernels):
     fast = fit_batched(params, targets, coords, replace(TRAIN, kernels=kernels), SIREN, CPU, max_members=2)
     generic = fit_batched(params, targets, coords, replace(TRAIN, kernels="generic"), SIREN, CPU, max_members=2)
     assert psnr_gap(fast, generic) < 1e-3
+
+
+@pytest.mark.parametrize("family", ["siren", "gauss"])
+def test_the_compiled_generic_step_equals_the_eager_one(family):
+    """torch.compile's step against the eager step on one chunk: the same loss, predictions and gradients to float
+    rounding; a wrong compiled graph (or one compiled for another network and reused) would differ."""
+    field, target, coords = FIELDS[family], smooth_images(3), coordinate_grid()
+    params = members(field, hls=3, hfs=12)
+    eager, compiled = GenericStep(params, coords, target, field), GenericStep(params, coords, target, field, True)
+    assert compiled.compiled and not eager.compiled
+    for a, b in zip(_flat(eager()), _flat(compiled()), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    other = make_field("gauss", 0, None, None, None, 3.0) if family == "gauss" else Field(w0=10.0)
+    for a, b in zip(
+        _flat(GenericStep(params, coords, target, other)()),
+        _flat(GenericStep(params, coords, target, other, True)()),
+        strict=True,
+    ):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)  # another constant, the same shapes: compiled anew
+
+
+def test_a_step_that_cannot_compile_runs_eagerly_with_one_warning(monkeypatch, caplog):
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler\nsecond line")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    field, target, coords = FIELDS["gauss"], smooth_images(3), coordinate_grid()
+    params = members(field)
+    with caplog.at_level(logging.WARNING, logger="prefit.engine.steps"):
+        step = GenericStep(params, coords, target, field, True)
+    assert not step.compiled
+    assert [r.getMessage() for r in caplog.records] == [
+        "the generic step runs eagerly: torch.compile failed (no C++ compiler second line)"
+    ]
+    for a, b in zip(_flat(step()), _flat(GenericStep(params, coords, target, field)()), strict=True):
+        assert torch.equal(a, b)
+
+
+def _flat(step_result) -> list[torch.Tensor]:
+    loss, pred, grads = step_result
+    return [loss, pred, *[t for pair in grads for t in pair]]
 
 
 def test_generic_gradients_equal_the_hand_written_backward():

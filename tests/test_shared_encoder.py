@@ -42,7 +42,7 @@ from prefit.shared import HEAD_STREAM
 
 CPU = torch.device("cpu")
 CONF = Path(prefit.cell.__file__).resolve().parents[1] / "conf"
-FIT = dict(progress=False, lr=1e-3, snapshot_epochs=[0, -1])
+FIT = dict(progress=False, lr=1e-3, snapshot_epochs=[0, -1], compile_generic=False)  # the step: tests/test_families.py
 
 
 def make_cfg(

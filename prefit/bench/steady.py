@@ -29,6 +29,7 @@ FORMS = {
     "torch_graph": ("torch", True, "highest"),  # what the engine runs on CUDA when the fused step cannot
     "torch_eager": ("torch", False, "highest"),
     "generic_eager": ("generic", False, "highest"),  # any family's step (torch.func), here on a SIREN
+    "generic_compiled": ("generic", False, "highest"),  # the same, torch.compile'd (CPU only)
     "fused_graph_3xtf32": ("fused", True, "3xtf32"),
     "fused_graph_tf32": ("fused", True, "high"),
 }
@@ -53,6 +54,7 @@ def epoch_times(
         if capture and device.type != "cuda":
             continue
         train = FitOptions(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
+        train.compile_generic = form == "generic_compiled"  # the one form that compiles the generic step
         if kernels == "fused":
             chunk = FusedChunk(params, coords, target, train, field.w0, {})
         elif capture:
@@ -97,7 +99,10 @@ def steady_state_cell(params: Params, coords: torch.Tensor, target: torch.Tensor
     per_member = flops_per_member_epoch(hls, hfs, target.shape[1])
     rate = 0.6 * ceilings["fp32"] * 1e9
     epochs = int(min(500, max(10, min(2.0, opts.budget / 10) * rate / (per_member * members))))
-    forms = tuple(FORMS) if target.device.type == "cuda" else ("torch_eager", "generic_eager")
+    if target.device.type == "cuda":
+        forms = tuple(f for f in FORMS if f != "generic_compiled")  # torch.compile'd on a CPU only
+    else:
+        forms = ("torch_eager", "generic_eager", "generic_compiled")
     if hfs > GENERIC_WIDEST:  # autograd keeps every activation: the fused chunk may not fit
         forms = tuple(f for f in forms if FORMS[f][0] != "generic")
     times = epoch_times(params, coords, target, field, epochs=epochs, repeats=repeats, forms=forms)

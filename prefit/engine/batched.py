@@ -109,7 +109,8 @@ class HostChunk:
         members, device = target.shape[0], target.device
         self.train, self.slots = train, slots
         if kernels == "generic":
-            self.step = GenericStep(params, inputs, target, field)
+            compile = train.compile_generic and device.type == "cpu"
+            self.step = GenericStep(params, inputs, target, field, compile)
         else:
             kind = CpuStep if kernels == "compiled" and device.type == "cpu" else SirenStep
             self.step = kind(params, inputs, target, field.w0)

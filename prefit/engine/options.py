@@ -26,5 +26,7 @@ class FitOptions:
     matmul_precision: MatmulPrecision = field(default=MatmulPrecision.highest, metadata=ARITHMETIC)
     # the batched step: auto | compiled (numba, CPU) | fused (Triton; CUDA) | torch (plain torch ops)
     kernels: Kernels = field(default=Kernels.auto, metadata=RUNTIME_ARITHMETIC)
+    # compile the generic step (other families; the shared-encoder pre-fit) with torch.compile on a CPU; false: eager
+    compile_generic: bool = field(default=True, metadata=RUNTIME_ARITHMETIC)
     # replay captured epochs on CUDA (the same numbers as eager, fewer launches)
     cuda_graphs: bool = field(default=True, metadata=RUNTIME_ARITHMETIC)

@@ -1,14 +1,24 @@
 """The batched steps: one epoch's forward and backward of every member of a chunk. `GenericStep` runs any family by
-autograd (`torch.func`); the SIREN's own, with a hand-written backward, are `SirenStep` in torch ops on any device,
-`CpuStep` compiled (`prefit.kernels`) and on CUDA `prefit.engine.cuda.FusedStep`, all with the same arithmetic."""
+autograd (`torch.func`), compiled by `torch.compile` on a CPU; the SIREN's own, with a hand-written backward, are
+`SirenStep` in torch ops on any device, `CpuStep` compiled (`prefit.kernels`) and on CUDA
+`prefit.engine.cuda.FusedStep`, all with the same arithmetic."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
+from prefit.errors import one_line
 from prefit.model import Field, FieldNet, Params, member_params
+
+log = logging.getLogger(__name__)
+
+# Forms of the compiled generic step one process keeps (torch._dynamo's `recompile_limit`, 8 by default): one per
+# chunk shape and network, so a sweep of many cells in one process would otherwise fall back to the eager step.
+COMPILED_FORMS = 256
 
 
 def batched_forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Tensor:
@@ -141,9 +151,11 @@ def loss_and_grads(
 class GenericStep:
     """Any family's step: one member's loss and gradients by autograd through its `FieldNet` (`functional_call` with
     the member's weights), mapped over the chunk's members by `vmap`. A new family needs only its `Field`; the SIREN's
-    hand-written steps are tested against this one."""
+    hand-written steps are tested against this one. With `compile`, the whole step is compiled once per chunk shape
+    by `torch.compile` (inductor fuses the activations and their derivatives around the products); where it cannot
+    compile (no C++ compiler, say), one warning line and the eager step."""
 
-    def __init__(self, params: Params, inputs: torch.Tensor, target: torch.Tensor, field: Field):
+    def __init__(self, params: Params, inputs: torch.Tensor, target: torch.Tensor, field: Field, compile: bool = False):
         self.params = [(w.clone(), b.clone()) for w, b in params]  # its own copy, updated in place by the optimiser
         self.inputs = inputs.to(params[0][0])
         self.target = target
@@ -157,6 +169,19 @@ class GenericStep:
             return torch.mean((pred - target) ** 2), pred
 
         self.grads = vmap(grad_and_value(member, has_aux=True), in_dims=(0, None, 0))
+        self.compiled = compile and self._compile()
+
+    def _compile(self) -> bool:
+        """Replace `grads` by its compiled form, tried once here (outside any timing); whether it compiled."""
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_FORMS)
+        compiled = torch.compile(self.grads, dynamic=False, fullgraph=True)
+        try:
+            compiled(self.params, self.inputs, self.target)
+        except Exception as error:  # inductor's failures have no common type
+            log.warning("the generic step runs eagerly: torch.compile failed (%s)", one_line(error, 300))
+            return False
+        self.grads = compiled
+        return True
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """Per-member loss [M], predictions [M, pixels, channels] before the update, and the gradients."""
