@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_smoke_sweep, write_cifar_dir
-from synthetic_sweep import ramp_trajectories, write_cell
+from synthetic_sweep import ramp_trajectories, study_of, write_cell
 
 from prefit.analysis.cli import report_main
 from prefit.analysis.load import AnalysisError
@@ -115,6 +115,27 @@ def test_a_key_added_with_a_null_default_is_no_difference(tmp_path: Path) -> Non
     set_resolution(b / "0", 64)
     comparison = compare(analyse(a), analyse(b))
     assert comparison.config["dataset.resolution"] == ("—", "64") and comparison.study_keys == ["dataset.resolution"]
+
+
+def test_one_folder_spelled_two_ways_is_no_difference(tmp_path: Path) -> None:
+    """Jobs run with `dataset.path=../data` and with its absolute path record the same study (the path resolved where
+    they ran): the same study, whatever the spellings in their configs; recorded studies that differ are named."""
+    a, b = write_pair(tmp_path, [(2, 32)])
+
+    def set_path(job: Path, spelled: str, resolved: str) -> None:
+        run = json.loads((job / "run.json").read_text())
+        run["config"]["dataset"]["path"] = spelled
+        run["study"] = study_of(2, 32, dataset__path=resolved)
+        (job / "run.json").write_text(json.dumps(run))
+
+    set_path(a / "0", "../data", "/work/data")
+    set_path(b / "0", "/work/data", "/work/data")
+    comparison = compare(analyse(a), analyse(b))
+    assert "dataset.path" not in comparison.config and not comparison.study_keys
+    set_path(b / "0", "../data", "/elsewhere/data")
+    comparison = compare(analyse(a), analyse(b))
+    assert comparison.config["dataset.path"] == ("/work/data", "/elsewhere/data")
+    assert comparison.study_keys == ["dataset.path"]
 
 
 def test_mismatched_triples_are_left_out_and_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefit.config import ARITHMETIC_KEYS, RUNTIME_KEYS
+from prefit.config import ARITHMETIC_KEYS, study_of
 from prefit.keys import flatten
 from prefit.schema import BASELINE
 
@@ -92,17 +92,20 @@ def same_triples(check: pd.DataFrame) -> pd.Series:
 
 
 def config_differences(a: Analysis, b: Analysis, cells: list[tuple], keys: list[str]) -> dict[str, tuple[str, str]]:
-    """The run.json config keys (prefit.keys.flatten: a null value is an absent key) and the recorded device and
-    step (`RUN_FACTS`) whose values differ between the jobs of the compared cells."""
-    ignored = {"experiment", *RUNTIME_KEYS} - set(ARITHMETIC_KEYS)  # neither what nor how a job computes
+    """The keys whose values differ between the jobs of the compared cells: each job's study as run.json recorded it
+    (`dataset.path` resolved where the job ran, so two spellings of one folder agree), the keys that change only the
+    arithmetic (prefit.keys.flatten: a null value is an absent key), and the recorded device and step (`RUN_FACTS`)."""
     values: dict[str, tuple[set, set]] = {}
     for side, analysis in enumerate((a, b)):
         for folder in plain(analysis.sweep.jobs, keys, cells)["folder"]:
             run = analysis.sweep.runs.get(folder) or {}
+            config = run.get("config", {})
+            study = run["study"] if isinstance(run.get("study"), dict) else study_of(dict(config))
+            arithmetic = {k: v for k, v in flatten(config).items() if k in ARITHMETIC_KEYS}
             facts = {f"{fact} (run.json)": run.get(fact, "?") for fact in RUN_FACTS}
-            for key, value in (flatten(run.get("config", {})) | facts).items():
+            for key, value in (flatten(study) | arithmetic | facts).items():
                 values.setdefault(key, (set(), set()))[side].add(str(value))
-    ignored |= {k for k in values if k.startswith(("model.", "hydra."))}  # the cell; Hydra's own
+    ignored = {k for k in values if k.startswith(("model.", "hydra."))}  # the cell; Hydra's own
     differ = {k: sides for k, sides in sorted(values.items()) if sides[0] != sides[1] and k not in ignored}
     return {k: tuple(", ".join(sorted(side)) or "—" for side in sides) for k, sides in differ.items()}
 
