@@ -53,8 +53,13 @@ def epoch_times(
         kernels, capture, precision = FORMS[form]
         if capture and device.type != "cuda":
             continue
-        train = FitOptions(epochs=epochs, progress=False, snapshot_epochs=[], matmul_precision=precision)
-        train.compile_generic = form == "generic_compiled"  # the one form that compiles the generic step
+        train = FitOptions(
+            epochs=epochs,
+            progress=False,
+            snapshot_epochs=[],
+            matmul_precision=precision,
+            compile_generic=form == "generic_compiled",  # the one form that compiles the generic step
+        )
         if kernels == "fused":
             chunk = FusedChunk(params, coords, target, train, field.w0, {})
         elif capture:
