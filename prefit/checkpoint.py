@@ -17,12 +17,15 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 
 from prefit.io import atomic_path
 from prefit.keys import config_diff
+
+if TYPE_CHECKING:
+    from prefit.engine.state import Saver
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +133,12 @@ class CellCheckpoint:
 
 
 class FitSaver:
-    """`prefit.engine.state.Saver` for one fit: due when the checkpoint is; a save wraps the fit's state in the
-    cell's."""
+    """`prefit.engine.state.Saver` for one fit: due when the checkpoint (or an outer saver) is; a save wraps the
+    fit's state in the cell's (or the outer fit's)."""
 
-    def __init__(self, checkpoint: CellCheckpoint, make_state: Callable[[dict[str, Any] | None], dict[str, Any]]):
+    def __init__(
+        self, checkpoint: CellCheckpoint | Saver, make_state: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ):
         self.checkpoint, self.make_state = checkpoint, make_state
 
     def due(self) -> bool:

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from prefit.errors import ConfigError
-from prefit.io import holder_alive, process_start
+from prefit.io import atomic_path, holder_alive, process_start
 
 log = logging.getLogger("prefit.devices")
 
 LEDGER_ENV = "PREFIT_DEVICE_LEDGER"
+OWN_FOLDER = f"; set ${LEDGER_ENV} to a folder of your own"  # the way out of every ledger folder error
 FRACTION_ENV = "PREFIT_GPU_FRACTION"
 DEFAULT_FRACTION = 0.9  # of each device's memory, for the jobs' leases
 LEDGER_FILE = "ledger.json"
@@ -295,9 +296,7 @@ def _locked(folder: Path) -> Iterator[list[dict[str, Any]]]:
     try:
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except PermissionError as error:
-        raise LedgerError(
-            f"device ledger {folder}: {error.strerror}; set ${LEDGER_ENV} to a folder of your own"
-        ) from None
+        raise LedgerError(f"device ledger {folder}: {error.strerror}{OWN_FOLDER}") from None
     try:
         with suppress(PermissionError):  # exactly 0600 whatever the umask; a lock file of another user's stays
             os.fchmod(fd, 0o600)
@@ -323,32 +322,20 @@ def _prepare(folder: Path) -> None:
             pass
     default = folder == default_ledger_dir()
     if default and os.path.islink(folder):
-        raise LedgerError(
-            f"device ledger folder {folder} is a symbolic link; set ${LEDGER_ENV} to a folder of your own"
-        )
+        raise LedgerError(f"device ledger folder {folder} is a symbolic link{OWN_FOLDER}")
     info = os.stat(folder)
     if not stat.S_ISDIR(info.st_mode):
-        raise LedgerError(f"device ledger folder {folder} is not a folder; set ${LEDGER_ENV} to a folder of your own")
+        raise LedgerError(f"device ledger folder {folder} is not a folder{OWN_FOLDER}")
     if info.st_uid != os.getuid():
-        raise LedgerError(
-            f"device ledger folder {folder} belongs to another user (uid {info.st_uid}); "
-            f"set ${LEDGER_ENV} to a folder of your own"
-        )
+        raise LedgerError(f"device ledger folder {folder} belongs to another user (uid {info.st_uid}){OWN_FOLDER}")
     if default and info.st_mode & 0o077:
         os.chmod(folder, 0o700)
 
 
 def _write(path: Path, data: Any) -> None:
     """Replace the ledger atomically with a file of mode 0600."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)  # mkstemp's 0600 less the umask: exactly 0600
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, mode=0o600) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

@@ -65,11 +65,6 @@ class Verdict:
     cached: bool = False  # read from the cache, not run now
 
 
-def fast_step(device: torch.device) -> str:
-    """The step `auto` wants on `device` when it can run there: fused on CUDA, compiled on a CPU."""
-    return "compiled" if device.type == "cpu" else "fused"
-
-
 def _package_version(name: str) -> str | None:
     try:
         return metadata.version(name)

@@ -13,7 +13,6 @@ claim whose process is gone, whose SLURM job was requeued, or that is silent pas
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import Any
 
 from prefit.config import study_of
 from prefit.errors import ConfigError
-from prefit.io import holder_alive, process_start, write_json
+from prefit.io import file_hash, holder_alive, process_start, write_json
 from prefit.keys import config_diff
 from prefit.schema import PSNR_FILE, RECON_FILE, RUN_FILE
 
@@ -45,12 +44,8 @@ log = logging.getLogger("prefit.records")
 
 
 def file_record(path: Path) -> dict[str, Any]:
-    """Size and sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    """Size and sha256 of a file."""
+    return {"bytes": path.stat().st_size, "sha256": file_hash(path)}
 
 
 def files_match(out: Path, recorded: dict[str, Any]) -> bool:

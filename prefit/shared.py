@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from prefit.checkpoint import FitSaver
 from prefit.data import DataError, ImageSet, Triple
 from prefit.engine import FitResult
 from prefit.model import Field, Params, member_params, stack_params, triple_generator
@@ -114,20 +115,6 @@ def stage_groups(
     return groups
 
 
-class _GroupSaver:
-    """A batch's saver: its fit state saved beside the finished batches' records, as the stage's fit state."""
-
-    def __init__(self, saver: Saver, finished: list[dict[str, Any]], before: int):
-        self.saver, self.finished, self.before = saver, finished, before
-
-    def due(self) -> bool:
-        return self.saver.due()
-
-    def save(self, state: dict[str, Any]) -> None:
-        member_epochs = self.before + int(state["member_epochs"])
-        self.saver.save({"member_epochs": member_epochs, "groups": self.finished, "fit": state})
-
-
 def fit_groups(
     groups: list[Group],
     run: Callable[[Group, Saver | None, dict | None], FitResult],
@@ -144,7 +131,12 @@ def fit_groups(
     for index in range(len(results), len(groups)):
         finished = [{key: getattr(r, key) for key in keys} for r in results]
         before = sum(len(g.positions) for g in groups[:index]) * epochs
-        inner = _GroupSaver(saver, finished, before) if saver is not None else None
+        inner = None
+        if saver is not None:  # the running batch's state, saved beside the finished batches' records
+            inner = FitSaver(
+                saver,
+                lambda s, f=finished, b=before: {"member_epochs": b + int(s["member_epochs"]), "groups": f, "fit": s},
+            )
         results.append(run(groups[index], inner, resume["fit"] if resume is not None else None))
         resume = None
     return results

@@ -10,9 +10,9 @@ import pytest
 from synthetic_sweep import ramp_trajectories, study_of, write_cell, write_synthetic_sweep, write_variant_sweep
 
 from prefit.analysis import AnalysisError
-from prefit.analysis.axis import ByAxis
+from prefit.analysis.axis import ByAxis, write_axis_report
 from prefit.analysis.cli import report_main
-from prefit.analysis.families import AXIS, answer, write_families_report
+from prefit.analysis.families import AXIS, answer
 from prefit.model import n_weights
 
 SIREN = {"model__family": "siren"}
@@ -46,7 +46,7 @@ def section(text: str, title: str) -> str:
 
 def test_the_report_sets_each_family_side_by_side(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "families.md"
-    written = write_families_report(sweep, out)
+    written = write_axis_report(AXIS, sweep, out)
     text = out.read_text()
     verdicts = section(text, "Verdicts per family")
     assert "| capped AUC (siren) | capped AUC (ffn) | capped AUC (gauss) |" in verdicts  # one column per family
@@ -71,7 +71,7 @@ def test_the_report_sets_each_family_side_by_side(sweep: Path, tmp_path: Path) -
 
 def test_the_answer_names_where_a_family_differs_from_siren(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "families.md"
-    write_families_report(sweep, out)
+    write_axis_report(AXIS, sweep, out)
     lines = {line.split("**")[1]: line for line in out.read_text().splitlines() if line.startswith("- **")}
     assert "other_class (2, 0 of 2) beat random" in lines["siren"]  # every scheme leans SIREN's one way
     ffn = lines["ffn"]
@@ -109,16 +109,16 @@ def test_the_same_answer_only_when_the_counts_lean_the_same_way() -> None:
 def test_a_sweep_over_another_key_is_refused_in_one_line(tmp_path: Path) -> None:
     plain = write_synthetic_sweep(tmp_path / "plain", cells=[(2, 32)], n_triples=3, epochs=10)
     with pytest.raises(AnalysisError, match="do not differ in model.family"):
-        write_families_report(plain, tmp_path / "r.md")
+        write_axis_report(AXIS, plain, tmp_path / "r.md")
     seeds = [SIREN | {"seed": 1}, FFN | {"seed": 2}]
     mixed = write_variant_sweep(tmp_path / "seed", seeds, cells=[(2, 32)], n_triples=3, epochs=10, recon=False)
     with pytest.raises(AnalysisError, match="more than the cell and model.family") as info:
-        write_families_report(mixed, tmp_path / "r.md")
+        write_axis_report(AXIS, mixed, tmp_path / "r.md")
     assert "also seed" in str(info.value) and "\n" not in str(info.value)
     two_w0 = [SIREN, SIREN | {"model__w0": 20.0}, FFN]  # a family's own key varying within the family
     w0 = write_variant_sweep(tmp_path / "w0", two_w0, cells=[(2, 32)], n_triples=3, epochs=10, recon=False)
     with pytest.raises(AnalysisError, match="model.w0 differ within one family"):
-        write_families_report(w0, tmp_path / "r.md")
+        write_axis_report(AXIS, w0, tmp_path / "r.md")
 
 
 def test_the_command_line_and_the_protocol_report_section(sweep: Path, tmp_path: Path, capsys) -> None:

@@ -8,9 +8,10 @@ import pytest
 from synthetic_sweep import write_synthetic_sweep, write_variant_sweep
 
 from prefit.analysis import AnalysisError
+from prefit.analysis.axis import write_axis_report
 from prefit.analysis.cli import report_main
 from prefit.analysis.protocol import write_report
-from prefit.analysis.resolution import write_resolution_report
+from prefit.analysis.resolution import AXIS
 
 SIDES = [{"dataset__resolution": 64}, {"dataset__resolution": 32}]
 
@@ -22,7 +23,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_report_sets_each_resolution_side_by_side(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "resolution.md"
-    written = write_resolution_report(sweep, out)
+    written = write_axis_report(AXIS, sweep, out)
     text = out.read_text()
     assert "capped AUC (32x32)" in text and "capped AUC (64x64)" in text  # one column per resolution, 32 first
     assert text.index("(32x32)") < text.index("(64x64)")
@@ -42,10 +43,10 @@ def test_the_report_sets_each_resolution_side_by_side(sweep: Path, tmp_path: Pat
 def test_a_sweep_over_another_key_is_refused_in_one_line(tmp_path: Path) -> None:
     lr = write_variant_sweep(tmp_path / "lr", [{"train__lr": 1e-4}, {"train__lr": 2e-4}], n_triples=3, epochs=10)
     with pytest.raises(AnalysisError, match="more than the cell and dataset.resolution"):
-        write_resolution_report(lr, tmp_path / "r.md")
+        write_axis_report(AXIS, lr, tmp_path / "r.md")
     plain = write_synthetic_sweep(tmp_path / "plain", cells=[(2, 32)], n_triples=3, epochs=10)
     with pytest.raises(AnalysisError, match="do not differ in dataset.resolution"):
-        write_resolution_report(plain, tmp_path / "r.md")
+        write_axis_report(AXIS, plain, tmp_path / "r.md")
 
 
 def test_the_command_line_and_the_protocol_report_section(sweep: Path, tmp_path: Path, capsys) -> None:
@@ -65,7 +66,8 @@ def test_the_command_line_and_the_protocol_report_section(sweep: Path, tmp_path:
 def test_the_lead_is_the_last_epoch_a_pre_fit_start_is_ahead() -> None:
     import pandas as pd
 
-    from prefit.analysis.resolution import BY, lead_table
+    from prefit.analysis.axis import lead_table
+    from prefit.analysis.resolution import BY
 
     means = {"random": [10, 20, 30, 40], "same_class": [15, 25, 28, 39], "other_class": [5, 6, 7, 8]}
     curves = pd.DataFrame(
@@ -75,6 +77,6 @@ def test_the_lead_is_the_last_epoch_a_pre_fit_start_is_ahead() -> None:
             for e, v in enumerate(values)
         ]
     )
-    table = lead_table(curves, ["64x64"])
+    table = lead_table(curves, ["64x64"], BY)
     assert "| 2x32 | same_class | 1 | -1.00 |" in table  # ahead at epochs 0 and 1, behind from 2 on
     assert "| 2x32 | other_class | never | -32.00 |" in table

@@ -8,15 +8,11 @@ SIREN's. The protocol report includes the same section (`--families`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefit.choices import Family
 from prefit.config import FAMILY_KEYS
 from prefit.schema import BASELINE
 
-from .axis import Axis, ByAxis, write_axis_report
-from .folders import Folder, Folders
-from .pipeline import DEFAULT_OPTIONS, Options
+from .axis import Axis, ByAxis
 from .reduce import measures_in
 from .tables import verdict_counts
 
@@ -145,12 +141,3 @@ AXIS = Axis(
     title="{hls} hidden layers, {hfs} hidden features, one panel per family: PSNR vs epoch",
     extra=answer,
 )
-DEFAULT_NAME = AXIS.default_name
-
-
-def write_families_report(
-    sweep: Folders, out: Folder | None = None, options: Options = DEFAULT_OPTIONS
-) -> dict[str, Path]:
-    """Read a families sweep's analysis (one folder, or several of one study) and write its report (beside the first
-    folder by default) with its figures."""
-    return write_axis_report(AXIS, sweep, out, options)

@@ -3,7 +3,6 @@ unpickler), and fetching the official ciFAIR-10 (downloaded once with pooch, md5
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -16,6 +15,7 @@ import numpy as np
 from prefit.data.base import DataError, ImageSet, data_folder
 from prefit.data.pickles import safe_load
 from prefit.data.tensors import SIDE
+from prefit.io import file_hash
 
 N_CLASSES = 10
 ROW = 3 * SIDE * SIDE  # one CIFAR image: the R plane, then G, then B, each 32x32 row-major
@@ -117,17 +117,9 @@ def default_data_root() -> Path:
     return Path(platformdirs.user_cache_dir("prefit")) / "data"
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _bad_files(folder: Path, file_md5s: dict[str, str]) -> list[str]:
     """Names of the expected files that are absent from `folder` or fail their md5."""
-    return [n for n, md5 in file_md5s.items() if not (folder / n).is_file() or _md5(folder / n) != md5]
+    return [n for n, md5 in file_md5s.items() if not (folder / n).is_file() or file_hash(folder / n, "md5") != md5]
 
 
 def _download_reason(e: Exception) -> str:
@@ -195,7 +187,7 @@ def fetch_cifair10(
         f"put {ARCHIVE_NAME} from {url} into {base} (or set PREFIT_DATA to a folder holding it), "
         f"or use dataset=cifar_dir dataset.path=DIR for a folder in the CIFAR-10 python layout"
     )
-    if archive.is_file() and _md5(archive) != archive_md5:
+    if archive.is_file() and file_hash(archive, "md5") != archive_md5:
         log.warning("%s fails its md5 check; removing it and downloading it again", archive)
         archive.unlink()
     if not archive.is_file():
