@@ -19,6 +19,9 @@ RESOLUTION_HFS ?= 32,64,128
 FAMILIES_DIR ?= outputs/sweeps/families
 SWEEP ?= $(RUN_DIR)
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test (auto: one per core; 0: one process). A file's tests share a worker, so
+# a module's fixtures are built once.
+TEST_WORKERS ?= auto
 
 .PHONY: install run grid repro study analyze notebook test lint bench clean help report robustness test-fast \
 	results findings \
@@ -135,7 +138,7 @@ bench: install
 	$(PY) -m prefit.bench $(ARGS)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" -n auto $(PYTEST_ARGS)

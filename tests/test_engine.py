@@ -5,15 +5,14 @@ import math
 import pytest
 import torch
 from images import smooth_images
+from reference import batched_forward, loss_and_grads
 
 from prefit.config import TrainConfig
 from prefit.data import coordinate_grid
 from prefit.engine import (
-    batched_forward,
     capture,
     fit_batched,
     fit_sequential,
-    loss_and_grads,
     psnr_from_loss,
     snapshot_epochs_resolved,
 )

