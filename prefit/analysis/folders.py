@@ -71,8 +71,8 @@ REPO = Path(__file__).resolve().parents[2]  # the repository holding this packag
 
 
 def relative(path: Path, start: Path) -> str:
-    """`path` relative to `start`, POSIX: how jobs.parquet names a sweep folder (relative to the analysis folder,
-    so that a tree moved whole still reads back)."""
+    """`path` relative to `start`, both resolved, POSIX: the reports' links, and how jobs.parquet names a sweep
+    folder (relative to the analysis folder, so that a tree moved whole still reads back)."""
     return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
 
 
